@@ -1,0 +1,8 @@
+"""The embedded multi-region emulator of NHN Cloud identity + Image API v2 (Glance 33 behaviour)."""
+
+from __future__ import annotations
+
+from .faults import ByteFault, FaultPlan, StatusFault
+from .serve import DEFAULT_REGIONS, Emulator, running_emulator
+
+__all__ = ["DEFAULT_REGIONS", "ByteFault", "Emulator", "FaultPlan", "StatusFault", "running_emulator"]

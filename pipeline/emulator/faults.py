@@ -1,0 +1,133 @@
+"""Fault knobs for one emulated region: latency, bandwidth, dropped/stalled/corrupted streams, error bursts.
+
+A ``FaultPlan`` is plain data that tests mutate directly (in-process) or through the admin endpoint
+(``POST /_admin/faults/{region}`` with the JSON form of ``FaultPlan.update``). One-shot byte faults are
+consumed by the first stream that reaches them, so "drop the download at 30% and again at 70%" is two
+entries, and a resumed download does not hit the first one again.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["OPS", "ByteFault", "FaultPlan", "StatusFault"]
+
+#: Request kinds a status fault can target.
+OPS = frozenset(
+    {"any", "list", "get", "create", "patch", "delete", "upload", "download", "tags", "members", "schemas"}
+)
+
+
+@dataclass(slots=True)
+class ByteFault:
+    """Act once when a stream reaches byte ``at`` (absolute offset in the image), optionally per image."""
+
+    at: int
+    image_id: str | None = None
+
+    def matches(self, image_id: str) -> bool:
+        return self.image_id is None or self.image_id == image_id
+
+
+@dataclass(slots=True)
+class StatusFault:
+    """Answer matching requests with ``status`` (and Retry-After), for the next ``count`` or a ``rate``."""
+
+    status: int
+    op: str = "any"
+    count: int | None = 1
+    rate: float = 0.0
+    retry_after: float | None = None
+    image_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"unknown op {self.op!r}; one of {sorted(OPS)}")
+        if not 400 <= self.status <= 599:
+            raise ValueError(f"status {self.status} is not an error status")
+
+
+@dataclass(slots=True)
+class FaultPlan:
+    """Every knob of one region; all default to 'no fault'."""
+
+    latency: float = 0.0
+    #: Bytes per second per connection, both directions (models a WAN link); None = unlimited.
+    bandwidth: float | None = None
+    drop_download: list[ByteFault] = field(default_factory=list)
+    stall_download: list[ByteFault] = field(default_factory=list)
+    corrupt_download: list[ByteFault] = field(default_factory=list)
+    drop_upload: list[ByteFault] = field(default_factory=list)
+    stall_upload: list[ByteFault] = field(default_factory=list)
+    statuses: list[StatusFault] = field(default_factory=list)
+    #: Ignore Range headers (answer 200 with the whole image), like a server without Range support.
+    ignore_range: bool = False
+    seed: int | None = None
+    rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
+    #: How many faults fired, by kind; tests and the soak report read it.
+    fired: dict[str, int] = field(default_factory=dict, compare=False)
+
+    def record(self, kind: str) -> None:
+        self.fired[kind] = self.fired.get(kind, 0) + 1
+
+    def take_status(self, op: str, image_id: str | None) -> StatusFault | None:
+        """The status fault this request gets, consuming one of a rule's ``count`` (None if none)."""
+        for rule in self.statuses:
+            if rule.op not in ("any", op) or (rule.image_id and rule.image_id != image_id):
+                continue
+            if rule.count is not None:
+                if rule.count <= 0:
+                    continue
+                rule.count -= 1
+                self.record(f"status_{rule.status}")
+                return rule
+            if rule.rate > 0 and self.rng.random() < rule.rate:
+                self.record(f"status_{rule.status}")
+                return rule
+        self.statuses = [r for r in self.statuses if r.count is None or r.count > 0]
+        return None
+
+    @staticmethod
+    def take_byte(faults: list[ByteFault], image_id: str, start: int, end: int) -> int | None:
+        """Consume the first fault of ``faults`` for ``image_id`` with start <= at < end; its offset."""
+        best: ByteFault | None = None
+        for f in faults:
+            if f.matches(image_id) and start <= f.at < end and (best is None or f.at < best.at):
+                best = f
+        if best is None:
+            return None
+        faults.remove(best)
+        return best.at
+
+    def update(self, doc: dict[str, Any]) -> None:
+        """Apply a JSON document of knobs (unknown keys raise ValueError)."""
+        for key, value in doc.items():
+            if key in ("latency",):
+                self.latency = float(value)
+            elif key == "bandwidth":
+                self.bandwidth = None if value in (None, 0) else float(value)
+            elif key in ("drop_download", "stall_download", "corrupt_download", "drop_upload", "stall_upload"):
+                setattr(self, key, [ByteFault(**v) if isinstance(v, dict) else ByteFault(int(v)) for v in value])
+            elif key == "statuses":
+                self.statuses = [StatusFault(**v) for v in value]
+            elif key == "ignore_range":
+                self.ignore_range = bool(value)
+            elif key == "seed":
+                self.seed = None if value is None else int(value)
+                self.rng.seed(self.seed)
+            else:
+                raise ValueError(f"unknown fault knob {key!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The knobs as JSON (without the RNG)."""
+        doc = asdict(self)
+        doc.pop("rng", None)
+        return doc
+
+    def reset(self) -> None:
+        """Back to no faults (keeps the fired counters)."""
+        fired = self.fired
+        self.__init__()  # type: ignore[misc]
+        self.fired = fired

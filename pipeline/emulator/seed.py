@@ -1,0 +1,96 @@
+"""Sample data sets for the emulator (``--seed demo``): a realistic source region to migrate from.
+
+The demo seed puts a dozen images into the first region, owned by ``DEMO_TENANT``: qcow2 and raw, sizes
+from 0 bytes to 80 MiB, custom properties and tags, a shared image with members, a protected image, a
+public image, a queued image without data, and an image of another tenant that the demo must not see.
+Large images are synthetic (generated on read), small ones are real files.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+from .store import Caller, MemberRecord, iso_now
+
+if TYPE_CHECKING:
+    from .serve import Emulator
+
+__all__ = ["DEMO_TENANT", "OTHER_TENANT", "PARTNER_TENANT", "PROVIDER_TENANT", "SEEDS", "load_seed"]
+
+DEMO_TENANT = "6f1c2d3e4a5b46c7a8d9e0f1a2b3c4d5"
+PARTNER_TENANT = "8989447062e04a818baf9e073fd04fa7"
+OTHER_TENANT = "c289b99209ca4e189095cdecebbd092d"
+PROVIDER_TENANT = "0b4f6e2a9c8d47e1b3a5c7d9e1f3a5b7"
+MiB = 1 << 20
+
+#: qcow2 magic + version 3 header start, so qcow2-labelled demo images look like qcow2 to an inspector.
+_QCOW2_HEAD = b"QFI\xfb\x00\x00\x00\x03" + bytes(96)
+
+
+def _payload(name: str, size: int, qcow2: bool) -> bytes:
+    body = random.Random(name).randbytes(size)
+    return (_QCOW2_HEAD + body[len(_QCOW2_HEAD) :]) if qcow2 and size >= len(_QCOW2_HEAD) else body
+
+
+def _linux(distro: str, version: str, user: str) -> dict[str, Any]:
+    return {"os_type": "linux", "os_distro": distro, "os_version": version, "login_username": user,
+            "hypervisor_type": "qemu", "os_architecture": "x86_64"}  # fmt: skip
+
+
+def seed_demo(emu: Emulator) -> None:
+    """The demo data set, in the first region."""
+    region = next(iter(emu.regions))
+    store = emu.store(region)
+    synthetic: list[tuple[int, dict[str, Any]]] = [
+        (80 * MiB, {"name": "golden-ubuntu-22.04", "disk_format": "qcow2", "tags": ["golden", "dr"],
+                    "min_disk": 20, "description": "Ubuntu Server 22.04 LTS golden image",
+                    "hw_disk_bus": "virtio", "hw_vif_model": "virtio", **_linux("ubuntu", "22.04", "ubuntu")}),
+        (24 * MiB, {"name": "golden-rocky-9", "disk_format": "qcow2", "tags": ["golden", "dr"],
+                    "min_disk": 10, "min_ram": 1024, **_linux("rocky", "9.4", "rocky")}),
+        (40 * MiB, {"name": "windows-2022-std", "disk_format": "raw", "tags": ["dr"], "min_disk": 50,
+                    "min_ram": 4096, "os_type": "windows", "os_distro": "windows",
+                    "os_version": "Server 2022 Standard", "hw_machine_type": "q35",
+                    "hw_firmware_type": "uefi"}),
+    ]  # fmt: skip
+    for size, fields in synthetic:
+        store.add_synthetic(DEMO_TENANT, size, fields["name"], fields)
+    files: list[tuple[int, dict[str, Any]]] = [
+        (3 * MiB, {"name": "app-base-debian-12", "disk_format": "qcow2", "tags": ["app"],
+                   **_linux("debian", "12", "debian")}),
+        (1 * MiB, {"name": "tiny-cirros", "disk_format": "raw", "tags": ["test"],
+                   **_linux("cirros", "0.6.2", "cirros")}),
+        (0, {"name": "config-drive-empty", "disk_format": "raw", "os_type": "linux"}),
+        (2 * MiB, {"name": "한국어-이미지", "disk_format": "raw", "tags": ["한글", "dr"],
+                   "description": "유니코드 설명", **_linux("ubuntu", "20.04", "ubuntu")}),
+        (5 * MiB, {"name": "golden-protected-baseline", "disk_format": "raw", "tags": ["golden"],
+                   "protected": True, **_linux("ubuntu", "22.04", "ubuntu")}),
+        (4 * MiB, {"name": "analytics-shared", "disk_format": "raw", "tags": ["team"],
+                   "visibility": "shared", **_linux("centos", "7", "centos")}),
+        (2 * MiB, {"name": "analytics-shared-nomembers", "disk_format": "raw", "visibility": "shared",
+                   **_linux("centos", "7", "centos")}),
+    ]  # fmt: skip
+    for size, fields in files:
+        rec = store.add_bytes(DEMO_TENANT, _payload(fields["name"], size, fields["disk_format"] == "qcow2"), fields)
+        if fields["name"] == "analytics-shared":
+            now = iso_now()
+            rec.members[PARTNER_TENANT] = MemberRecord(PARTNER_TENANT, "accepted", now, now)
+            rec.members[OTHER_TENANT] = MemberRecord(OTHER_TENANT, "pending", now, now)
+    store.add_bytes(PROVIDER_TENANT, _payload("centos", 2 * MiB, False),
+                    {"name": "CentOS 6.10 (2018.10.23)", "visibility": "public", "protected": True,
+                     **_linux("CentOS", "6.10", "centos")})  # fmt: skip
+    store.create({"name": "pending-upload", "os_type": "linux", "disk_format": "raw",
+                  "container_format": "bare"}, Caller(DEMO_TENANT))  # fmt: skip
+    store.add_bytes(OTHER_TENANT, _payload("secret", 1 * MiB, False),
+                    {"name": "other-team-secret", **_linux("ubuntu", "22.04", "ubuntu")})  # fmt: skip
+
+
+SEEDS = {"demo": seed_demo}
+
+
+def load_seed(emu: Emulator, name: str) -> None:
+    """Load the named data set (``demo``); ValueError for an unknown name."""
+    try:
+        SEEDS[name](emu)
+    except KeyError:
+        raise ValueError(f"unknown seed {name!r}; known: {', '.join(SEEDS)}") from None

@@ -1,0 +1,166 @@
+"""Runs the emulator: one identity endpoint plus one Image API server per region, in one event loop.
+
+``running_emulator()`` is the async context manager that tests, the bench and ``imgmig emulate`` use. It
+stops every server it started, also when start-up fails half-way. The identity port also serves the
+admin endpoints (``/_admin/...``) that change fault knobs and token lifetimes at runtime, and give a
+view of every image in a region regardless of tenant (for invariant checks). Bind to loopback only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .app import RegionContext, build_region_app
+from .faults import FaultPlan
+from .identity import DEFAULT_TOKEN_TTL, Identity, UserEntry, identity_routes
+from .store import RegionStore
+
+__all__ = ["DEFAULT_REGIONS", "Emulator", "running_emulator"]
+
+DEFAULT_REGIONS = ("KR1", "KR2", "JP1")
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Emulator:
+    """A running emulator: URLs, and direct access to each region's store and fault knobs."""
+
+    identity: Identity
+    regions: dict[str, RegionContext]
+    data_dir: Path
+    identity_url: str = ""
+    urls: dict[str, str] = field(default_factory=dict)
+
+    def info(self) -> dict[str, Any]:
+        """What ``imgmig emulate`` prints as its first line."""
+        return {"identity_url": self.identity_url, "regions": dict(self.urls)}
+
+    def faults(self, region: str) -> FaultPlan:
+        return self.regions[region].faults
+
+    def store(self, region: str) -> RegionStore:
+        return self.regions[region].store
+
+    # === admin endpoints
+
+    def _region(self, request: web.Request) -> RegionContext:
+        region = request.match_info["region"]
+        if region not in self.regions:
+            raise web.HTTPNotFound(text=f"no region {region}")
+        return self.regions[region]
+
+    async def _faults(self, request: web.Request) -> web.Response:
+        plan = self._region(request).faults
+        if request.method == "DELETE":
+            plan.reset()
+        elif request.method == "POST":
+            try:
+                plan.update(await request.json())
+            except (ValueError, TypeError) as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(plan.to_json())
+
+    async def _token_ttl(self, request: web.Request) -> web.Response:
+        doc = await request.json()
+        self.identity.token_ttl = float(doc["seconds"])
+        return web.json_response({"token_ttl": self.identity.token_ttl})
+
+    async def _expire_tokens(self, request: web.Request) -> web.Response:
+        return web.json_response({"expired": self.identity.expire_all()})
+
+    async def _synthetic(self, request: web.Request) -> web.Response:
+        doc = await request.json()
+        rec = self._region(request).store.add_synthetic(
+            doc["owner"], int(doc["size"]), str(doc.get("seed", "bench")), dict(doc.get("fields", {}))
+        )
+        return web.json_response(rec.to_json())
+
+    async def _all_images(self, request: web.Request) -> web.Response:
+        store = self._region(request).store
+        images = []
+        for rec in store.images.values():
+            doc = rec.to_json()
+            doc["_members"] = [m.to_json(rec.id) for m in rec.members.values()]
+            images.append(doc)
+        return web.json_response({"images": images, "deleted": sorted(store.deleted_ids)})
+
+    async def _state(self, request: web.Request) -> web.Response:
+        fired = {r: ctx.faults.fired for r, ctx in self.regions.items()}
+        return web.json_response({**self.info(), "tokens_issued": self.identity.issued, "faults_fired": fired})
+
+    def identity_app(self) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024)
+        app.add_routes(identity_routes(self.identity))
+        app.add_routes([
+            web.get("/_admin/state", self._state, allow_head=False),
+            web.post("/_admin/token-ttl", self._token_ttl),
+            web.post("/_admin/expire-tokens", self._expire_tokens),
+            web.route("*", "/_admin/faults/{region}", self._faults),
+            web.post("/_admin/regions/{region}/synthetic", self._synthetic),
+            web.get("/_admin/regions/{region}/images", self._all_images, allow_head=False),
+        ])  # fmt: skip
+        return app
+
+
+async def _listen(stack: AsyncExitStack, app: web.Application, port: int) -> str:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    site = web.TCPSite(runner, HOST, port, reuse_address=True)
+    await site.start()
+    sockets = getattr(site._server, "sockets", None) or []  # aiohttp has no public accessor
+    bound = sockets[0].getsockname()[1] if sockets else port
+    return f"http://{HOST}:{bound}"
+
+
+@asynccontextmanager
+async def running_emulator(
+    regions: Sequence[str] = DEFAULT_REGIONS,
+    *,
+    port: int = 0,
+    data_dir: Path | None = None,
+    seed: str | None = None,
+    token_ttl: float = DEFAULT_TOKEN_TTL,
+    users: dict[str, UserEntry] | None = None,
+) -> AsyncIterator[Emulator]:
+    """Start the identity endpoint and every region; stop them all on exit (also on failure).
+
+    With ``port=0`` every server gets an ephemeral port; with a fixed port the identity endpoint takes it
+    and region *i* takes ``port + 1 + i``. Without ``data_dir`` image data goes to a temporary directory
+    that is removed on exit.
+    """
+    async with AsyncExitStack() as stack:
+        if data_dir is None:
+            tmp = tempfile.mkdtemp(prefix="imgmig-emulator-")
+            stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+            data_dir = Path(tmp)
+        identity = Identity(token_ttl=token_ttl, users=users)
+        contexts = {
+            name: RegionContext(name, RegionStore(name, data_dir / name), FaultPlan(), identity)
+            for name in regions
+        }
+        emu = Emulator(identity=identity, regions=contexts, data_dir=data_dir)
+        emu.identity_url = await _listen(stack, emu.identity_app(), port) + "/v2.0"
+        identity.url = emu.identity_url
+        for i, (name, ctx) in enumerate(contexts.items()):
+            emu.urls[name] = await _listen(stack, build_region_app(ctx), port + 1 + i if port else 0)
+        identity.catalog.update(emu.urls)
+        if seed:
+            from .seed import load_seed
+
+            load_seed(emu, seed)
+        yield emu
+
+
+def info_line(emu: Emulator) -> str:
+    """The single JSON line ``imgmig emulate`` prints first."""
+    return json.dumps(emu.info(), separators=(", ", ": "))

@@ -1,0 +1,170 @@
+"""Plain data shared by every layer: images and members as the Image API returns them. No I/O.
+
+``Image.from_api`` checks the types of the fields imgmig relies on, so a malformed answer becomes a
+``ProtocolError`` for that call instead of a ``KeyError`` deep in the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ProtocolError
+
+__all__ = [
+    "CORE_FIELDS",
+    "READ_ONLY_FIELDS",
+    "RESERVED_PREFIXES",
+    "Image",
+    "Member",
+    "is_reserved_field",
+]
+
+#: Fields every Glance v2 image has; anything else at the top level is a custom property.
+CORE_FIELDS = frozenset(
+    {
+        "id", "name", "status", "visibility", "protected", "owner", "size", "virtual_size",
+        "checksum", "os_hash_algo", "os_hash_value", "min_disk", "min_ram", "disk_format",
+        "container_format", "created_at", "updated_at", "tags", "self", "file", "schema",
+        "locations", "direct_url", "os_hidden", "stores",
+    }
+)  # fmt: skip
+
+#: Fields a client must never send (read-only or reserved in Glance 33); the fallback when the
+#: server does not offer /v2/schemas/image.
+READ_ONLY_FIELDS = frozenset(
+    {
+        "id", "status", "checksum", "size", "virtual_size", "created_at", "updated_at", "self",
+        "file", "schema", "owner", "locations", "location", "direct_url", "os_hash_algo",
+        "os_hash_value", "stores", "deleted", "deleted_at",
+    }
+)  # fmt: skip
+RESERVED_PREFIXES = ("os_glance_",)
+
+
+def is_reserved_field(key: str) -> bool:
+    """Whether ``key`` is read-only or reserved, so it must never be sent to a server."""
+    return key in READ_ONLY_FIELDS or key.startswith(RESERVED_PREFIXES)
+
+
+def _typed(obj: Mapping[str, Any], key: str, types: tuple[type, ...], *, required: bool = False) -> Any:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise ProtocolError(f"image record has no {key!r}")
+        return None
+    # bool is an int subclass; a size of True is as wrong as a size of "x"
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        raise ProtocolError(f"image field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """One image as a region reports it; ``raw`` keeps every field, including custom properties."""
+
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def from_api(cls, obj: Any) -> Image:
+        """Validate the fields imgmig relies on and wrap the record."""
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"image record is a {type(obj).__name__}, not an object")
+        _typed(obj, "id", (str,), required=True)
+        _typed(obj, "status", (str,), required=True)
+        for key in ("name", "checksum", "os_hash_algo", "os_hash_value", "visibility", "owner"):
+            _typed(obj, key, (str,))
+        for key in ("disk_format", "container_format", "updated_at", "created_at"):
+            _typed(obj, key, (str,))
+        for key in ("size", "virtual_size", "min_disk", "min_ram"):
+            value = _typed(obj, key, (int,))
+            if value is not None and value < 0:
+                raise ProtocolError(f"image field {key!r} is negative")
+        _typed(obj, "protected", (bool,))
+        tags = _typed(obj, "tags", (list,))
+        if tags is not None and not all(isinstance(t, str) for t in tags):
+            raise ProtocolError("image field 'tags' holds a non-string")
+        return cls(dict(obj))
+
+    def _get(self, key: str) -> Any:
+        return self.raw.get(key)
+
+    @property
+    def id(self) -> str:
+        return str(self.raw["id"])
+
+    @property
+    def name(self) -> str | None:
+        return self._get("name")
+
+    @property
+    def status(self) -> str:
+        return str(self.raw["status"])
+
+    @property
+    def size(self) -> int | None:
+        return self._get("size")
+
+    @property
+    def checksum(self) -> str | None:
+        return self._get("checksum")
+
+    @property
+    def os_hash_algo(self) -> str | None:
+        return self._get("os_hash_algo")
+
+    @property
+    def os_hash_value(self) -> str | None:
+        return self._get("os_hash_value")
+
+    @property
+    def visibility(self) -> str | None:
+        return self._get("visibility")
+
+    @property
+    def protected(self) -> bool:
+        return bool(self._get("protected"))
+
+    @property
+    def owner(self) -> str | None:
+        return self._get("owner")
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self._get("tags") or [])
+
+    @property
+    def updated_at(self) -> str | None:
+        return self._get("updated_at")
+
+    def properties(self) -> dict[str, Any]:
+        """Custom (non-core) properties, e.g. os_type, hw_*, imgmig_source_id."""
+        return {k: v for k, v in self.raw.items() if k not in CORE_FIELDS}
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One image membership: a tenant the image is shared with, and its status."""
+
+    image_id: str
+    member_id: str
+    status: str
+    created_at: str | None = None
+    updated_at: str | None = None
+
+    @classmethod
+    def from_api(cls, obj: Any) -> Member:
+        """Validate and wrap a member record."""
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"member record is a {type(obj).__name__}, not an object")
+        for key in ("image_id", "member_id", "status"):
+            if not isinstance(obj.get(key), str):
+                raise ProtocolError(f"member record has no string {key!r}")
+        return cls(
+            image_id=obj["image_id"],
+            member_id=obj["member_id"],
+            status=obj["status"],
+            created_at=obj.get("created_at") if isinstance(obj.get("created_at"), str) else None,
+            updated_at=obj.get("updated_at") if isinstance(obj.get("updated_at"), str) else None,
+        )

@@ -1,0 +1,111 @@
+"""Low-level retry policy for replayable requests: bounded attempts, full-jitter backoff, Retry-After.
+
+The decisions are pure (``should_retry``, ``RetryPolicy.delay``); the loop is tenacity's
+``AsyncRetrying`` with an injected ``sleep`` so tests run without waiting. Uploads are never retried here:
+a streamed body cannot be replayed, so the runner restarts the whole image x target transfer instead.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import anyio
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_random_exponential
+
+from .errors import ImgmigError
+
+__all__ = ["DEFAULT_ATTEMPTS", "RetryPolicy", "parse_retry_after", "should_retry"]
+
+T = TypeVar("T")
+
+DEFAULT_ATTEMPTS = 5
+DEFAULT_INITIAL = 0.5
+DEFAULT_MAXIMUM = 20.0
+#: A server asking for more than this is believed only up to this many seconds per wait.
+DEFAULT_MAX_RETRY_AFTER = 120.0
+
+
+def should_retry(exc: BaseException) -> bool:
+    """Whether sending the same request again may help (connection errors, 408, 429, 5xx)."""
+    return isinstance(exc, ImgmigError) and exc.retryable
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:  # pragma: no cover - older Pythons returned None
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How many times to send a replayable request, and how long to wait in between."""
+
+    attempts: int = DEFAULT_ATTEMPTS
+    initial: float = DEFAULT_INITIAL
+    maximum: float = DEFAULT_MAXIMUM
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
+    sleep: Callable[[float], Awaitable[None]] = field(default=anyio.sleep, repr=False, compare=False)
+
+    def delay(self, attempt: int, exc: BaseException | None) -> float:
+        """Seconds to wait before attempt ``attempt + 1``: Retry-After if the server said, else jitter."""
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, (int, float)) and retry_after >= 0:
+            return min(float(retry_after), self.max_retry_after)
+        return float(wait_random_exponential(multiplier=self.initial, max=self.maximum)(_state(attempt)))
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return self.delay(state.attempt_number, exc)
+
+    async def call(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        on_retry: Callable[[int, BaseException, float], None] | None = None,
+    ) -> T:
+        """Run ``fn`` until it succeeds, raises a non-retryable error, or attempts run out."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            if on_retry is not None and state.outcome is not None and state.next_action is not None:
+                exc = state.outcome.exception()
+                assert exc is not None
+                on_retry(state.attempt_number, exc, state.next_action.sleep)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(max(1, self.attempts)),
+            wait=self._wait,
+            retry=retry_if_exception(should_retry),
+            sleep=self.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        async def run() -> T:  # tenacity only awaits callables it recognises as coroutine functions
+            return await fn()
+
+        result: T = await retrying(run)
+        return result
+
+
+def _state(attempt: int) -> RetryCallState:
+    """A minimal RetryCallState carrying only the attempt number, for tenacity's wait strategies."""
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = attempt
+    return state
