@@ -1,0 +1,502 @@
+"""The transfer engine: copy one image to N targets from a single source read, verified on the fly.
+
+For each image: make sure every target has an image to receive the bytes (create it, or reuse a queued
+one), then read the source once and fan the chunks out to every target's upload. The digests of the
+stream are computed as it flows; the last chunk is held back until the whole stream has been judged, so
+a corrupt or incomplete source never completes an upload. Each target is then checked against what it
+reports (status, size, checksum, os_hash_value). A target that fails is detached and retried alone (from
+the spool if there is one, else from the source), a target whose copy ended active with the wrong
+content is deleted and redone, and nothing unverified is ever reported done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from .errors import ApiError, NotFoundError, SourceReadError, TargetWriteError, VerificationError
+from .events import (
+    BytesWritten,
+    ImageFinished,
+    ImageStarted,
+    NullReporter,
+    Reporter,
+    TargetFailed,
+    TargetFinished,
+    TargetRetrying,
+)
+from .fanout import Fanout
+from .glance.client import ImageClient
+from .hashing import Evidence, Expected, MultiHasher, Verdict, judge_stream, judge_target
+from .models import Image
+from .retry import RetryPolicy
+from .source import Bandwidth, Spool, source_pieces, spool_pieces
+
+__all__ = ["Engine", "EngineHooks", "EngineSettings", "TargetResult", "TargetSpec"]
+
+MiB = 1 << 20
+DELETE_GRACE = 30.0
+SETTLE_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    chunk_size: int = 8 * MiB
+    buffer_depth: int = 4
+    #: Attempts per image x target after the first (the job's ``transfer.retries``).
+    retries: int = 5
+    #: How often one source stream may be reopened with Range before the pass fails.
+    source_resumes: int = 10
+    #: A target that accepts no chunk for this long is detached as stalled.
+    stall_timeout: float = 120.0
+    spool_dir: Path | None = None
+    backoff: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Hash in a worker thread (hashlib releases the GIL) so uploads keep flowing meanwhile.
+    hash_in_thread: bool = True
+
+
+@dataclass(slots=True)
+class TargetSpec:
+    """One target of one image: where to write, and how to create the receiving image."""
+
+    region: str
+    client: ImageClient
+    create_fields: Mapping[str, Any]
+    #: A copy that already exists (from an interrupted run): reused when queued, checked when active.
+    existing: Image | None = None
+    #: os_hash_algo values this region is known to use, computed in flight besides md5 + the source's.
+    algorithms: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class TargetResult:
+    """What happened to one image x target; ``state`` is pending, done, failed or cancelled."""
+
+    region: str
+    state: str = "pending"
+    target_id: str | None = None
+    attempts: int = 0
+    bytes: int = 0
+    error: str | None = None
+    blame: str | None = None
+    evidence: Evidence | None = None
+    deleted: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+
+class EngineHooks:
+    """Called as target images come and go, so the caller can journal them at once (crash safety)."""
+
+    async def created(self, region: str, image_id: str) -> None:
+        return None
+
+    async def deleted(self, region: str, image_id: str) -> None:
+        return None
+
+
+@dataclass
+class _Target:
+    spec: TargetSpec
+    result: TargetResult
+    abort: BaseException | None = None
+    scope: anyio.CancelScope | None = None
+    sent: int = 0
+
+    @property
+    def region(self) -> str:
+        return self.spec.region
+
+
+@dataclass
+class _Pass:
+    """One read of the source feeding a group of targets."""
+
+    size: int
+    digests: dict[str, str] = field(default_factory=dict)
+    unverified_source: bool = False
+
+
+class Engine:
+    """Copies images; one instance per run, shared by every image in flight."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        *,
+        reporter: Reporter | None = None,
+        source_bandwidth: Bandwidth | None = None,
+        region_bandwidth: Mapping[str, Bandwidth] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.reporter = reporter or NullReporter()
+        self.source_bandwidth = source_bandwidth
+        self.region_bandwidth = dict(region_bandwidth or {})
+
+    async def copy_image(
+        self,
+        source: ImageClient,
+        image: Image,
+        targets: Sequence[TargetSpec],
+        *,
+        hooks: EngineHooks | None = None,
+        results: dict[str, TargetResult] | None = None,
+    ) -> dict[str, TargetResult]:
+        """Copy ``image`` to every target; returns one TargetResult per region (also filled on cancel)."""
+        results = results if results is not None else {}
+        copy = _ImageCopy(self, source, image, hooks or EngineHooks())
+        for spec in targets:
+            results[spec.region] = TargetResult(spec.region, target_id=spec.existing.id if spec.existing else None)
+            copy.targets.append(_Target(spec, results[spec.region]))
+        await copy.run()
+        return results
+
+
+class _ImageCopy:
+    """The copy of one image: its passes, uploads and retries, all inside one task group."""
+
+    def __init__(self, engine: Engine, source: ImageClient, image: Image, hooks: EngineHooks) -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self.reporter = engine.reporter
+        self.source = source
+        self.image = image
+        self.size = image.size or 0
+        self.hooks = hooks
+        self.targets: list[_Target] = []
+        self.spool: Spool | None = None
+        self._tg: TaskGroup | None = None
+
+    @property
+    def tg(self) -> TaskGroup:
+        assert self._tg is not None
+        return self._tg
+
+    async def run(self) -> None:
+        image = self.image
+        self.reporter.emit(ImageStarted(image.id, image.name, self.size, tuple(t.region for t in self.targets)))
+        directory = self.settings.spool_dir
+        if directory is not None and Spool.has_room(directory, self.size):
+            self.spool = Spool(directory, image.id)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                ready = await self._prepare_all()
+                if ready:
+                    tg.start_soon(self._pass, ready)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for t in self.targets:
+                    if t.result.state == "pending":
+                        self._finish(t, "cancelled", "cancelled mid-transfer")
+            raise
+        finally:
+            if self.spool is not None:
+                self.spool.remove()
+        self.reporter.emit(ImageFinished(image.id, all(t.result.done for t in self.targets)))
+
+    # === target preparation
+
+    async def _prepare_all(self) -> list[_Target]:
+        ready: set[str] = set()
+
+        async def prepare(t: _Target) -> None:
+            try:
+                if await self._prepare(t):
+                    ready.add(t.region)
+            except ApiError as exc:
+                t.result.attempts += 1
+                self._finish(t, "failed", f"cannot prepare target image: {exc}", blame="target")
+
+        async with anyio.create_task_group() as tg:
+            for t in self.targets:
+                tg.start_soon(prepare, t)
+        return [t for t in self.targets if t.region in ready]
+
+    async def _prepare(self, t: _Target) -> bool:
+        """Ensure a queued target image exists; False when it already holds a verified copy."""
+        client, result = t.spec.client, t.result
+        existing: Image | None = None
+        if result.target_id is not None:
+            try:
+                existing = await self._settle(client, await client.get_image(result.target_id))
+            except NotFoundError:
+                result.target_id = None
+        if existing is not None:
+            if existing.status == "queued":
+                return True
+            if existing.status == "active" and _matches_source(self.image, existing):
+                evidence = Evidence(existing.size or 0, {}, _reported(existing), not self.image.checksum)
+                self._finish(t, "done", None, evidence)
+                return False
+            await self._delete(t, existing.id)
+        created = await client.create_image(t.spec.create_fields)
+        result.target_id = created.id
+        await self.hooks.created(t.region, created.id)
+        return True
+
+    async def _settle(self, client: ImageClient, image: Image) -> Image:
+        """Wait (bounded) for an image caught mid-upload ('saving') to become queued or active."""
+        with anyio.move_on_after(SETTLE_TIMEOUT):
+            while image.status == "saving":
+                await anyio.sleep(0.5)
+                image = await client.get_image(image.id)
+        return image
+
+    async def _delete(self, t: _Target, image_id: str) -> None:
+        """Delete a bad copy; shielded and bounded so cancellation cannot leave it half-done."""
+        with anyio.move_on_after(DELETE_GRACE, shield=True):
+            try:
+                await t.spec.client.delete_image(image_id)
+            except NotFoundError:
+                pass
+            t.result.deleted.append(image_id)
+            if t.result.target_id == image_id:
+                t.result.target_id = None
+            await self.hooks.deleted(t.region, image_id)
+
+    # === passes
+
+    async def _pass(self, targets: list[_Target]) -> None:
+        """One read (source or spool) feeding ``targets``; failures are scheduled for retry."""
+        run = _Pass(self.size)
+        fan = Fanout(self.settings.buffer_depth, stall_timeout=self.settings.stall_timeout)
+        algorithms = {self.image.os_hash_algo or "sha512"}
+        for t in targets:
+            algorithms |= set(t.spec.algorithms)
+            t.abort, t.sent = None, 0
+            t.result.attempts += 1
+        hasher = MultiHasher(algorithms)
+        spool = self.spool
+        if spool is not None and spool.written and not spool.done.is_set():
+            await spool.done.wait()  # a retry reads the spool being written rather than the source again
+        from_spool = spool is not None and spool.complete
+        write_spool = spool is not None and not from_spool and spool.failed is None and not spool.written
+        source_failed: list[_Target] = []
+        async with anyio.create_task_group() as uploads:
+            for t in targets:
+                uploads.start_soon(self._upload, t, fan, fan.add(t.region), run, source_failed)
+            if write_spool and spool is not None:
+                spool.written = True
+                uploads.start_soon(self._spool_writer, spool, fan.add("#spool"))
+            try:
+                if from_spool and spool is not None:
+                    pieces = spool_pieces(spool)
+                else:
+                    pieces = source_pieces(
+                        self.source, self.image, max_resumes=self.settings.source_resumes,
+                        backoff=self.settings.backoff, reporter=self.reporter,
+                        bandwidth=self.engine.source_bandwidth,
+                    )  # fmt: skip
+                async with contextlib.aclosing(pieces):
+                    verdict = await self._produce(pieces, fan, hasher, run)
+                if not verdict.ok:
+                    raise VerificationError(f"source stream {verdict.verdict.value}: {verdict.reason}",
+                                            region=self.source.region, image_id=self.image.id)  # fmt: skip
+            except (SourceReadError, VerificationError) as exc:
+                for t in targets:
+                    if t.region in fan.attached:
+                        t.abort = exc
+                if write_spool and spool is not None:
+                    spool.failed = str(exc)
+            finally:
+                fan.close()
+        retry_group = [t for t in source_failed if t.result.state == "pending"]
+        if retry_group:
+            self.tg.start_soon(self._retry, retry_group)
+
+    async def _produce(self, pieces: AsyncIterator[bytes], fan: Fanout, hasher: MultiHasher, run: _Pass) -> Any:
+        """Chunk, hash and broadcast; hold the last chunk back until the whole stream is judged."""
+        chunk_size = self.settings.chunk_size
+        buf = bytearray()
+        held: bytes | None = None
+        async for piece in pieces:
+            buf += piece
+            while len(buf) >= chunk_size:
+                chunk = bytes(buf[:chunk_size])
+                del buf[:chunk_size]
+                await self._hash(hasher, chunk)
+                if held is not None:
+                    await fan.send(held)
+                held = chunk
+        if buf:
+            tail = bytes(buf)
+            await self._hash(hasher, tail)
+            if held is not None:
+                await fan.send(held)
+            held = tail
+        image = self.image
+        expected = Expected(image.size, image.checksum, image.os_hash_algo, image.os_hash_value)
+        verdict = judge_stream(expected, hasher.bytes, hasher.hexdigests())
+        if verdict.ok:
+            run.digests = hasher.hexdigests()
+            run.unverified_source = verdict.unverified_source
+            if held is not None:
+                await fan.send(held)
+        return verdict
+
+    async def _hash(self, hasher: MultiHasher, chunk: bytes) -> None:
+        if self.settings.hash_in_thread and len(chunk) >= 256 * 1024:
+            await anyio.to_thread.run_sync(hasher.update, chunk)
+        else:
+            hasher.update(chunk)
+
+    async def _spool_writer(self, spool: Spool, rx: MemoryObjectReceiveStream[bytes]) -> None:
+        async with rx:
+            async for chunk in rx:
+                if spool.failed:
+                    continue
+                try:
+                    await anyio.to_thread.run_sync(spool.write, chunk)
+                except OSError as exc:  # e.g. the spool disk filled up: carry on without a spool
+                    spool.failed = f"spool write failed: {exc}"
+        spool.finish(ok=spool.failed is None)
+
+    # === one target's upload
+
+    async def _upload(
+        self, t: _Target, fan: Fanout, rx: MemoryObjectReceiveStream[bytes], run: _Pass,
+        source_failed: list[_Target],
+    ) -> None:  # fmt: skip
+        limiter = self.engine.region_bandwidth.get(t.region)
+        image_id, size = self.image.id, run.size
+
+        async def body() -> AsyncIterator[bytes]:
+            async for chunk in rx:
+                if limiter is not None:
+                    await limiter.take(len(chunk))
+                yield chunk
+                t.sent += len(chunk)
+                t.result.bytes = max(t.result.bytes, t.sent)
+                self.reporter.emit(BytesWritten(image_id, t.region, len(chunk)))
+            if t.abort is not None:
+                raise t.abort  # aborting the request leaves the target image queued, never active
+            if t.sent != size:
+                raise TargetWriteError(f"upload stream ended at {t.sent} of {size} bytes", region=t.region,
+                                       image_id=image_id)  # fmt: skip
+
+        assert t.result.target_id is not None
+        error: BaseException | None = None
+        with anyio.CancelScope() as scope:
+            t.scope = scope
+            try:
+                await t.spec.client.upload_image(t.result.target_id, body(), size=size)
+            except Exception as exc:
+                error = exc
+            finally:
+                rx.close()
+                if error is not None:
+                    fan.detach(t.region, f"upload failed: {error}")
+        if t.abort is not None:
+            t.result.error, t.result.blame = str(t.abort), "source"
+            self.reporter.emit(TargetFailed(image_id, t.region, t.result.attempts, str(t.abort), "source"))
+            source_failed.append(t)
+            return
+        if scope.cancelled_caught and error is None:
+            error = TargetWriteError("upload stalled", region=t.region, image_id=image_id)
+        if error is None:
+            error = await self._verify(t, run)
+            if error is None:
+                return
+        t.result.error, t.result.blame = str(error), "target"
+        self.reporter.emit(TargetFailed(image_id, t.region, t.result.attempts, str(error), "target"))
+        self.tg.start_soon(self._retry, [t])
+
+    async def _verify(self, t: _Target, run: _Pass) -> BaseException | None:
+        """GET the target and compare with the digests computed in flight; None when verified."""
+        client, target_id = t.spec.client, t.result.target_id
+        assert target_id is not None
+        try:
+            reported = await client.get_image(target_id)
+        except ApiError as exc:
+            return TargetWriteError(f"cannot read back the target image: {exc}", region=t.region,
+                                    image_id=self.image.id)  # fmt: skip
+        digests = dict(run.digests)
+        verdict = judge_target(reported.raw, run.size, digests)
+        if verdict.verdict is Verdict.INCOMPLETE and reported.status == "active":
+            # the target hashes with an algorithm we did not compute: read the copy back and hash it
+            digests.update(await self._deep_digests(client, reported))
+            verdict = judge_target(reported.raw, run.size, digests)
+        if verdict.ok:
+            self._finish(t, "done", None, Evidence(run.size, run.digests, _reported(reported), run.unverified_source))
+            return None
+        if reported.status == "active":
+            await self._delete(t, target_id)  # wrong content: never leave it behind
+        return VerificationError(f"target verification failed: {verdict.reason}", region=t.region,
+                                 image_id=self.image.id)  # fmt: skip
+
+    async def _deep_digests(self, client: ImageClient, image: Image) -> dict[str, str]:
+        hasher = MultiHasher([image.os_hash_algo or "sha512"])
+        async with client.open_download(image.id) as dl:
+            async for chunk in dl.iter_chunks(self.settings.chunk_size):
+                await self._hash(hasher, chunk)
+        return hasher.hexdigests()
+
+    # === retries
+
+    async def _retry(self, targets: list[_Target]) -> None:
+        """Retry ``targets`` in a new pass: together after a source failure, alone after a target one."""
+        budget = self.settings.retries + 1
+        alive = []
+        for t in targets:
+            if t.result.attempts >= budget:
+                self._finish(t, "failed", t.result.error, blame=t.result.blame)
+            else:
+                alive.append(t)
+        if not alive:
+            return
+        attempt = max(t.result.attempts for t in alive)
+        delay = self.settings.backoff.delay(attempt, None)
+        for t in alive:
+            self.reporter.emit(TargetRetrying(self.image.id, t.region, attempt + 1, t.result.error or "", delay))
+        await self.settings.backoff.sleep(delay)
+        ready: list[_Target] = []
+        for t in alive:
+            try:
+                if await self._prepare(t):
+                    ready.append(t)
+            except ApiError as exc:
+                t.result.attempts += 1
+                t.result.error, t.result.blame = f"cannot prepare target image: {exc}", "target"
+                self.tg.start_soon(self._retry, [t])
+        if ready:
+            await self._pass(ready)
+
+    # === outcomes
+
+    def _finish(
+        self, t: _Target, state: str, error: str | None, evidence: Evidence | None = None, *, blame: str | None = None
+    ) -> None:
+        result = t.result
+        result.state, result.error = state, error
+        if blame is not None:
+            result.blame = blame
+        if evidence is not None:
+            result.evidence = evidence
+        self.reporter.emit(TargetFinished(
+            self.image.id, t.region, state, result.target_id, result.attempts, result.bytes, error,
+            evidence.to_json() if evidence else {},
+        ))  # fmt: skip
+
+
+def _matches_source(source: Image, target: Image) -> bool:
+    """Whether an active target already holds the source's bytes, by the digests both publish."""
+    if source.size != target.size or not source.checksum or source.checksum != target.checksum:
+        return False
+    algo = (source.os_hash_algo or "").lower()
+    if algo and source.os_hash_value and (target.os_hash_algo or "").lower() == algo:
+        return source.os_hash_value == target.os_hash_value
+    return True
+
+
+def _reported(image: Image) -> dict[str, Any]:
+    return {k: image.raw.get(k) for k in ("id", "status", "size", "checksum", "os_hash_algo", "os_hash_value")}

@@ -1,0 +1,127 @@
+"""Events the engine and runner emit; reporters (progress bars, logs, summaries) only observe them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = [
+    "BytesRead",
+    "BytesWritten",
+    "Event",
+    "ImageFinished",
+    "ImageStarted",
+    "NullReporter",
+    "Reporter",
+    "SourceResumed",
+    "TargetFailed",
+    "TargetFinished",
+    "TargetRetrying",
+    "TeeReporter",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageStarted:
+    image_id: str
+    name: str | None
+    size: int
+    regions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BytesRead:
+    """Bytes read from the source (after a resume, only the new bytes)."""
+
+    image_id: str
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class BytesWritten:
+    """Bytes handed to one target's upload."""
+
+    image_id: str
+    region: str
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourceResumed:
+    """The source stream broke and was reopened at ``offset`` (Range) or from 0 (``restarted``)."""
+
+    image_id: str
+    offset: int
+    attempt: int
+    error: str
+    restarted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRetrying:
+    image_id: str
+    region: str
+    attempt: int
+    error: str
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class TargetFailed:
+    """One attempt of one target failed (it may still be retried)."""
+
+    image_id: str
+    region: str
+    attempt: int
+    error: str
+    blame: str  # "source" or "target"
+
+
+@dataclass(frozen=True, slots=True)
+class TargetFinished:
+    """Final outcome of one image x target: done (verified), failed, or cancelled."""
+
+    image_id: str
+    region: str
+    state: str
+    target_id: str | None
+    attempts: int
+    bytes: int
+    error: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFinished:
+    image_id: str
+    ok: bool
+
+
+Event = (
+    ImageStarted | BytesRead | BytesWritten | SourceResumed | TargetRetrying | TargetFailed | TargetFinished
+    | ImageFinished
+)  # fmt: skip
+
+
+class Reporter(Protocol):
+    """Receives events; must be quick and must not raise (it only observes)."""
+
+    def emit(self, event: Any) -> None: ...
+
+
+class NullReporter:
+    """Ignores everything."""
+
+    def emit(self, event: Any) -> None:
+        return None
+
+
+class TeeReporter:
+    """Sends each event to several reporters."""
+
+    def __init__(self, *reporters: Reporter) -> None:
+        self.reporters = reporters
+
+    def emit(self, event: Any) -> None:
+        for reporter in self.reporters:
+            reporter.emit(event)

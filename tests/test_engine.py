@@ -1,0 +1,229 @@
+"""The transfer engine against the emulator with faults: one read, N targets, verified, resumable."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import pytest
+
+from pipeline.emulator import ByteFault, Emulator, StatusFault
+from pipeline.engine import Engine, EngineSettings, TargetResult, TargetSpec
+from pipeline.events import BytesRead, SourceResumed, TargetFailed, TargetFinished, TargetRetrying
+from pipeline.models import Image
+from pipeline.retry import RetryPolicy
+
+from .cloud import Cloud
+
+MiB = 1 << 20
+SIZE = 12 * MiB + 12345  # not a multiple of the chunk size: exercises the held-back tail
+
+
+@pytest.fixture
+def cloud(emulator_cloud: Cloud) -> Cloud:
+    """Engine tests need the emulator's fault knobs, so they run on the emulator only."""
+    return emulator_cloud
+
+
+class Recorder:
+    """Collects every event the engine emits."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def emit(self, event: Any) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+async def no_sleep(_: float) -> None:
+    await anyio.sleep(0)
+
+
+def settings(**overrides: Any) -> EngineSettings:
+    base: dict[str, Any] = {
+        "chunk_size": 1 * MiB, "buffer_depth": 2, "retries": 3, "stall_timeout": 5.0,
+        "backoff": RetryPolicy(attempts=3, initial=0.01, maximum=0.05, sleep=no_sleep),
+    }  # fmt: skip
+    return EngineSettings(**{**base, **overrides})
+
+
+def source_image(emulator: Emulator, tenant: str, size: int = SIZE, seed: str = "engine") -> Image:
+    rec = emulator.store("KR1").add_synthetic(tenant, size, seed, {"name": f"src-{seed}"})
+    return Image.from_api(rec.to_json())
+
+
+def specs(cloud: Cloud, regions: Sequence[str] = ("KR2", "JP1")) -> list[TargetSpec]:
+    fields = cloud.image_fields(name="copy", imgmig_source_id="x")
+    return [TargetSpec(r, cloud.client(region=r), fields) for r in regions]
+
+
+async def copy(cloud: Cloud, image: Image, regions: Sequence[str] = ("KR2", "JP1"), **kw: Any):  # type: ignore[no-untyped-def]
+    recorder = Recorder()
+    engine = Engine(settings(**kw), reporter=recorder)
+    results = await engine.copy_image(cloud.client(region="KR1"), image, specs(cloud, regions))
+    return results, recorder
+
+
+async def assert_verified_copy(cloud: Cloud, result: TargetResult, image: Image) -> None:
+    assert result.state == "done", result.error
+    target = await cloud.client(region=result.region).get_image(result.target_id or "")
+    assert target.status == "active"
+    assert (target.size, target.checksum, target.os_hash_value) == (image.size, image.checksum, image.os_hash_value)
+    assert result.evidence is not None
+    assert result.evidence.computed["md5"] == image.checksum
+    assert result.evidence.computed["sha512"] == image.os_hash_value
+
+
+async def wait_status(cloud: Cloud, result: TargetResult, status: str) -> None:
+    """The server notices a broken upload asynchronously; wait (bounded) for the image to settle."""
+    client = cloud.client(region=result.region)
+    with anyio.fail_after(10):
+        while (await client.get_image(result.target_id or "")).status != status:
+            await anyio.sleep(0.05)
+
+
+def images_in(emulator: Emulator, region: str, tenant: str) -> list[Any]:
+    return [r for r in emulator.store(region).images.values() if r.owner == tenant]
+
+
+async def test_one_read_feeds_every_target(cloud: Cloud, emulator: Emulator) -> None:
+    """One source read fans out to two targets; both are verified against the source digests."""
+    image = source_image(emulator, cloud.t1)
+    results, rec = await copy(cloud, image)
+    for result in results.values():
+        await assert_verified_copy(cloud, result, image)
+        assert result.attempts == 1
+    assert sum(e.n for e in rec.of(BytesRead)) == SIZE  # the source was read exactly once
+
+
+async def test_download_dropped_twice_resumes_without_restarting_uploads(cloud: Cloud, emulator: Emulator) -> None:
+    """Source drops at 30% and 70%: Range resumes twice, every target verified, no upload restarts."""
+    image = source_image(emulator, cloud.t1)
+    faults = emulator.faults("KR1")
+    faults.drop_download = [ByteFault(int(SIZE * 0.3)), ByteFault(int(SIZE * 0.7))]
+    results, rec = await copy(cloud, image)
+    assert faults.fired["drop_download"] == 2
+    resumed = rec.of(SourceResumed)
+    # each resume starts where the client's bytes stopped: at or a little before the drop point
+    first, second = (r.offset for r in resumed)
+    assert 0 < first <= int(SIZE * 0.3) < second <= int(SIZE * 0.7)
+    assert not any(r.restarted for r in resumed)
+    assert rec.of(TargetFailed) == []
+    assert sum(e.n for e in rec.of(BytesRead)) == SIZE
+    for result in results.values():
+        await assert_verified_copy(cloud, result, image)
+        assert result.attempts == 1  # the uploads never noticed
+
+
+async def test_source_ignoring_range_restarts_the_read_only(cloud: Cloud, emulator: Emulator) -> None:
+    """When the source ignores Range (200), the read restarts from 0; targets still see one stream."""
+    image = source_image(emulator, cloud.t1)
+    faults = emulator.faults("KR1")
+    faults.drop_download = [ByteFault(SIZE // 2)]
+    faults.ignore_range = True
+    results, rec = await copy(cloud, image)
+    assert [r.restarted for r in rec.of(SourceResumed)] == [False, True]
+    for result in results.values():
+        await assert_verified_copy(cloud, result, image)
+        assert result.attempts == 1
+
+
+async def test_target_with_503s_retries_alone(cloud: Cloud, emulator: Emulator) -> None:
+    """JP1's upload gets 503 twice: it retries alone (re-reading the source), KR2 finishes at once."""
+    image = source_image(emulator, cloud.t1)
+    emulator.faults("JP1").statuses.append(StatusFault(503, op="upload", count=2))
+    results, rec = await copy(cloud, image)
+    await assert_verified_copy(cloud, results["KR2"], image)
+    await assert_verified_copy(cloud, results["JP1"], image)
+    assert results["KR2"].attempts == 1
+    assert results["JP1"].attempts == 3
+    assert {e.region for e in rec.of(TargetRetrying)} == {"JP1"}
+    finished = [e.region for e in rec.of(TargetFinished)]
+    assert finished.index("KR2") < finished.index("JP1")
+    # the queued JP1 image was reused for the retries, not deleted and recreated
+    assert len(images_in(emulator, "JP1", cloud.t1)) == 1
+
+
+async def test_corrupt_source_byte_is_detected_and_retried(cloud: Cloud, emulator: Emulator) -> None:
+    """A flipped byte from the source fails the md5 check; nothing completes; the retry copies clean bytes."""
+    image = source_image(emulator, cloud.t1)
+    emulator.faults("KR1").corrupt_download = [ByteFault(SIZE // 3)]
+    results, rec = await copy(cloud, image)
+    failures = rec.of(TargetFailed)
+    assert {f.region for f in failures} == {"KR2", "JP1"}
+    assert all(f.blame == "source" and "md5" in f.error for f in failures)
+    for result in results.values():
+        await assert_verified_copy(cloud, result, image)
+        assert result.attempts == 2
+        assert result.deleted == []  # the bad stream never completed an upload, so nothing to delete
+    assert len(images_in(emulator, "KR2", cloud.t1)) == 1
+
+
+async def test_corruption_on_every_attempt_fails_without_done(cloud: Cloud, emulator: Emulator) -> None:
+    """If the source is corrupt every time, the targets end failed, never done, and stay queued."""
+    image = source_image(emulator, cloud.t1, size=3 * MiB)
+    emulator.faults("KR1").corrupt_download = [ByteFault(100 + i) for i in range(10)]
+    results, _ = await copy(cloud, image, retries=2)
+    for result in results.values():
+        assert result.state == "failed"
+        assert result.blame == "source"
+        assert result.attempts == 3
+        await wait_status(cloud, result, "queued")
+
+
+async def test_zero_byte_image(cloud: Cloud, emulator: Emulator) -> None:
+    """A 0-byte image is copied and verified like any other."""
+    rec = emulator.store("KR1").add_bytes(cloud.t1, b"", {"name": "empty"})
+    image = Image.from_api(rec.to_json())
+    results, _ = await copy(cloud, image)
+    for result in results.values():
+        await assert_verified_copy(cloud, result, image)
+
+
+async def test_cancel_mid_transfer_reports_each_target(cloud: Cloud, emulator: Emulator) -> None:
+    """Cancelling mid-transfer ends every task; each target is reported cancelled; images go queued."""
+    image = source_image(emulator, cloud.t1, size=64 * MiB)
+    emulator.faults("KR1").bandwidth = 8 * MiB  # slow enough to be mid-transfer
+    recorder = Recorder()
+    engine = Engine(settings(), reporter=recorder)
+    results: dict[str, TargetResult] = {}
+    with anyio.move_on_after(1.0) as scope:
+        await engine.copy_image(cloud.client(region="KR1"), image, specs(cloud), results=results)
+    assert scope.cancelled_caught
+    assert {r.state for r in results.values()} == {"cancelled"}
+    assert {e.state for e in recorder.of(TargetFinished)} == {"cancelled"}
+    assert all(0 < r.bytes < image.size for r in results.values())  # type: ignore[operator]
+    for result in results.values():
+        await wait_status(cloud, result, "queued")
+
+
+async def test_existing_queued_copy_is_reused(cloud: Cloud, emulator: Emulator) -> None:
+    """A queued copy left by an interrupted run is reused, not duplicated."""
+    image = source_image(emulator, cloud.t1)
+    client = cloud.client(region="KR2")
+    leftover = await client.create_image(cloud.image_fields(name="leftover"))
+    spec = TargetSpec("KR2", client, cloud.image_fields(name="copy"), existing=leftover)
+    results = await Engine(settings()).copy_image(cloud.client(region="KR1"), image, [spec])
+    assert results["KR2"].target_id == leftover.id
+    await assert_verified_copy(cloud, results["KR2"], image)
+    assert len(images_in(emulator, "KR2", cloud.t1)) == 1
+
+
+@pytest.mark.parametrize("depth", [1, 4])
+async def test_spool_serves_retries(cloud: Cloud, emulator: Emulator, tmp_path: Any, depth: int) -> None:
+    """With a spool, a target retry reads the spool, not the source; the spool is removed afterwards."""
+    image = source_image(emulator, cloud.t1)
+    emulator.faults("JP1").statuses.append(StatusFault(503, op="upload", count=1))
+    recorder = Recorder()
+    engine = Engine(settings(spool_dir=tmp_path / "spool", buffer_depth=depth), reporter=recorder)
+    results = await engine.copy_image(cloud.client(region="KR1"), image, specs(cloud))
+    for result in results.values():
+        await assert_verified_copy(cloud, result, image)
+    assert results["JP1"].attempts == 2
+    assert sum(e.n for e in recorder.of(BytesRead)) == SIZE  # the retry was served by the spool
+    assert list((tmp_path / "spool").iterdir()) == []
+
