@@ -49,6 +49,7 @@ async def test_slowest_consumer_sets_the_pace_and_buffers_stay_bounded() -> None
             assert sent == 3  # exactly the slow consumer's buffer depth
             assert slow.statistics().current_buffer_used == 3
             tg.cancel_scope.cancel()
+    fan.close()
     assert len(fast_seen) <= 4
 
 
