@@ -234,7 +234,7 @@ class _ImageCopy:
         if existing is not None:
             if existing.status == "queued":
                 return True
-            if existing.status == "active" and _matches_source(self.image, existing):
+            if existing.status == "active" and existing.same_data_as(self.image):
                 evidence = Evidence(existing.size or 0, {}, _reported(existing), not self.image.checksum)
                 self._finish(t, "done", None, evidence)
                 return False
@@ -259,6 +259,10 @@ class _ImageCopy:
                 await t.spec.client.delete_image(image_id)
             except NotFoundError:
                 pass
+            except ApiError as exc:
+                # it carries this job's provenance, so the next run's orphan sweep removes it
+                t.result.error = f"could not delete bad copy {image_id}: {exc}"
+                return
             t.result.deleted.append(image_id)
             if t.result.target_id == image_id:
                 t.result.target_id = None
@@ -486,16 +490,6 @@ class _ImageCopy:
             self.image.id, t.region, state, result.target_id, result.attempts, result.bytes, error,
             evidence.to_json() if evidence else {},
         ))  # fmt: skip
-
-
-def _matches_source(source: Image, target: Image) -> bool:
-    """Whether an active target already holds the source's bytes, by the digests both publish."""
-    if source.size != target.size or not source.checksum or source.checksum != target.checksum:
-        return False
-    algo = (source.os_hash_algo or "").lower()
-    if algo and source.os_hash_value and (target.os_hash_algo or "").lower() == algo:
-        return source.os_hash_value == target.os_hash_value
-    return True
 
 
 def _reported(image: Image) -> dict[str, Any]:

@@ -77,6 +77,7 @@ __all__ = [
     "UsageError",
     "VerificationError",
     "error_for_status",
+    "first_error",
 ]
 
 
@@ -324,3 +325,21 @@ class TargetWriteError(TransferError):
 
 class VerificationError(TransferError):
     """Bytes or digests do not match; the copy is never marked done."""
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The error that explains ``exc``: from an exception group, the first fatal ImgmigError, else the
+    first ImgmigError, else the first other exception (task groups wrap errors in groups)."""
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for inner in e.exceptions:
+                walk(inner)
+        else:
+            leaves.append(e)
+
+    walk(exc)
+    ours = [leaf for leaf in leaves if isinstance(leaf, ImgmigError)]
+    fatal = [leaf for leaf in ours if leaf.fatal]
+    return (fatal or ours or leaves or [exc])[0]

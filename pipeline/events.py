@@ -12,6 +12,7 @@ __all__ = [
     "ImageFinished",
     "ImageStarted",
     "NullReporter",
+    "PlanReady",
     "Reporter",
     "SourceResumed",
     "TargetFailed",
@@ -19,6 +20,15 @@ __all__ = [
     "TargetRetrying",
     "TeeReporter",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanReady:
+    """The run has planned: how many images and steps, and how many bytes it will write."""
+
+    images: int
+    steps: int
+    bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +108,7 @@ class ImageFinished:
 
 
 Event = (
-    ImageStarted | BytesRead | BytesWritten | SourceResumed | TargetRetrying | TargetFailed | TargetFinished
+    PlanReady | ImageStarted | BytesRead | BytesWritten | SourceResumed | TargetRetrying | TargetFailed | TargetFinished
     | ImageFinished
 )  # fmt: skip
 

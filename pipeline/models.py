@@ -138,6 +138,15 @@ class Image:
     def updated_at(self) -> str | None:
         return self._get("updated_at")
 
+    def same_data_as(self, source: Image) -> bool:
+        """Whether this image holds ``source``'s bytes, judged by the size and digests both publish."""
+        if self.size != source.size or not source.checksum or self.checksum != source.checksum:
+            return False
+        algo = (source.os_hash_algo or "").lower()
+        if algo and source.os_hash_value and (self.os_hash_algo or "").lower() == algo:
+            return self.os_hash_value == source.os_hash_value
+        return True
+
     def properties(self) -> dict[str, Any]:
         """Custom (non-core) properties, e.g. os_type, hw_*, imgmig_source_id."""
         return {k: v for k, v in self.raw.items() if k not in CORE_FIELDS}

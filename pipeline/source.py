@@ -14,6 +14,7 @@ import shutil
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
+import aiofiles
 import anyio
 from aiolimiter import AsyncLimiter
 
@@ -145,8 +146,7 @@ class Spool:
 
 
 async def spool_pieces(spool: Spool, piece: int = 8 * PIECE) -> AsyncGenerator[bytes, None]:
-    """The spooled bytes, read in a worker thread."""
-    fh = await anyio.open_file(spool.path, "rb")
-    async with fh:
+    """The spooled bytes, read without blocking the event loop (aiofiles runs reads in a thread)."""
+    async with aiofiles.open(spool.path, "rb") as fh:
         while chunk := await fh.read(piece):
             yield chunk

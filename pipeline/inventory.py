@@ -1,0 +1,199 @@
+"""Discovery before planning: clients for every profile and region, the selected source images, and
+what each target already holds of this job (its copies, their members, the target's read-only fields).
+
+Listing is read-only. A target that cannot be reached is marked unavailable with the reason, so the job
+still runs for the other targets; a source or credential failure is fatal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import anyio
+
+from .errors import ApiError, AuthenticationError, NotFoundError, RegionNotFoundError, UsageError
+from .glance.auth import Auth, PasswordAuth, StaticTokenAuth
+from .glance.client import ImageClient
+from .glance.transport import TransportConfig
+from .logs import register_secret
+from .metasync import PROV_JOB, read_only_fields
+from .models import Image, Member
+from .planner import select_images
+from .retry import RetryPolicy
+from .spec import AuthProfile, Endpoint, JobSpec
+
+__all__ = ["Clients", "Inventory", "TargetState", "discover", "target_labels", "transport_config"]
+
+LIST_CONCURRENCY = 8
+
+
+def transport_config(spec: JobSpec) -> TransportConfig:
+    """Connection settings from the job's ``[transfer]`` and ``[run]`` tables."""
+    transfer = spec.transfer
+    return TransportConfig(
+        connect_timeout=transfer.connect_timeout, read_timeout=transfer.read_timeout,
+        connections_per_region=transfer.connections_per_region,
+        ca_bundle=str(spec.run.ca_bundle) if spec.run.ca_bundle else None, insecure=spec.run.insecure,
+    )  # fmt: skip
+
+
+def target_labels(spec: JobSpec) -> dict[str, Endpoint]:
+    """A short, unique name per target: its region, or ``region@profile`` when a region repeats."""
+    regions = [t.region for t in spec.targets]
+    return {(t.region if regions.count(t.region) == 1 else f"{t.region}@{t.auth}"): t for t in spec.targets}
+
+
+class Clients:
+    """One Auth per profile and one ImageClient per (profile, region), over the run's session."""
+
+    def __init__(self, spec: JobSpec, session: aiohttp.ClientSession, retry: RetryPolicy) -> None:
+        self.spec = spec
+        self.session = session
+        self.retry = retry
+        self._auth: dict[str, Auth] = {}
+        self._clients: dict[tuple[str, str], ImageClient] = {}
+
+    def auth(self, name: str) -> Auth:
+        if name not in self._auth:
+            self._auth[name] = _make_auth(self.spec.auth[name], self.retry)
+        return self._auth[name]
+
+    def client(self, profile: str, region: str) -> ImageClient:
+        key = (profile, region)
+        if key not in self._clients:
+            self._clients[key] = ImageClient(self.session, self.auth(profile), region, retry=self.retry)
+        return self._clients[key]
+
+    async def tenant(self, profile: str) -> str | None:
+        """The profile's tenant: configured, or the one its token names."""
+        configured = self.spec.auth[profile].tenant_id
+        if configured:
+            return configured
+        return (await self.auth(profile).token(self.session)).tenant_id
+
+
+def _make_auth(profile: AuthProfile, retry: RetryPolicy) -> Auth:
+    if profile.endpoint is not None:
+        if profile.token is None:
+            raise UsageError(f"auth profile {profile.name!r}: token_env is not set in the environment")
+        register_secret(profile.token.reveal())
+        return StaticTokenAuth(profile.endpoint, profile.token, profile.tenant_id)
+    if profile.password is None or not profile.tenant_id or not profile.username:
+        raise UsageError(f"auth profile {profile.name!r}: password_env is not set in the environment")
+    register_secret(profile.password.reveal())
+    return PasswordAuth(profile.identity_url, profile.tenant_id, profile.username, profile.password, retry=retry)
+
+
+@dataclass
+class TargetState:
+    label: str
+    endpoint: Endpoint
+    client: ImageClient
+    tenant_id: str | None = None
+    copies: list[Image] = field(default_factory=list)
+    members: dict[str, list[Member]] = field(default_factory=dict)
+    read_only: frozenset[str] = frozenset()
+    algorithms: frozenset[str] = frozenset()
+    #: Why this target cannot be used in this run (unreachable region), or None.
+    error: str | None = None
+
+
+@dataclass
+class Inventory:
+    source: ImageClient
+    source_tenant: str | None
+    images: list[Image]
+    missing_ids: list[str]
+    source_members: dict[str, list[Member]]
+    targets: dict[str, TargetState]
+
+
+async def _list_all(client: ImageClient, filters: Mapping[str, Any]) -> list[Image]:
+    """Every image matching ``filters``, hidden (os_hidden) ones included."""
+    found: dict[str, Image] = {}
+    for hidden in ("false", "true"):
+        async for image in client.list_images({**filters, "os_hidden": hidden}):
+            found.setdefault(image.id, image)
+    return list(found.values())
+
+
+async def _members(client: ImageClient, images: Sequence[Image]) -> dict[str, list[Member]]:
+    limiter = anyio.CapacityLimiter(LIST_CONCURRENCY)
+    out: dict[str, list[Member]] = {}
+
+    async def fetch(image: Image) -> None:
+        async with limiter:
+            out[image.id] = await client.list_members(image.id)
+
+    async with anyio.create_task_group() as tg:
+        for image in images:
+            if image.visibility == "shared":
+                tg.start_soon(fetch, image)
+    return out
+
+
+async def _source_images(spec: JobSpec, client: ImageClient, owner: str | None) -> tuple[list[Image], list[str]]:
+    select = spec.select
+    missing: list[str] = []
+    if select.ids:
+        images = []
+        for image_id in select.ids:
+            try:
+                images.append(await client.get_image(image_id))
+            except NotFoundError:
+                missing.append(image_id)
+        return select_images(images, select, owner), missing
+    filters: dict[str, Any] = {"visibility": "all"}
+    if owner:
+        filters["owner"] = owner
+    if select.tags:
+        filters["tag"] = list(select.tags)
+    for key, value in select.properties.items():
+        filters[key] = value
+    return select_images(await _list_all(client, filters), select, owner), missing
+
+
+async def _target_state(spec: JobSpec, clients: Clients, label: str, endpoint: Endpoint, source_algo: str) -> TargetState:
+    state = TargetState(label, endpoint, clients.client(endpoint.auth, endpoint.region))
+    try:
+        state.tenant_id = await clients.tenant(endpoint.auth)
+        filters: dict[str, Any] = {PROV_JOB: spec.name, "visibility": "all"}
+        if state.tenant_id:
+            filters["owner"] = state.tenant_id
+        state.copies = await _list_all(state.client, filters)
+        state.members = await _members(state.client, state.copies)
+        try:
+            schema = await state.client.get_schema("image")
+        except ApiError:
+            schema = None  # no schema offered: the built-in read-only set applies
+        state.read_only = read_only_fields(schema)
+        algos = {c.os_hash_algo.lower() for c in state.copies if c.os_hash_algo}
+        state.algorithms = frozenset(algos or {source_algo})
+    except (AuthenticationError, RegionNotFoundError):
+        raise
+    except ApiError as exc:
+        state.error = f"target {label} is unavailable: {exc}"
+    return state
+
+
+async def discover(spec: JobSpec, clients: Clients) -> Inventory:
+    """Authenticate, list the source selection and every target's copies of this job."""
+    source = clients.client(spec.source.auth, spec.source.region)
+    source_tenant = await clients.tenant(spec.source.auth)
+    owner = spec.select.owner or source_tenant
+    images, missing = await _source_images(spec, source, owner)
+    source_members = await _members(source, images)
+    algo = next((i.os_hash_algo.lower() for i in images if i.os_hash_algo), "sha512")
+    targets: dict[str, TargetState] = {}
+
+    async def one(label: str, endpoint: Endpoint) -> None:
+        targets[label] = await _target_state(spec, clients, label, endpoint, algo)
+
+    async with anyio.create_task_group() as tg:
+        for label, endpoint in target_labels(spec).items():
+            tg.start_soon(one, label, endpoint)
+    ordered = {label: targets[label] for label in target_labels(spec)}
+    return Inventory(source, source_tenant, images, missing, source_members, ordered)

@@ -1,0 +1,382 @@
+"""The job journal: append-only JSON lines plus periodic atomic snapshots, and the pure state they build.
+
+Layout of ``journal_dir`` (0700; every file 0600):
+
+- ``journal.jsonl``: one record per line, ``{"seq": n, "at": t, "kind": ..., ...}``, appended with one
+  ``write`` each. A ``kill -9`` can tear at most the line being written; that torn tail (no newline) is
+  ignored and cut on the next open. A damaged line *before* the last one is corruption: opening fails
+  with ``JournalCorruptError`` instead of silently dropping state.
+- ``snapshot.json``: the whole state at ``seq`` S, written to a temporary file, fsynced, renamed over
+  the old one, then the directory fsynced. Records with ``seq <= S`` are then redundant and the log is
+  cut. Snapshots are taken when the log grows past twice the state's size, so the cost per record stays
+  flat however big the job (rewriting one JSON file per record would be O(n) each, O(n^2) per job).
+- ``lock``: see ``JobLock``.
+
+The log is fsynced in groups (``sync``), not per record: a process crash loses nothing that was written
+(it is in the OS), a power cut loses at most the last group, and the provenance properties on target
+images let the next run find what those records described.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import JournalCorruptError, JournalError, LockHeldError
+
+__all__ = ["ImageEntry", "JobLock", "Journal", "JournalState", "RunEntry", "TargetEntry", "secure_dir"]
+
+LOG = "journal.jsonl"
+SNAPSHOT = "snapshot.json"
+LOCK = "lock"
+FORMAT = 1
+MIN_SNAPSHOT_RECORDS = 5000
+
+#: Target fields a "target" record may set; anything else in the record is ignored by the state.
+_TARGET_FIELDS = ("action", "state", "target_id", "bytes", "attempts", "error", "evidence",
+                  "source_checksum", "metadata", "problems", "pending_members", "reason")  # fmt: skip
+
+
+def secure_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) with mode 0700; tighten it if it already exists."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    return path
+
+
+@dataclass
+class TargetEntry:
+    region: str
+    action: str | None = None
+    state: str = "planned"
+    target_id: str | None = None
+    bytes: int = 0
+    attempts: int = 0
+    error: str | None = None
+    evidence: dict[str, Any] | None = None
+    source_checksum: str | None = None
+    metadata: str | None = None
+    problems: list[str] = field(default_factory=list)
+    pending_members: list[str] = field(default_factory=list)
+    reason: str | None = None
+    updated_at: float = 0.0
+    #: Every target image id this job created for this image x target, and which were deleted.
+    created: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ImageEntry:
+    image_id: str
+    name: str | None = None
+    size: int | None = None
+    checksum: str | None = None
+    status: str | None = None
+    skipped: str | None = None
+    targets: dict[str, TargetEntry] = field(default_factory=dict)
+
+
+@dataclass
+class RunEntry:
+    run_id: str
+    pid: int
+    started_at: float
+    finished_at: float | None = None
+    outcome: str | None = None
+    exit_code: int | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JournalState:
+    """Everything the journal knows, rebuilt by applying records in order. Pure."""
+
+    job: str
+    seq: int = 0
+    images: dict[str, ImageEntry] = field(default_factory=dict)
+    runs: list[RunEntry] = field(default_factory=list)
+
+    def target(self, image_id: str, region: str) -> TargetEntry | None:
+        image = self.images.get(image_id)
+        return image.targets.get(region) if image else None
+
+    def apply(self, rec: dict[str, Any]) -> None:
+        """Apply one record (unknown kinds are ignored, so newer journals stay readable)."""
+        self.seq = max(self.seq, int(rec.get("seq", self.seq)))
+        kind, at = rec.get("kind"), float(rec.get("at", 0.0))
+        if kind == "run_started":
+            self.runs.append(RunEntry(rec["run"], int(rec.get("pid", 0)), at))
+        elif kind == "run_finished":
+            for run in reversed(self.runs):
+                if run.run_id == rec["run"]:
+                    run.finished_at, run.outcome = at, rec.get("outcome")
+                    run.exit_code, run.summary = rec.get("exit_code"), dict(rec.get("summary") or {})
+                    break
+        elif kind == "image":
+            entry = self.images.setdefault(rec["image_id"], ImageEntry(rec["image_id"]))
+            for key in ("name", "size", "checksum", "status", "skipped"):
+                if key in rec:
+                    setattr(entry, key, rec[key])
+        elif kind == "target":
+            image = self.images.setdefault(rec["image_id"], ImageEntry(rec["image_id"]))
+            region = rec["region"]
+            target = image.targets.setdefault(region, TargetEntry(region))
+            for key in _TARGET_FIELDS:
+                if key in rec:
+                    setattr(target, key, rec[key])
+            target.updated_at = at
+            if rec.get("created"):
+                target.created.append(rec["created"])
+            if rec.get("deleted"):
+                target.deleted.append(rec["deleted"])
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {"format": FORMAT, "job": self.job, "seq": self.seq,
+                "images": {k: asdict(v) for k, v in self.images.items()},
+                "runs": [asdict(r) for r in self.runs]}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> JournalState:
+        state = cls(job=str(doc["job"]), seq=int(doc["seq"]))
+        for image_id, raw in doc.get("images", {}).items():
+            targets = {r: TargetEntry(**t) for r, t in raw.pop("targets", {}).items()}
+            state.images[image_id] = ImageEntry(**raw, targets=targets)
+        state.runs = [RunEntry(**r) for r in doc.get("runs", [])]
+        return state
+
+    def size(self) -> int:
+        """How many entries a snapshot holds (drives the snapshot cadence)."""
+        return len(self.images) + sum(len(i.targets) for i in self.images.values()) + len(self.runs)
+
+
+class Journal:
+    """One job's journal, opened for appending. Not thread-safe; used from the event loop."""
+
+    def __init__(self, directory: Path, state: JournalState, fd: int, log_records: int) -> None:
+        self.directory = directory
+        self.state = state
+        self._fd = fd
+        self._log_records = log_records
+        #: Seconds spent inside record/sync/snapshot, and records written: the bench reads these.
+        self.seconds = 0.0
+        self.records = 0
+
+    # === open and load
+
+    @classmethod
+    def open(cls, directory: Path, job: str) -> Journal:
+        """Load the state (snapshot + log), cut a torn tail, and open the log for appending."""
+        try:
+            secure_dir(directory)
+            state = _load_snapshot(directory / SNAPSHOT, job)
+            log = directory / LOG
+            records, good_length = _read_log(log, state.seq)
+            for rec in records:
+                state.apply(rec)
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            if os.fstat(fd).st_size != good_length:
+                os.ftruncate(fd, good_length)  # drop the torn tail of a write cut short
+        except JournalError:
+            raise
+        except OSError as exc:
+            raise JournalError(f"cannot open the journal in {directory}: {exc.strerror or exc}") from exc
+        return cls(directory, state, fd, len(records))
+
+    @staticmethod
+    def read(directory: Path, job: str) -> JournalState:
+        """The state, read-only (no lock, no repair): what ``imgmig status`` shows."""
+        if not directory.exists():
+            return JournalState(job)
+        try:
+            state = _load_snapshot(directory / SNAPSHOT, job)
+            records, _ = _read_log(directory / LOG, state.seq)
+        except OSError as exc:
+            raise JournalError(f"cannot read the journal in {directory}: {exc.strerror or exc}") from exc
+        for rec in records:
+            state.apply(rec)
+        return state
+
+    # === write
+
+    def record(self, kind: str, **fields: Any) -> None:
+        """Apply and append one record (one write call; durable against a process crash)."""
+        start = time.perf_counter()
+        rec = {"seq": self.state.seq + 1, "at": round(time.time(), 3), "kind": kind, **fields}
+        line = (json.dumps(rec, separators=(",", ":"), ensure_ascii=False, default=str) + "\n").encode()
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(28, "short write (disk full?)")
+        except OSError as exc:
+            raise JournalError(
+                f"cannot write the journal in {self.directory}: {exc.strerror or exc}; the job stops here "
+                "and the journal up to the previous record is intact"
+            ) from exc
+        self.state.apply(rec)
+        self._log_records += 1
+        self.records += 1
+        self.seconds += time.perf_counter() - start
+        if self._log_records > max(MIN_SNAPSHOT_RECORDS, 2 * self.state.size()):
+            self.snapshot()
+
+    def sync(self) -> None:
+        """fsync the log: everything recorded so far survives a power cut."""
+        start = time.perf_counter()
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise JournalError(f"cannot sync the journal in {self.directory}: {exc.strerror or exc}") from exc
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def snapshot(self) -> None:
+        """Write the state atomically, then cut the log (its records are all in the snapshot)."""
+        start = time.perf_counter()
+        try:
+            os.fsync(self._fd)
+            data = json.dumps(self.state.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
+            _atomic_write(self.directory / SNAPSHOT, data)
+            os.ftruncate(self._fd, 0)
+            self._log_records = 0
+        except OSError as exc:
+            raise JournalError(f"cannot write the journal snapshot in {self.directory}: "
+                               f"{exc.strerror or exc}") from exc  # fmt: skip
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def close(self) -> None:
+        """Snapshot, then close the log."""
+        if self._fd < 0:
+            return
+        try:
+            self.snapshot()
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _load_snapshot(path: Path, job: str) -> JournalState:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return JournalState(job)
+    try:
+        doc = json.loads(raw)
+        state = JournalState.from_json(doc)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise JournalCorruptError(
+            f"the journal snapshot {path} is damaged ({exc}); nothing was changed. Move the journal "
+            "directory aside to start over: the next run finds its copies through their provenance"
+        ) from exc
+    if state.job != job:
+        raise JournalError(f"the journal in {path.parent} belongs to job {state.job!r}, not {job!r}; "
+                           "give each job its own journal_dir")  # fmt: skip
+    return state
+
+
+def _read_log(path: Path, after_seq: int) -> tuple[list[dict[str, Any]], int]:
+    """Records with seq > after_seq, and the byte length of the intact part of the file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    end = data.rfind(b"\n") + 1  # anything after the last newline is a torn write: ignored
+    records: list[dict[str, Any]] = []
+    lines = data[:end].split(b"\n")[:-1]
+    for number, line in enumerate(lines, start=1):
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int) or "kind" not in rec:
+                raise ValueError("not a journal record")
+        except ValueError as exc:
+            raise JournalCorruptError(
+                f"the journal {path} is damaged at line {number} of {len(lines)} ({exc}); records after "
+                "it would be lost, so nothing was changed. Repair or move the file aside; the next run "
+                "finds its copies through their provenance"
+            ) from exc
+        if rec["seq"] > after_seq:
+            records.append(rec)
+    return records, end
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class JobLock:
+    """One run per job at a time: an flock on ``journal_dir/lock``, released by the OS if we die.
+
+    A second run gets ``LockHeldError`` (exit 3) naming the holder's PID and start time. A lock whose
+    holder has died is simply taken over: the kernel drops an flock with its process.
+    """
+
+    def __init__(self, directory: Path, job: str) -> None:
+        self.path = secure_dir(directory) / LOCK
+        self.job = job
+        self._fd = -1
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise LockHeldError(self.job, holder.get("pid"), holder.get("started"), str(self.path)) from None
+        except OSError:
+            os.close(fd)
+            raise
+        info = {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "host": socket.gethostname()}  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[JobLock]:
+        self.acquire()
+        try:
+            yield self
+        finally:
+            self.release()
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        doc = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,239 @@
+"""The planner (pure): which images a job selects, and for each image x target what must happen.
+
+Decisions come from the target's actual images (found by their provenance properties), never from
+the journal alone: the journal only breaks ties (which of several partial copies to reuse). Actions:
+
+- ``copy``: no copy exists; create one and stream the data.
+- ``resume``: a partial copy (queued, saving, killed) from an interrupted run is reused.
+- ``replace``: the source data changed since the copy (``on_change = "replace"``); a new copy is made,
+  verified, and only then the old one deleted.
+- ``metadata``: a verified copy exists but its metadata drifted; patch it, move no data.
+- ``skip``: up to date, or not copyable (with the reason).
+
+Extra copies (duplicates after a crash, partial leftovers next to a good copy) are listed for deletion:
+that is the orphan sweep. Only images carrying this job's provenance are ever considered.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .journal import JournalState
+from .metasync import PROV_SOURCE_ID, MetaDiff
+from .models import Image
+from .spec import CopyOptions, Select
+
+__all__ = ["Action", "ImagePlan", "Plan", "Step", "plan_job", "select_images", "skip_reason"]
+
+PARTIAL_STATES = frozenset({"queued", "saving", "killed", "importing", "uploading"})
+
+
+class Action(enum.StrEnum):
+    COPY = "copy"
+    RESUME = "resume"
+    REPLACE = "replace"
+    METADATA = "metadata"
+    SKIP = "skip"
+
+    @property
+    def moves_data(self) -> bool:
+        return self in (Action.COPY, Action.RESUME, Action.REPLACE)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What to do for one image on one target."""
+
+    target: str
+    action: Action
+    reason: str = ""
+    bytes: int = 0
+    #: The copy to reuse (resume) or to keep (metadata, skip).
+    existing: Image | None = None
+    #: Active copies of older source data, deleted once the new copy is verified (replace).
+    stale: tuple[Image, ...] = ()
+    #: Duplicates and leftovers to delete now (orphan sweep).
+    extra: tuple[Image, ...] = ()
+    diff: MetaDiff | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"target": self.target, "action": self.action.value, "bytes": self.bytes}
+        if self.reason:
+            doc["reason"] = self.reason
+        if self.existing is not None:
+            doc["target_image"] = self.existing.id
+        if self.stale:
+            doc["replaces"] = [i.id for i in self.stale]
+        if self.extra:
+            doc["deletes"] = [i.id for i in self.extra]
+        if self.diff is not None and not self.diff.empty:
+            doc["changes"] = self.diff.describe()
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePlan:
+    image: Image
+    steps: tuple[Step, ...]
+    skipped: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"id": self.image.id, "name": self.image.name, "size": self.image.size,
+                               "steps": [s.to_json() for s in self.steps]}  # fmt: skip
+        if self.skipped:
+            doc["skipped"] = self.skipped
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    images: tuple[ImagePlan, ...]
+    targets: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+    def steps(self) -> Iterable[tuple[ImagePlan, Step]]:
+        for image in self.images:
+            for step in image.steps:
+                yield image, step
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {a.value: 0 for a in Action}
+        for _, step in self.steps():
+            counts[step.action.value] += 1
+        return counts
+
+    @property
+    def bytes(self) -> int:
+        return sum(step.bytes for _, step in self.steps())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"targets": list(self.targets), "counts": self.counts(), "bytes": self.bytes,
+                "images": [i.to_json() for i in self.images], "notes": list(self.notes)}  # fmt: skip
+
+
+def _updated(image: Image) -> datetime | None:
+    try:
+        return datetime.fromisoformat((image.updated_at or "").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def select_images(images: Iterable[Image], select: Select, owner: str | None) -> list[Image]:
+    """The images the ``[select]`` rules pick (ANDed); non-active ones stay in, to be reported."""
+    picked = []
+    for image in images:
+        if select.ids and image.id not in select.ids:
+            continue
+        if owner and image.owner != owner:
+            continue
+        if not select.ids and image.visibility not in select.visibility:
+            continue
+        if select.names and not any(fnmatch.fnmatchcase(image.name or "", g) for g in select.names):
+            continue
+        if any(tag not in image.tags for tag in select.tags):
+            continue
+        if (select.size_min is not None or select.size_max is not None) and image.size is None:
+            continue
+        if select.size_min is not None and (image.size or 0) < select.size_min:
+            continue
+        if select.size_max is not None and (image.size or 0) > select.size_max:
+            continue
+        if select.nhncloud_product and image.raw.get("nhncloud_product") != select.nhncloud_product:
+            continue
+        if select.updated_since is not None:
+            updated = _updated(image)
+            if updated is None or updated < select.updated_since:
+                continue
+        if any(image.raw.get(k) != v for k, v in select.properties.items()):
+            continue
+        picked.append(image)
+    return picked
+
+
+def skip_reason(image: Image, copy: CopyOptions) -> str | None:
+    """Why an image cannot be copied at all, or None."""
+    if image.visibility == "public":
+        return "public images are never copied"
+    if image.visibility == "community" and copy.community == "skip":
+        return ("community image skipped: NHN Cloud allows only private and shared images "
+                "(set [copy] community = \"private\" or \"community\" to copy it)")  # fmt: skip
+    if image.status != "active":
+        return f"source image is {image.status}: it has no data to copy"
+    return None
+
+
+def _prefer(candidates: Sequence[Image], journal_id: str | None) -> Image:
+    for image in candidates:
+        if image.id == journal_id:
+            return image
+    return sorted(candidates, key=lambda i: (i.raw.get("created_at") or "", i.id))[0]
+
+
+def _plan_target(
+    image: Image, label: str, copies: Sequence[Image], journal_id: str | None, copy: CopyOptions,
+    meta_diff: Callable[[Image, str, Image], MetaDiff],
+) -> Step:  # fmt: skip
+    size = image.size or 0
+    good = [c for c in copies if c.status == "active" and c.same_data_as(image)]
+    stale = [c for c in copies if c.status == "active" and not c.same_data_as(image)]
+    partial = [c for c in copies if c.status != "active"]
+    if good:
+        keep = _prefer(good, journal_id)
+        extra = tuple(c for c in copies if c is not keep)
+        diff = meta_diff(image, label, keep)
+        if diff.empty:
+            return Step(label, Action.SKIP, "up to date", 0, keep, extra=extra, diff=diff)
+        return Step(label, Action.METADATA, "metadata drifted", 0, keep, extra=extra, diff=diff)
+    if stale and copy.on_change == "keep":
+        keep = _prefer(stale, journal_id)
+        return Step(label, Action.SKIP, "source data changed; old copy kept (on_change = \"keep\")", 0, keep,
+                    extra=tuple(c for c in copies if c is not keep))  # fmt: skip
+    reuse = _prefer([c for c in partial if c.status == "queued"], journal_id) if any(
+        c.status == "queued" for c in partial) else None  # fmt: skip
+    extra = tuple(c for c in partial if c is not reuse)
+    if stale:
+        return Step(label, Action.REPLACE, "source data changed since the copy", size, reuse, tuple(stale), extra)
+    if reuse is not None:
+        return Step(label, Action.RESUME, "an interrupted copy is reused", size, reuse, extra=extra)
+    return Step(label, Action.COPY, "", size, extra=extra)
+
+
+def plan_job(
+    images: Sequence[Image],
+    targets: Sequence[str],
+    copies: Mapping[str, Sequence[Image]],
+    journal: JournalState,
+    copy: CopyOptions,
+    meta_diff: Callable[[Image, str, Image], MetaDiff],
+) -> Plan:
+    """Decide every image x target from the selected ``images`` and each target's copies of this job."""
+    by_source: dict[str, dict[str, list[Image]]] = {t: {} for t in targets}
+    for label in targets:
+        for c in copies.get(label, ()):
+            source_id = c.raw.get(PROV_SOURCE_ID)
+            if isinstance(source_id, str):
+                by_source[label].setdefault(source_id, []).append(c)
+    planned: list[ImagePlan] = []
+    for image in images:
+        reason = skip_reason(image, copy)
+        if reason is not None:
+            planned.append(ImagePlan(image, tuple(Step(t, Action.SKIP, reason) for t in targets), reason))
+            continue
+        steps = []
+        for label in targets:
+            entry = journal.target(image.id, label)
+            journal_id = entry.target_id if entry else None
+            steps.append(_plan_target(image, label, by_source[label].get(image.id, []), journal_id, copy, meta_diff))
+        planned.append(ImagePlan(image, tuple(steps)))
+    selected = {i.id for i in images}
+    orphans = [
+        f"{label}: copy {c.id} of source image {c.raw.get(PROV_SOURCE_ID)} is no longer selected; left in place"
+        for label in targets for c in copies.get(label, ()) if c.raw.get(PROV_SOURCE_ID) not in selected
+    ]  # fmt: skip
+    return Plan(tuple(planned), tuple(targets), tuple(orphans))
+

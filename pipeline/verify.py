@@ -1,0 +1,120 @@
+"""``imgmig verify``: compare every copy with its source, without changing anything.
+
+For each selected image x target it reports whether a verified copy exists (size and digests equal to
+the source's), and every metadata difference (properties, tags, members, visibility, protection). With
+``deep``, each copy is downloaded and hashed, and the digests are compared with the source's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from .errors import ApiError
+from .glance.client import ImageClient
+from .hashing import MultiHasher
+from .intent import Intent
+from .glance.transport import new_session
+from .inventory import Clients, discover, transport_config
+from .journal import Journal
+from .metasync import PROV_SOURCE_ID
+from .models import Image
+from .planner import skip_reason
+from .retry import RetryPolicy
+from .spec import JobSpec
+
+__all__ = ["Finding", "VerifyReport", "verify_job"]
+
+CHUNK = 8 << 20
+
+
+@dataclass
+class Finding:
+    image_id: str
+    name: str | None
+    target: str
+    status: str  # ok, differs, missing, skipped, unavailable
+    target_id: str | None = None
+    details: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image_id": self.image_id, "name": self.name, "target": self.target, "status": self.status,
+                "target_id": self.target_id, "details": self.details}  # fmt: skip
+
+
+@dataclass
+class VerifyReport:
+    findings: list[Finding] = field(default_factory=list)
+    deep: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(f.status in ("ok", "skipped") for f in self.findings)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.findings:
+            out[f.status] = out.get(f.status, 0) + 1
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "deep": self.deep, "counts": self.counts(),
+                "findings": [f.to_json() for f in self.findings]}  # fmt: skip
+
+
+async def _deep_digests(client: ImageClient, image: Image) -> dict[str, str]:
+    hasher = MultiHasher([image.os_hash_algo or "sha512"])
+    async with client.open_download(image.id) as dl:
+        async for chunk in dl.iter_chunks(CHUNK):
+            await anyio.to_thread.run_sync(hasher.update, chunk)
+    return hasher.hexdigests()
+
+
+async def verify_job(spec: JobSpec, *, deep: bool = False) -> VerifyReport:
+    """Compare every selected image with its copies in every target."""
+    report = VerifyReport(deep=deep)
+    state = Journal.read(spec.run.journal_dir, spec.name)
+    retry = RetryPolicy(attempts=max(3, spec.transfer.retries))
+    async with new_session(transport_config(spec)) as session:
+        inventory = await discover(spec, Clients(spec, session, retry))
+        intent = Intent(spec, inventory, state)
+        for image in inventory.images:
+            for label, target in inventory.targets.items():
+                finding = Finding(image.id, image.name, label, "ok")
+                report.findings.append(finding)
+                reason = skip_reason(image, spec.copy)
+                if reason:
+                    finding.status, finding.details = "skipped", [reason]
+                    continue
+                if target.error:
+                    finding.status, finding.details = "unavailable", [target.error]
+                    continue
+                copies = [c for c in target.copies if c.raw.get(PROV_SOURCE_ID) == image.id]
+                good = [c for c in copies if c.status == "active" and c.same_data_as(image)]
+                if not good:
+                    finding.status = "missing"
+                    finding.details = [f"copy {c.id} is {c.status}" + (" with different data" if c.status == "active"
+                                       else "") for c in copies] or ["no copy in this target"]  # fmt: skip
+                    continue
+                copy = good[0]
+                finding.target_id = copy.id
+                if len(copies) > 1:
+                    finding.details.append(f"{len(copies) - 1} extra copies: "
+                                           f"{', '.join(c.id for c in copies if c is not copy)}")  # fmt: skip
+                finding.details += intent.diff(image, label, copy).describe()
+                if deep:
+                    try:
+                        digests = await _deep_digests(target.client, copy)
+                    except ApiError as exc:
+                        finding.details.append(f"deep read failed: {exc}")
+                    else:
+                        if digests.get("md5") != image.checksum:
+                            finding.details.append("data: md5 of the copy's bytes differs from the source checksum")
+                        algo = (image.os_hash_algo or "").lower()
+                        if algo in digests and image.os_hash_value and digests[algo] != image.os_hash_value:
+                            finding.details.append(f"data: {algo} of the copy's bytes differs from the source")
+                if finding.details:
+                    finding.status = "differs"
+    return report

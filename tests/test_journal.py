@@ -1,0 +1,170 @@
+"""The journal: pure state, crash safety (torn tail vs corruption), snapshots, file modes, the job lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import JournalCorruptError, JournalError, LockHeldError
+from pipeline.journal import LOG, SNAPSHOT, JobLock, Journal, JournalState
+
+
+def fill(journal: Journal, n: int) -> None:
+    for i in range(n):
+        journal.record("image", image_id=f"img-{i}", name=f"name-{i}", size=i)
+        journal.record("target", image_id=f"img-{i}", region="KR2", action="copy", state="done", bytes=i)
+
+
+def test_state_apply_merges_target_records() -> None:
+    """Target records merge field by field; created/deleted ids accumulate; runs open and close."""
+    state = JournalState("job")
+    state.apply({"seq": 1, "at": 1.0, "kind": "run_started", "run": "r1", "pid": 7})
+    state.apply({"seq": 2, "at": 2.0, "kind": "target", "image_id": "i", "region": "KR2", "action": "copy"})
+    state.apply({"seq": 3, "at": 3.0, "kind": "target", "image_id": "i", "region": "KR2", "state": "uploading",
+                 "target_id": "t1", "created": "t1"})  # fmt: skip
+    state.apply({"seq": 4, "at": 4.0, "kind": "target", "image_id": "i", "region": "KR2", "state": "done"})
+    state.apply({"seq": 5, "at": 5.0, "kind": "run_finished", "run": "r1", "outcome": "ok", "exit_code": 0})
+    state.apply({"seq": 6, "at": 6.0, "kind": "from-the-future", "x": 1})
+    target = state.target("i", "KR2")
+    assert target is not None
+    assert (target.action, target.state, target.target_id, target.created) == ("copy", "done", "t1", ["t1"])
+    assert state.runs[0].outcome == "ok"
+    assert state.seq == 6
+
+
+def test_round_trip_through_disk(tmp_path: Path) -> None:
+    """Records written by one Journal are all there when the next one opens it."""
+    journal = Journal.open(tmp_path, "job")
+    fill(journal, 50)
+    journal.close()
+    again = Journal.open(tmp_path, "job")
+    assert len(again.state.images) == 50
+    assert again.state.target("img-49", "KR2").bytes == 49  # type: ignore[union-attr]
+    again.close()
+
+
+def test_torn_tail_is_ignored_and_cut(tmp_path: Path) -> None:
+    """A half-written last line (no newline) is dropped on open; everything before it survives."""
+    journal = Journal.open(tmp_path, "job")
+    fill(journal, 3)
+    os.close(journal._fd)  # simulate a crash: no snapshot, no close
+    with open(tmp_path / LOG, "ab") as fh:
+        fh.write(b'{"seq": 99, "kind": "image", "image_id": "torn", "na')
+    reopened = Journal.open(tmp_path, "job")
+    assert "torn" not in reopened.state.images
+    assert len(reopened.state.images) == 3
+    assert (tmp_path / LOG).read_bytes().endswith(b"\n")
+    reopened.record("image", image_id="after")
+    reopened.close()
+    assert "after" in Journal.read(tmp_path, "job").images
+
+
+def test_corruption_in_the_middle_is_a_clear_error(tmp_path: Path) -> None:
+    """A damaged line before the last one refuses to open (state would be lost) and names the line."""
+    journal = Journal.open(tmp_path, "job")
+    fill(journal, 3)
+    os.close(journal._fd)
+    lines = (tmp_path / LOG).read_bytes().split(b"\n")
+    lines[2] = b"garbage{{{"
+    (tmp_path / LOG).write_bytes(b"\n".join(lines))
+    before = (tmp_path / LOG).read_bytes()
+    with pytest.raises(JournalCorruptError, match="line 3 of 6"):
+        Journal.open(tmp_path, "job")
+    assert (tmp_path / LOG).read_bytes() == before  # nothing was changed
+
+
+def test_damaged_snapshot_is_a_clear_error(tmp_path: Path) -> None:
+    """A damaged snapshot gives JournalCorruptError, not a traceback."""
+    (tmp_path / SNAPSHOT).write_text("{not json")
+    with pytest.raises(JournalCorruptError, match="snapshot"):
+        Journal.open(tmp_path, "job")
+
+
+def test_snapshot_cuts_the_log_and_keeps_state(tmp_path: Path) -> None:
+    """After a snapshot the log is empty and the state comes back from the snapshot."""
+    journal = Journal.open(tmp_path, "job")
+    fill(journal, 10)
+    journal.snapshot()
+    assert (tmp_path / LOG).stat().st_size == 0
+    journal.record("image", image_id="later")
+    os.close(journal._fd)
+    state = Journal.read(tmp_path, "job")
+    assert len(state.images) == 11
+    assert state.seq == 21
+
+
+def test_snapshot_cadence_keeps_cost_per_record_flat(tmp_path: Path) -> None:
+    """Snapshots are taken when the log exceeds twice the state, so the log stays bounded."""
+    journal = Journal.open(tmp_path, "job")
+    for i in range(12_000):
+        journal.record("target", image_id=f"i{i % 100}", region="KR2", bytes=i)
+    lines = (tmp_path / LOG).read_bytes().count(b"\n")
+    assert lines <= 5001
+    assert journal.records == 12_000
+    journal.close()
+    assert Journal.read(tmp_path, "job").target("i99", "KR2").bytes == 11_999  # type: ignore[union-attr]
+
+
+def test_files_are_private(tmp_path: Path) -> None:
+    """The journal directory is 0700 and its files 0600."""
+    directory = tmp_path / "state" / "job"
+    journal = Journal.open(directory, "job")
+    fill(journal, 1)
+    journal.close()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for name in (LOG, SNAPSHOT):
+        assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600
+
+
+def test_journal_of_another_job_is_refused(tmp_path: Path) -> None:
+    """Pointing two jobs at one journal_dir is an error, not a silent mix."""
+    journal = Journal.open(tmp_path, "one")
+    journal.close()
+    with pytest.raises(JournalError, match="belongs to job 'one'"):
+        Journal.open(tmp_path, "two")
+
+
+def test_unwritable_journal_is_a_fatal_journal_error(tmp_path: Path) -> None:
+    """A write failure (here: the fd closed under it) raises JournalError with a clear message."""
+    journal = Journal.open(tmp_path, "job")
+    os.close(journal._fd)
+    with pytest.raises(JournalError, match="cannot write the journal"):
+        journal.record("image", image_id="x")
+    assert JournalError.fatal
+
+
+def test_lock_excludes_a_second_holder_and_names_the_first(tmp_path: Path) -> None:
+    """A second lock on the same job fails with the holder's PID and start time (exit 3)."""
+    with JobLock(tmp_path, "job").held():
+        with pytest.raises(LockHeldError, match=f"PID {os.getpid()}") as info:
+            JobLock(tmp_path, "job").acquire()
+        assert info.value.exit_code == 3
+        assert info.value.started
+    with JobLock(tmp_path, "job").held():
+        pass  # released, so it can be taken again
+
+
+def test_lock_of_a_dead_holder_is_taken_over(tmp_path: Path) -> None:
+    """A process that held the lock and died (kill -9) leaves nothing that blocks the next run."""
+    code = textwrap.dedent(f"""
+        import os, sys
+        from pathlib import Path
+        from pipeline.journal import JobLock
+        JobLock(Path({str(tmp_path)!r}), "job").acquire()
+        print("locked", flush=True)
+        os.kill(os.getpid(), 9)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False)
+    assert proc.stdout.strip() == "locked"
+    assert proc.returncode == -9
+    holder = json.loads((tmp_path / "lock").read_text())
+    assert holder["pid"] != os.getpid()  # the dead holder's record is still there...
+    with JobLock(tmp_path, "job").held():  # ...and the lock is taken over anyway
+        pass
