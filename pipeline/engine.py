@@ -32,6 +32,7 @@ from .events import (
     TargetFinished,
     TargetRetrying,
 )
+from .failpoints import failpoint
 from .fanout import Fanout
 from .glance.client import ImageClient
 from .hashing import Evidence, Expected, MultiHasher, Verdict, judge_stream, judge_target
@@ -240,6 +241,7 @@ class _ImageCopy:
                 return False
             await self._delete(t, existing.id)
         created = await client.create_image(t.spec.create_fields)
+        failpoint("created")
         result.target_id = created.id
         await self.hooks.created(t.region, created.id)
         return True
@@ -379,6 +381,7 @@ class _ImageCopy:
                 if limiter is not None:
                     await limiter.take(len(chunk))
                 yield chunk
+                failpoint("uploading")
                 t.sent += len(chunk)
                 t.result.bytes = max(t.result.bytes, t.sent)
                 self.reporter.emit(BytesWritten(image_id, t.region, len(chunk)))
@@ -408,6 +411,7 @@ class _ImageCopy:
         if scope.cancelled_caught and error is None:
             error = TargetWriteError("upload stalled", region=t.region, image_id=image_id)
         if error is None:
+            failpoint("uploaded")
             error = await self._verify(t, run)
             if error is None:
                 return
@@ -431,6 +435,7 @@ class _ImageCopy:
             digests.update(await self._deep_digests(client, reported))
             verdict = judge_target(reported.raw, run.size, digests)
         if verdict.ok:
+            failpoint("verified")
             self._finish(t, "done", None, Evidence(run.size, run.digests, _reported(reported), run.unverified_source))
             return None
         if reported.status == "active":

@@ -15,6 +15,7 @@ import aiohttp
 import anyio
 
 from .errors import ApiError, AuthenticationError, NotFoundError, RegionNotFoundError, UsageError
+from .failpoints import failpoint
 from .glance.auth import Auth, PasswordAuth, StaticTokenAuth
 from .glance.client import ImageClient
 from .glance.transport import TransportConfig
@@ -196,4 +197,5 @@ async def discover(spec: JobSpec, clients: Clients) -> Inventory:
         for label, endpoint in target_labels(spec).items():
             tg.start_soon(one, label, endpoint)
     ordered = {label: targets[label] for label in target_labels(spec)}
+    failpoint("listed")
     return Inventory(source, source_tenant, images, missing, source_members, ordered)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import JournalCorruptError, JournalError, LockHeldError
+from .failpoints import die, hit
 
 __all__ = ["ImageEntry", "JobLock", "Journal", "JournalState", "RunEntry", "TargetEntry", "secure_dir"]
 
@@ -215,6 +216,9 @@ class Journal:
         rec = {"seq": self.state.seq + 1, "at": round(time.time(), 3), "kind": kind, **fields}
         line = (json.dumps(rec, separators=(",", ":"), ensure_ascii=False, default=str) + "\n").encode()
         try:
+            if hit("journal_torn"):
+                os.write(self._fd, line[: len(line) // 2])  # a write cut short by kill -9
+                die()
             written = os.write(self._fd, line)
             if written != len(line):
                 raise OSError(28, "short write (disk full?)")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ApiError, BadRequestError, ConflictError, ForbiddenError, PayloadTooLargeError
+from .failpoints import failpoint
 from .glance.client import ImageClient
 from .models import READ_ONLY_FIELDS, Image, Member, is_reserved_field
 from .spec import CopyOptions
@@ -259,6 +260,7 @@ async def apply_metadata(
         await client.update_image(image_id, [{"op": "replace", "path": "/protected", "value": False}])
         report.changed = True
     await _patch_each(client, image_id, diff.ops, report)
+    failpoint("metadata")
     await _apply_tags(client, image_id, desired, diff, report)
     await _apply_members(client, image_id, desired, diff, report, acceptors or {})
     final = desired.protected

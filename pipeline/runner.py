@@ -27,6 +27,7 @@ import structlog
 from .engine import Engine, EngineHooks, EngineSettings, TargetResult, TargetSpec
 from .errors import ApiError, ImgmigError, JournalError, first_error
 from .events import PlanReady, Reporter
+from .failpoints import failpoint
 from .glance.transport import new_session
 from .intent import Intent
 from .inventory import Clients, Inventory, TargetState, discover, transport_config
@@ -194,6 +195,7 @@ async def _discover_and_copy(run: _Run) -> None:
         summary.downstream.emit(PlanReady(len(plan.images), sum(1 for _ in plan.steps()), plan.bytes))
     summary.unavailable.update({label: t.error for label, t in inventory.targets.items() if t.error})
     _journal_plan(run, plan, inventory)
+    failpoint("planned")
     if run.options.dry_run:
         return
     await _sweep(run, plan, inventory)
@@ -246,6 +248,7 @@ async def _sweep(run: _Run, plan: Plan, inventory: Inventory) -> None:
                             target_image=extra.id, error=str(exc))  # fmt: skip
                 continue
             run.summary.orphans_deleted += 1
+            failpoint("swept")
             run.journal.record("target", image_id=image_plan.image.id, region=step.target, deleted=extra.id)
 
 
@@ -336,8 +339,10 @@ async def _finish_step(run: _Run, image: Image, step: Step, result: TargetResult
         diff = run.intent.diff(image, step.target, copy, members)
         acceptors = await _acceptors(run, step.target, desired)
         report = await apply_metadata(target.client, copy, desired, diff, acceptors=acceptors)
+        failpoint("synced")
         for stale in step.stale:
             await _delete_copy(target, stale)
+            failpoint("replaced")
             run.journal.record("target", image_id=image.id, region=step.target, deleted=stale.id)
     except ApiError as exc:
         _record_step(run, image, step, "failed", result=result, error=f"metadata: {exc}", target_id=target_id)

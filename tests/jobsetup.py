@@ -1,0 +1,161 @@
+"""Building blocks for job-level tests: source data sets, job files, CLI runs, and the invariants.
+
+The invariants are checked through the emulator's admin view of every image in a region (all tenants),
+so nothing the job did can hide: exactly one verified copy per selected image and target, nothing else
+carrying the job's provenance, metadata equal to the source's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from pipeline.glance import ImageClient, PasswordAuth, Secret, new_session
+
+__all__ = ["SourceImage", "admin_images", "check_invariants", "make_source", "run_cli", "write_job"]
+
+PASSWORD_ENV = "IMGMIG_TEST_PASSWORD"
+PASSWORD = "test-password-5f3a"  # the secret scanned for in every output (see test_security)
+
+
+@dataclass
+class SourceImage:
+    id: str
+    name: str
+    size: int
+    checksum: str
+    fields: dict[str, Any]
+    members: dict[str, str] = field(default_factory=dict)
+
+
+def admin_images(admin: str, region: str) -> list[dict[str, Any]]:
+    """Every image in ``region`` regardless of tenant, with ``_members`` (emulator admin view)."""
+    with urllib.request.urlopen(f"{admin}/regions/{region}/images", timeout=30) as resp:
+        images: list[dict[str, Any]] = json.loads(resp.read())["images"]
+        return images
+
+
+def _payload(name: str, size: int) -> bytes:
+    seed = hashlib.sha256(name.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+DEFAULT_SET: list[tuple[int, dict[str, Any], dict[str, str]]] = [
+    (3 << 20, {"name": "golden-a", "os_distro": "ubuntu", "hw_disk_bus": "virtio", "tags": ["golden", "한글"],
+               "min_disk": 10, "min_ram": 512}, {}),
+    (1 << 20, {"name": "golden-b", "os_type": "windows", "tags": ["golden"], "visibility": "shared"},
+     {"partner": "accepted", "other": "pending"}),
+    (0, {"name": "empty", "description": "유니코드"}, {}),
+    (2 << 20, {"name": "locked", "protected": True, "os_version": "22.04"}, {}),
+    ((5 << 20) + 123, {"name": "big-ish", "login_username": "ubuntu"}, {}),
+]  # fmt: skip
+
+
+async def _create(identity_url: str, tenant: str, region: str, specs: Any, partner: str, other: str) -> list[SourceImage]:
+    out = []
+    async with new_session() as session:
+        client = ImageClient(session, PasswordAuth(identity_url, tenant, "owner", Secret(PASSWORD)), region)
+        for size, fields, members in specs:
+            body = {"os_type": "linux", "disk_format": "raw", "container_format": "bare", **fields}
+            protected = body.pop("protected", False)
+            img = await client.create_image(body)
+            data = _payload(fields["name"], size)
+            await client.upload_image(img.id, _chunks(data), size=size)
+            resolved = {partner if m == "partner" else other: s for m, s in members.items()}
+            for member, status in resolved.items():
+                await client.add_member(img.id, member)
+                if status != "pending":
+                    peer = ImageClient(session, PasswordAuth(identity_url, member, "peer", Secret(PASSWORD)), region)
+                    await peer.update_member_status(img.id, member, status)
+            if protected:
+                await client.update_image(img.id, [{"op": "replace", "path": "/protected", "value": True}])
+            out.append(SourceImage(img.id, fields["name"], size, hashlib.md5(data).hexdigest(),
+                                   {**body, "protected": protected}, resolved))  # fmt: skip
+    return out
+
+
+async def _chunks(data: bytes):  # type: ignore[no-untyped-def]
+    view = io.BytesIO(data)
+    while chunk := view.read(1 << 20):
+        yield chunk
+
+
+def make_source(identity_url: str, tenant: str, *, partner: str, other: str, region: str = "KR1",
+                specs: Any = None) -> list[SourceImage]:  # fmt: skip
+    """Create the test data set in the source region (through the real API)."""
+    return anyio.run(_create, identity_url, tenant, region, specs or DEFAULT_SET, partner, other)
+
+
+def write_job(path: Path, *, name: str, identity_url: str, tenant: str, journal: Path, targets: tuple[str, ...] = ("KR2", "JP1"),
+              extra: str = "", partner: str | None = None) -> Path:  # fmt: skip
+    """A job file for ``tenant`` copying KR1 to ``targets`` (1 MiB chunks, so uploads span chunks)."""
+    lines = [
+        f'name = "{name}"',
+        "[auth.main]", f'identity_url = "{identity_url}"', f'tenant_id = "{tenant}"', 'username = "owner"',
+        f'password_env = "{PASSWORD_ENV}"',
+    ]  # fmt: skip
+    if partner:
+        lines += ["[auth.partner]", f'identity_url = "{identity_url}"', f'tenant_id = "{partner}"',
+                  'username = "peer"', f'password_env = "{PASSWORD_ENV}"']  # fmt: skip
+    lines += ["[source]", 'auth = "main"', 'region = "KR1"']
+    for region in targets:
+        lines += ["[[targets]]", 'auth = "main"', f'region = "{region}"']
+    lines += ["[transfer]", 'chunk_size = "1MiB"', "images_in_flight = 2", "buffer_depth = 2",
+              'read_timeout = "20s"']  # fmt: skip
+    lines += ["[run]", f'journal_dir = "{journal}"']
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """``python -m pipeline ARGS`` with the test password set; never raises on a non-zero exit."""
+    full_env = {**os.environ, PASSWORD_ENV: PASSWORD, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, check=False, cwd=cwd)  # fmt: skip
+
+
+def check_invariants(admin: str, job: str, sources: list[SourceImage], targets: tuple[str, ...], *,
+                     tenant: str, member_map: dict[str, str] | None = None) -> None:  # fmt: skip
+    """Exactly one verified copy per source image and target, nothing extra, metadata equal."""
+    for region in targets:
+        ours = [i for i in admin_images(admin, region) if i.get("imgmig_job") == job and i["owner"] == tenant]
+        assert not [i for i in admin_images(admin, region) if i["owner"] == tenant and i not in ours], (
+            f"{region}: images without this job's provenance appeared"
+        )
+        by_source: dict[str, list[dict[str, Any]]] = {}
+        for image in ours:
+            by_source.setdefault(image["imgmig_source_id"], []).append(image)
+        assert set(by_source) == {s.id for s in sources}, f"{region}: copies of unknown or missing sources"
+        for src in sources:
+            copies = by_source[src.id]
+            assert len(copies) == 1, f"{region}: {len(copies)} copies of {src.name}"
+            copy = copies[0]
+            assert copy["status"] == "active", f"{region}: {src.name} is {copy['status']}"
+            assert (copy["size"], copy["checksum"]) == (src.size, src.checksum), f"{region}: {src.name} data"
+            for key, value in src.fields.items():
+                if key in ("disk_format", "container_format"):
+                    continue
+                got = copy.get(key)
+                if key == "tags":
+                    assert sorted(got) == sorted(value), f"{region}: {src.name} tags"
+                else:
+                    assert got == value, f"{region}: {src.name} {key}: {got!r} != {value!r}"
+            members = {m["member_id"]: m["status"] for m in copy["_members"]}
+            wanted = {(member_map or {}).get(m, m) for m in src.members}
+            assert set(members) == wanted, f"{region}: {src.name} members {members}"
+
+
+def new_tenants(n: int) -> list[str]:
+    return [uuid.uuid4().hex for _ in range(n)]
