@@ -239,7 +239,7 @@ async def _patch_each(client: ImageClient, image_id: str, ops: Sequence[dict[str
             await client.update_image(image_id, [op])
             report.changed = True
         except _REFUSED as exc:
-            report.problems.append(f"property {op['path'][1:]!r} refused by target: {exc.message}")
+            report.problems.append(f"property {op['path'][1:]!r} refused by target: {_short(exc.message, 200)}")
 
 
 async def apply_metadata(
@@ -288,13 +288,13 @@ async def _apply_tags(client: ImageClient, image_id: str, desired: Desired, diff
             await client.delete_tag(image_id, tag)
             report.changed = True
         except ApiError as exc:
-            report.problems.append(f"tag {tag!r} could not be removed: {exc.message}")
+            report.problems.append(f"tag {_short(tag)!r} could not be removed: {_short(exc.message, 200)}")
     for tag in diff.add_tags:
         try:
             await client.add_tag(image_id, tag)
             report.changed = True
         except _REFUSED as exc:
-            report.problems.append(f"tag {_short(tag)!r} refused by target: {exc.message}")
+            report.problems.append(f"tag {_short(tag)!r} refused by target: {_short(exc.message, 200)}")
 
 
 def _accept_needed(desired: Desired, acceptors: Mapping[str, ImageClient] | None) -> bool:
@@ -334,5 +334,5 @@ async def _apply_members(
             report.pending_members.append(member)
 
 
-def _short(tag: str) -> str:
-    return tag if len(tag) <= 40 else tag[:37] + "..."
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -101,6 +101,7 @@ async def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunSummar
             _finish_journal(journal, summary)
         finally:
             _close(journal)
+            summary.journal_records, summary.journal_seconds = journal.records, journal.seconds
     return summary
 
 

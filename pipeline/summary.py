@@ -106,6 +106,8 @@ class RunSummary:
     interrupted: str | None = None
     parked: bool = False
     fatal: str | None = None
+    journal_records: int = 0
+    journal_seconds: float = 0.0
     downstream: Reporter | None = None
 
     def reporter(self, downstream: Reporter | None) -> Reporter:
@@ -160,6 +162,7 @@ class RunSummary:
             "counts": self.counts(), "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
             "rate_bytes_per_second": round(rate, 1), "retries": self.retries, "source_resumes": self.resumes,
             "orphans_deleted": self.orphans_deleted, "unavailable_targets": dict(self.unavailable),
+            "journal": {"records": self.journal_records, "seconds": round(self.journal_seconds, 4)},
             "fatal": self.fatal, "plan": self.plan.to_json() if self.plan is not None else None,
             "steps": [s.to_json() for s in self.steps],
         }  # fmt: skip

@@ -14,9 +14,9 @@ import anyio
 
 from .errors import ApiError
 from .glance.client import ImageClient
+from .glance.transport import new_session
 from .hashing import MultiHasher
 from .intent import Intent
-from .glance.transport import new_session
 from .inventory import Clients, discover, transport_config
 from .journal import Journal
 from .metasync import PROV_SOURCE_ID
