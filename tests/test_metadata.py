@@ -301,3 +301,38 @@ async def test_orphan_sweep_deletes_only_this_jobs_leftovers(emulator: Emulator,
     assert dup_queued.id not in kr2.images
     assert keep.id in kr2.images
     assert foreign.id in kr2.images  # no imgmig_job provenance: never touched
+
+
+async def test_verify_reports_metadata_and_data_differences(emulator: Emulator, tmp_path: Path) -> None:
+    """verify finds every kind of metadata drift; --deep also finds a copy whose stored bytes changed."""
+    from pipeline.verify import verify_job
+
+    tenant, member = uuid.uuid4().hex, uuid.uuid4().hex
+    src = add(emulator, tenant, "watched", size=MiB, visibility="shared", tags=["a"], members={member: "pending"},
+              os_distro="ubuntu")  # fmt: skip
+    spec = job(emulator, tmp_path, tenant)
+    await run(spec)
+    clean = await verify_job(spec, deep=True)
+    assert clean.ok, clean.to_json()
+    kr2 = copies(emulator, "KR2", tenant)[src.id]
+    kr2.properties["os_distro"] = "tampered"
+    kr2.tags.append("extra")
+    kr2.members.clear()
+    kr2.protected = True
+    jp1 = copies(emulator, "JP1", tenant)[src.id]
+    assert jp1.data_path is not None
+    data = bytearray(jp1.data_path.read_bytes())
+    data[100] ^= 0xFF  # the stored bytes rot behind the target's back; its checksum field still looks right
+    jp1.data_path.write_bytes(bytes(data))
+    shallow = await verify_job(spec)
+    by_target = {f.target: f for f in shallow.findings}
+    assert not shallow.ok
+    assert by_target["KR2"].status == "differs"
+    details = " | ".join(by_target["KR2"].details)
+    for expected in ("os_distro", "remove tag 'extra'", f"add member {member}", "protected"):
+        assert expected in details
+    assert by_target["JP1"].status == "ok"  # metadata alone cannot see rotten bytes...
+    deep = await verify_job(spec, deep=True)
+    jp1_finding = next(f for f in deep.findings if f.target == "JP1")
+    assert jp1_finding.status == "differs"  # ...re-reading them does
+    assert any("md5" in d for d in jp1_finding.details)
