@@ -1,9 +1,16 @@
-"""Shared fixtures: the embedded emulator on ephemeral loopback ports, a client session, a Cloud view."""
+"""Shared fixtures: the embedded emulator, a session-wide real Glance 33 cluster, and the Cloud view of both.
+
+``cloud`` is parametrized by backend, so every contract test runs as ``test_x[emulator]`` (in-process,
+function-scoped) and ``test_x[glance]`` (real Glance 33 on loopback, started once per session, marked
+``real_glance``). Tests that need emulator-only knobs (fault injection) take ``emulator_cloud`` instead.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import structlog
@@ -12,6 +19,19 @@ from pipeline.emulator import Emulator, running_emulator
 from pipeline.glance import new_session
 
 from .cloud import Cloud
+
+if TYPE_CHECKING:
+    from .realglance import GlanceCluster
+
+GLANCE_REGIONS = ("KR1", "KR2", "JP1")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The backend one parametrization of ``cloud`` runs against (the cluster only for real Glance)."""
+
+    kind: str
+    cluster: GlanceCluster | None = None
 
 
 @pytest.fixture(autouse=True)
@@ -25,12 +45,52 @@ def _reset_structlog() -> Iterator[None]:
 @pytest.fixture
 async def emulator(tmp_path: Path) -> AsyncIterator[Emulator]:
     """Three emulated regions (KR1, KR2, JP1) in this test's event loop; stopped after the test."""
-    async with running_emulator(("KR1", "KR2", "JP1"), data_dir=tmp_path / "emulator") as emu:
+    async with running_emulator(GLANCE_REGIONS, data_dir=tmp_path / "emulator") as emu:
         yield emu
 
 
+@pytest.fixture(scope="session")
+def glance_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceCluster]:
+    """Real Glance 33 in three regions behind the identity shim, started once for the whole session.
+
+    ``running_glance`` stops exactly the processes it started when the session ends, also after a failure.
+    Imported lazily so that emulator-only runs never touch the Glance harness.
+    """
+    from .realglance import running_glance
+
+    state_dir = tmp_path_factory.mktemp("realglance-contract")
+    with running_glance(GLANCE_REGIONS, state_dir=state_dir) as cluster:
+        yield cluster
+
+
+@pytest.fixture(
+    params=[pytest.param("emulator"), pytest.param("glance", marks=pytest.mark.real_glance)],
+)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Which backend ``cloud`` talks to; the first ``glance`` test starts the session's Glance cluster."""
+    if request.param == "glance":
+        # Resolved here, in a sync fixture, so no event loop is running while the cluster starts.
+        return Backend("glance", request.getfixturevalue("glance_cluster"))
+    return Backend(str(request.param))
+
+
 @pytest.fixture
-async def cloud(emulator: Emulator) -> AsyncIterator[Cloud]:
-    """The emulator seen through the backend-neutral Cloud interface."""
+async def cloud(backend: Backend, tmp_path: Path) -> AsyncIterator[Cloud]:
+    """One backend (emulator or real Glance 33) seen through the backend-neutral Cloud interface."""
+    async with new_session() as session:
+        if backend.cluster is not None:
+            cluster = backend.cluster
+            yield Cloud("glance", cluster.identity_url, dict(cluster.regions), session)
+            return
+        # upload inspection on, like the Glance 33 harness (require_image_format_match = true)
+        async with running_emulator(
+            GLANCE_REGIONS, data_dir=tmp_path / "emulator", require_format_match=True
+        ) as emu:
+            yield Cloud("emulator", emu.identity_url, dict(emu.urls), session, emulator=emu)
+
+
+@pytest.fixture(params=["emulator"])
+async def emulator_cloud(emulator: Emulator) -> AsyncIterator[Cloud]:
+    """The emulator only, for tests that use its fault knobs (``cloud.emulator``); ids stay ``[emulator]``."""
     async with new_session() as session:
         yield Cloud("emulator", emulator.identity_url, dict(emulator.urls), session, emulator=emulator)

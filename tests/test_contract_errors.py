@@ -35,8 +35,26 @@ async def test_request_id_is_echoed_with_prefix(cloud: Cloud) -> None:
     """x-openstack-request-id is on every response; a client-sent id is echoed with a req- prefix."""
     resp = await cloud.raw("GET", "/v2/images", headers={"X-Openstack-Request-ID": "abc"})
     assert resp.headers["x-openstack-request-id"] == "req-abc"
+    resp = await cloud.raw("GET", "/v2/images", headers={"X-Openstack-Request-ID": "req-given"})
+    assert resp.headers["x-openstack-request-id"] == "req-given"
     err = await cloud.raw("GET", MISSING)
     assert err.headers["x-openstack-request-id"].startswith("req-")
+
+
+async def test_overlong_request_id_is_a_bare_500(cloud: Cloud) -> None:
+    """Glance 33 bug: a request id over 64 characters gives 500 without any request id."""
+    ok = await cloud.raw("GET", "/v2/images", headers={"X-Openstack-Request-ID": "r" * 60})
+    assert ok.status == 200
+    resp = await cloud.raw(
+        "GET", "/v2/images", headers={"X-Openstack-Request-ID": "r" * 65, "Accept": "text/plain"}
+    )
+    assert resp.status == 500
+    assert "x-openstack-request-id" not in resp.headers
+    assert (
+        resp.body
+        == b"500 Internal Server Error\n\nThe server has either erred or is incapable of performing "
+        b"the requested operation.\n\n   "
+    )
 
 
 async def test_errors_carry_region_image_status_and_request_id(cloud: Cloud) -> None:
@@ -46,56 +64,61 @@ async def test_errors_carry_region_image_status_and_request_id(cloud: Cloud) -> 
         await cloud.client(region="KR2").get_image(image_id)
     err = info.value
     assert (err.region, err.image_id, err.status) == ("KR2", image_id, 404)
-    assert err.request_id and err.request_id.startswith("req-")
+    assert err.request_id
+    assert err.request_id.startswith("req-")
     assert "No image found" in str(err)
     assert "KR2" in str(err)
 
 
-async def test_503_burst_with_retry_after_is_retried(cloud: Cloud) -> None:
+async def test_503_burst_with_retry_after_is_retried(emulator_cloud: Cloud) -> None:
     """Two 503s with Retry-After are retried (honouring the header) and the call succeeds."""
-    assert cloud.emulator is not None
-    cloud.emulator.faults("KR1").statuses.append(StatusFault(503, op="list", count=2, retry_after=0.05))
+    assert emulator_cloud.emulator is not None
+    emulator_cloud.emulator.faults("KR1").statuses.append(
+        StatusFault(503, op="list", count=2, retry_after=0.05)
+    )
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
 
-    client = cloud.client()
+    client = emulator_cloud.client()
     client.retry = RetryPolicy(attempts=4, sleep=sleep)
     assert [i async for i in client.list_images()] == []
     assert waits == [0.05, 0.05]
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 429, 408])
-async def test_retryable_statuses_are_retried(cloud: Cloud, status: int) -> None:
+async def test_retryable_statuses_are_retried(emulator_cloud: Cloud, status: int) -> None:
     """5xx, 429 and 408 are retried by the low-level policy."""
-    assert cloud.emulator is not None
-    cloud.emulator.faults("KR1").statuses.append(StatusFault(status, op="get", count=1))
-    img = await cloud.client().create_image(cloud.image_fields())
-    assert (await cloud.client().get_image(img.id)).id == img.id
-    assert cloud.emulator.faults("KR1").fired[f"status_{status}"] == 1
+    assert emulator_cloud.emulator is not None
+    emulator_cloud.emulator.faults("KR1").statuses.append(StatusFault(status, op="get", count=1))
+    img = await emulator_cloud.client().create_image(emulator_cloud.image_fields())
+    assert (await emulator_cloud.client().get_image(img.id)).id == img.id
+    assert emulator_cloud.emulator.faults("KR1").fired[f"status_{status}"] == 1
 
 
-async def test_retries_are_bounded(cloud: Cloud) -> None:
+async def test_retries_are_bounded(emulator_cloud: Cloud) -> None:
     """When every attempt fails, the last error surfaces after exactly `attempts` tries."""
-    assert cloud.emulator is not None
-    cloud.emulator.faults("KR1").statuses.append(StatusFault(429, op="list", count=10, retry_after=0))
+    assert emulator_cloud.emulator is not None
+    emulator_cloud.emulator.faults("KR1").statuses.append(
+        StatusFault(429, op="list", count=10, retry_after=0)
+    )
     with pytest.raises(RateLimitedError):
-        [i async for i in cloud.client().list_images()]
-    assert cloud.emulator.faults("KR1").fired["status_429"] == 5
+        [i async for i in emulator_cloud.client().list_images()]
+    assert emulator_cloud.emulator.faults("KR1").fired["status_429"] == 5
 
 
-async def test_uploads_are_never_retried_by_the_client(cloud: Cloud) -> None:
+async def test_uploads_are_never_retried_by_the_client(emulator_cloud: Cloud) -> None:
     """A 503 on upload surfaces at once (one attempt): the runner, not the HTTP layer, retries uploads."""
-    assert cloud.emulator is not None
-    client = cloud.client()
-    img = await client.create_image(cloud.image_fields())
-    cloud.emulator.faults("KR1").statuses.append(StatusFault(503, op="upload", count=5))
+    assert emulator_cloud.emulator is not None
+    client = emulator_cloud.client()
+    img = await client.create_image(emulator_cloud.image_fields())
+    emulator_cloud.emulator.faults("KR1").statuses.append(StatusFault(503, op="upload", count=5))
 
     async def body():  # type: ignore[no-untyped-def]
         yield b"data"
 
     with pytest.raises(ServerError):
         await client.upload_image(img.id, body(), size=4)
-    assert cloud.emulator.faults("KR1").fired["status_503"] == 1
+    assert emulator_cloud.emulator.faults("KR1").fired["status_503"] == 1
     assert (await client.get_image(img.id)).status == "queued"

@@ -64,16 +64,18 @@ async def test_bad_credentials_raise_authentication_error(cloud: Cloud) -> None:
 async def test_unknown_region_is_a_usage_error(cloud: Cloud) -> None:
     """A region missing from the catalog is reported with the regions that exist."""
     client = cloud.client(region="XX9")
-    with pytest.raises(RegionNotFoundError, match="available: .*KR1"):
+    with pytest.raises(RegionNotFoundError, match=r"available: .*KR1"):
         await client.get_image("00000000-0000-0000-0000-000000000000")
 
 
 async def test_missing_or_bad_token_gets_401(cloud: Cloud) -> None:
     """Image API calls without a valid token get 401 with a WWW-Authenticate header."""
+    root = cloud.identity_url.removesuffix("/v2.0")
     for token in (None, "not-a-token"):
         resp = await cloud.raw("GET", "/v2/images", token=token, headers={"Accept": "application/json"})
         assert resp.status == 401
-        assert "Keystone" in resp.headers.get("WWW-Authenticate", "")
+        assert resp.headers["WWW-Authenticate"] == f'Keystone uri="{root}"'
+        assert resp.json()["title"] == "Unauthorized"
 
 
 async def test_client_refreshes_a_revoked_token_once(cloud: Cloud) -> None:

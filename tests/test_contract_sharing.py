@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
+from pipeline.errors import (
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
 
 from .cloud import Cloud
 
@@ -65,9 +71,20 @@ async def test_non_ascii_tag_in_url_path_is_mis_decoded(cloud: Cloud) -> None:
 
 
 async def test_tag_on_missing_image_is_404(cloud: Cloud) -> None:
-    """Adding a tag to an unknown image gives 404."""
-    with pytest.raises(NotFoundError):
+    """Adding a tag to an unknown image gives 404 'Image <id> not found.'"""
+    with pytest.raises(NotFoundError, match="Image 7c2e1f0a-0000-4000-8000-000000000000 not found"):
         await cloud.client().add_tag("7c2e1f0a-0000-4000-8000-000000000000", "x")
+
+
+async def test_tag_quota(cloud: Cloud) -> None:
+    """An image may carry 128 tags; the 129th via PUT gives 413, as does a PATCH /tags with 129."""
+    client = cloud.client()
+    img = await client.create_image(cloud.image_fields(tags=[f"t{i}" for i in range(128)]))
+    await client.add_tag(img.id, "t0")  # already there: idempotent, not over quota
+    with pytest.raises(PayloadTooLargeError, match=f"Image tag limit exceeded for image {img.id}"):
+        await client.add_tag(img.id, "one-more")
+    with pytest.raises(PayloadTooLargeError, match="Attempted: 129, Maximum: 128"):
+        await client.set_tags(img.id, [f"u{i}" for i in range(129)])
 
 
 # === members
@@ -106,6 +123,18 @@ async def test_member_raw_shapes(cloud: Cloud) -> None:
     assert listing.json()["schema"] == "/v2/schemas/members"
 
 
+async def test_member_id_is_not_validated(cloud: Cloud) -> None:
+    """Any member id is accepted, even the owner's own; a JSON number is echoed, then listed as text."""
+    image_id = await shared_image(cloud)
+    owner = cloud.client(cloud.t1)
+    assert (await owner.add_member(image_id, cloud.t1)).member_id == cloud.t1
+    assert (await owner.add_member(image_id, "not-a-project")).status == "pending"
+    resp = await cloud.raw("POST", f"/v2/images/{image_id}/members", json={"member": 5})
+    assert (resp.status, resp.json()["member_id"]) == (200, 5)
+    listed = sorted(m.member_id for m in await owner.list_members(image_id))
+    assert listed == sorted([cloud.t1, "not-a-project", "5"])
+
+
 async def test_member_errors(cloud: Cloud) -> None:
     """Duplicate member 409; private image 403; missing 'member' 400; unknown member 404."""
     owner = cloud.client(cloud.t1)
@@ -118,7 +147,9 @@ async def test_member_errors(cloud: Cloud) -> None:
         await owner.add_member(private.id, cloud.t2)
     with pytest.raises(ForbiddenError, match="Only shared images have members"):
         await owner.list_members(private.id)
-    resp = await cloud.raw("POST", f"/v2/images/{image_id}/members", json={}, headers={"Accept": "application/json"})
+    resp = await cloud.raw(
+        "POST", f"/v2/images/{image_id}/members", json={}, headers={"Accept": "application/json"}
+    )
     assert resp.status == 400
     assert "Member to be added not specified" in resp.json()["message"]
     with pytest.raises(NotFoundError, match="not found in the member list"):
@@ -164,6 +195,30 @@ async def test_schemas_are_served(cloud: Cloud, name: str) -> None:
     schema = await cloud.client().get_schema(name)
     assert schema["name"] == name
     assert isinstance(schema["properties"], dict)
+
+
+async def test_schemas_match_glance_33(cloud: Cloud) -> None:
+    """The schemas are Glance 33's own documents (property order, texts, patterns, links)."""
+    client = cloud.client()
+    image = await client.get_schema("image")
+    assert list(image["properties"])[:4] == ["id", "name", "status", "visibility"]
+    assert image["properties"]["locations"]["items"]["required"] == ["url", "metadata"]
+    assert image["properties"]["stores"]["description"].startswith("Store in which image data resides.  Only")
+    assert image["additionalProperties"] == {"type": "string"}
+    images = await client.get_schema("images")
+    assert list(images["properties"]) == ["images", "first", "next", "schema"]
+    member = await client.get_schema("member")
+    assert list(member["properties"]) == [
+        "member_id",
+        "image_id",
+        "created_at",
+        "updated_at",
+        "status",
+        "schema",
+    ]
+    assert "pattern" in member["properties"]["image_id"]
+    members = await client.get_schema("members")
+    assert members["links"] == [{"rel": "describedby", "href": "{schema}"}]
 
 
 async def test_image_schema_marks_read_only_fields(cloud: Cloud) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -21,8 +21,19 @@ from aiohttp import web
 from .faults import FaultPlan
 from .fields import GlanceError
 from .identity import Identity
-from .listing import list_images
-from .patching import PATCH_TYPES, apply_patch, parse_patch
+from .listing import list_images, page_links
+from .members import (
+    add_member,
+    delete_member,
+    get_member,
+    list_members,
+    member_from_body,
+    member_json,
+    status_from_body,
+    update_member,
+)
+from .patching import PATCH_TYPES, apply_patch, parse_patch, patch_media_type_error
+from .ranges import requested_range
 from .schemas import SCHEMAS, versions_document
 from .store import Caller, ImageRecord, RegionStore
 
@@ -57,13 +68,25 @@ REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 CALLER: web.RequestKey[Caller] = web.RequestKey("caller", Caller)
 
 
+#: Methods in the order Glance's router lists them in ``Allow``.
+_METHOD_ORDER = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
 def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=json.dumps(doc).encode(), status=status, content_type="application/json",
-                        headers=headers)  # fmt: skip
+    # Glance serializes with ensure_ascii=False: non-ASCII names and tags travel as raw UTF-8
+    return web.Response(body=json.dumps(doc, ensure_ascii=False).encode(), status=status,
+                        content_type="application/json", headers=headers)  # fmt: skip
 
 
 def _error_response(err: GlanceError, request: web.Request) -> web.Response:
+    if err.status == 415 and err.template is None:
+        # webob's HTTPUnsupportedMediaType template; ${CONTENT_TYPE} stays literal when the header is absent
+        ctype = request.headers.get("Content-Type", "${CONTENT_TYPE}")
+        err.template = (f"The request media type {ctype} is not supported by this server.\n<br /><br />\n"
+                        "${detail}")  # fmt: skip
     body, ctype = err.body(request.headers.get("Accept", ""))
+    # webob sends no body for HEAD, and says so with Content-Length: 0
+    body = b"" if request.method == "HEAD" else body
     resp = web.Response(status=err.status, body=body, headers=err.headers)
     resp.headers["Content-Type"] = ctype
     return resp
@@ -84,10 +107,9 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     except GlanceError as err:
         resp = _error_response(err, request)
     except web.HTTPMethodNotAllowed as exc:
-        allow = ", ".join(sorted(exc.allowed_methods))
-        err = GlanceError(405, detail=f"The method {request.method} is not allowed for this resource.",
-                          headers={"Allow": allow})  # fmt: skip
-        resp = _error_response(err, request)
+        allow = ", ".join(m for m in _METHOD_ORDER if m in exc.allowed_methods)
+        template = f"The method {request.method} is not allowed for this resource. <br /><br />\n${{detail}}"
+        resp = _error_response(GlanceError(405, headers={"Allow": allow}, template=template), request)
     except web.HTTPNotFound:
         resp = _error_response(GlanceError(404), request)
     if not resp.prepared:
@@ -103,7 +125,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     ctx = request.app[CTX]
     info = ctx.identity.lookup(request.headers.get("X-Auth-Token"))
     if info is None:
-        raise GlanceError(401, headers={"WWW-Authenticate": f'Keystone uri="{ctx.identity.url}"'})
+        # keystonemiddleware names the identity service's root, not its /v2.0 endpoint
+        root = ctx.identity.url.removesuffix("/v2.0")
+        raise GlanceError(401, headers={"WWW-Authenticate": f'Keystone uri="{root}"'})
     request[CALLER] = info.caller
     return await handler(request)
 
@@ -120,7 +144,7 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
         rule = plan.take_status(op, request.match_info.get("image_id"))
         if rule is not None:
             headers = {"Retry-After": f"{rule.retry_after:g}"} if rule.retry_after is not None else None
-            raise GlanceError(rule.status, detail="Injected fault.", headers=headers)
+            raise GlanceError(rule.status, "Injected fault.", headers=headers)
     return await handler(request)
 
 
@@ -132,7 +156,7 @@ async def _body_json(request: web.Request) -> Any:
     try:
         return json.loads(await request.read())
     except ValueError:
-        raise GlanceError(400, detail="Malformed JSON in request body.") from None
+        raise GlanceError(400, "Malformed JSON in request body.") from None
 
 
 # === versions and schemas
@@ -163,22 +187,16 @@ async def get_schema(request: web.Request) -> web.Response:
 async def list_handler(request: web.Request) -> web.Response:
     store = request.app[CTX].store
     page, marker = list_images(store, _caller(request), request.query)
-    query = request.query_string
-    doc: dict[str, Any] = {
-        "images": [r.to_json() for r in page],
-        "first": f"/v2/images?{query}" if query else "/v2/images",
-        "schema": "/v2/schemas/images",
-    }
-    if marker is not None:
-        kept = "&".join(p for p in query.split("&") if p and not p.startswith("marker="))
-        doc["next"] = f"/v2/images?{kept}&marker={marker}" if kept else f"/v2/images?marker={marker}"
+    links = page_links(request.query, marker)
+    doc: dict[str, Any] = {"images": [r.to_json() for r in page], "first": links["first"],
+                           "schema": "/v2/schemas/images"}  # fmt: skip
+    if "next" in links:
+        doc["next"] = links["next"]
     return _json(doc)
 
 
 async def create_handler(request: web.Request) -> web.Response:
     body = await _body_json(request)
-    if not isinstance(body, dict):
-        raise GlanceError(400, detail="Request body must be a JSON object.")
     rec = request.app[CTX].store.create(body, _caller(request))
     headers = {
         "Location": f"http://{request.host}/v2/images/{rec.id}",
@@ -195,14 +213,17 @@ async def get_handler(request: web.Request) -> web.Response:
 async def patch_handler(request: web.Request) -> web.Response:
     ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
     if ctype not in PATCH_TYPES:
-        raise GlanceError(415, explanation=f"The request media type {ctype or None} is not supported by this "
-                          "server.", headers={"Accept-Patch": ", ".join(PATCH_TYPES)})  # fmt: skip
+        raise patch_media_type_error(ctype)
+    # Glance's deserializer checks the whole patch before the controller looks the image up
+    ops = parse_patch(ctype, await _body_json(request))
     store = request.app[CTX].store
     rec = store.owned(request.match_info["image_id"], _caller(request), "modify_image")
-    ops = parse_patch(ctype, await _body_json(request))
     new = apply_patch(rec, ops)
-    store.images[rec.id] = new
-    store.touch(new)
+    if ops:
+        store.images[rec.id] = new
+        store.touch(new)
+    if new.owner != rec.owner:  # 'add /owner' gave the image away (see patching._set_core)
+        raise GlanceError(403, f"Forbidding request, image {rec.id} not visible")
     return _json(new.to_json())
 
 
@@ -232,10 +253,9 @@ async def members_handler(request: web.Request) -> web.Response:
     store, caller = request.app[CTX].store, _caller(request)
     image_id = request.match_info["image_id"]
     if request.method == "POST":
-        body = await _body_json(request)
-        member = body.get("member") if isinstance(body, dict) else None
-        return _json(store.add_member(image_id, member, caller).to_json(image_id))
-    members = store.list_members(image_id, caller)
+        member = member_from_body(await _body_json(request))
+        return _json(member_json(add_member(store, image_id, member, caller), image_id, member))
+    members = list_members(store, image_id, caller)
     return _json({"members": [m.to_json(image_id) for m in members], "schema": "/v2/schemas/members"})
 
 
@@ -243,12 +263,11 @@ async def member_handler(request: web.Request) -> web.Response:
     store, caller = request.app[CTX].store, _caller(request)
     image_id, member_id = request.match_info["image_id"], request.match_info["member_id"]
     if request.method == "GET":
-        return _json(store.get_member(image_id, member_id, caller).to_json(image_id))
+        return _json(get_member(store, image_id, member_id, caller).to_json(image_id))
     if request.method == "PUT":
-        body = await _body_json(request)
-        status = body.get("status") if isinstance(body, dict) else None
-        return _json(store.update_member(image_id, member_id, status, caller).to_json(image_id))
-    store.delete_member(image_id, member_id, caller)
+        status = status_from_body(await _body_json(request))
+        return _json(update_member(store, image_id, member_id, status, caller).to_json(image_id))
+    delete_member(store, image_id, member_id, caller)
     return web.Response(status=204)
 
 
@@ -275,7 +294,8 @@ class _Pacer:
 async def _stall(request: web.Request) -> None:
     """Send nothing more until the client gives up (bounded at 10 minutes)."""
     with anyio.move_on_after(600):
-        while request.transport is not None and not request.transport.is_closing():
+        # aiohttp has no event for "the client went away", so the transport is polled
+        while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
             await anyio.sleep(0.1)
 
 
@@ -288,8 +308,7 @@ async def upload_handler(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     ctype = request.headers.get("Content-Type")
     if (ctype or "").split(";")[0].strip() != "application/octet-stream":
-        raise GlanceError(415, explanation=f"The request media type {ctype or '${CONTENT_TYPE}'} is not "
-                          "supported by this server.", detail=f"Invalid content type {ctype}")  # fmt: skip
+        raise GlanceError(415, detail=f"Invalid content type {ctype}")
     rec, writer = ctx.store.begin_upload(request.match_info["image_id"], _caller(request))
     plan, ok = ctx.faults, False
     pacer = _Pacer(plan.bandwidth)
@@ -320,42 +339,16 @@ async def upload_handler(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204, content_type="text/html", charset="UTF-8")
 
 
-def _parse_range(header: str, size: int) -> tuple[int, int]:
-    """[start, end) for a Range header, with Glance's status codes for bad ranges."""
-    if not header.startswith("bytes=") or not header[6:].strip():
-        raise GlanceError(416, detail="Invalid Range header.")
-    spec = header[6:].strip()
-    if "," in spec:
-        raise GlanceError(400, detail="Requests with multiple ranges are not supported in Glance. You may "
-                                      "make multiple single-range requests instead.")  # fmt: skip
-    first, sep, last = spec.partition("-")
-    try:
-        if not sep:
-            raise ValueError(spec)
-        if first == "":
-            start, end = max(0, size - int(last)), size
-        else:
-            start = int(first)
-            end = size if last == "" else min(size, int(last) + 1)
-    except ValueError:
-        raise GlanceError(416, detail="Invalid Range header.") from None
-    if start >= size or start < 0 or end <= start:
-        raise GlanceError(416, detail="Invalid start position in Range header. Start position MUST be in the "
-                                      f"inclusive range [0, {max(size - 1, 0)}].")  # fmt: skip
-    return start, end
-
-
 async def download_handler(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     rec: ImageRecord = ctx.store.visible(request.match_info["image_id"], _caller(request))
     if rec.status != "active" or rec.size is None:
         return web.Response(status=204)
     plan, size = ctx.faults, rec.size
-    range_header = request.headers.get("Range")
-    start, end, status = 0, size, 200
-    if range_header and not plan.ignore_range:
-        start, end = _parse_range(range_header, size)
-        status = 206
+    span = None
+    if not plan.ignore_range:
+        span = requested_range(request.headers.get("Range"), request.headers.get("Content-Range"), size)
+    (start, end), status = span or (0, size), 200 if span is None else 206
     resp = web.StreamResponse(status=status)
     resp.content_type = "application/octet-stream"
     resp.content_length = end - start
@@ -364,12 +357,26 @@ async def download_handler(request: web.Request) -> web.StreamResponse:
         resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     resp.headers["x-openstack-request-id"] = request[REQUEST_ID]
     await resp.prepare(request)
-    pacer = _Pacer(plan.bandwidth)
     chunk_size = CHUNK if not plan.bandwidth else max(16 << 10, min(CHUNK, int(plan.bandwidth / 50)))
     pieces = ctx.store.read_chunks(rec, start, end, chunk_size)
-    pos = start
+    try:
+        await _send_pieces(request, resp, rec, pieces, start)
+    finally:
+        pieces.close()  # the client may leave mid-image: close the image file now, not at GC time
+    return resp
+
+
+async def _send_pieces(
+    request: web.Request, resp: web.StreamResponse, rec: ImageRecord, pieces: Generator[bytes], pos: int
+) -> None:
+    """Write the image's pieces from offset ``pos``, applying the download fault knobs on the way."""
+    plan = request.app[CTX].faults
+    pacer = _Pacer(plan.bandwidth)
     while True:
-        piece = next(pieces, None) if rec.synthetic_seed else await anyio.to_thread.run_sync(next, pieces, None)
+        if rec.synthetic_seed:
+            piece = next(pieces, None)
+        else:
+            piece = await anyio.to_thread.run_sync(next, pieces, None)
         if piece is None:
             break
         stop = pos + len(piece)
@@ -388,12 +395,11 @@ async def download_handler(request: web.Request) -> web.StreamResponse:
                 if kind == "stall_download":
                     await _stall(request)
                 _abort(request)
-                return resp
+                return
         await resp.write(piece)
         await pacer.account(len(piece))
         pos = stop
     await resp.write_eof()
-    return resp
 
 
 def build_region_app(ctx: RegionContext) -> web.Application:

@@ -20,6 +20,9 @@ OPS = frozenset(
 )
 
 
+_BYTE_FAULTS = ("drop_download", "stall_download", "corrupt_download", "drop_upload", "stall_upload")
+
+
 @dataclass(slots=True)
 class ByteFault:
     """Act once when a stream reaches byte ``at`` (absolute offset in the image), optionally per image."""
@@ -108,8 +111,9 @@ class FaultPlan:
                 self.latency = float(value)
             elif key == "bandwidth":
                 self.bandwidth = None if value in (None, 0) else float(value)
-            elif key in ("drop_download", "stall_download", "corrupt_download", "drop_upload", "stall_upload"):
-                setattr(self, key, [ByteFault(**v) if isinstance(v, dict) else ByteFault(int(v)) for v in value])
+            elif key in _BYTE_FAULTS:
+                faults = [ByteFault(**v) if isinstance(v, dict) else ByteFault(int(v)) for v in value]
+                setattr(self, key, faults)
             elif key == "statuses":
                 self.statuses = [StatusFault(**v) for v in value]
             elif key == "ignore_range":

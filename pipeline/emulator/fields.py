@@ -1,27 +1,41 @@
-"""Image fields as Glance 33 (and the NHN guide) define them: who may write them and what values pass.
+"""Image fields as Glance 33 (and the NHN guide) define them, and Glance's error answers (webob's shape).
 
 Used by create (POST) and update (PATCH) alike, so both reject the same things with the same status and
 message as the real server (see shared/reference/glance-behaviour.md). Where the NHN guide is stricter
 than Glance, the NHN rule is applied and the guide is cited.
+
+Glance raises almost every error as ``webob.exc.HTTPxxx(explanation=msg)``, so the message replaces the
+generic webob sentence; a few pass the message as ``detail`` instead ("Access was denied to this
+resource.<br /><br />\\nAttribute 'location' is reserved."). ``GlanceError`` keeps that distinction.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from .schemas import schema_error_text
+
 __all__ = [
+    "BASE_PROPERTIES",
     "CONTAINER_FORMATS",
+    "CORE_WRITABLE",
     "DISK_FORMATS",
+    "MAX_MEMBERS",
     "MAX_PROPERTIES",
     "MAX_TAGS",
-    "READ_ONLY",
     "GlanceError",
-    "check_writable",
-    "validate_core",
-    "validate_property",
+    "check_min_values",
+    "check_nhn_tags",
+    "check_schema",
+    "check_visibility",
+    "is_reserved",
+    "parse_create",
+    "properties_quota_error",
+    "tags_quota_error",
     "validate_tag",
 ]
 
@@ -31,17 +45,18 @@ MAX_PROPERTIES = 128
 MAX_TAGS = 128
 MAX_MEMBERS = 128
 
-#: 403 "Attribute 'x' is read-only." on create and on PATCH.
-READ_ONLY = frozenset(
-    {"status", "checksum", "size", "virtual_size", "created_at", "updated_at", "direct_url", "self",
-     "file", "schema", "stores", "id", "os_hash_algo", "os_hash_value"}
+#: Glance's RequestDeserializer._base_properties: the body keys that are not custom properties.
+BASE_PROPERTIES = (
+    "checksum", "created_at", "container_format", "disk_format", "id", "min_disk", "min_ram", "name",
+    "size", "virtual_size", "status", "tags", "owner", "updated_at", "visibility", "protected", "os_hidden",
 )  # fmt: skip
-RESERVED = frozenset({"location", "deleted", "deleted_at"})
-#: Core attributes with their own types; everything else is a string-valued custom property.
+#: Core attributes a user may set; everything else is a string-valued custom property.
 CORE_WRITABLE = frozenset(
     {"name", "visibility", "protected", "min_ram", "min_disk", "disk_format", "container_format",
      "tags", "os_hidden"}
 )  # fmt: skip
+_RESERVED = frozenset({"location", "deleted", "deleted_at"})
+_RESERVED_NS = "os_glance"
 
 _TITLES = {
     400: ("Bad Request", "The server could not comply with the request since it is either malformed or "
@@ -51,149 +66,212 @@ _TITLES = {
           "does not understand how to supply the credentials required."),
     403: ("Forbidden", "Access was denied to this resource."),
     404: ("Not Found", "The resource could not be found."),
-    405: ("Method Not Allowed", "The method is not allowed for this resource."),
-    408: ("Request Timeout", "The server timed out waiting for the request."),
+    405: ("Method Not Allowed", "The server could not comply with the request since it is either malformed "
+          "or otherwise incorrect."),
+    408: ("Request Timeout", "The server has waited too long for the request to be sent by the client."),
     409: ("Conflict", "There was a conflict when trying to complete your request."),
     413: ("Request Entity Too Large", "The body of your request was too large for this server."),
-    415: ("Unsupported Media Type", "The request media type is not supported by this server."),
-    416: ("Requested Range Not Satisfiable", "The Range requested is not available."),
-    429: ("Too Many Requests", "The client has sent too many requests in a given amount of time."),
+    415: ("Unsupported Media Type", "The server could not comply with the request since it is either "
+          "malformed or otherwise incorrect."),
+    416: ("Request Range Not Satisfiable", "The Range requested is not available."),
+    429: ("Too Many Requests", "The client has sent too many requests in a given amount of time"),
     500: ("Internal Server Error", "The server has either erred or is incapable of performing the "
           "requested operation."),
     502: ("Bad Gateway", "Bad gateway."),
     503: ("Service Unavailable", "The server is currently unavailable. Please try again at a later time."),
     504: ("Gateway Timeout", "The gateway has timed out."),
 }  # fmt: skip
+_BR = re.compile(r"<br.*?>", re.IGNORECASE | re.DOTALL)
+_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+_TAG = re.compile(r"<.*?>", re.DOTALL)
+
+
+def _strip_tags(value: str) -> str:
+    """webob's strip_tags: newlines become spaces, <br> becomes a newline, other markup goes."""
+    value = value.replace("\n", " ").replace("\r", "")
+    return _TAG.sub("", _COMMENT.sub("", _BR.sub("\n", value)))
+
+
+def _negotiate(accept: str) -> str | None:
+    """webob's choice between text/html and application/json for ``Accept`` (None: text/plain).
+
+    Glance reads ``environ.get('HTTP_ACCEPT', '')``, so a missing or empty header matches nothing and the
+    error is plain text; an unparseable header accepts everything (text/html).
+    """
+    if not accept.strip():
+        return None
+    ranges: list[tuple[str, float]] = []
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        if not media:
+            continue
+        if "/" not in media:
+            return "text/html"
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    return "text/html"
+        ranges.append((media.lower(), q))
+    best, best_q = None, 0.0
+    for offer in ("text/html", "application/json"):
+        kind = offer.split("/")[0]
+        matched = [(3 if m == offer else 2 if m == f"{kind}/*" else 1, q)
+                   for m, q in ranges if m in (offer, f"{kind}/*", "*/*")]  # fmt: skip
+        q = max(matched)[1] if matched else 0.0
+        if q > best_q:
+            best, best_q = offer, q
+    return best
 
 
 @dataclass
 class GlanceError(Exception):
-    """An error answer in Glance's (webob's) shape: explanation, then detail; JSON, HTML or text."""
+    """An error answer as webob renders Glance's exceptions: JSON, HTML or plain text by ``Accept``.
+
+    ``explanation`` replaces webob's generic sentence for the status (Glance's usual
+    ``explanation=msg``); ``detail`` follows it; ``template`` is a webob exception's own body template
+    (405, 415), already filled in except for ``${detail}``.
+    """
 
     status: int
-    detail: str = ""
     explanation: str | None = None
+    detail: str = ""
     headers: dict[str, str] | None = None
+    template: str | None = None
 
     @property
     def title(self) -> str:
         return _TITLES.get(self.status, ("Error", ""))[0]
 
+    def _text(self, escape: Any) -> str:
+        if self.template is not None:
+            return self.template.replace("${detail}", escape(self.detail))
+        explanation = self.explanation
+        if explanation is None:
+            explanation = _TITLES.get(self.status, ("", ""))[1]
+        return f"{escape(explanation)}<br /><br />\n{escape(self.detail)}\n\n"
+
     def body(self, accept: str) -> tuple[bytes, str]:
         """(body, content type) for the client's Accept header, as webob renders it."""
-        explanation = self.explanation or _TITLES.get(self.status, ("", ""))[1]
         code = f"{self.status} {self.title}"
-        if "application/json" in accept:
-            message = f"{explanation}<br /><br />\n{self.detail}\n\n"
-            doc = {"message": message, "code": code, "title": self.title}
+        kind = _negotiate(accept)
+        if kind == "application/json":
+            doc = {"message": self._text(str), "code": code, "title": self.title}
             return json.dumps(doc).encode(), "application/json"
-        if "text/plain" in accept and "text/html" not in accept:
-            return f"{code}\n\n{explanation}\n{self.detail}\n\n   ".encode(), "text/plain; charset=UTF-8"
-        detail = html.escape(self.detail, quote=True)
-        page = (
-            f"<html>\n <head>\n  <title>{code}</title>\n </head>\n <body>\n  <h1>{code}</h1>\n"
-            f"  {explanation}<br /><br />\n{detail}\n\n\n </body>\n</html>"
-        )
+        if kind is None:
+            return f"{code}\n\n{_strip_tags(self._text(str))}".encode(), "text/plain; charset=UTF-8"
+        text = self._text(lambda s: html.escape(s, quote=True))
+        page = (f"<html>\n <head>\n  <title>{code}</title>\n </head>\n <body>\n  <h1>{code}</h1>\n"
+                f"  {text}\n </body>\n</html>")  # fmt: skip
         return page.encode(), "text/html; charset=UTF-8"
 
 
-def check_writable(key: str, *, on_create: bool) -> None:
-    """403 for read-only and reserved attributes, as Glance words it for create and PATCH."""
-    if key in ("os_hash_algo", "os_hash_value", "id") and on_create:
-        return  # a client may choose the id; os_hash_* are silently ignored on create (Glance 33 quirk)
-    if key in READ_ONLY:
-        raise GlanceError(403, explanation=f"Attribute '{key}' is read-only.")
-    if key == "locations":
-        raise GlanceError(403, explanation="Attribute 'locations' is reserved.")
-    if key in RESERVED or key.startswith("os_glance"):
-        raise GlanceError(403, detail=f"Attribute '{key}' is reserved.")
-    if key == "owner" and not on_create:
-        raise GlanceError(403, explanation="Owner can't be updated by non admin.")
+def is_reserved(key: str) -> bool:
+    """Keys Glance reserves for itself: location, deleted, deleted_at and the os_glance namespace."""
+    return key in _RESERVED or key.startswith(_RESERVED_NS)
 
 
-def _schema_error(detail: str) -> GlanceError:
-    return GlanceError(400, detail=f"Provided object does not match schema 'image': {detail}")
+def check_schema(doc: dict[str, Any]) -> None:
+    """400 with jsonschema's wording when ``doc`` (a whole or partial image) fails the image schema."""
+    text = schema_error_text(doc)
+    if text is not None:
+        raise GlanceError(400, text)
 
 
-def validate_tag(tag: Any) -> str:
-    """A valid tag, or 400: Glance's 255-character limit plus NHN's 'no leading underscore'."""
-    if not isinstance(tag, str):
-        raise _schema_error(f"{tag!r} is not of type 'string'")
-    if len(tag) > 255:
-        raise _schema_error(
-            f"'{tag}' is too long  Failed validating 'maxLength' in schema['properties']['tags']['items']: "
-            "{'type': 'string', 'maxLength': 255}"
-        )
+def check_min_values(doc: dict[str, Any]) -> None:
+    """Glance's domain check on min_ram/min_disk (the schema only asks for integers)."""
+    for key in ("min_ram", "min_disk"):
+        value = doc.get(key)
+        if isinstance(value, int) and value < 0:
+            raise GlanceError(400, f"Invalid value '{value}' for parameter '{key}': Cannot be a negative "
+                                   "value")  # fmt: skip
+
+
+def validate_tag(tag: str) -> str:
+    """A valid tag for PUT /tags/{tag}: Glance's schema check, plus NHN's 'no leading underscore'."""
+    check_schema({"tags": [tag]})
     # NHN guide, Add Tag: "(Caution) Tags starting with _ are not allowed" (Glance itself allows them)
     if tag.startswith("_"):
-        raise GlanceError(400, detail=f"Tag '{tag}' is not allowed: tags starting with _ are reserved.")
+        raise GlanceError(400, f"Tag '{tag}' is not allowed: tags starting with _ are reserved.")
     return tag
 
 
-def validate_property(key: str, value: Any) -> str:
-    """A custom property value: Glance requires strings and keys of at most 255 characters."""
-    if len(key) > 255:
-        raise GlanceError(400, detail="Custom property should not be greater than 255 characters.")
-    if not isinstance(value, str):
-        raise _schema_error(f"{json_repr(value)} is not of type 'string'")
-    return value
+def check_nhn_tags(tags: list[str]) -> None:
+    """NHN guide, Add Tag: "(Caution) Tags starting with _ are not allowed", for create and PATCH too."""
+    for tag in tags:
+        if tag.startswith("_"):
+            raise GlanceError(400, f"Tag '{tag}' is not allowed: tags starting with _ are reserved.")
 
 
-def json_repr(value: Any) -> str:
-    """A value as Glance's schema errors print it."""
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
+def tags_quota_error(count: int) -> GlanceError:
+    return GlanceError(413, "The limit has been exceeded on the number of allowed image tags. "
+                            f"Attempted: {count}, Maximum: {MAX_TAGS}")  # fmt: skip
 
 
-def validate_core(key: str, value: Any) -> Any:
-    """A core attribute's value, type-checked as Glance's image schema does; 400 or 403 otherwise."""
-    if key == "name":
-        if value is not None and not isinstance(value, str):
-            raise _schema_error(f"{json_repr(value)} is not of type 'null', 'string'")
-        if isinstance(value, str) and len(value) > 255:
-            raise _schema_error(f"'{value[:40]}...' is too long")
-        return value
-    if key == "visibility":
-        if value not in ("public", "private", "shared", "community"):
-            raise _schema_error(f"{json_repr(value)} is not one of ['community', 'public', 'private', 'shared']")
-        if value == "public":
-            raise GlanceError(403, detail="You are not authorized to complete publicize_image action.")
-        # NHN guide, Create Image / Change Visibility: visibility is "private or shared" for users
-        if value == "community":
-            raise GlanceError(403, detail="You are not authorized to complete communitize_image action.")
-        return value
-    if key in ("protected", "os_hidden"):
-        if not isinstance(value, bool):
-            raise _schema_error(f"{json_repr(value)} is not of type 'boolean'")
-        return value
-    if key in ("min_ram", "min_disk"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _schema_error(f"{json_repr(value)} is not of type 'integer'")
-        if value < 0:
-            raise GlanceError(
-                400, detail=f"Invalid value '{value}' for parameter '{key}': Cannot be a negative value"
-            )
-        return value
-    if key == "disk_format":
-        if value not in DISK_FORMATS:
-            raise _schema_error(f"{json_repr(value)} is not one of {list(DISK_FORMATS)}")
-        return value
-    if key == "container_format":
-        if value not in CONTAINER_FORMATS:
-            raise _schema_error(f"{json_repr(value)} is not one of {list(CONTAINER_FORMATS)}")
-        return value
-    if key == "tags":
-        if not isinstance(value, list):
-            raise _schema_error(f"{json_repr(value)} is not of type 'array'")
-        tags = [validate_tag(t) for t in value]
-        unique = list(dict.fromkeys(tags))
-        if len(unique) > MAX_TAGS:
-            raise GlanceError(
-                413,
-                detail=f"The limit has been exceeded on the number of allowed image tags. "
-                f"Attempted: {len(unique)}, Maximum: {MAX_TAGS}",
-            )
-        return unique
-    raise AssertionError(f"not a core attribute: {key}")  # pragma: no cover
+def properties_quota_error(count: int) -> GlanceError:
+    return GlanceError(413, "The limit has been exceeded on the number of allowed image properties. "
+                            f"Attempted: {count}, Maximum: {MAX_PROPERTIES}")  # fmt: skip
+
+
+# === create (POST /v2/images), in Glance's order of checks
+
+#: RequestDeserializer._disallowed_properties: refused before the schema is even consulted.
+_DISALLOWED = ("direct_url", "self", "file", "schema", "stores")
+#: ImageFactory._readonly_properties (checked after the schema, so a bad enum value gives 400 first).
+_READ_ONLY_ON_CREATE = ("created_at", "updated_at", "status", "checksum", "size", "virtual_size")
+
+
+def parse_create(body: Any, tenant: str) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """(core fields, custom properties, tags) of a create request, or Glance's error for it."""
+    if isinstance(body, list):
+        # Glance 33 bug kept on purpose: a JSON array passes the body-type check and crashes later (500)
+        raise GlanceError(500)
+    if not isinstance(body, dict):
+        raise GlanceError(400, "Unexpected body type. Expected list/dict.")
+    for key in _DISALLOWED:
+        if key in body:
+            raise GlanceError(403, f"Attribute '{key}' is read-only.")
+    check_schema(body)
+    core = {k: body[k] for k in BASE_PROPERTIES if k in body}
+    props = {k: v for k, v in body.items() if k not in core}
+    for key in props:
+        if len(key) > 255:
+            raise GlanceError(400, "Custom property should not be greater than 255 characters.")
+        if is_reserved(key):
+            raise GlanceError(403, detail=f"Attribute '{key}' is reserved.")
+    # NHN guide, Create Image: name and os_type are required ("O") request fields
+    for required in ("name", "os_type"):
+        if body.get(required) in (None, ""):
+            raise GlanceError(400, f"'{required}' is a required property")
+    owner = core.get("owner")
+    if owner is not None and owner != tenant:
+        raise GlanceError(403, detail=f"You are not permitted to create images owned by '{owner}'")
+    check_visibility(core.get("visibility"))
+    for key in _READ_ONLY_ON_CREATE:
+        if key in core:
+            raise GlanceError(403, f"Attribute '{key}' is read-only.")
+    if "locations" in props:
+        raise GlanceError(403, "Attribute 'locations' is reserved.")
+    # Glance 33 quirk kept on purpose: os_hash_algo/os_hash_value at create are silently ignored
+    props.pop("os_hash_algo", None)
+    props.pop("os_hash_value", None)
+    check_min_values(core)
+    tags = list(dict.fromkeys(core.pop("tags", [])))
+    check_nhn_tags(tags)
+    if len(props) > MAX_PROPERTIES:
+        raise properties_quota_error(len(props))
+    if len(tags) > MAX_TAGS:
+        raise tags_quota_error(len(tags))
+    return core, props, tags
+
+
+def check_visibility(value: Any) -> None:
+    """Policy on visibility values that pass the schema: users cannot publicize; NHN: no community."""
+    if value == "public":
+        raise GlanceError(403, "You are not authorized to complete publicize_image action.")
+    # NHN guide, Create Image / Change Visibility: visibility is "private or shared" for users
+    if value == "community":
+        raise GlanceError(403, "You are not authorized to complete communitize_image action.")

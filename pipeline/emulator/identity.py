@@ -53,6 +53,11 @@ def load_users(path: Path) -> dict[str, UserEntry]:
     return users
 
 
+def _issued_at(now: float) -> str:
+    """Keystone's issued_at: seconds plus microseconds, no zone suffix."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}"
+
+
 def _keystone_error(status: int, title: str, message: str) -> web.Response:
     body = json.dumps({"error": {"message": message, "code": status, "title": title}})
     return web.Response(status=status, body=body.encode(), content_type="application/json")
@@ -112,7 +117,7 @@ class Identity:
                 "token": {
                     "id": token_id,
                     "expires": iso_now(info.expires_at),
-                    "issued_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}",
+                    "issued_at": _issued_at(now),
                     "tenant": {"id": tenant, "name": tenant, "enabled": True, "description": ""},
                 },
                 "serviceCatalog": [{"type": "image", "name": "glance", "endpoints": endpoints}],

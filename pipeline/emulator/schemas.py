@@ -1,12 +1,20 @@
-"""Static documents a Glance v2 server publishes: the version list and the JSON schemas."""
+"""Static documents a Glance v2 server publishes (versions, JSON schemas) and validation against them.
+
+The four schemas are Glance 33's own ``/v2/schemas/{image,images,member,members}`` documents, key order
+included, because Glance prints the failing sub-schema in its 400 messages and the emulator prints the
+same text (``jsonschema``'s ``ValidationError.__str__``: message, schema path, pretty-printed sub-schema,
+instance path, pretty-printed value).
+"""
 
 from __future__ import annotations
 
+import re
+import textwrap
+from collections.abc import Iterator
+from pprint import pformat
 from typing import Any
 
-from .fields import CONTAINER_FORMATS, DISK_FORMATS
-
-__all__ = ["SCHEMAS", "versions_document"]
+__all__ = ["IMAGE_SCHEMA", "SCHEMAS", "schema_error_text", "versions_document"]
 
 _VERSIONS = ["v2.18", "v2.17", "v2.16", "v2.15", "v2.14", "v2.13", "v2.12", "v2.11", "v2.10", "v2.9",
              "v2.8", "v2.7", "v2.6", "v2.5", "v2.4", "v2.3", "v2.2", "v2.1", "v2.0"]  # fmt: skip
@@ -23,47 +31,79 @@ def versions_document(base: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _ro(kind: Any, description: str) -> dict[str, Any]:
-    return {"type": kind, "readOnly": True, "description": description}
-
+UUID_PATTERN = "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"
+_NULL_STR = ["null", "string"]
+_STORES = ("Store in which image data resides.  Only present when the operator has enabled multiple "
+           "stores.  May be a comma-separated list of store identifiers.")  # fmt: skip
+_VALIDATION_DATA = (
+    "Values to be used to populate the corresponding image properties. If the image status is not "
+    "'queued', values must exactly match those already contained in the image properties."
+)
 
 _IMAGE_PROPERTIES: dict[str, Any] = {
-    "id": {"type": "string", "description": "An identifier for the image",
-           "pattern": "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"},
-    "name": {"type": ["null", "string"], "maxLength": 255, "description": "Descriptive name for the image"},
-    "status": {**_ro("string", "Status of the image"),
+    "id": {"type": "string", "description": "An identifier for the image", "pattern": UUID_PATTERN},
+    "name": {"type": _NULL_STR, "description": "Descriptive name for the image", "maxLength": 255},
+    "status": {"type": "string", "readOnly": True, "description": "Status of the image",
                "enum": ["queued", "saving", "active", "killed", "deleted", "uploading", "importing",
                         "pending_delete", "deactivated"]},
-    "visibility": {"type": "string", "enum": ["community", "public", "private", "shared"],
-                   "description": "Scope of image accessibility"},
+    "visibility": {"type": "string", "description": "Scope of image accessibility",
+                   "enum": ["community", "public", "private", "shared"]},
     "protected": {"type": "boolean", "description": "If true, image will not be deletable."},
-    "os_hidden": {"type": "boolean", "description": "If true, image will not appear in default image list "
-                                                    "response."},
-    "checksum": {**_ro(["null", "string"], "md5 hash of image contents."), "maxLength": 32},
-    "os_hash_algo": {**_ro(["null", "string"], "Algorithm to calculate the os_hash_value"), "maxLength": 64},
-    "os_hash_value": {**_ro(["null", "string"], "Hexdigest of the image contents using the algorithm "
-                                                "specified by the os_hash_algo"), "maxLength": 128},
-    "owner": {"type": ["null", "string"], "maxLength": 255, "description": "Owner of the image"},
-    "size": _ro(["null", "integer"], "Size of image file in bytes"),
-    "virtual_size": _ro(["null", "integer"], "Virtual size of image in bytes"),
-    "container_format": {"type": ["null", "string"], "enum": list(CONTAINER_FORMATS),
-                         "description": "Format of the container"},
-    "disk_format": {"type": ["null", "string"], "enum": list(DISK_FORMATS), "description": "Format of the disk"},
-    "created_at": _ro("string", "Date and time of image registration"),
-    "updated_at": _ro("string", "Date and time of the last image modification"),
-    "tags": {"type": "array", "items": {"type": "string", "maxLength": 255},
-             "description": "List of strings related to the image"},
-    "direct_url": _ro("string", "URL to access the image file kept in external store"),
+    "os_hidden": {"type": "boolean",
+                  "description": "If true, image will not appear in default image list response."},
+    "checksum": {"type": _NULL_STR, "readOnly": True, "description": "md5 hash of image contents.",
+                 "maxLength": 32},
+    "os_hash_algo": {"type": _NULL_STR, "readOnly": True,
+                     "description": "Algorithm to calculate the os_hash_value", "maxLength": 64},
+    "os_hash_value": {"type": _NULL_STR, "readOnly": True,
+                      "description": "Hexdigest of the image contents using the algorithm specified by "
+                                     "the os_hash_algo",
+                      "maxLength": 128},
+    "owner": {"type": _NULL_STR, "description": "Owner of the image", "maxLength": 255},
+    "size": {"type": ["null", "integer"], "readOnly": True, "description": "Size of image file in bytes"},
+    "virtual_size": {"type": ["null", "integer"], "readOnly": True,
+                     "description": "Virtual size of image in bytes"},
+    "container_format": {"type": _NULL_STR, "description": "Format of the container",
+                         "enum": [None, "ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed"]},
+    "disk_format": {"type": _NULL_STR, "description": "Format of the disk",
+                    "enum": [None, "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso",
+                             "ploop"]},
+    "created_at": {"type": "string", "readOnly": True, "description": "Date and time of image registration"},
+    "updated_at": {"type": "string", "readOnly": True,
+                   "description": "Date and time of the last image modification"},
+    "tags": {"type": "array", "description": "List of strings related to the image",
+             "items": {"type": "string", "maxLength": 255}},
+    "direct_url": {"type": "string", "readOnly": True,
+                   "description": "URL to access the image file kept in external store"},
     "min_ram": {"type": "integer", "description": "Amount of ram (in MB) required to boot image."},
     "min_disk": {"type": "integer", "description": "Amount of disk space (in GB) required to boot image."},
-    "self": _ro("string", "An image self url"),
-    "file": _ro("string", "An image file url"),
-    "stores": _ro("string", "Store in which image data resides."),
-    "schema": _ro("string", "An image schema url"),
-    "locations": {"type": "array", "description": "A set of URLs to access the image file kept in external store"},
+    "self": {"type": "string", "readOnly": True, "description": "An image self url"},
+    "file": {"type": "string", "readOnly": True, "description": "An image file url"},
+    "stores": {"type": "string", "readOnly": True, "description": _STORES},
+    "schema": {"type": "string", "readOnly": True, "description": "An image schema url"},
+    "locations": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "url": {"type": "string", "maxLength": 255},
+                "metadata": {"type": "object"},
+                "validation_data": {
+                    "description": _VALIDATION_DATA, "type": "object", "writeOnly": True,
+                    "additionalProperties": False,
+                    "properties": {"checksum": {"type": "string", "minLength": 32, "maxLength": 32},
+                                   "os_hash_algo": {"type": "string", "maxLength": 64},
+                                   "os_hash_value": {"type": "string", "maxLength": 128}},
+                    "required": ["os_hash_algo", "os_hash_value"],
+                },
+            },
+            "required": ["url", "metadata"],
+        },
+        "description": "A set of URLs to access the image file kept in external store",
+    },
 }  # fmt: skip
 
-_IMAGE_SCHEMA: dict[str, Any] = {
+IMAGE_SCHEMA: dict[str, Any] = {
     "name": "image",
     "properties": _IMAGE_PROPERTIES,
     "additionalProperties": {"type": "string"},
@@ -74,22 +114,22 @@ _IMAGE_SCHEMA: dict[str, Any] = {
 _MEMBER_SCHEMA: dict[str, Any] = {
     "name": "member",
     "properties": {
-        "created_at": {"type": "string", "description": "Date and time of image member creation"},
-        "image_id": {"type": "string", "description": "An identifier for the image"},
         "member_id": {"type": "string", "description": "An identifier for the image member (tenantId)"},
-        "status": {"type": "string", "enum": ["pending", "accepted", "rejected"],
-                   "description": "The status of this image member"},
+        "image_id": {"type": "string", "description": "An identifier for the image", "pattern": UUID_PATTERN},
+        "created_at": {"type": "string", "description": "Date and time of image member creation"},
         "updated_at": {"type": "string", "description": "Date and time of last modification of image member"},
-        "schema": {"type": "string", "readOnly": True},
+        "status": {"type": "string", "description": "The status of this image member",
+                   "enum": ["pending", "accepted", "rejected"]},
+        "schema": {"readOnly": True, "type": "string"},
     },
 }  # fmt: skip
 
 SCHEMAS: dict[str, dict[str, Any]] = {
-    "image": _IMAGE_SCHEMA,
+    "image": IMAGE_SCHEMA,
     "images": {
         "name": "images",
-        "properties": {"images": {"type": "array", "items": _IMAGE_SCHEMA},
-                       "schema": {"type": "string"}, "first": {"type": "string"}, "next": {"type": "string"}},
+        "properties": {"images": {"type": "array", "items": IMAGE_SCHEMA},
+                       "first": {"type": "string"}, "next": {"type": "string"}, "schema": {"type": "string"}},
         "links": [{"rel": "first", "href": "{first}"}, {"rel": "next", "href": "{next}"},
                   {"rel": "describedby", "href": "{schema}"}],
     },
@@ -97,6 +137,85 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "members": {
         "name": "members",
         "properties": {"members": {"type": "array", "items": _MEMBER_SCHEMA}, "schema": {"type": "string"}},
-        "links": [{"rel": "self", "href": "{self}"}, {"rel": "schema", "href": "{schema}"}],
+        "links": [{"rel": "describedby", "href": "{schema}"}],
     },
 }  # fmt: skip
+
+
+# === validation (the subset of JSON Schema the image schema uses), worded like jsonschema 4
+
+
+_TYPES: dict[str, Any] = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+    "null": lambda v: v is None,
+}
+
+#: One failure: (message, validator keyword, schema path, sub-schema, instance path, instance).
+_Failure = tuple[str, str, list[Any], dict[str, Any], list[Any], Any]
+
+
+def _check(schema: dict[str, Any], value: Any, spath: list[Any], ipath: list[Any]) -> Iterator[_Failure]:
+    """Every failure of ``value`` against ``schema``, in jsonschema's keyword order."""
+    for keyword, arg in schema.items():
+        if keyword == "type":
+            kinds = arg if isinstance(arg, list) else [arg]
+            if not any(_TYPES[k](value) for k in kinds):
+                yield (f"{value!r} is not of type {', '.join(repr(k) for k in kinds)}", keyword, spath,
+                       schema, ipath, value)  # fmt: skip
+        elif keyword == "enum" and value not in arg:
+            yield f"{value!r} is not one of {arg!r}", keyword, spath, schema, ipath, value
+        elif keyword == "maxLength" and isinstance(value, str) and len(value) > arg:
+            yield f"{value!r} is too long", keyword, spath, schema, ipath, value
+        elif keyword == "minLength" and isinstance(value, str) and len(value) < arg:
+            yield f"{value!r} is too short", keyword, spath, schema, ipath, value
+        elif keyword == "pattern" and isinstance(value, str) and not re.search(arg, value):
+            yield f"{value!r} does not match {arg!r}", keyword, spath, schema, ipath, value
+        elif keyword == "items" and isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from _check(arg, item, [*spath, "items"], [*ipath, i])
+        elif keyword == "properties" and isinstance(value, dict):
+            for key, sub in arg.items():
+                if key in value:
+                    yield from _check(sub, value[key], [*spath, "properties", key], [*ipath, key])
+        elif keyword == "required" and isinstance(value, dict):
+            for key in arg:
+                if key not in value:
+                    yield f"{key!r} is a required property", keyword, spath, schema, ipath, value
+        elif keyword == "additionalProperties" and isinstance(value, dict):
+            known = schema.get("properties", {})
+            extra = [k for k in value if k not in known]
+            if arg is False and extra:
+                names = ", ".join(repr(k) for k in extra)
+                verb = "was" if len(extra) == 1 else "were"
+                yield (f"Additional properties are not allowed ({names} {verb} unexpected)", keyword, spath,
+                       schema, ipath, value)  # fmt: skip
+            elif isinstance(arg, dict):
+                for key in extra:
+                    yield from _check(arg, value[key], [*spath, "additionalProperties"], [*ipath, key])
+
+
+def _index(container: str, path: list[Any]) -> str:
+    return container + "".join(f"[{p!r}]" for p in path)
+
+
+def _pretty(thing: Any) -> str:
+    return textwrap.indent(pformat(thing, width=72, sort_dicts=False), "    ")
+
+
+def schema_error_text(doc: dict[str, Any], schema: dict[str, Any] = IMAGE_SCHEMA) -> str | None:
+    """Glance's text for the best failure of ``doc`` ("Provided object does not match ..."), or None.
+
+    Like ``jsonschema.best_match``, the failure nearest the top of the document wins, and among equals
+    the first one found.
+    """
+    failures = list(_check(schema, doc, [], []))
+    if not failures:
+        return None
+    message, keyword, spath, sub, ipath, value = min(failures, key=lambda f: len(f[4]))
+    text = (f"{message}\n\nFailed validating {keyword!r} in {_index('schema', spath)}:\n{_pretty(sub)}\n\n"
+            f"On {_index('instance', ipath)}:\n{_pretty(value)}")  # fmt: skip
+    return f"Provided object does not match schema '{schema['name']}': {text}"

@@ -45,7 +45,8 @@ def seed_demo(emu: Emulator) -> None:
     synthetic: list[tuple[int, dict[str, Any]]] = [
         (80 * MiB, {"name": "golden-ubuntu-22.04", "disk_format": "qcow2", "tags": ["golden", "dr"],
                     "min_disk": 20, "description": "Ubuntu Server 22.04 LTS golden image",
-                    "hw_disk_bus": "virtio", "hw_vif_model": "virtio", **_linux("ubuntu", "22.04", "ubuntu")}),
+                    "hw_disk_bus": "virtio", "hw_vif_model": "virtio",
+                    **_linux("ubuntu", "22.04", "ubuntu")}),
         (24 * MiB, {"name": "golden-rocky-9", "disk_format": "qcow2", "tags": ["golden", "dr"],
                     "min_disk": 10, "min_ram": 1024, **_linux("rocky", "9.4", "rocky")}),
         (40 * MiB, {"name": "windows-2022-std", "disk_format": "raw", "tags": ["dr"], "min_disk": 50,
@@ -71,7 +72,8 @@ def seed_demo(emu: Emulator) -> None:
                    **_linux("centos", "7", "centos")}),
     ]  # fmt: skip
     for size, fields in files:
-        rec = store.add_bytes(DEMO_TENANT, _payload(fields["name"], size, fields["disk_format"] == "qcow2"), fields)
+        payload = _payload(fields["name"], size, fields["disk_format"] == "qcow2")
+        rec = store.add_bytes(DEMO_TENANT, payload, fields)
         if fields["name"] == "analytics-shared":
             now = iso_now()
             rec.members[PARTNER_TENANT] = MemberRecord(PARTNER_TENANT, "accepted", now, now)

@@ -95,7 +95,8 @@ class Emulator:
 
     async def _state(self, request: web.Request) -> web.Response:
         fired = {r: ctx.faults.fired for r, ctx in self.regions.items()}
-        return web.json_response({**self.info(), "tokens_issued": self.identity.issued, "faults_fired": fired})
+        state = {**self.info(), "tokens_issued": self.identity.issued, "faults_fired": fired}
+        return web.json_response(state)
 
     def identity_app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
@@ -131,12 +132,14 @@ async def running_emulator(
     seed: str | None = None,
     token_ttl: float = DEFAULT_TOKEN_TTL,
     users: dict[str, UserEntry] | None = None,
+    require_format_match: bool = False,
 ) -> AsyncIterator[Emulator]:
     """Start the identity endpoint and every region; stop them all on exit (also on failure).
 
     With ``port=0`` every server gets an ephemeral port; with a fixed port the identity endpoint takes it
     and region *i* takes ``port + 1 + i``. Without ``data_dir`` image data goes to a temporary directory
-    that is removed on exit.
+    that is removed on exit. ``require_format_match`` turns on Glance 33's upload inspection (415 for bytes
+    that do not match a bare image's disk_format); it is off by default, as in Glance releases before 33.
     """
     async with AsyncExitStack() as stack:
         if data_dir is None:
@@ -145,7 +148,12 @@ async def running_emulator(
             data_dir = Path(tmp)
         identity = Identity(token_ttl=token_ttl, users=users)
         contexts = {
-            name: RegionContext(name, RegionStore(name, data_dir / name), FaultPlan(), identity)
+            name: RegionContext(
+                name,
+                RegionStore(name, data_dir / name, require_format_match=require_format_match),
+                FaultPlan(),
+                identity,
+            )
             for name in regions
         }
         emu = Emulator(identity=identity, regions=contexts, data_dir=data_dir)

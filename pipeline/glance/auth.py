@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiohttp
@@ -96,7 +96,7 @@ def normalize_endpoint(url: str) -> str:
     """A catalog URL without trailing slash or version suffix, so ``/v2/...`` can be appended."""
     url = url.rstrip("/")
     tail = url.rsplit("/", 1)[-1]
-    if tail.startswith("v2") and tail[2:].replace(".", "").isdigit() or tail == "v2":
+    if (tail.startswith("v2") and tail[2:].replace(".", "").isdigit()) or tail == "v2":
         url = url[: -len(tail)].rstrip("/")
     return url
 
@@ -109,7 +109,7 @@ def _parse_time(value: Any) -> float | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 
@@ -130,7 +130,9 @@ def parse_token_response(doc: Any, *, now: float) -> Token:
         if not isinstance(service, dict) or service.get("type") != "image":
             continue
         for ep in service.get("endpoints") or []:
-            if isinstance(ep, dict) and isinstance(ep.get("region"), str) and isinstance(ep.get("publicURL"), str):
+            if not isinstance(ep, dict):
+                continue
+            if isinstance(ep.get("region"), str) and isinstance(ep.get("publicURL"), str):
                 endpoints[ep["region"]] = normalize_endpoint(ep["publicURL"])
     issued = _parse_time(token.get("issued_at"))
     if issued is not None and issued <= expires:
@@ -189,7 +191,7 @@ class PasswordAuth:
                 "passwordCredentials": {"username": self.username, "password": self.password.reveal()},
             }
         }
-        ctx = {"method": "POST", "path": url}
+        ctx: dict[str, Any] = {"method": "POST", "path": url}
         with map_aiohttp_errors(**ctx):
             async with session.post(url, json=body, headers={"Accept": "application/json"}) as resp:
                 raw = await resp.read()

@@ -37,7 +37,7 @@ MAX_JSON_BODY = 64 * 1024 * 1024
 DEFAULT_PAGE_SIZE = 200
 
 #: Query values: a string, or a list of strings for repeated keys (``tag``).
-ListFilters = Mapping[str, str | int | Sequence[str]]
+ListFilters = Mapping[str, str | int | bool | Sequence[str]]
 
 
 def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
@@ -195,9 +195,9 @@ class ImageClient:
         params: list[tuple[str, str]] = [("limit", str(page_size))]
         for key, value in (filters or {}).items():
             if isinstance(value, (list, tuple)):
-                params.extend((key, str(v)) for v in value)
+                params.extend((key, _query_value(v)) for v in value)
             else:
-                params.append((key, str(value)))
+                params.append((key, _query_value(value)))
         if sort_key:
             params.append(("sort_key", sort_key))
         if sort_dir:
@@ -215,9 +215,12 @@ class ImageClient:
                 return
             if not isinstance(nxt, str):
                 raise ProtocolError("image list 'next' is not a string", region=self.region)
-            # reissue the server's query against our own endpoint: the endpoint may carry a path prefix
-            params = parse_qsl(urlsplit(nxt).query, keep_blank_values=True)
-            marker = dict(params).get("marker", "")
+            # Only the marker is taken from 'next': Glance rebuilds that link from dict(params), which keeps
+            # just the last value of a repeated key, so following it would drop all but one 'tag' filter.
+            marker = dict(parse_qsl(urlsplit(nxt).query, keep_blank_values=True)).get("marker", "")
+            if not marker:
+                raise ProtocolError("image list 'next' has no marker", region=self.region)
+            params = [(k, v) for k, v in params if k != "marker"] + [("marker", marker)]
             if marker in seen_markers:
                 raise ProtocolError(f"image list pagination loops at marker {marker}", region=self.region)
             seen_markers.add(marker)
@@ -250,7 +253,7 @@ class ImageClient:
     ) -> None:
         """Stream ``body`` into a queued image (204). Never retried: a stream cannot be replayed."""
         path = f"/v2/images/{image_id}/file"
-        ctx = {"region": self.region, "image_id": image_id, "method": "PUT", "path": path}
+        ctx: dict[str, Any] = {"region": self.region, "image_id": image_id, "method": "PUT", "path": path}
         token = await self.auth.token(self.session)
         url = await self.endpoint() + path
         extra = {"Content-Type": OCTET_STREAM}
@@ -272,7 +275,7 @@ class ImageClient:
     async def open_download(self, image_id: str, *, offset: int = 0) -> AsyncIterator[Download]:
         """Open the image's data, from ``offset`` with ``Range: bytes=offset-`` when it is not 0."""
         path = f"/v2/images/{image_id}/file"
-        ctx = {"region": self.region, "image_id": image_id, "method": "GET", "path": path}
+        ctx: dict[str, Any] = {"region": self.region, "image_id": image_id, "method": "GET", "path": path}
         extra = {"Range": f"bytes={offset}-"} if offset else {}
 
         async def attempt() -> aiohttp.ClientResponse:
@@ -375,6 +378,13 @@ class ImageClient:
         if not isinstance(doc, dict):
             raise ProtocolError(f"schema {name} is not an object", region=self.region)
         return doc
+
+
+def _query_value(value: object) -> str:
+    """A filter value as Glance parses it: booleans must be lower-case ('True' gives 400 on protected)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _url_safe_tag(tag: str) -> bool:
