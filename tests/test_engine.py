@@ -108,7 +108,8 @@ async def test_download_dropped_twice_resumes_without_restarting_uploads(cloud: 
     results, rec = await copy(cloud, image)
     assert faults.fired["drop_download"] == 2
     resumed = rec.of(SourceResumed)
-    # each resume starts where the client's bytes stopped: at or a little before the drop point
+    # each resume starts where the client's bytes stopped: at the drop point or a little before it
+    # (aiohttp drops what it had buffered but not yet handed out when the connection breaks)
     first, second = (r.offset for r in resumed)
     assert 0 < first <= int(SIZE * 0.3) < second <= int(SIZE * 0.7)
     assert not any(r.restarted for r in resumed)
@@ -173,6 +174,24 @@ async def test_corruption_on_every_attempt_fails_without_done(cloud: Cloud, emul
         assert result.blame == "source"
         assert result.attempts == 3
         await wait_status(cloud, result, "queued")
+
+
+async def test_target_reporting_a_different_checksum_is_deleted_and_redone(cloud: Cloud, emulator: Emulator) -> None:
+    """KR2 stores one byte wrong, so it reports another checksum: that copy is deleted and made again."""
+    image = source_image(emulator, cloud.t1)
+    emulator.faults("KR2").corrupt_upload = [ByteFault(SIZE // 2)]
+    results, rec = await copy(cloud, image)
+    await assert_verified_copy(cloud, results["JP1"], image)
+    kr2 = results["KR2"]
+    await assert_verified_copy(cloud, kr2, image)
+    assert kr2.attempts == 2
+    assert len(kr2.deleted) == 1  # the wrong copy, gone
+    assert kr2.deleted[0] != kr2.target_id
+    assert kr2.deleted[0] not in emulator.store("KR2").images
+    failures = rec.of(TargetFailed)
+    assert [(f.region, f.blame) for f in failures] == [("KR2", "target")]
+    assert "checksum" in failures[0].error
+    assert len(images_in(emulator, "KR2", cloud.t1)) == 1  # never left behind
 
 
 async def test_zero_byte_image(cloud: Cloud, emulator: Emulator) -> None:

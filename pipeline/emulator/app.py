@@ -17,6 +17,7 @@ from urllib.parse import unquote_to_bytes
 
 import anyio
 from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError
 
 from .faults import FaultPlan
 from .fields import GlanceError
@@ -300,8 +301,19 @@ async def _stall(request: web.Request) -> None:
 
 
 def _abort(request: web.Request) -> None:
+    """Reset the connection (RST): whatever is still buffered is lost."""
     if request.transport is not None:
         request.transport.abort()
+
+
+def _hang_up(request: web.Request) -> None:
+    """Close the connection after what was written so far (FIN): the client gets exactly those bytes."""
+    if request.transport is not None:
+        request.transport.close()
+
+
+#: What a client that goes away mid-body looks like from the server side.
+_GONE = (ConnectionError, ClientConnectionResetError)
 
 
 async def upload_handler(request: web.Request) -> web.StreamResponse:
@@ -309,8 +321,9 @@ async def upload_handler(request: web.Request) -> web.StreamResponse:
     ctype = request.headers.get("Content-Type")
     if (ctype or "").split(";")[0].strip() != "application/octet-stream":
         raise GlanceError(415, detail=f"Invalid content type {ctype}")
-    rec, writer = ctx.store.begin_upload(request.match_info["image_id"], _caller(request))
     plan, ok = ctx.faults, False
+    rec, writer = ctx.store.begin_upload(request.match_info["image_id"], _caller(request),
+                                         discard=plan.discard_uploads)  # fmt: skip
     pacer = _Pacer(plan.bandwidth)
     received = 0
     buf = bytearray()
@@ -324,6 +337,12 @@ async def upload_handler(request: web.Request) -> web.StreamResponse:
                         await _stall(request)
                     _abort(request)
                     return web.Response(status=500)
+            corrupt = FaultPlan.take_byte(plan.corrupt_upload, rec.id, received, end)
+            if corrupt is not None:
+                plan.record("corrupt_upload")
+                flipped = bytearray(chunk)
+                flipped[corrupt - received] ^= 0xFF
+                chunk = bytes(flipped)
             received = end
             buf += chunk
             if len(buf) >= WRITE_BATCH:
@@ -333,6 +352,8 @@ async def upload_handler(request: web.Request) -> web.StreamResponse:
         if buf:
             await anyio.to_thread.run_sync(writer.write, bytes(buf))
         ok = True
+    except _GONE:
+        return web.Response(status=400)  # the client went away mid-upload; nobody reads this answer
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(lambda: ctx.store.finish_upload(rec, writer, ok=ok))
@@ -356,11 +377,15 @@ async def download_handler(request: web.Request) -> web.StreamResponse:
     if status == 206:
         resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     resp.headers["x-openstack-request-id"] = request[REQUEST_ID]
+    if rec.synthetic_seed is None and rec.data_path is None:
+        raise GlanceError(500, "the emulator discarded this image's data (discard_uploads knob)")
     await resp.prepare(request)
     chunk_size = CHUNK if not plan.bandwidth else max(16 << 10, min(CHUNK, int(plan.bandwidth / 50)))
     pieces = ctx.store.read_chunks(rec, start, end, chunk_size)
     try:
         await _send_pieces(request, resp, rec, pieces, start)
+    except _GONE:
+        pass  # the client went away mid-image
     finally:
         pieces.close()  # the client may leave mid-image: close the image file now, not at GC time
     return resp
@@ -394,7 +419,9 @@ async def _send_pieces(
                     await resp.write(piece[: cut - pos])
                 if kind == "stall_download":
                     await _stall(request)
-                _abort(request)
+                    _abort(request)
+                else:
+                    _hang_up(request)
                 return
         await resp.write(piece)
         await pacer.account(len(piece))

@@ -20,7 +20,9 @@ OPS = frozenset(
 )
 
 
-_BYTE_FAULTS = ("drop_download", "stall_download", "corrupt_download", "drop_upload", "stall_upload")
+_BYTE_FAULTS = (
+    "drop_download", "stall_download", "corrupt_download", "drop_upload", "stall_upload", "corrupt_upload",
+)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -64,9 +66,14 @@ class FaultPlan:
     corrupt_download: list[ByteFault] = field(default_factory=list)
     drop_upload: list[ByteFault] = field(default_factory=list)
     stall_upload: list[ByteFault] = field(default_factory=list)
+    #: Flip the stored byte at this offset of the next matching upload: the target then reports a
+    #: checksum that differs from what the client sent.
+    corrupt_upload: list[ByteFault] = field(default_factory=list)
     statuses: list[StatusFault] = field(default_factory=list)
     #: Ignore Range headers (answer 200 with the whole image), like a server without Range support.
     ignore_range: bool = False
+    #: Hash uploads but keep no bytes (a sink for benchmarks); such images cannot be downloaded.
+    discard_uploads: bool = False
     seed: int | None = None
     rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
     #: How many faults fired, by kind; tests and the soak report read it.
@@ -118,6 +125,8 @@ class FaultPlan:
                 self.statuses = [StatusFault(**v) for v in value]
             elif key == "ignore_range":
                 self.ignore_range = bool(value)
+            elif key == "discard_uploads":
+                self.discard_uploads = bool(value)
             elif key == "seed":
                 self.seed = None if value is None else int(value)
                 self.rng.seed(self.seed)

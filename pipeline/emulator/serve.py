@@ -78,11 +78,21 @@ class Emulator:
         return web.json_response({"expired": self.identity.expire_all()})
 
     async def _synthetic(self, request: web.Request) -> web.Response:
+        """Create one synthetic image (the answer is the image), or ``count`` of them (a summary)."""
         doc = await request.json()
-        rec = self._region(request).store.add_synthetic(
-            doc["owner"], int(doc["size"]), str(doc.get("seed", "bench")), dict(doc.get("fields", {}))
-        )
-        return web.json_response(rec.to_json())
+        store = self._region(request).store
+        args = (doc["owner"], int(doc["size"]), str(doc.get("seed", "bench")))
+        count = int(doc.get("count", 1))
+        fields = dict(doc.get("fields", {}))
+        if count == 1:
+            return web.json_response(store.add_synthetic(*args, fields).to_json())
+        ids = [store.add_synthetic(*args, {**fields, "name": f"{fields.get('name', 'synthetic')}-{i:06d}"}).id
+               for i in range(count)]  # fmt: skip
+        return web.json_response({"created": len(ids), "first": ids[0], "last": ids[-1]})
+
+    async def _tokens(self, request: web.Request) -> web.Response:
+        """Every live token id (so security tests can search outputs for them)."""
+        return web.json_response({"tokens": sorted(self.identity.tokens)})
 
     async def _all_images(self, request: web.Request) -> web.Response:
         store = self._region(request).store
@@ -108,6 +118,7 @@ class Emulator:
             web.route("*", "/_admin/faults/{region}", self._faults),
             web.post("/_admin/regions/{region}/synthetic", self._synthetic),
             web.get("/_admin/regions/{region}/images", self._all_images, allow_head=False),
+            web.get("/_admin/tokens", self._tokens, allow_head=False),
         ])  # fmt: skip
         return app
 

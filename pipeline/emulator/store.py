@@ -89,6 +89,8 @@ class ImageRecord:
     synthetic_seed: str | None = None
     #: Data a rejected (415) upload left in the store: Glance 33 then answers 500 to every new upload.
     orphan_path: Path | None = None
+    #: Uploaded to a region with ``discard_uploads`` on: digests kept, bytes not.
+    discarded: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The image as Glance renders it: custom properties first, then the core fields in order."""
@@ -113,10 +115,11 @@ class ImageRecord:
 class UploadWriter:
     """Receives one upload: writes to a .part file, hashes md5 + sha512; commit renames, abort removes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, discard: bool = False) -> None:
         self.path = path
         self.part = path.with_suffix(".part")
-        self._file: BinaryIO = open(self.part, "wb")
+        self.discard = discard
+        self._file: BinaryIO = open(os.devnull if discard else self.part, "wb")
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._sha = hashlib.sha512()
         self.size = 0
@@ -134,12 +137,14 @@ class UploadWriter:
 
     def commit(self) -> tuple[int, str, str]:
         self._file.close()
-        os.replace(self.part, self.path)
+        if not self.discard:
+            os.replace(self.part, self.path)
         return self.size, self._md5.hexdigest(), self._sha.hexdigest()
 
     def abort(self) -> None:
         self._file.close()
-        self.part.unlink(missing_ok=True)
+        if not self.discard:
+            self.part.unlink(missing_ok=True)
 
 
 class RegionStore:
@@ -249,7 +254,7 @@ class RegionStore:
 
     # === data
 
-    def begin_upload(self, image_id: str, caller: Caller) -> tuple[ImageRecord, UploadWriter]:
+    def begin_upload(self, image_id: str, caller: Caller, *, discard: bool = False) -> tuple[ImageRecord, UploadWriter]:
         rec = self.owned(image_id, caller, "upload_image")
         if rec.status != "queued":
             raise GlanceError(409, f"Image status transition from {rec.status} to saving is not allowed")
@@ -262,7 +267,7 @@ class RegionStore:
             raise GlanceError(500)
         rec.status = "saving"
         self.touch(rec)
-        return rec, UploadWriter(self.data_dir / rec.id)
+        return rec, UploadWriter(self.data_dir / rec.id, discard=discard)
 
     def finish_upload(self, rec: ImageRecord, writer: UploadWriter, *, ok: bool) -> None:
         """Commit a complete upload (active), abort a broken one (back to queued, no data), or refuse one
@@ -284,7 +289,8 @@ class RegionStore:
             self.touch(rec)
             raise GlanceError(415, detail=f"Image disk_format {rec.disk_format} does not match stream data "
                                           f"{verdict.detected}")  # fmt: skip
-        rec.data_path = writer.path
+        rec.data_path = None if writer.discard else writer.path
+        rec.discarded = writer.discard
         rec.size, rec.checksum = size, md5
         rec.os_hash_algo, rec.os_hash_value = "sha512", sha
         rec.virtual_size = verdict.virtual_size if verdict.ok else None
@@ -328,7 +334,8 @@ class RegionStore:
                 for i in range(0, len(piece), chunk):
                     yield piece[i : i + chunk]
             return
-        assert rec.data_path is not None
+        if rec.data_path is None:
+            raise GlanceError(500, "the emulator discarded this image's data (discard_uploads knob)")
         with open(rec.data_path, "rb") as fh:
             fh.seek(start)
             remaining = end - start
