@@ -44,6 +44,7 @@ __all__ = ["Engine", "EngineHooks", "EngineSettings", "TargetResult", "TargetSpe
 
 MiB = 1 << 20
 DELETE_GRACE = 30.0
+WRITE_SLICE = 1 << 20
 SETTLE_TIMEOUT = 30.0
 
 
@@ -323,23 +324,29 @@ class _ImageCopy:
     async def _produce(self, pieces: AsyncIterator[bytes], fan: Fanout, hasher: MultiHasher, run: _Pass) -> Any:
         """Chunk, hash and broadcast; hold the last chunk back until the whole stream is judged."""
         chunk_size = self.settings.chunk_size
-        buf = bytearray()
+        parts: list[bytes] = []
+        have = 0
         held: bytes | None = None
-        async for piece in pieces:
-            buf += piece
-            while len(buf) >= chunk_size:
-                chunk = bytes(buf[:chunk_size])
-                del buf[:chunk_size]
-                await self._hash(hasher, chunk)
-                if held is not None:
-                    await fan.send(held)
-                held = chunk
-        if buf:
-            tail = bytes(buf)
-            await self._hash(hasher, tail)
+
+        async def emit(chunk: bytes) -> None:
+            nonlocal held
+            await self._hash(hasher, chunk)
             if held is not None:
                 await fan.send(held)
-            held = tail
+            held = chunk
+
+        async for piece in pieces:
+            while have + len(piece) >= chunk_size:
+                take = chunk_size - have
+                parts.append(piece[:take])
+                piece = piece[take:]
+                chunk, parts, have = b"".join(parts), [], 0  # one copy per chunk, no growing buffer
+                await emit(chunk)
+            if piece:
+                parts.append(piece)
+                have += len(piece)
+        if parts:
+            await emit(b"".join(parts))
         image = self.image
         expected = Expected(image.size, image.checksum, image.os_hash_algo, image.os_hash_value)
         verdict = judge_stream(expected, hasher.bytes, hasher.hexdigests())
@@ -376,11 +383,15 @@ class _ImageCopy:
         limiter = self.engine.region_bandwidth.get(t.region)
         image_id, size = self.image.id, run.size
 
-        async def body() -> AsyncIterator[bytes]:
+        async def body() -> AsyncIterator[bytes | memoryview]:
             async for chunk in rx:
                 if limiter is not None:
                     await limiter.take(len(chunk))
-                yield chunk
+                # hand the chunk to aiohttp in slices (views, no copies): the socket's write buffer then
+                # never holds a copy of a whole chunk per target
+                with memoryview(chunk) as view:
+                    for i in range(0, len(view), WRITE_SLICE):
+                        yield view[i : i + WRITE_SLICE]
                 failpoint("uploading")
                 t.sent += len(chunk)
                 t.result.bytes = max(t.result.bytes, t.sent)

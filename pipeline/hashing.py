@@ -89,8 +89,11 @@ class Evidence:
     unverified_source: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"size": self.size, "computed": dict(self.computed), "reported": dict(self.reported),
-                "unverified_source": self.unverified_source}  # fmt: skip
+        doc = {"size": self.size, "computed": dict(self.computed),
+               "reported": {k: v for k, v in self.reported.items() if k != "id"}}  # fmt: skip
+        if self.unverified_source:
+            doc["unverified_source"] = True
+        return doc
 
 
 def judge_stream(expected: Expected, received: int, digests: Mapping[str, str]) -> Verification:

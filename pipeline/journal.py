@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from .errors import JournalCorruptError, JournalError, LockHeldError
 from .failpoints import die, hit
 
@@ -44,8 +46,9 @@ FORMAT = 1
 MIN_SNAPSHOT_RECORDS = 5000
 
 #: Target fields a "target" record may set; anything else in the record is ignored by the state.
-_TARGET_FIELDS = ("action", "state", "target_id", "bytes", "attempts", "error", "evidence",
-                  "source_checksum", "metadata", "problems", "pending_members", "reason")  # fmt: skip
+_FINAL_STATES = frozenset({"done", "failed", "skipped", "cancelled"})
+_TARGET_FIELDS = frozenset({"action", "state", "target_id", "bytes", "attempts", "error", "evidence",
+                            "source_checksum", "metadata", "problems", "pending_members", "reason"})  # fmt: skip
 
 
 def secure_dir(path: Path) -> Path:
@@ -133,21 +136,29 @@ class JournalState:
             for key in ("name", "size", "checksum", "status", "skipped"):
                 if key in rec:
                     setattr(entry, key, rec[key])
+            # the plan of every target of this image, in the same record (one write per image)
+            for region, planned in (rec.get("plan") or {}).items():
+                self._target(entry, region, planned, at)
         elif kind == "target":
-            image = self._image(rec["image_id"])
-            region = rec["region"]
-            target = image.targets.get(region)
-            if target is None:
-                target = image.targets[region] = TargetEntry(region)
-                self.entries += 1
-            for key in _TARGET_FIELDS:
-                if key in rec:
-                    setattr(target, key, rec[key])
-            target.updated_at = at
-            if rec.get("created"):
-                target.created.append(rec["created"])
-            if rec.get("deleted"):
-                target.deleted.append(rec["deleted"])
+            self._target(self._image(rec["image_id"]), rec["region"], rec, at)
+
+    def _target(self, image: ImageEntry, region: str, rec: dict[str, Any], at: float) -> None:
+        target = image.targets.get(region)
+        if target is None:
+            target = image.targets[region] = TargetEntry(region)
+            self.entries += 1
+        if rec.get("state") in _FINAL_STATES:
+            # a final record states its outcome in full; what it leaves out is empty
+            target.error, target.problems, target.pending_members = None, [], []
+        for key, value in rec.items():
+            if key in _TARGET_FIELDS:
+                setattr(target, key, value)
+        target.updated_at = at
+        if rec.get("created"):
+            target.created.append(rec["created"])
+            target.target_id, target.state = rec["created"], "uploading"
+        if rec.get("deleted"):
+            target.deleted.append(rec["deleted"])
 
     def _image(self, image_id: str) -> ImageEntry:
         entry = self.images.get(image_id)
@@ -256,12 +267,24 @@ class Journal:
         finally:
             self.seconds += time.perf_counter() - start
 
+    async def flush(self) -> None:
+        """``sync`` in a worker thread, so the group commit never stalls the event loop; only the
+        hand-off is counted as journal time."""
+        start = time.perf_counter()
+        fd = self._fd
+        self.seconds += time.perf_counter() - start
+        try:
+            await anyio.to_thread.run_sync(os.fsync, fd)
+        except OSError as exc:
+            raise JournalError(f"cannot sync the journal in {self.directory}: {exc.strerror or exc}") from exc
+
     def snapshot(self) -> None:
         """Write the state atomically, then cut the log (its records are all in the snapshot)."""
         start = time.perf_counter()
         try:
-            os.fsync(self._fd)
-            data = json.dumps(self.state.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
+            # no fsync of the log first: the snapshot itself is fsynced (file and directory) before the
+            # log is cut, and it holds every record of the log
+            data = _ENCODER.encode(self.state.to_json()).encode()
             _atomic_write(self.directory / SNAPSHOT, data)
             os.ftruncate(self._fd, 0)
             self._log_records = 0

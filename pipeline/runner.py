@@ -44,7 +44,9 @@ __all__ = ["RunOptions", "plan_only", "run_job"]
 
 log = structlog.get_logger("imgmig")
 
-SYNC_EVERY = 2.0
+#: Group commit: the journal is fsynced at most this often (a process crash loses nothing written;
+#: a power cut at most this window, which the provenance properties let the next run recover).
+SYNC_EVERY = 5.0
 
 
 @dataclass
@@ -196,6 +198,7 @@ async def _discover_and_copy(run: _Run) -> None:
         summary.downstream.emit(PlanReady(len(plan.images), sum(1 for _ in plan.steps()), plan.bytes))
     summary.unavailable.update({label: t.error for label, t in inventory.targets.items() if t.error})
     _journal_plan(run, plan, inventory)
+    await run.journal.flush()
     failpoint("planned")
     if run.options.dry_run:
         return
@@ -219,22 +222,21 @@ async def plan_only(spec: JobSpec) -> tuple[Plan, Inventory]:
 
 
 def _journal_plan(run: _Run, plan: Plan, inventory: Inventory) -> None:
-    record = run.journal.record
+    """One record per image, holding the plan of each of its targets (a write per image, not per step)."""
+    unavailable = {label: t.error for label, t in inventory.targets.items() if t.error is not None}
     for image_plan in plan.images:
         image = image_plan.image
-        record("image", image_id=image.id, name=image.name, size=image.size, checksum=image.checksum,
-               status=image.status, skipped=image_plan.skipped)  # fmt: skip
+        steps: dict[str, dict[str, Any]] = {}
         for step in image_plan.steps:
-            fields: dict[str, Any] = {"action": step.action.value, "reason": step.reason}
+            steps[step.target] = {"action": step.action.value, "reason": step.reason, "state": "planned"}
             if step.existing is not None:
-                fields["target_id"] = step.existing.id
-            record("target", image_id=image.id, region=step.target, **fields)
-        for label, target in inventory.targets.items():
-            if target.error is not None:
-                record("target", image_id=image.id, region=label, action="copy", state="failed", error=target.error)
+                steps[step.target]["target_id"] = step.existing.id
+        for label, error in unavailable.items():
+            steps[label] = {"action": "copy", "state": "failed", "error": error}
+        run.journal.record("image", image_id=image.id, name=image.name, size=image.size, checksum=image.checksum,
+                           status=image.status, skipped=image_plan.skipped, plan=steps)  # fmt: skip
     for missing in inventory.missing_ids:
-        record("image", image_id=missing, status="missing", skipped="selected id not found in the source")
-    run.journal.sync()
+        run.journal.record("image", image_id=missing, status="missing", skipped="selected id not found in the source")
 
 
 async def _sweep(run: _Run, plan: Plan, inventory: Inventory) -> None:
@@ -268,8 +270,7 @@ class _Hooks(EngineHooks):
         self.run, self.image = run, image
 
     async def created(self, region: str, image_id: str) -> None:
-        self.run.journal.record("target", image_id=self.image.id, region=region, state="uploading",
-                                target_id=image_id, created=image_id)  # fmt: skip
+        self.run.journal.record("target", image_id=self.image.id, region=region, created=image_id)
 
     async def deleted(self, region: str, image_id: str) -> None:
         self.run.journal.record("target", image_id=self.image.id, region=region, deleted=image_id)
@@ -291,8 +292,8 @@ async def _image_task(run: _Run, plan: ImagePlan, limiter: anyio.CapacityLimiter
                     _record_step(run, plan.image, step, "failed", error=str(error))
         now = run.options.clock()
         if now - run.last_sync >= SYNC_EVERY:
-            run.journal.sync()
             run.last_sync = now
+            await run.journal.flush()
 
 
 async def _copy_image(run: _Run, plan: ImagePlan) -> None:
@@ -371,18 +372,22 @@ def _record_step(
     error: str | None = None, target_id: str | None = None, problems: list[str] | None = None,
     pending: list[str] | None = None, managed: list[str] | None = None, changed: bool = False,
 ) -> None:  # fmt: skip
-    fields: dict[str, Any] = {"state": state, "action": step.action.value, "error": error}
+    # a final record: empty fields are left out (the journal state resets them)
+    fields: dict[str, Any] = {"state": state}
+    if error:
+        fields["error"] = error
     if result is not None:
-        fields.update(bytes=result.bytes, attempts=result.attempts,
-                      evidence=result.evidence.to_json() if result.evidence else None)  # fmt: skip
+        fields["bytes"], fields["attempts"] = result.bytes, result.attempts
+        if result.evidence is not None:
+            fields["evidence"] = result.evidence.to_json()
         target_id = target_id or result.target_id
     if target_id:
         fields["target_id"] = target_id
     if state == "done":
         fields["source_checksum"] = image.checksum
-    if problems is not None:
+    if problems:
         fields["problems"] = problems
-    if pending is not None:
+    if pending:
         fields["pending_members"] = pending
     if managed is not None:
         fields["metadata"] = ",".join(managed)

@@ -37,8 +37,8 @@ CRASH_POINTS = [
     "metadata@4",
     "synced@3",
     "journal_torn@3",
-    "journal_torn@17",
-    "journal_torn@30",
+    "journal_torn@10",
+    "journal_torn@22",
 ]
 
 

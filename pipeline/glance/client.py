@@ -249,7 +249,7 @@ class ImageClient:
     # === data
 
     async def upload_image(
-        self, image_id: str, body: AsyncIterable[bytes], *, size: int | None = None
+        self, image_id: str, body: AsyncIterable[bytes | memoryview], *, size: int | None = None
     ) -> None:
         """Stream ``body`` into a queued image (204). Never retried: a stream cannot be replayed."""
         path = f"/v2/images/{image_id}/file"
