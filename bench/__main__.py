@@ -33,32 +33,41 @@ def main() -> int:
         results["a_engine_vs_relay"] = a
         print(f"(a) engine vs minimal relay reference, {size // MiB} MiB synthetic image (target ratio >= 0.9)")
         for key, row in a.items():
-            print(f"    {key}: reference {row['reference_mib_s']:.0f} MiB/s, engine {row['engine_mib_s']:.0f} MiB/s, "
-                  f"ratio {row['ratio']:.2f}")
+            print(
+                f"    {key}: reference {row['reference_mib_s']:.0f} MiB/s, engine {row['engine_mib_s']:.0f} MiB/s, "
+                f"ratio {row['ratio']:.2f}"
+            )
             ok &= row["ratio"] >= 0.9
     if "b" in only:
         b = bench_wan(wan)
         results["b_wan"] = b
         print(f"(b) WAN-like links (40 MiB/s per connection, 20 ms), {wan // MiB} MiB to 3 targets (target >= 3.0x)")
-        print(f"    engine {b['engine_s']:.1f} s, download-then-upload-each {b['sequential_s']:.1f} s, "
-              f"speedup {b['speedup']:.2f}x")
+        print(
+            f"    engine {b['engine_s']:.1f} s, download-then-upload-each {b['sequential_s']:.1f} s, "
+            f"speedup {b['speedup']:.2f}x"
+        )
         ok &= b["speedup"] >= 3.0
     if "c" in only:
         c = bench_memory([256 * MiB, big])
         results["c_memory"] = c
         small, large = c[str(256 * MiB)], c[str(big)]
-        print(f"(c) peak RSS of the engine process, 3 targets (target <= 150 MiB and <= 1.2x the 256 MiB figure)")
-        print(f"    256 MiB image: {small['peak_rss_mib']:.1f} MiB; {big // MiB} MiB image: {large['peak_rss_mib']:.1f} MiB; "
-              f"ratio {large['peak_rss_mib'] / small['peak_rss_mib']:.2f}")
+        print("(c) peak RSS of the engine process, 3 targets (target <= 150 MiB and <= 1.2x the 256 MiB figure)")
+        print(
+            f"    256 MiB image: {small['peak_rss_mib']:.1f} MiB; "
+            f"{big // MiB} MiB image: {large['peak_rss_mib']:.1f} MiB; "
+            f"ratio {large['peak_rss_mib'] / small['peak_rss_mib']:.2f}"
+        )
         ok &= large["peak_rss_mib"] <= 150 and large["peak_rss_mib"] <= 1.2 * small["peak_rss_mib"]
     if "d" in only:
         d = bench_journal(images)
         results["d_journal"] = d
         print("(d) journal cost in a real job of N 1 KiB images x 3 targets (target < 5% of the job, flat per record)")
         for row in d.values():
-            print(f"    {row['images']:>6} images: job {row['wall_s']:.1f} s, journal {row['journal_s']:.2f} s "
-                  f"({100 * row['journal_share']:.1f}%), {row['journal_records']} records, "
-                  f"{row['us_per_record']:.1f} us/record")
+            print(
+                f"    {row['images']:>6} images: job {row['wall_s']:.1f} s, journal {row['journal_s']:.2f} s "
+                f"({100 * row['journal_share']:.1f}%), {row['journal_records']} records, "
+                f"{row['us_per_record']:.1f} us/record"
+            )
             ok &= row["journal_share"] < 0.05
     print(f"\nbench finished in {time.perf_counter() - start:.0f} s; all targets met: {ok}")
     print(json.dumps(results, default=str), file=sys.stderr)

@@ -21,8 +21,17 @@ def main() -> None:
     baseline = peak_rss_mib()
     start = time.perf_counter()
     seconds = anyio.run(engine_copy, emu, image, ["T1", "T2", "T3"])
-    print(json.dumps({"size": image.size, "seconds": seconds, "wall": time.perf_counter() - start,
-                      "peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline}))
+    print(
+        json.dumps(
+            {
+                "size": image.size,
+                "seconds": seconds,
+                "wall": time.perf_counter() - start,
+                "peak_rss_mib": peak_rss_mib(),
+                "baseline_rss_mib": baseline,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

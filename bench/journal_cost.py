@@ -36,7 +36,7 @@ def bench_journal(counts: list[int], *, image_size: int = 1024) -> dict[str, Any
             }  # fmt: skip
             spec = parse_job(doc, "bench", {"PW": "bench"})
             start = time.perf_counter()
-            summary = anyio.run(lambda: run_job(spec, RunOptions(signals=())))
+            summary = anyio.run(lambda spec=spec: run_job(spec, RunOptions(signals=())))
             wall = time.perf_counter() - start
             assert summary.exit_code == 0, summary.render()
             assert summary.counts()["copied"] == 3 * n

@@ -134,7 +134,7 @@ async def sequential(emu: Emu, image: Image, regions: list[str], spool: Path) ->
             await client.upload_image(target.id, body(), size=image.size)
             targets.append((region, target))
         elapsed = time.perf_counter() - start
-        spool.unlink()
+        await anyio.Path(spool).unlink()
         await _cleanup(session, emu, targets)
         return elapsed
 

@@ -268,8 +268,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
     else:
         rows = [("IMAGE", "NAME", "TARGET", "STATUS", "DETAILS")]
-        for f in report.findings:
-            rows.append((f.image_id, (f.name or "")[:32], f.target, f.status, "; ".join(f.details)))
+        rows += [(f.image_id, (f.name or "")[:32], f.target, f.status, "; ".join(f.details)) for f in report.findings]
         print(_table(rows))
         counts = ", ".join(f"{k} {v}" for k, v in report.counts().items())
         print(f"\nverify{' --deep' if args.deep else ''}: {counts or 'nothing selected'}")
@@ -294,7 +293,12 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         async with running_emulator(
-            regions, port=args.port, data_dir=args.data_dir, seed=args.seed, token_ttl=args.token_ttl, users=users
+            regions,
+            port=args.port,
+            data_dir=args.data_dir,
+            seed=args.seed,
+            token_ttl=args.token_ttl,
+            users=users,
         ) as emu:
             print(info_line(emu), flush=True)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -329,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run" and stream.isatty() and not args.no_progress:
         from .progress import TqdmStream
 
-        stream = TqdmStream(sys.stderr)  # type: ignore[assignment]
+        stream = TqdmStream(sys.stderr)
     configure_logging(getattr(args, "log_format", None), level=getattr(args, "log_level", "info"), stream=stream)
     try:
         code: int = args.func(args)

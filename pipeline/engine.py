@@ -196,10 +196,9 @@ class _ImageCopy:
                 if ready:
                     tg.start_soon(self._pass, ready)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                for t in self.targets:
-                    if t.result.state == "pending":
-                        self._finish(t, "cancelled", "cancelled mid-transfer")
+            for t in self.targets:  # synchronous: reported even while being cancelled
+                if t.result.state == "pending":
+                    self._finish(t, "cancelled", "cancelled mid-transfer")
             raise
         finally:
             if self.spool is not None:
@@ -494,7 +493,13 @@ class _ImageCopy:
     # === outcomes
 
     def _finish(
-        self, t: _Target, state: str, error: str | None, evidence: Evidence | None = None, *, blame: str | None = None
+        self,
+        t: _Target,
+        state: str,
+        error: str | None,
+        evidence: Evidence | None = None,
+        *,
+        blame: str | None = None,
     ) -> None:
         result = t.result
         result.state, result.error = state, error

@@ -25,9 +25,7 @@ class MultiHasher:
         self._hashes: dict[str, Any] = {}
         for name in sorted(names):
             try:
-                self._hashes[name] = (
-                    hashlib.md5(usedforsecurity=False) if name == "md5" else hashlib.new(name)
-                )
+                self._hashes[name] = hashlib.md5(usedforsecurity=False) if name == "md5" else hashlib.new(name)
             except ValueError:
                 continue  # an algorithm this Python lacks: that target's value is checked by re-reading
         self.bytes = 0

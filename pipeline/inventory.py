@@ -152,12 +152,13 @@ async def _source_images(spec: JobSpec, client: ImageClient, owner: str | None) 
         filters["owner"] = owner
     if select.tags:
         filters["tag"] = list(select.tags)
-    for key, value in select.properties.items():
-        filters[key] = value
+    filters.update(select.properties)
     return select_images(await _list_all(client, filters), select, owner), missing
 
 
-async def _target_state(spec: JobSpec, clients: Clients, label: str, endpoint: Endpoint, source_algo: str) -> TargetState:
+async def _target_state(
+    spec: JobSpec, clients: Clients, label: str, endpoint: Endpoint, source_algo: str
+) -> TargetState:
     state = TargetState(label, endpoint, clients.client(endpoint.auth, endpoint.region))
     try:
         state.tenant_id = await clients.tenant(endpoint.auth)

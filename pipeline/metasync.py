@@ -201,9 +201,12 @@ def diff_metadata(
         elif current[key] != value:
             ops.append({"op": "replace", "path": _pointer(key), "value": value})
     if not additive:
-        for key in sorted(set(managed) - set(desired.properties)):
-            if key in current and not key.startswith(PROVENANCE_PREFIX):
-                ops.append({"op": "remove", "path": _pointer(key)})
+        dropped = sorted(set(managed) - set(desired.properties))
+        ops += [
+            {"op": "remove", "path": _pointer(k)}
+            for k in dropped
+            if k in current and not k.startswith(PROVENANCE_PREFIX)
+        ]
     tags = set(target.tags)
     add_tags = tuple(sorted(desired.tags - tags))
     remove_tags = () if additive else tuple(sorted(tags - desired.tags))

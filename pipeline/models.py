@@ -87,8 +87,13 @@ class Image:
             raise ProtocolError("image field 'tags' holds a non-string")
         return cls(dict(obj))
 
-    def _get(self, key: str) -> Any:
-        return self.raw.get(key)
+    def _str(self, key: str) -> str | None:
+        value = self.raw.get(key)
+        return value if isinstance(value, str) else None
+
+    def _int(self, key: str) -> int | None:
+        value = self.raw.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     @property
     def id(self) -> str:
@@ -96,7 +101,7 @@ class Image:
 
     @property
     def name(self) -> str | None:
-        return self._get("name")
+        return self._str("name")
 
     @property
     def status(self) -> str:
@@ -104,39 +109,39 @@ class Image:
 
     @property
     def size(self) -> int | None:
-        return self._get("size")
+        return self._int("size")
 
     @property
     def checksum(self) -> str | None:
-        return self._get("checksum")
+        return self._str("checksum")
 
     @property
     def os_hash_algo(self) -> str | None:
-        return self._get("os_hash_algo")
+        return self._str("os_hash_algo")
 
     @property
     def os_hash_value(self) -> str | None:
-        return self._get("os_hash_value")
+        return self._str("os_hash_value")
 
     @property
     def visibility(self) -> str | None:
-        return self._get("visibility")
+        return self._str("visibility")
 
     @property
     def protected(self) -> bool:
-        return bool(self._get("protected"))
+        return self.raw.get("protected") is True
 
     @property
     def owner(self) -> str | None:
-        return self._get("owner")
+        return self._str("owner")
 
     @property
     def tags(self) -> list[str]:
-        return list(self._get("tags") or [])
+        return [t for t in self.raw.get("tags") or [] if isinstance(t, str)]
 
     @property
     def updated_at(self) -> str | None:
-        return self._get("updated_at")
+        return self._str("updated_at")
 
     def same_data_as(self, source: Image) -> bool:
         """Whether this image holds ``source``'s bytes, judged by the size and digests both publish."""

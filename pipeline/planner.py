@@ -236,4 +236,3 @@ def plan_job(
         for label in targets for c in copies.get(label, ()) if c.raw.get(PROV_SOURCE_ID) not in selected
     ]  # fmt: skip
     return Plan(tuple(planned), tuple(targets), tuple(orphans))
-

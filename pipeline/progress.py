@@ -105,4 +105,3 @@ class TqdmStream:
 
     def isatty(self) -> bool:
         return self.stream.isatty()
-

@@ -97,6 +97,7 @@ class RetryPolicy:
             before_sleep=before_sleep,
             reraise=True,
         )
+
         async def run() -> T:  # tenacity only awaits callables it recognises as coroutine functions
             return await fn()
 

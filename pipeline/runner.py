@@ -298,7 +298,8 @@ async def _image_task(run: _Run, plan: ImagePlan, limiter: anyio.CapacityLimiter
 
 async def _copy_image(run: _Run, plan: ImagePlan) -> None:
     inventory, intent = run.inventory, run.intent
-    assert inventory is not None and intent is not None
+    assert inventory is not None
+    assert intent is not None
     image = plan.image
     data_steps = [s for s in plan.steps if s.action.moves_data]
     results: dict[str, TargetResult] = {}

@@ -98,7 +98,9 @@ async def source_pieces(
             resumes += 1
             if resumes > max_resumes:
                 raise SourceReadError(
-                    f"source stream broke {resumes} times; last: {exc}", region=client.region, image_id=image.id
+                    f"source stream broke {resumes} times; last: {exc}",
+                    region=client.region,
+                    image_id=image.id,
                 ) from exc
             reporter.emit(SourceResumed(image.id, pos, resumes, str(exc)))
             await backoff.sleep(backoff.delay(resumes, exc))

@@ -320,9 +320,7 @@ def _aware_datetime(value: object) -> datetime:
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            raise ValueError(
-                f"bad datetime {value!r}: expected RFC 3339, like 2024-05-01T00:00:00Z"
-            ) from None
+            raise ValueError(f"bad datetime {value!r}: expected RFC 3339, like 2024-05-01T00:00:00Z") from None
     if not isinstance(value, datetime):
         raise ValueError(f"expected a datetime, got {_kind(value)}")
     if value.utcoffset() is None:
@@ -505,9 +503,7 @@ def _job_name(value: object, problems: _Problems) -> str | None:
     elif not isinstance(value, str):
         problems.append(("name", f"expected a string, got {_kind(value)}"))
     elif not _NAME.fullmatch(value):
-        problems.append(
-            ("name", "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-        )
+        problems.append(("name", "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"))
     else:
         return value
     return None
@@ -517,14 +513,10 @@ def _auth_form(given: set[str], loc: tuple[str | int, ...], problems: _Problems)
     """True for the token form, False for the password form, None (and a problem) for neither or both."""
     token_form = bool(given & {"endpoint", "token_env"})
     if token_form and given & {"username", "password_env"}:
-        problems.append(
-            (_dotted(loc), "use either username + password_env or endpoint + token_env, not both")
-        )
+        problems.append((_dotted(loc), "use either username + password_env or endpoint + token_env, not both"))
         return None
     if not token_form and not given & {"tenant_id", "username", "password_env"}:
-        problems.append(
-            (_dotted(loc), "needs tenant_id, username and password_env, or endpoint and token_env")
-        )
+        problems.append((_dotted(loc), "needs tenant_id, username and password_env, or endpoint and token_env"))
         return None
     needed = ("endpoint", "token_env") if token_form else ("tenant_id", "username", "password_env")
     missing = [key for key in needed if key not in given]
@@ -564,9 +556,7 @@ def _auth_profile(
     )
 
 
-def _auth(
-    value: object, env: Mapping[str, str], need_secrets: bool, problems: _Problems
-) -> dict[str, AuthProfile]:
+def _auth(value: object, env: Mapping[str, str], need_secrets: bool, problems: _Problems) -> dict[str, AuthProfile]:
     if value is None:
         problems.append(("auth", "missing required key"))
     elif not isinstance(value, dict):
@@ -574,9 +564,7 @@ def _auth(
     elif not value:
         problems.append(("auth", "define at least one profile, like [auth.src]"))
     else:
-        profiles = {
-            name: _auth_profile(name, table, env, need_secrets, problems) for name, table in value.items()
-        }
+        profiles = {name: _auth_profile(name, table, env, need_secrets, problems) for name, table in value.items()}
         return {name: profile for name, profile in profiles.items() if profile}
     return {}
 
@@ -589,9 +577,7 @@ def _targets(value: object, problems: _Problems, profiles: list[str] | None) -> 
     elif not value:
         problems.append(("targets", "at least one target is required"))
     else:
-        return [
-            _validate(_RawEndpoint, item, ("targets", i), problems, profiles) for i, item in enumerate(value)
-        ]
+        return [_validate(_RawEndpoint, item, ("targets", i), problems, profiles) for i, item in enumerate(value)]
     return []
 
 
@@ -669,9 +655,7 @@ def parse_job(
 
     _check_places(src, targets, profiles, problems)
     if select and select.size_min is not None and select.size_max and select.size_min > select.size_max:
-        problems.append(
-            ("select.size_min", f"is larger than select.size_max ({format_size(select.size_max)})")
-        )
+        problems.append(("select.size_min", f"is larger than select.size_max ({format_size(select.size_max)})"))
     if transfer and src and targets and all(targets):
         regions = {src.region} | {t.region for t in targets if t}
         problems.extend(
@@ -696,9 +680,7 @@ def parse_job(
         transfer=TransferOptions(
             **{
                 **_fields(transfer),
-                "region_bandwidth": {
-                    r: bps for r, bps in transfer.region_bandwidth.items() if bps is not None
-                },
+                "region_bandwidth": {r: bps for r, bps in transfer.region_bandwidth.items() if bps is not None},
             }
         ),
         run=RunOptions(**{**_fields(run), "journal_dir": run.journal_dir or DEFAULT_JOURNAL_ROOT / name}),

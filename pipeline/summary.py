@@ -123,7 +123,7 @@ class RunSummary:
         self.duration = max(0.0, clock() - self.started)
 
     def counts(self) -> dict[str, int]:
-        counts = {k: 0 for k in ("copied", "metadata", "up_to_date", "skipped", "failed", "cancelled")}
+        counts = dict.fromkeys(("copied", "metadata", "up_to_date", "skipped", "failed", "cancelled"), 0)
         for step in self.steps:
             counts[step.outcome] = counts.get(step.outcome, 0) + 1
         counts["parked_images"] = self.parked_images
@@ -180,13 +180,10 @@ class RunSummary:
         ]
         if self.orphans_deleted:
             lines.append(f"  {self.orphans_deleted} leftover copies deleted")
-        for label, reason in self.unavailable.items():
-            lines.append(f"  UNAVAILABLE {label}: {reason}")
-        for step in self.failures:
-            lines.append(f"  FAILED {step.name or step.image_id} -> {step.target}: {step.error}")
+        lines += [f"  UNAVAILABLE {label}: {reason}" for label, reason in self.unavailable.items()]
+        lines += [f"  FAILED {s.name or s.image_id} -> {s.target}: {s.error}" for s in self.failures]
         for step in self.steps:
-            for problem in step.problems:
-                lines.append(f"  WARNING {step.name or step.image_id} -> {step.target}: {problem}")
+            lines += [f"  WARNING {step.name or step.image_id} -> {step.target}: {p}" for p in step.problems]
             if step.pending_members:
                 lines.append(f"  PENDING {step.name or step.image_id} -> {step.target}: members "
                              f"{', '.join(step.pending_members)} stay pending (no profile to accept)")  # fmt: skip

@@ -62,7 +62,9 @@ DEFAULT_SET: list[tuple[int, dict[str, Any], dict[str, str]]] = [
 ]  # fmt: skip
 
 
-async def _create(identity_url: str, tenant: str, region: str, specs: Any, partner: str, other: str) -> list[SourceImage]:
+async def _create(
+    identity_url: str, tenant: str, region: str, specs: Any, partner: str, other: str
+) -> list[SourceImage]:
     out = []
     async with new_session() as session:
         client = ImageClient(session, PasswordAuth(identity_url, tenant, "owner", Secret(PASSWORD)), region)
@@ -97,8 +99,10 @@ def make_source(identity_url: str, tenant: str, *, partner: str, other: str, reg
     return anyio.run(_create, identity_url, tenant, region, specs or DEFAULT_SET, partner, other)
 
 
-def write_job(path: Path, *, name: str, identity_url: str, tenant: str, journal: Path, targets: tuple[str, ...] = ("KR2", "JP1"),
-              extra: str = "", partner: str | None = None) -> Path:  # fmt: skip
+def write_job(
+    path: Path, *, name: str, identity_url: str, tenant: str, journal: Path,
+    targets: tuple[str, ...] = ("KR2", "JP1"), extra: str = "", partner: str | None = None,
+) -> Path:  # fmt: skip
     """A job file for ``tenant`` copying KR1 to ``targets`` (1 MiB chunks, so uploads span chunks)."""
     lines = [
         f'name = "{name}"',

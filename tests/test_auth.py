@@ -31,7 +31,12 @@ def test_parse_token_response() -> None:
 
 @pytest.mark.parametrize(
     "doc",
-    [{}, {"access": {}}, {"access": {"token": {"id": ""}}}, {"access": {"token": {"id": "x", "expires": "soon"}}}],
+    [
+        {},
+        {"access": {}},
+        {"access": {"token": {"id": ""}}},
+        {"access": {"token": {"id": "x", "expires": "soon"}}},
+    ],
     ids=["empty", "no-token", "empty-id", "bad-expiry"],
 )
 def test_parse_token_response_rejects_malformed(doc: dict) -> None:  # type: ignore[type-arg]

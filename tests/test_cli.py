@@ -104,7 +104,14 @@ def test_help_is_complete(command: str, capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     assert f"usage: imgmig {command}" in out
     if command == "run":
-        for option in ("--dry-run", "--max-runtime", "--log-format", "--no-progress", "--report", "--spool-dir"):
+        for option in (
+            "--dry-run",
+            "--max-runtime",
+            "--log-format",
+            "--no-progress",
+            "--report",
+            "--spool-dir",
+        ):
             assert option in out
         for code in ("0", "1", "2", "3", "4", "10", "130", "143"):
             assert f" {code} " in out.replace("/", " ")
@@ -131,7 +138,8 @@ def test_lock_held_exits_3_naming_the_holder(emu: EmulatorProcess, tmp_path: Pat
     code = f"from pipeline.journal import JobLock; import pathlib, time; JobLock(pathlib.Path({str(tmp_path / 'state')!r}), 'locked').acquire(); print('held', flush=True); time.sleep(60)"  # noqa: E501
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
         result = run_cli("run", str(job), "--no-progress")
         assert result.returncode == 3
         assert f"PID {holder.pid}" in result.stderr

@@ -244,9 +244,7 @@ async def test_download_range_from_offset(cloud: Cloud) -> None:
     ids=["closed", "suffix", "suffix-too-long", "end-past-size", "spaces-and-case", "past-end", "multi",
          "unparseable", "reversed"],
 )  # fmt: skip
-async def test_download_range_forms(
-    cloud: Cloud, range_header: str, status: int, expected: bytes | str
-) -> None:
+async def test_download_range_forms(cloud: Cloud, range_header: str, status: int, expected: bytes | str) -> None:
     """Single ranges give 206 (clipped), a start past the end or garbage 416, several ranges 400."""
     # webob parses the header: "bytes" in any case, spaces allowed
     img = await active_image(cloud)

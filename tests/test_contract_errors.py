@@ -45,14 +45,11 @@ async def test_overlong_request_id_is_a_bare_500(cloud: Cloud) -> None:
     """Glance 33 bug: a request id over 64 characters gives 500 without any request id."""
     ok = await cloud.raw("GET", "/v2/images", headers={"X-Openstack-Request-ID": "r" * 60})
     assert ok.status == 200
-    resp = await cloud.raw(
-        "GET", "/v2/images", headers={"X-Openstack-Request-ID": "r" * 65, "Accept": "text/plain"}
-    )
+    resp = await cloud.raw("GET", "/v2/images", headers={"X-Openstack-Request-ID": "r" * 65, "Accept": "text/plain"})
     assert resp.status == 500
     assert "x-openstack-request-id" not in resp.headers
     assert (
-        resp.body
-        == b"500 Internal Server Error\n\nThe server has either erred or is incapable of performing "
+        resp.body == b"500 Internal Server Error\n\nThe server has either erred or is incapable of performing "
         b"the requested operation.\n\n   "
     )
 
@@ -73,9 +70,7 @@ async def test_errors_carry_region_image_status_and_request_id(cloud: Cloud) -> 
 async def test_503_burst_with_retry_after_is_retried(emulator_cloud: Cloud) -> None:
     """Two 503s with Retry-After are retried (honouring the header) and the call succeeds."""
     assert emulator_cloud.emulator is not None
-    emulator_cloud.emulator.faults("KR1").statuses.append(
-        StatusFault(503, op="list", count=2, retry_after=0.05)
-    )
+    emulator_cloud.emulator.faults("KR1").statuses.append(StatusFault(503, op="list", count=2, retry_after=0.05))
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:
@@ -100,9 +95,7 @@ async def test_retryable_statuses_are_retried(emulator_cloud: Cloud, status: int
 async def test_retries_are_bounded(emulator_cloud: Cloud) -> None:
     """When every attempt fails, the last error surfaces after exactly `attempts` tries."""
     assert emulator_cloud.emulator is not None
-    emulator_cloud.emulator.faults("KR1").statuses.append(
-        StatusFault(429, op="list", count=10, retry_after=0)
-    )
+    emulator_cloud.emulator.faults("KR1").statuses.append(StatusFault(429, op="list", count=10, retry_after=0))
     with pytest.raises(RateLimitedError):
         [i async for i in emulator_cloud.client().list_images()]
     assert emulator_cloud.emulator.faults("KR1").fired["status_429"] == 5

@@ -76,9 +76,7 @@ async def test_create_ignores_request_content_type(cloud: Cloud) -> None:
 
 async def test_create_keeps_flags_and_long_values(cloud: Cloud) -> None:
     """protected and os_hidden may be set at create; a custom value of 64 KiB is accepted."""
-    img = await cloud.client().create_image(
-        cloud.image_fields(protected=True, os_hidden=True, note="n" * 65536)
-    )
+    img = await cloud.client().create_image(cloud.image_fields(protected=True, os_hidden=True, note="n" * 65536))
     assert (img.protected, img.raw["os_hidden"], len(img.raw["note"])) == (True, True, 65536)
     await cloud.client().update_image(img.id, [{"op": "replace", "path": "/protected", "value": False}])
 
@@ -167,9 +165,7 @@ async def test_create_deduplicates_tags(cloud: Cloud) -> None:
          "neg-min-ram", "str-min-disk", "str-protected", "int-prop", "long-key", "long-tag", "tags-string",
          "bad-id"],
 )  # fmt: skip
-async def test_create_rejects_invalid_fields(
-    cloud: Cloud, extra: dict[str, Any], error: type, match: str
-) -> None:
+async def test_create_rejects_invalid_fields(cloud: Cloud, extra: dict[str, Any], error: type, match: str) -> None:
     """Read-only, reserved and invalid fields are refused with Glance's status and message."""
     with pytest.raises(error, match=match):
         await cloud.client().create_image({**cloud.image_fields(), **extra})
@@ -197,9 +193,7 @@ async def test_create_quota_of_128_properties_and_tags(cloud: Cloud) -> None:
 
 async def test_nhn_requires_name_and_os_type(cloud: Cloud) -> None:
     """NHN guide: name and os_type are required on create; plain Glance accepts an empty body."""
-    resp = await cloud.raw(
-        "POST", "/v2/images", json={"name": "only-name"}, headers={"Accept": "application/json"}
-    )
+    resp = await cloud.raw("POST", "/v2/images", json={"name": "only-name"}, headers={"Accept": "application/json"})
     if cloud.nhn_rules:
         assert resp.status == 400
         assert "os_type" in resp.json()["message"]

@@ -71,9 +71,7 @@ async def test_list_links_keep_only_the_last_value_of_repeated_keys(cloud: Cloud
             for i in range(3)}  # fmt: skip
     await client.create_image(cloud.image_fields(name="only-y", tags=["y"]))
     page = (
-        await cloud.raw(
-            "GET", "/v2/images?tag=x&tag=y&limit=1&name=in:a,b&name=in:both-0,both-1,both-2,only-y"
-        )
+        await cloud.raw("GET", "/v2/images?tag=x&tag=y&limit=1&name=in:a,b&name=in:both-0,both-1,both-2,only-y")
     ).json()
     assert page["first"] == "/v2/images?tag=y&limit=1&name=in%3Aboth-0%2Cboth-1%2Cboth-2%2Conly-y"
     assert dict(parse_qsl(urlsplit(page["next"]).query))["tag"] == "y"  # the 'x' filter is gone

@@ -162,12 +162,8 @@ async def test_tag_and_image_messages(cloud: Cloud) -> None:
     check = Checker(cloud)
     img, missing = ids["img"], ids["missing"]
     long_tag = "t" * 256
-    await check.expect(
-        400, explained(TAG_SCHEMA.format(tag=long_tag)), "PUT", f"/v2/images/{img}/tags/{long_tag}"
-    )
-    await check.expect(
-        404, explained("The resource could not be found."), "DELETE", f"/v2/images/{img}/tags/nope"
-    )
+    await check.expect(400, explained(TAG_SCHEMA.format(tag=long_tag)), "PUT", f"/v2/images/{img}/tags/{long_tag}")
+    await check.expect(404, explained("The resource could not be found."), "DELETE", f"/v2/images/{img}/tags/nope")
     await check.expect(404, explained(f"Image {missing} not found."), "PUT", f"/v2/images/{missing}/tags/x")
     await check.expect(404, explained(f"No image found with ID {missing}"), "GET", f"/v2/images/{missing}")
     await check.expect(404, explained(f"Failed to find image {missing} to delete"), "DELETE",

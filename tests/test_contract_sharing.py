@@ -147,9 +147,7 @@ async def test_member_errors(cloud: Cloud) -> None:
         await owner.add_member(private.id, cloud.t2)
     with pytest.raises(ForbiddenError, match="Only shared images have members"):
         await owner.list_members(private.id)
-    resp = await cloud.raw(
-        "POST", f"/v2/images/{image_id}/members", json={}, headers={"Accept": "application/json"}
-    )
+    resp = await cloud.raw("POST", f"/v2/images/{image_id}/members", json={}, headers={"Accept": "application/json"})
     assert resp.status == 400
     assert "Member to be added not specified" in resp.json()["message"]
     with pytest.raises(NotFoundError, match="not found in the member list"):

@@ -51,5 +51,6 @@ async def test_two_gib_round_trip_keeps_emulator_memory_flat(tmp_path: Path) -> 
             assert received.hexdigest() == sent.hexdigest()
             _, peak = rss_peak_kib(emu.proc.pid)
     growth_mib = (peak - baseline) / 1024
-    print(f"emulator peak RSS {peak / 1024:.1f} MiB, baseline {baseline / 1024:.1f} MiB, growth {growth_mib:.1f} MiB")  # noqa: T201 - the figure, shown with -s
+    print(f"emulator peak RSS {peak / 1024:.1f} MiB, baseline {baseline / 1024:.1f} MiB, "  # noqa: T201 - the figure
+          f"growth {growth_mib:.1f} MiB")  # fmt: skip
     assert growth_mib < 100

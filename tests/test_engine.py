@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from pipeline.emulator import ByteFault, Emulator, StatusFault
@@ -40,7 +41,7 @@ class Recorder:
 
 
 async def no_sleep(_: float) -> None:
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
 
 
 def settings(**overrides: Any) -> EngineSettings:
@@ -72,7 +73,11 @@ async def assert_verified_copy(cloud: Cloud, result: TargetResult, image: Image)
     assert result.state == "done", result.error
     target = await cloud.client(region=result.region).get_image(result.target_id or "")
     assert target.status == "active"
-    assert (target.size, target.checksum, target.os_hash_value) == (image.size, image.checksum, image.os_hash_value)
+    assert (target.size, target.checksum, target.os_hash_value) == (
+        image.size,
+        image.checksum,
+        image.os_hash_value,
+    )
     assert result.evidence is not None
     assert result.evidence.computed["md5"] == image.checksum
     assert result.evidence.computed["sha512"] == image.os_hash_value
@@ -82,7 +87,7 @@ async def wait_status(cloud: Cloud, result: TargetResult, status: str) -> None:
     """The server notices a broken upload asynchronously; wait (bounded) for the image to settle."""
     client = cloud.client(region=result.region)
     with anyio.fail_after(10):
-        while (await client.get_image(result.target_id or "")).status != status:
+        while (await client.get_image(result.target_id or "")).status != status:  # noqa: ASYNC110 - polls a server
             await anyio.sleep(0.05)
 
 
@@ -245,4 +250,3 @@ async def test_spool_serves_retries(cloud: Cloud, emulator: Emulator, tmp_path: 
     assert results["JP1"].attempts == 2
     assert sum(e.n for e in recorder.of(BytesRead)) == SIZE  # the retry was served by the spool
     assert list((tmp_path / "spool").iterdir()) == []
-

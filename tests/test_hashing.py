@@ -26,9 +26,24 @@ def test_multihasher_computes_every_algorithm_in_one_pass() -> None:
     ("expected", "received", "digests", "verdict"),
     [
         (Expected(len(DATA), MD5, "sha512", SHA), len(DATA), {"md5": MD5, "sha512": SHA}, Verdict.OK),
-        (Expected(len(DATA), MD5, "sha512", SHA), len(DATA) - 1, {"md5": MD5, "sha512": SHA}, Verdict.INCOMPLETE),
-        (Expected(len(DATA), MD5, "sha512", SHA), len(DATA) + 1, {"md5": MD5, "sha512": SHA}, Verdict.MISMATCH),
-        (Expected(len(DATA), MD5, "sha512", SHA), len(DATA), {"md5": "0" * 32, "sha512": SHA}, Verdict.MISMATCH),
+        (
+            Expected(len(DATA), MD5, "sha512", SHA),
+            len(DATA) - 1,
+            {"md5": MD5, "sha512": SHA},
+            Verdict.INCOMPLETE,
+        ),
+        (
+            Expected(len(DATA), MD5, "sha512", SHA),
+            len(DATA) + 1,
+            {"md5": MD5, "sha512": SHA},
+            Verdict.MISMATCH,
+        ),
+        (
+            Expected(len(DATA), MD5, "sha512", SHA),
+            len(DATA),
+            {"md5": "0" * 32, "sha512": SHA},
+            Verdict.MISMATCH,
+        ),
         (Expected(len(DATA), MD5, "sha512", SHA), len(DATA), {"md5": MD5, "sha512": "0"}, Verdict.MISMATCH),
         (Expected(len(DATA), None, None, None), len(DATA), {"md5": MD5}, Verdict.OK),
     ],

@@ -25,7 +25,12 @@ def job(emu: Emulator, tmp_path: Path, tenant: str, *, copy: dict[str, Any] | No
     """A job KR1 -> KR2 + JP1 for ``tenant``; ``profiles`` adds named profiles for other tenants."""
     auth = {"main": {"identity_url": emu.identity_url, "tenant_id": tenant, "username": "u", "password_env": "PW"}}
     for name, other in (profiles or {}).items():
-        auth[name] = {"identity_url": emu.identity_url, "tenant_id": other, "username": name, "password_env": "PW"}
+        auth[name] = {
+            "identity_url": emu.identity_url,
+            "tenant_id": other,
+            "username": name,
+            "password_env": "PW",
+        }
     doc: dict[str, Any] = {
         "name": "meta", "auth": auth, "source": {"auth": "main", "region": "KR1"},
         "targets": [{"auth": "main", "region": r} for r in TARGETS],
@@ -162,13 +167,13 @@ async def test_drift_is_patched_without_moving_data(emulator: Emulator, tmp_path
     # drift: every kind of metadata on the source changes
     src.name = "drifty-renamed"
     src.min_disk, src.min_ram = 20, 1024
-    src.properties["os_distro"] = "debian"          # replace
-    del src.properties["hw_disk_bus"]               # remove
-    src.properties["hw_vif_model"] = "virtio"        # add
-    src.tags = ["keep", "new", "한글"]               # tag add + remove (+ non-ASCII)
-    del src.members[member_a]                         # member remove
+    src.properties["os_distro"] = "debian"  # replace
+    del src.properties["hw_disk_bus"]  # remove
+    src.properties["hw_vif_model"] = "virtio"  # add
+    src.tags = ["keep", "new", "한글"]  # tag add + remove (+ non-ASCII)
+    del src.members[member_a]  # member remove
     src.members[member_b] = MemberRecord(member_b, "pending", iso_now(), iso_now())  # member add
-    src.protected = True                              # protection
+    src.protected = True  # protection
     summary = await run(spec)
     assert summary.exit_code == 0, summary.render()
     assert summary.bytes_written == 0

@@ -32,7 +32,9 @@ def connect(emulate: EmulatorProcess, tenant: str, region: str = "KR2"):  # type
     )  # fmt: skip
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::Warning:openstack.*", "ignore::Warning:keystoneauth1.*")
+@pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::Warning:openstack.*", "ignore::Warning:keystoneauth1.*"
+)
 def test_openstacksdk_full_cycle(emulate: EmulatorProcess) -> None:
     """openstacksdk discovers the endpoint, creates, uploads, lists, downloads, shares and deletes."""
     owner, partner = uuid.uuid4().hex, uuid.uuid4().hex

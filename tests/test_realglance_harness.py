@@ -29,9 +29,7 @@ def glance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceCluster]:
 
 
 async def get_token(session: aiohttp.ClientSession, cluster: GlanceCluster, tenant: str) -> dict[str, Any]:
-    body = {
-        "auth": {"tenantId": tenant, "passwordCredentials": {"username": f"user-{tenant}", "password": "pw"}}
-    }
+    body = {"auth": {"tenantId": tenant, "passwordCredentials": {"username": f"user-{tenant}", "password": "pw"}}}
     async with session.post(f"{cluster.identity_url}/tokens", json=body) as resp:
         assert resp.status == 200, await resp.text()
         access: dict[str, Any] = (await resp.json())["access"]
@@ -107,9 +105,7 @@ async def test_other_tenant_sees_404_until_added_as_member(glance: GlanceCluster
         status, body = await show(session, base, token_b, image["id"])
         assert status == 404, body
         members_url = f"{base}/v2/images/{image['id']}/members"
-        async with session.post(
-            members_url, json={"member": "tenant-b"}, headers={"X-Auth-Token": token_a}
-        ) as r:
+        async with session.post(members_url, json={"member": "tenant-b"}, headers={"X-Auth-Token": token_a}) as r:
             assert r.status == 200, await r.text()
             assert (await r.json())["status"] == "pending"
         status, body = await show(session, base, token_b, image["id"])
@@ -129,9 +125,7 @@ async def test_bad_token_gets_glance_style_401(glance: GlanceCluster) -> None:
             {"X-Auth-Token": "0" * 32},
             {"X-Roles": "admin", "X-Identity-Status": "Confirmed"},
         ):
-            async with session.get(
-                f"{base}/v2/images", headers={**headers, "Accept": "application/json"}
-            ) as r:
+            async with session.get(f"{base}/v2/images", headers={**headers, "Accept": "application/json"}) as r:
                 assert r.status == 401
                 assert r.headers["WWW-Authenticate"].startswith("Keystone uri=")
                 body = await r.json()
@@ -184,10 +178,7 @@ async def test_four_concurrent_uploads_all_succeed(glance: GlanceCluster) -> Non
         token = (await get_token(session, glance, "tenant-c"))["token"]["id"]
         images = await asyncio.gather(*(create_image(session, base, token) for _ in payloads))
         await asyncio.gather(
-            *(
-                upload(session, base, token, img["id"], data)
-                for img, data in zip(images, payloads, strict=True)
-            )
+            *(upload(session, base, token, img["id"], data) for img, data in zip(images, payloads, strict=True))
         )
         for img, data in zip(images, payloads, strict=True):
             status, shown = await show(session, base, token, img["id"])

@@ -45,9 +45,7 @@ SOURCE = '\n[source]\nauth = "src"\nregion = "KR1"\n'
 TARGET = '\n[[targets]]\nauth = "src"\nregion = "JP1"\n'
 
 
-def job(
-    *, name: str = NAME, auth: str = AUTH, source: str = SOURCE, targets: str = TARGET, extra: str = ""
-) -> str:
+def job(*, name: str = NAME, auth: str = AUTH, source: str = SOURCE, targets: str = TARGET, extra: str = "") -> str:
     """A job file's text: the minimal job with some pieces replaced or appended."""
     return name + auth + source + targets + extra
 

@@ -33,7 +33,8 @@ GLANCE_HTML = (
         (b'{"error": {"message": "The request you have made requires authentication.", "code": 401, '
          b'"title": "Unauthorized"}}', "application/json", "The request you have made requires authentication."),
         (GLANCE_HTML, "text/html; charset=UTF-8", "No image found with ID abc"),
-        (b"<html><body>Attribute &#x27;x&#x27; is read-only.</body></html>", "text/html", "Attribute 'x' is read-only."),
+        (b"<html><body>Attribute &#x27;x&#x27; is read-only.</body></html>", "text/html",
+         "Attribute 'x' is read-only."),
         (b"404 Not Found\n\nNo image found\n\n   ", "text/plain", "404 Not Found No image found"),
         (b"", "text/html", ""),
         (b"\xff\xfe garbage", None, "\ufffd\ufffd garbage"),
@@ -65,7 +66,13 @@ def test_error_from_response_carries_context() -> None:
     headers = CIMultiDict({"Content-Type": "application/json", "x-openstack-request-id": "req-1", "Retry-After": "7"})
     err = error_from_response(429, headers, b'{"message": "slow down"}', region="KR1", image_id="i")
     assert isinstance(err, RateLimitedError)
-    assert (err.status, err.request_id, err.retry_after, err.region, err.image_id) == (429, "req-1", 7.0, "KR1", "i")
+    assert (err.status, err.request_id, err.retry_after, err.region, err.image_id) == (
+        429,
+        "req-1",
+        7.0,
+        "KR1",
+        "i",
+    )
     assert str(err).startswith("slow down (region KR1, image i, HTTP 429, request req-1)")
 
 

@@ -15,9 +15,7 @@ from typing import Any
 __all__ = ["OPS", "ByteFault", "FaultPlan", "StatusFault"]
 
 #: Request kinds a status fault can target.
-OPS = frozenset(
-    {"any", "list", "get", "create", "patch", "delete", "upload", "download", "tags", "members", "schemas"}
-)
+OPS = frozenset({"any", "list", "get", "create", "patch", "delete", "upload", "download", "tags", "members", "schemas"})
 
 
 _BYTE_FAULTS = (

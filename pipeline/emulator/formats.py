@@ -49,9 +49,7 @@ def detect_format(head: bytes) -> str:
     return "raw"
 
 
-def judge_format(
-    disk_format: str | None, container_format: str | None, head: bytes, size: int
-) -> FormatVerdict:
+def judge_format(disk_format: str | None, container_format: str | None, head: bytes, size: int) -> FormatVerdict:
     """Glance's verdict on an upload of ``size`` bytes starting with ``head``."""
     if container_format != "bare":
         # Glance only inspects bare images

@@ -225,6 +225,7 @@ def _sorted(records: list[ImageRecord], spec: Sequence[tuple[str, str]]) -> list
     # stable sorts from the last key to the first; None sorts lowest (nulls last when descending)
     out = sorted(records, key=lambda r: r.seq)
     for key, direction in reversed(spec):
+
         def value(r: ImageRecord, key: str = key) -> tuple[int, Any]:
             v = getattr(r, key)
             if key == "created_at":

@@ -104,9 +104,7 @@ def get_member(store: RegionStore, image_id: str, member_id: str, caller: Caller
     return _lookup(rec, member_id, caller)
 
 
-def update_member(
-    store: RegionStore, image_id: str, member_id: str, status: Any, caller: Caller
-) -> MemberRecord:
+def update_member(store: RegionStore, image_id: str, member_id: str, status: Any, caller: Caller) -> MemberRecord:
     """PUT: only the member tenant itself may accept, reject or reset its membership."""
     rec = _shared(store, image_id, caller, "Not allowed to update members for image {}.")
     member = _lookup(rec, member_id, caller)

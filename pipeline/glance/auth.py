@@ -199,8 +199,7 @@ class PasswordAuth:
         if status in (400, 401, 403, 404):
             err = error_from_response(status, headers, raw, **ctx)
             raise AuthenticationError(
-                f"identity service refused user {self.username!r} for tenant {self.tenant_id!r}: "
-                f"{err.message}",
+                f"identity service refused user {self.username!r} for tenant {self.tenant_id!r}: {err.message}",
                 status=status,
                 request_id=err.request_id,
                 **ctx,
@@ -242,4 +241,3 @@ class StaticTokenAuth:
     async def endpoint(self, session: aiohttp.ClientSession, region: str) -> str:
         """The fixed endpoint, whatever the region label."""
         return normalize_endpoint(self.endpoint_url)
-

@@ -123,9 +123,7 @@ class ImageClient:
             token = await self.auth.token(self.session)
             url = await self.endpoint() + path
             with map_aiohttp_errors(**ctx):
-                async with self.session.request(
-                    method, url, headers=self._headers(token, extra), **kwargs
-                ) as resp:
+                async with self.session.request(method, url, headers=self._headers(token, extra), **kwargs) as resp:
                     body = await _read_bounded(resp, ctx)
                     status, resp_headers = resp.status, resp.headers
             if status == 401:
@@ -398,8 +396,6 @@ async def _read_bounded(resp: aiohttp.ClientResponse, ctx: Mapping[str, Any]) ->
     async for chunk in resp.content.iter_chunked(1 << 20):
         total += len(chunk)
         if total > MAX_JSON_BODY:
-            raise ProtocolError(
-                f"response body larger than {MAX_JSON_BODY} bytes", status=resp.status, **ctx
-            )
+            raise ProtocolError(f"response body larger than {MAX_JSON_BODY} bytes", status=resp.status, **ctx)
         chunks.append(chunk)
     return b"".join(chunks)

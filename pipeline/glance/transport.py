@@ -72,9 +72,7 @@ def new_session(config: TransportConfig | None = None) -> aiohttp.ClientSession:
         limit_per_host=config.connections_per_region,
         ssl=ssl_arg,
     )
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=config.connect_timeout, sock_read=config.read_timeout
-    )
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout, sock_read=config.read_timeout)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,
@@ -150,9 +148,7 @@ def _json_message(text: str) -> str:
     return ""
 
 
-def error_from_response(
-    status: int, headers: Any, body: bytes, **context: Any
-) -> ApiError:
+def error_from_response(status: int, headers: Any, body: bytes, **context: Any) -> ApiError:
     """Build the right ApiError for an error response, with the server's message and request id."""
     message = server_message(body, headers.get("Content-Type")) or f"HTTP {status}"
     cls = error_for_status(status)

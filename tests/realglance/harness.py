@@ -151,18 +151,13 @@ def _run_logged(cmd: Sequence[str], log: Any, what: str, *, check: bool = True) 
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
     try:
-        proc = subprocess.run(
-            cmd, stdout=log, stderr=subprocess.STDOUT, timeout=_INSTALL_TIMEOUT_S, check=False
-        )
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=_INSTALL_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise GlanceHarnessError(
-            f"{what}: timed out after {_INSTALL_TIMEOUT_S:.0f}s (log: {log.name})"
-        ) from exc
+        raise GlanceHarnessError(f"{what}: timed out after {_INSTALL_TIMEOUT_S:.0f}s (log: {log.name})") from exc
     if check and proc.returncode != 0:
         log.flush()
         raise GlanceHarnessError(
-            f"{what} failed with exit code {proc.returncode}; last lines of {log.name}:\n"
-            + _tail(Path(log.name))
+            f"{what} failed with exit code {proc.returncode}; last lines of {log.name}:\n" + _tail(Path(log.name))
         )
 
 
@@ -332,9 +327,7 @@ def _die_with_parent() -> None:
         _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
-def _spawn(
-    cmd: Sequence[str], *, env: Mapping[str, str], stdout: Any, stderr: Any
-) -> subprocess.Popen[bytes]:
+def _spawn(cmd: Sequence[str], *, env: Mapping[str, str], stdout: Any, stderr: Any) -> subprocess.Popen[bytes]:
     # A new session makes the child a process-group leader, so stopping it can signal exactly its group
     # (uwsgi master plus its workers) and nothing else. PDEATHSIG is tied to the calling thread, which
     # is why spawning only happens on the thread that runs the context manager.
@@ -425,9 +418,7 @@ def _wait_healthy(regions: Sequence[_Region]) -> None:
         if time.monotonic() > deadline:
             names = ", ".join(r.name for r in pending)
             details = "\n".join(f"--- {r.name} uwsgi.log:\n{_tail(r.root / 'uwsgi.log')}" for r in pending)
-            raise GlanceHarnessError(
-                f"Glance regions not healthy after {_HEALTH_TIMEOUT_S:.0f}s: {names}\n{details}"
-            )
+            raise GlanceHarnessError(f"Glance regions not healthy after {_HEALTH_TIMEOUT_S:.0f}s: {names}\n{details}")
         time.sleep(0.2)
 
 
@@ -462,8 +453,7 @@ def _read_banner(proc: subprocess.Popen[bytes], log_path: Path) -> dict[str, Any
     except ValueError as exc:
         proc.poll()
         raise GlanceHarnessError(
-            f"identity shim did not start (exit {proc.returncode}); stdout {line[:200]!r}; "
-            f"stderr:\n{_tail(log_path)}"
+            f"identity shim did not start (exit {proc.returncode}); stdout {line[:200]!r}; stderr:\n{_tail(log_path)}"
         ) from exc
     # The shim prints nothing else to stdout; keep draining so a stray print can never block it.
     threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()

@@ -280,9 +280,7 @@ class IdentityApp:
                     {
                         "type": "image",
                         "name": "glance",
-                        "endpoints": [
-                            {"region": name, "publicURL": url} for name, url in self.regions.items()
-                        ],
+                        "endpoints": [{"region": name, "publicURL": url} for name, url in self.regions.items()],
                     }
                 ],
                 "user": {
@@ -597,9 +595,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this parent process is gone")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     asyncio.run(serve(args))
 
 
