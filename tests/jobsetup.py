@@ -163,3 +163,46 @@ def check_invariants(admin: str, job: str, sources: list[SourceImage], targets: 
 
 def new_tenants(n: int) -> list[str]:
     return [uuid.uuid4().hex for _ in range(n)]
+
+
+async def _api_images(identity_url: str, tenant: str, region: str) -> list[Any]:
+    async with new_session() as session:
+        client = ImageClient(session, PasswordAuth(identity_url, tenant, "owner", Secret(PASSWORD)), region)
+        found = {}
+        for hidden in ("false", "true"):
+            async for image in client.list_images({"owner": tenant, "visibility": "all", "os_hidden": hidden}):
+                members = await client.list_members(image.id) if image.visibility == "shared" else []
+                found[image.id] = {**image.raw, "_members": [{"member_id": m.member_id, "status": m.status}
+                                                             for m in members]}  # fmt: skip
+        return list(found.values())
+
+
+def check_invariants_api(identity_url: str, job: str, sources: list[SourceImage], targets: tuple[str, ...], *,
+                         tenant: str, member_status: dict[str, str] | None = None) -> None:  # fmt: skip
+    """The same invariants, seen through the Image API as the copying tenant (for real Glance, which has no
+    admin view): one verified copy per image and target, nothing else in the tenant, metadata equal."""
+    for region in targets:
+        images = anyio.run(_api_images, identity_url, tenant, region)
+        stray = [i["id"] for i in images if i.get("imgmig_job") != job]
+        assert not stray, f"{region}: images without this job's provenance: {stray}"
+        by_source: dict[str, list[dict[str, Any]]] = {}
+        for image in images:
+            by_source.setdefault(image["imgmig_source_id"], []).append(image)
+        assert set(by_source) == {s.id for s in sources}, f"{region}: copies of unknown or missing sources"
+        for src in sources:
+            (copy,) = by_source[src.id]
+            assert copy["status"] == "active", f"{region}: {src.name} is {copy['status']}"
+            assert (copy["size"], copy["checksum"]) == (src.size, src.checksum), f"{region}: {src.name} data"
+            for key, value in src.fields.items():
+                if key in ("disk_format", "container_format"):
+                    continue
+                got = copy.get(key)
+                if key == "tags":
+                    assert sorted(got) == sorted(value), f"{region}: {src.name} tags"
+                else:
+                    assert got == value, f"{region}: {src.name} {key}: {got!r} != {value!r}"
+            members = {m["member_id"]: m["status"] for m in copy["_members"]}
+            assert set(members) == set(src.members), f"{region}: {src.name} members {members}"
+            for member, status in (member_status or {}).items():
+                if member in members:
+                    assert members[member] == status, f"{region}: {src.name} member {member}"
