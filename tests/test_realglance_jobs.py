@@ -55,13 +55,14 @@ def test_multi_image_job_with_metadata(glance_cluster: GlanceCluster, tmp_path: 
 @pytest.mark.parametrize("point", ["uploading@3", "created@2", "metadata", "journal_torn@12"])
 def test_kill_9_and_resume(glance_cluster: GlanceCluster, tmp_path: Path, point: str) -> None:
     """kill -9 mid-job on real Glance; the rerun converges to one verified copy per target, nothing extra."""
-    tenant, partner, sources, job = setup_job(glance_cluster, tmp_path, "glance-crash")
+    tenant, _partner, sources, job = setup_job(glance_cluster, tmp_path, "glance-crash")
     crashed = run_cli("run", str(job), "--no-progress", env={"IMGMIG_FAILPOINTS": point})
     assert crashed.returncode == -9, crashed.stderr[-2000:]
     rerun = run_cli("run", str(job), "--no-progress")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr[-3000:]
     check_invariants_api(glance_cluster.identity_url, "glance-crash", sources, TARGETS, tenant=tenant)
     again = run_cli("run", str(job), "--no-progress", "--report", str(tmp_path / "again.json"))
+    assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((tmp_path / "again.json").read_text())["bytes_written"] == 0
 
 
