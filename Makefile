@@ -39,8 +39,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# the chaos scenarios plus a 10-minute soak, with the soak's figures printed (make test runs a 4-minute soak)
 chaos: $(STAMP)
-	$(BIN)/python -m pytest -m chaos -p no:cacheprovider $(PYTEST_ARGS)
+	IMGMIG_SOAK_SECONDS=$${IMGMIG_SOAK_SECONDS:-600} $(BIN)/python -m pytest -m chaos -s $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

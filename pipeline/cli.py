@@ -125,6 +125,8 @@ def _add_emulate(sub: Any) -> None:
     p.add_argument("--data-dir", type=Path, help="where image data is stored (default: a temporary directory)")
     p.add_argument("--seed", choices=["demo"], help="load a sample data set into the first region")
     p.add_argument("--token-ttl", type=float, default=3600.0, help="token lifetime in seconds (default: %(default)s)")
+    p.add_argument("--tls-cert", type=Path, help="serve HTTPS with this PEM certificate chain (with --tls-key)")
+    p.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
     p.add_argument("--users", type=Path,
                    help='JSON users file {"users": [{"username", "password", "tenants": [...]}]}')  # fmt: skip
     p.set_defaults(func=_cmd_emulate)
@@ -176,13 +178,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(max_runtime=max_runtime, spool_dir=args.spool_dir, reporter=reporter)
     try:
         summary = _run_async(lambda: run_job(spec, options))
+    except ImgmigError as exc:
+        if exc.summary is not None:  # a fatal error: still report what was done, then its own exit code
+            _finish_run(args, exc.summary)
+        raise
     finally:
         reporter.close()
+    _finish_run(args, summary)
+    code: int = summary.exit_code
+    return code
+
+
+def _finish_run(args: argparse.Namespace, summary: Any) -> None:
     if args.report is not None:
         _write_private(args.report, json.dumps(summary.to_json(), indent=2, ensure_ascii=False) + "\n")
     print(summary.render())
-    code: int = summary.exit_code
-    return code
 
 
 class _Reporter:
@@ -290,6 +300,7 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read users file {args.users}: {exc}") from exc
     if args.data_dir is not None:
         args.data_dir.mkdir(parents=True, exist_ok=True)
+    tls = _server_tls(args.tls_cert, args.tls_key)
 
     async def serve() -> None:
         async with running_emulator(
@@ -299,6 +310,7 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
             seed=args.seed,
             token_ttl=args.token_ttl,
             users=users,
+            tls=tls,
         ) as emu:
             print(info_line(emu), flush=True)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -310,6 +322,22 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot start the emulator: {exc}") from exc
     return 0
+
+
+def _server_tls(cert: Path | None, key: Path | None) -> Any:
+    """An HTTPS server context for the emulator, or None."""
+    if (cert is None) != (key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if cert is None:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load --tls-cert/--tls-key: {exc}") from exc
+    return context
 
 
 def _write_private(path: Path, text: str) -> None:

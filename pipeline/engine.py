@@ -214,9 +214,10 @@ class _ImageCopy:
             try:
                 if await self._prepare(t):
                     ready.add(t.region)
-            except ApiError as exc:
+            except ApiError as exc:  # e.g. a 5xx storm or a garbled answer: retried like any target failure
                 t.result.attempts += 1
-                self._finish(t, "failed", f"cannot prepare target image: {exc}", blame="target")
+                t.result.error, t.result.blame = f"cannot prepare target image: {exc}", "target"
+                self.tg.start_soon(self._retry, [t])
 
         async with anyio.create_task_group() as tg:
             for t in self.targets:

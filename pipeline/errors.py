@@ -42,7 +42,7 @@ messages are built from response bodies and request paths, never from headers or
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 __all__ = [
     "ApiError",
@@ -85,6 +85,8 @@ class ImgmigError(Exception):
     """Base of every error imgmig raises on purpose."""
 
     exit_code: ClassVar[int] = 1
+    #: Set by the runner on a fatal error: what the run did before it stopped.
+    summary: Any = None
     #: A retryable error may succeed if the same request is sent again.
     retryable: ClassVar[bool] = False
     #: A fatal error stops the whole job (cleanly) instead of failing one image.

@@ -110,6 +110,8 @@ class Inventory:
     missing_ids: list[str]
     source_members: dict[str, list[Member]]
     targets: dict[str, TargetState]
+    #: Source images whose details could not be read (their steps fail; the others go on).
+    image_errors: dict[str, str] = field(default_factory=dict)
 
 
 async def _list_all(client: ImageClient, filters: Mapping[str, Any]) -> list[Image]:
@@ -121,13 +123,23 @@ async def _list_all(client: ImageClient, filters: Mapping[str, Any]) -> list[Ima
     return list(found.values())
 
 
-async def _members(client: ImageClient, images: Sequence[Image]) -> dict[str, list[Member]]:
+async def _members(
+    client: ImageClient, images: Sequence[Image], errors: dict[str, str] | None = None
+) -> dict[str, list[Member]]:
+    """Members of every shared image; with ``errors``, a failure is recorded per image instead of raised."""
     limiter = anyio.CapacityLimiter(LIST_CONCURRENCY)
     out: dict[str, list[Member]] = {}
 
     async def fetch(image: Image) -> None:
         async with limiter:
-            out[image.id] = await client.list_members(image.id)
+            try:
+                out[image.id] = await client.list_members(image.id)
+            except (AuthenticationError, RegionNotFoundError):
+                raise
+            except ApiError as exc:
+                if errors is None:
+                    raise
+                errors[image.id] = f"cannot read the source image's members: {exc}"
 
     async with anyio.create_task_group() as tg:
         for image in images:
@@ -187,7 +199,8 @@ async def discover(spec: JobSpec, clients: Clients) -> Inventory:
     source_tenant = await clients.tenant(spec.source.auth)
     owner = spec.select.owner or source_tenant
     images, missing = await _source_images(spec, source, owner)
-    source_members = await _members(source, images)
+    image_errors: dict[str, str] = {}
+    source_members = await _members(source, images, image_errors)
     algo = next((i.os_hash_algo.lower() for i in images if i.os_hash_algo), "sha512")
     targets: dict[str, TargetState] = {}
 
@@ -199,4 +212,4 @@ async def discover(spec: JobSpec, clients: Clients) -> Inventory:
             tg.start_soon(one, label, endpoint)
     ordered = {label: targets[label] for label in target_labels(spec)}
     failpoint("listed")
-    return Inventory(source, source_tenant, images, missing, source_members, ordered)
+    return Inventory(source, source_tenant, images, missing, source_members, ordered, image_errors)

@@ -2,9 +2,10 @@
 
 Layout of ``journal_dir`` (0700; every file 0600):
 
-- ``journal.jsonl``: one record per line, ``{"seq": n, "at": t, "kind": ..., ...}``, appended with one
-  ``write`` each. A ``kill -9`` can tear at most the line being written; that torn tail (no newline) is
-  ignored and cut on the next open. A damaged line *before* the last one is corruption: opening fails
+- ``journal.jsonl``: one record per line, ``{"seq": n, "at": t, "kind": ..., ..., "crc": "<crc32>"}``,
+  appended with one ``write`` each; the CRC-32 of the line's own JSON makes any damaged byte detectable.
+  A ``kill -9`` can tear at most the line being written; that torn tail (no newline) is ignored and cut
+  on the next open. A damaged line *before* the last one is corruption: opening fails
   with ``JournalCorruptError`` instead of silently dropping state.
 - ``snapshot.json``: the whole state at ``seq`` S, written to a temporary file, fsynced, renamed over
   the old one, then the directory fsynced. Records with ``seq <= S`` are then redundant and the log is
@@ -25,6 +26,7 @@ import json
 import os
 import socket
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,7 +239,7 @@ class Journal:
         """Apply and append one record (one write call; durable against a process crash)."""
         start = time.perf_counter()
         rec = {"seq": self.state.seq + 1, "at": round(time.time(), 3), "kind": kind, **fields}
-        line = (_ENCODER.encode(rec) + "\n").encode()
+        line = _sealed(_ENCODER.encode(rec).encode()) + b"\n"
         try:
             if hit("journal_torn"):
                 os.write(self._fd, line[: len(line) // 2])  # a write cut short by kill -9
@@ -284,7 +286,7 @@ class Journal:
         try:
             # no fsync of the log first: the snapshot itself is fsynced (file and directory) before the
             # log is cut, and it holds every record of the log
-            data = _ENCODER.encode(self.state.to_json()).encode()
+            data = _sealed(_ENCODER.encode(self.state.to_json()).encode())
             _atomic_write(self.directory / SNAPSHOT, data)
             os.ftruncate(self._fd, 0)
             self._log_records = 0
@@ -305,13 +307,37 @@ class Journal:
             self._fd = -1
 
 
+_SEAL = b',"crc":"'
+
+
+def _sealed(body: bytes) -> bytes:
+    """A JSON object with its own CRC-32 as a last member, so any damaged byte is detected on load
+    (a flipped digit can still be valid JSON)."""
+    return body[:-1] + _SEAL + b"%08x" % zlib.crc32(body) + b'"}'
+
+
+def _unsealed(line: bytes) -> bytes:
+    """The JSON object a sealed line holds, after checking its CRC-32 (ValueError if damaged)."""
+    at = line.rfind(_SEAL)
+    if at < 0 or not line.endswith(b'"}') or len(line) - at != len(_SEAL) + 10:
+        raise ValueError("no checksum")
+    body = line[:at] + b"}"
+    try:
+        expected = int(line[at + len(_SEAL) : -2], 16)
+    except ValueError:
+        raise ValueError("bad checksum") from None
+    if zlib.crc32(body) != expected:
+        raise ValueError("checksum mismatch")
+    return body
+
+
 def _load_snapshot(path: Path, job: str) -> JournalState:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return JournalState(job)
     try:
-        doc = json.loads(raw)
+        doc = json.loads(_unsealed(raw.rstrip(b"\n")))
         state = JournalState.from_json(doc)
     except (ValueError, KeyError, TypeError) as exc:
         raise JournalCorruptError(
@@ -335,7 +361,7 @@ def _read_log(path: Path, after_seq: int) -> tuple[list[dict[str, Any]], int]:
     lines = data[:end].split(b"\n")[:-1]
     for number, line in enumerate(lines, start=1):
         try:
-            rec = json.loads(line)
+            rec = json.loads(_unsealed(line))
             if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int) or "kind" not in rec:
                 raise ValueError("not a journal record")
         except ValueError as exc:

@@ -38,7 +38,7 @@ from .planner import Action, ImagePlan, Plan, Step
 from .retry import RetryPolicy
 from .source import Bandwidth
 from .spec import JobSpec
-from .summary import RunSummary, StepFinished
+from .summary import EXIT_FAILED, RunSummary, StepFinished
 
 __all__ = ["RunOptions", "plan_only", "run_job"]
 
@@ -94,9 +94,12 @@ async def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunSummar
                 raise error from exc
         except BaseException as exc:
             summary.fatal = summary.fatal or _describe(exc)
+            summary.fatal_code = exc.exit_code if isinstance(exc, ImgmigError) else EXIT_FAILED
             summary.finish(options.clock)
             if not isinstance(exc, JournalError):
                 _finish_journal(journal, summary)
+            if isinstance(exc, ImgmigError):
+                exc.summary = summary  # the CLI still writes --report and prints what was done
             raise
         else:
             summary.finish(options.clock)
@@ -277,6 +280,12 @@ class _Hooks(EngineHooks):
 
 
 async def _image_task(run: _Run, plan: ImagePlan, limiter: anyio.CapacityLimiter) -> None:
+    assert run.inventory is not None
+    unreadable = run.inventory.image_errors.get(plan.image.id)
+    if unreadable is not None:
+        for step in plan.steps:
+            _record_step(run, plan.image, step, "failed", error=unreadable)
+        return
     async with limiter:
         try:
             await _copy_image(run, plan)

@@ -106,6 +106,8 @@ class RunSummary:
     interrupted: str | None = None
     parked: bool = False
     fatal: str | None = None
+    #: The exit code of the fatal error (4 for authentication, 1 otherwise).
+    fatal_code: int = EXIT_FAILED
     journal_records: int = 0
     journal_seconds: float = 0.0
     downstream: Reporter | None = None
@@ -138,7 +140,9 @@ class RunSummary:
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_SIGNAL[self.interrupted]
-        if self.failures or self.unavailable or self.fatal:
+        if self.fatal:
+            return self.fatal_code
+        if self.failures or self.unavailable:
             return EXIT_FAILED
         if self.parked:
             return EXIT_PARKED

@@ -122,12 +122,12 @@ def write_job(
     return path
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None,
+            **popen: Any) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """``python -m pipeline ARGS`` with the test password set; never raises on a non-zero exit."""
     full_env = {**os.environ, PASSWORD_ENV: PASSWORD, **(env or {})}
     return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, check=False, cwd=cwd)  # fmt: skip
+                          env=full_env, timeout=timeout, check=False, cwd=cwd, **popen)  # fmt: skip
 
 
 def check_invariants(admin: str, job: str, sources: list[SourceImage], targets: tuple[str, ...], *,
@@ -206,3 +206,23 @@ def check_invariants_api(identity_url: str, job: str, sources: list[SourceImage]
             for member, status in (member_status or {}).items():
                 if member in members:
                     assert members[member] == status, f"{region}: {src.name} member {member}"
+
+
+def assert_done_means_verified(journal_dir: Path, job: str, checksums: dict[str, str]) -> int:
+    """Every image x target the journal calls done carries evidence: the md5 computed in flight and the
+    checksum the target reported both equal the source's. Returns how many were checked."""
+    from pipeline.journal import Journal
+
+    state = Journal.read(journal_dir, job)
+    checked = 0
+    for image_id, entry in state.images.items():
+        for label, target in entry.targets.items():
+            if target.state != "done" or target.action not in ("copy", "resume", "replace"):
+                continue
+            evidence = target.evidence or {}
+            assert evidence, f"{image_id} -> {label}: done without evidence"
+            assert evidence["computed"].get("md5") == checksums[image_id], f"{image_id} -> {label}: computed md5"
+            assert evidence["reported"].get("checksum") == checksums[image_id], f"{image_id} -> {label}: reported"
+            assert evidence["reported"].get("status") == "active"
+            checked += 1
+    return checked

@@ -124,9 +124,11 @@ def test_bad_credentials_exit_4(emu: EmulatorProcess, tmp_path: Path) -> None:
     with emulator_process("--regions", "KR1,KR2", "--users", str(users)) as strict:
         job = write_job(tmp_path / "job.toml", name="auth", identity_url=strict.identity_url, tenant="t" * 32,
                         journal=tmp_path / "state", targets=("KR2",))  # fmt: skip
-        result = run_cli("run", str(job), "--no-progress")
+        result = run_cli("run", str(job), "--no-progress", "--report", str(tmp_path / "r.json"))
     assert result.returncode == 4, result.stderr
     assert "refused user 'owner'" in result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())  # cron still gets its report
+    assert (report["outcome"], report["exit_code"]) == ("fatal", 4)
     assert PASSWORD not in result.stderr + result.stdout
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .faults import ByteFault, FaultPlan, StatusFault
+from .faults import BodyFault, ByteFault, FaultPlan, StatusFault
 from .serve import DEFAULT_REGIONS, Emulator, running_emulator
 
-__all__ = ["DEFAULT_REGIONS", "ByteFault", "Emulator", "FaultPlan", "StatusFault", "running_emulator"]
+__all__ = ["DEFAULT_REGIONS", "BodyFault", "ByteFault", "Emulator", "FaultPlan", "StatusFault", "running_emulator"]

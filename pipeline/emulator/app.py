@@ -146,6 +146,11 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
         if rule is not None:
             headers = {"Retry-After": f"{rule.retry_after:g}"} if rule.retry_after is not None else None
             raise GlanceError(rule.status, "Injected fault.", headers=headers)
+        garbled = plan.take_body(op, request.match_info.get("image_id"))
+        if garbled is not None:
+            resp = web.Response(status=garbled.status, body=garbled.body.encode() * garbled.repeat)
+            resp.headers["Content-Type"] = garbled.content_type
+            return resp
     return await handler(request)
 
 

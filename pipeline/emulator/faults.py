@@ -12,7 +12,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["OPS", "ByteFault", "FaultPlan", "StatusFault"]
+__all__ = ["OPS", "BodyFault", "ByteFault", "FaultPlan", "StatusFault"]
 
 #: Request kinds a status fault can target.
 OPS = frozenset({"any", "list", "get", "create", "patch", "delete", "upload", "download", "tags", "members", "schemas"})
@@ -53,6 +53,24 @@ class StatusFault:
 
 
 @dataclass(slots=True)
+class BodyFault:
+    """Answer matching requests with this raw body instead of the real one (malformed JSON, wrong types,
+    HTML, huge bodies): for testing how clients cope with a misbehaving server."""
+
+    body: str
+    op: str = "any"
+    status: int = 200
+    content_type: str = "application/json"
+    count: int | None = 1
+    image_id: str | None = None
+    repeat: int = 1  # the body is repeated this many times (huge bodies without huge requests)
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"unknown op {self.op!r}; one of {sorted(OPS)}")
+
+
+@dataclass(slots=True)
 class FaultPlan:
     """Every knob of one region; all default to 'no fault'."""
 
@@ -68,6 +86,7 @@ class FaultPlan:
     #: checksum that differs from what the client sent.
     corrupt_upload: list[ByteFault] = field(default_factory=list)
     statuses: list[StatusFault] = field(default_factory=list)
+    bodies: list[BodyFault] = field(default_factory=list)
     #: Ignore Range headers (answer 200 with the whole image), like a server without Range support.
     ignore_range: bool = False
     #: Hash uploads but keep no bytes (a sink for benchmarks); such images cannot be downloaded.
@@ -97,6 +116,19 @@ class FaultPlan:
         self.statuses = [r for r in self.statuses if r.count is None or r.count > 0]
         return None
 
+    def take_body(self, op: str, image_id: str | None) -> BodyFault | None:
+        """The body fault this request gets, consuming one of its ``count`` (None if none)."""
+        for rule in self.bodies:
+            if rule.op not in ("any", op) or (rule.image_id and rule.image_id != image_id):
+                continue
+            if rule.count is not None:
+                if rule.count <= 0:
+                    continue
+                rule.count -= 1
+            self.record("body")
+            return rule
+        return None
+
     @staticmethod
     def take_byte(faults: list[ByteFault], image_id: str, start: int, end: int) -> int | None:
         """Consume the first fault of ``faults`` for ``image_id`` with start <= at < end; its offset."""
@@ -121,6 +153,8 @@ class FaultPlan:
                 setattr(self, key, faults)
             elif key == "statuses":
                 self.statuses = [StatusFault(**v) for v in value]
+            elif key == "bodies":
+                self.bodies = [BodyFault(**v) for v in value]
             elif key == "ignore_range":
                 self.ignore_range = bool(value)
             elif key == "discard_uploads":

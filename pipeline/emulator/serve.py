@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -123,15 +124,15 @@ class Emulator:
         return app
 
 
-async def _listen(stack: AsyncExitStack, app: web.Application, port: int) -> str:
+async def _listen(stack: AsyncExitStack, app: web.Application, port: int, tls: ssl.SSLContext | None = None) -> str:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, HOST, port, reuse_address=True)
+    site = web.TCPSite(runner, HOST, port, reuse_address=True, ssl_context=tls)
     await site.start()
     sockets = getattr(site._server, "sockets", None) or []  # aiohttp has no public accessor
     bound = sockets[0].getsockname()[1] if sockets else port
-    return f"http://{HOST}:{bound}"
+    return f"{'https' if tls else 'http'}://{HOST}:{bound}"
 
 
 @asynccontextmanager
@@ -144,6 +145,7 @@ async def running_emulator(
     token_ttl: float = DEFAULT_TOKEN_TTL,
     users: dict[str, UserEntry] | None = None,
     require_format_match: bool = False,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Emulator]:
     """Start the identity endpoint and every region; stop them all on exit (also on failure).
 
@@ -151,6 +153,7 @@ async def running_emulator(
     and region *i* takes ``port + 1 + i``. Without ``data_dir`` image data goes to a temporary directory
     that is removed on exit. ``require_format_match`` turns on Glance 33's upload inspection (415 for bytes
     that do not match a bare image's disk_format); it is off by default, as in Glance releases before 33.
+    ``tls`` serves every endpoint over HTTPS with that server context.
     """
     async with AsyncExitStack() as stack:
         if data_dir is None:
@@ -168,10 +171,10 @@ async def running_emulator(
             for name in regions
         }
         emu = Emulator(identity=identity, regions=contexts, data_dir=data_dir)
-        emu.identity_url = await _listen(stack, emu.identity_app(), port) + "/v2.0"
+        emu.identity_url = await _listen(stack, emu.identity_app(), port, tls) + "/v2.0"
         identity.url = emu.identity_url
         for i, (name, ctx) in enumerate(contexts.items()):
-            emu.urls[name] = await _listen(stack, build_region_app(ctx), port + 1 + i if port else 0)
+            emu.urls[name] = await _listen(stack, build_region_app(ctx), port + 1 + i if port else 0, tls)
         identity.catalog.update(emu.urls)
         if seed:
             from .seed import load_seed
