@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -62,8 +63,9 @@ class TqdmReporter:
 
     def __init__(self, total: int, *, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
+        self.layout = _layout(self.stream)
         self.total_bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="total",
-                              file=self.stream, position=0, dynamic_ncols=True)  # fmt: skip
+                              file=self.stream, position=0, **self.layout)  # fmt: skip
         self.bars: dict[str, tqdm[Any]] = {}
 
     def emit(self, event: Any) -> None:
@@ -71,7 +73,7 @@ class TqdmReporter:
             desc = (event.name or event.image_id)[:28]
             self.bars[event.image_id] = tqdm(
                 total=event.size * len(event.regions), unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-                file=self.stream, leave=False, position=len(self.bars) + 1, dynamic_ncols=True,
+                file=self.stream, leave=False, position=len(self.bars) + 1, **self.layout,
             )  # fmt: skip
         elif isinstance(event, BytesWritten):
             self.total_bar.update(event.n)
@@ -87,6 +89,20 @@ class TqdmReporter:
         for bar in self.bars.values():
             bar.close()
         self.total_bar.close()
+
+
+def _layout(stream: TextIO) -> dict[str, Any]:
+    """Follow the terminal's size; a terminal that reports none (0 x 0, e.g. a bare pty) gets 100 x 40,
+    because tqdm would otherwise draw empty bars and hide every bar below row 0."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+        columns, lines = size.columns, size.lines
+    except (OSError, ValueError, AttributeError):
+        columns = lines = 0
+    layout: dict[str, Any] = {"dynamic_ncols": True} if columns > 0 else {"ncols": 100}
+    if lines <= 0:
+        layout["nrows"] = 40
+    return layout
 
 
 class TqdmStream:

@@ -238,3 +238,76 @@ def test_unreachable_region_exits_1_and_others_complete(emu: EmulatorProcess, tm
     assert "XX1" in report["unavailable_targets"]
     assert report["counts"]["copied"] == len(sources)
     check_invariants(emu.admin, "down", sources, ("KR2",), tenant=tenant)
+
+
+def test_max_runtime_parks_and_exits_10(emu: EmulatorProcess, tmp_path: Path) -> None:
+    """--max-runtime stops the run (exit 10, parked images reported); the next run completes the job."""
+    tenant, partner, other = new_tenants(3)
+    sources = make_source(emu.identity_url, tenant, partner=partner, other=other)
+    job = write_job(tmp_path / "job.toml", name="park", identity_url=emu.identity_url, tenant=tenant,
+                    journal=tmp_path / "state")  # fmt: skip
+    job.write_text(job.read_text().replace('chunk_size = "1MiB"', 'chunk_size = "1MiB"\nbandwidth = "1MiB/s"'))
+    parked = run_cli("run", str(job), "--no-progress", "--max-runtime", "2s", "--report", str(tmp_path / "r.json"))
+    assert parked.returncode == 10, parked.stderr[-2000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["outcome"] == "parked"
+    assert report["counts"]["parked_images"] >= 1
+    assert "max_runtime reached" in parked.stdout
+    resumed = run_cli("run", str(job), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    check_invariants(emu.admin, "park", sources, TARGETS, tenant=tenant)
+
+
+def test_logs_are_json_lines_with_one_step_line_per_image_and_target(emu: EmulatorProcess, tmp_path: Path) -> None:
+    """Without a TTY, stderr is JSON lines, with exactly one `step` line per image x target."""
+    tenant, partner, other = new_tenants(3)
+    sources = make_source(emu.identity_url, tenant, partner=partner, other=other)
+    job = write_job(tmp_path / "job.toml", name="logs", identity_url=emu.identity_url, tenant=tenant,
+                    journal=tmp_path / "state")  # fmt: skip
+    result = run_cli("run", str(job))
+    assert result.returncode == 0
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    steps = [e for e in events if e["event"] == "step"]
+    assert len(steps) == len(sources) * len(TARGETS)
+    assert {(e["image_id"], e["target"]) for e in steps} == {(s.id, t) for s in sources for t in TARGETS}
+    assert all(e["outcome"] == "copied" and "timestamp" in e and e["level"] == "info" for e in steps)
+
+
+@pytest.mark.parametrize("size", [(40, 120), (0, 0)], ids=["sized-terminal", "bare-pty"])
+def test_progress_bars_on_a_tty(emu: EmulatorProcess, tmp_path: Path, size: tuple[int, int]) -> None:
+    """On a terminal, run shows a total bar and per-image bars, and console (not JSON) log lines."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    tenant, partner, other = new_tenants(3)
+    make_source(emu.identity_url, tenant, partner=partner, other=other)
+    job = write_job(tmp_path / "job.toml", name="tty", identity_url=emu.identity_url, tenant=tenant,
+                    journal=tmp_path / "state")  # fmt: skip
+    main_fd, child_fd = pty.openpty()
+    fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")} | {PASSWORD_ENV: PASSWORD}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(job)], stdin=child_fd, stdout=child_fd,
+                            stderr=child_fd, env=env)  # fmt: skip
+    os.close(child_fd)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(main_fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(60) == 0
+    finally:
+        stop_process(proc, signal.SIGKILL)
+        os.close(main_fd)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "total:" in screen
+    assert "golden-a" in screen  # a per-image bar (and its step line)
+    assert "%|" in screen  # tqdm's bar
+    assert '"event": "step"' not in screen  # console logs on a TTY, not JSON
+    assert "job tty: ok (exit 0)" in screen
