@@ -33,6 +33,11 @@ def main() -> int:
         results["a_engine_vs_relay"] = a
         print(f"(a) engine vs minimal relay reference, {size // MiB} MiB synthetic image (target ratio >= 0.9)")
         for key, row in a.items():
+            if "on_the_loop" in key:
+                print(
+                    f"    {key}: engine {row['engine_mib_s']:.0f} MiB/s ({row['vs_threaded']:.2f}x of threaded hashing)"
+                )
+                continue
             print(
                 f"    {key}: reference {row['reference_mib_s']:.0f} MiB/s, engine {row['engine_mib_s']:.0f} MiB/s, "
                 f"ratio {row['ratio']:.2f}"

@@ -95,12 +95,14 @@ async def relay(emu: Emu, image: Image, regions: list[str]) -> float:
         return elapsed
 
 
-async def engine_copy(emu: Emu, image: Image, regions: list[str], *, chunk: int = CHUNK) -> float:
+async def engine_copy(
+    emu: Emu, image: Image, regions: list[str], *, chunk: int = CHUNK, hash_in_thread: bool = True
+) -> float:
     """The imgmig engine, as `imgmig run` drives it."""
     async with new_session() as session:
         src = _client(session, emu, "SRC")
         specs = [TargetSpec(r, _client(session, emu, r), FIELDS) for r in regions]
-        engine = Engine(EngineSettings(chunk_size=chunk, buffer_depth=4))
+        engine = Engine(EngineSettings(chunk_size=chunk, buffer_depth=4, hash_in_thread=hash_in_thread))
         start = time.perf_counter()
         results = await engine.copy_image(src, image, specs)
         elapsed = time.perf_counter() - start
@@ -158,7 +160,10 @@ def bench_relay_ratio(size: int, reps: int = 2) -> dict[str, Any]:
             for _ in range(reps):
                 ref.append(anyio.run(relay, emu, image, regions))
                 eng.append(anyio.run(engine_copy, emu, image, regions))
+            on_loop = [anyio.run(lambda r=regions: engine_copy(emu, image, r, hash_in_thread=False))]
             best_ref, best_eng = min(ref), min(eng)
+            out[f"{n}_target_hashing_on_the_loop"] = {"engine_mib_s": size / MiB / on_loop[0],
+                                                      "vs_threaded": best_eng / on_loop[0]}  # fmt: skip
             out[f"{n}_target"] = {
                 "reference_mib_s": size / MiB / best_ref, "engine_mib_s": size / MiB / best_eng,
                 "ratio": best_ref / best_eng, "reference_s": ref, "engine_s": eng,
