@@ -16,7 +16,7 @@ from .transfer import engine_copy
 
 def main() -> None:
     identity_url, regions, image_doc = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-    emu = Emu(proc=None, identity_url=identity_url, regions=regions)  # type: ignore[arg-type]
+    emu = Emu(proc=None, info={"identity_url": identity_url, "regions": regions})  # type: ignore[arg-type]
     image = Image.from_api(image_doc)
     baseline = peak_rss_mib()
     start = time.perf_counter()

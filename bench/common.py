@@ -3,31 +3,21 @@
 from __future__ import annotations
 
 import json
-import resource
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pipeline.emulator.process import EmulatorProcess, emulator_process
 
 __all__ = ["BENCH_TENANT", "Emu", "admin_post", "emulator", "peak_rss_mib"]
 
 BENCH_TENANT = "be0c4b1e9d1f4a7e8c2b5d6f7a8b9c0d"
 
 
-@dataclass
-class Emu:
-    proc: subprocess.Popen[str]
-    identity_url: str
-    regions: dict[str, str]
-
-    @property
-    def admin(self) -> str:
-        return self.identity_url.rsplit("/v2.0", 1)[0] + "/_admin"
+Emu = EmulatorProcess
 
 
 def admin_post(emu: Emu, path: str, doc: dict[str, Any]) -> Any:
@@ -40,26 +30,17 @@ def admin_post(emu: Emu, path: str, doc: dict[str, Any]) -> Any:
 @contextmanager
 def emulator(regions: str, data_dir: Path) -> Iterator[Emu]:
     """`imgmig emulate` in its own process (so the bench process measures only the client side)."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "emulate", "--regions", regions,
-                             "--data-dir", str(data_dir)], stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        info = json.loads(proc.stdout.readline())
-        yield Emu(proc, info["identity_url"], info["regions"])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-        if proc.stdout is not None:
-            proc.stdout.close()
+    with emulator_process(("--regions", regions, "--data-dir", str(data_dir))) as emu:
+        yield emu
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set size (VmHWM), in MiB. Not getrusage's ru_maxrss: Linux carries
+    that across fork and exec, so a child would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def timed() -> float:

@@ -8,7 +8,6 @@ emulator. Everything goes through the real CLI and HTTP on 127.0.0.1.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -18,9 +17,11 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 
+from .emulator.process import emulator_process
 from .emulator.seed import DEMO_TENANT
 from .glance import ImageClient, PasswordAuth, Secret, new_session
 
@@ -64,57 +65,46 @@ async def _listing(info: dict[str, object]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
-    root = Path.cwd()
-    job = JOB
     port = PORT if all(_port_free(PORT + i) for i in range(4)) else 0
     tmp = Path(tempfile.mkdtemp(prefix="imgmig-demo-"))
-    shutil.rmtree(root / "state" / "demo", ignore_errors=True)
+    shutil.rmtree(Path.cwd() / "state" / "demo", ignore_errors=True)
     env = {**os.environ, PASSWORD_ENV: "demo-password"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "emulate", "--seed", "demo", "--regions", "KR1,KR2,JP1",
-         "--port", str(port), "--data-dir", str(tmp / "emulator")],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+    args = ("--seed", "demo", "--regions", "KR1,KR2,JP1", "--port", str(port), "--data-dir", str(tmp / "emulator"))
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            print("imgmig demo: the emulator did not start", file=sys.stderr)
-            return 1
-        info = json.loads(line)
-        _say(f"emulator up: identity {info['identity_url']}, regions {', '.join(info['regions'])}")
-        if port == 0:
-            # the usual ports are taken: point a copy of the job at the ephemeral ones
-            job = tmp / "demo.toml"
-            job.write_text(JOB.read_text().replace(f"http://127.0.0.1:{PORT}/v2.0", info["identity_url"]))
-            print(f"(port {PORT} is busy; using {job} with {info['identity_url']})")
-        _say("before: what each region holds")
-        anyio.run(_listing, info)
-        _say("plan")
-        _cli("plan", str(job), env=env)
-        _say("run: KR1 -> KR2 + JP1, one read per image, verified on the fly")
-        code = _cli("run", str(job), env=env)
-        _say("status")
-        _cli("status", str(job), env=env)
-        _say("after: what each region holds")
-        anyio.run(_listing, info)
-        _say("run again: everything is up to date, 0 bytes move")
-        again = _cli("run", str(job), "--no-progress", "--log-level", "warning", env=env)
-        _say("verify --deep: re-read every copy and hash it")
-        verified = _cli("verify", str(job), "--deep", env=env)
-        _say(f"demo finished in {time.monotonic() - started:.1f} s (exit codes: run {code}, rerun {again}, "
-             f"verify {verified})")  # fmt: skip
-        return 0 if code == again == verified == 0 else 1
+        with emulator_process(args) as emu:
+            return _demo(emu.info, port, tmp, env, started)
+    except RuntimeError as exc:
+        print(f"imgmig demo: {exc}", file=sys.stderr)
+        return 1
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(15)
-        if proc.stdout is not None:
-            proc.stdout.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _demo(info: dict[str, Any], port: int, tmp: Path, env: dict[str, str], started: float) -> int:
+    job = JOB
+    _say(f"emulator up: identity {info['identity_url']}, regions {', '.join(info['regions'])}")
+    if port == 0:
+        # the usual ports are taken: point a copy of the job at the ephemeral ones
+        job = tmp / "demo.toml"
+        job.write_text(JOB.read_text().replace(f"http://127.0.0.1:{PORT}/v2.0", info["identity_url"]))
+        print(f"(port {PORT} is busy; using {job} with {info['identity_url']})")
+    _say("before: what each region holds")
+    anyio.run(_listing, info)
+    _say("plan")
+    _cli("plan", str(job), env=env)
+    _say("run: KR1 -> KR2 + JP1, one read per image, verified on the fly")
+    code = _cli("run", str(job), env=env)
+    _say("status")
+    _cli("status", str(job), env=env)
+    _say("after: what each region holds")
+    anyio.run(_listing, info)
+    _say("run again: everything is up to date, 0 bytes move")
+    again = _cli("run", str(job), "--no-progress", "--log-level", "warning", env=env)
+    _say("verify --deep: re-read every copy and hash it")
+    verified = _cli("verify", str(job), "--deep", env=env)
+    _say(f"demo finished in {time.monotonic() - started:.1f} s (exit codes: run {code}, rerun {again}, "
+         f"verify {verified})")  # fmt: skip
+    return 0 if code == again == verified == 0 else 1
 
 
 if __name__ == "__main__":

@@ -205,6 +205,9 @@ class Journal:
         """Load the state (snapshot + log), cut a torn tail, and open the log for appending."""
         try:
             secure_dir(directory)
+            if not (directory / SNAPSHOT).exists():
+                # a new journal: an empty snapshot records whose journal this is (one small write)
+                _atomic_write(directory / SNAPSHOT, _sealed(_ENCODER.encode(JournalState(job).to_json()).encode()))
             state = _load_snapshot(directory / SNAPSHOT, job)
             log = directory / LOG
             records, good_length = _read_log(log, state.seq)
@@ -256,8 +259,13 @@ class Journal:
         self._log_records += 1
         self.records += 1
         self.seconds += time.perf_counter() - start
-        if self._log_records > max(MIN_SNAPSHOT_RECORDS, 2 * self.state.entries):
+        if self._snapshot_due():
             self.snapshot()
+
+    def _snapshot_due(self) -> bool:
+        """A snapshot costs O(state); taking one when the log outgrows twice the state keeps the cost per
+        record O(1), however large the job."""
+        return self._log_records > max(MIN_SNAPSHOT_RECORDS, 2 * self.state.entries)
 
     def sync(self) -> None:
         """fsync the log: everything recorded so far survives a power cut."""
@@ -297,11 +305,15 @@ class Journal:
             self.seconds += time.perf_counter() - start
 
     def close(self) -> None:
-        """Snapshot, then close the log."""
+        """Make everything durable and close the log. A snapshot is taken only when one is due: forcing
+        one at every close would cost O(state) per run, however little the run did."""
         if self._fd < 0:
             return
         try:
-            self.snapshot()
+            if self._snapshot_due():
+                self.snapshot()
+            else:
+                self.sync()
         finally:
             os.close(self._fd)
             self._fd = -1

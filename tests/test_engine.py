@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -215,14 +216,35 @@ async def test_cancel_mid_transfer_reports_each_target(cloud: Cloud, emulator: E
     recorder = Recorder()
     engine = Engine(settings(), reporter=recorder)
     results: dict[str, TargetResult] = {}
+    during: list[int] = []
+
+    async def count_engine_tasks() -> None:
+        await anyio.sleep(0.5)
+        during.append(sum(any("pipeline/engine.py" in f for f in _await_chain(t)) for t in asyncio.all_tasks()))
+
     with anyio.move_on_after(1.0) as scope:
-        await engine.copy_image(cloud.client(region="KR1"), image, specs(cloud), results=results)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(count_engine_tasks)
+            await engine.copy_image(cloud.client(region="KR1"), image, specs(cloud), results=results)
     assert scope.cancelled_caught
+    assert during[0] >= 3  # the detection below sees the engine's tasks while they run
+    # structured concurrency: no task of the engine outlives the cancelled call
+    leftovers = [t for t in asyncio.all_tasks() if any("pipeline/engine.py" in f for f in _await_chain(t))]
+    assert leftovers == []
     assert {r.state for r in results.values()} == {"cancelled"}
     assert {e.state for e in recorder.of(TargetFinished)} == {"cancelled"}
     assert all(0 < r.bytes < image.size for r in results.values())  # type: ignore[operator]
     for result in results.values():
         await wait_status(cloud, result, "queued")
+
+
+def _await_chain(task: asyncio.Task[Any]) -> list[str]:
+    """The source files of every coroutine a task is suspended in, outermost first."""
+    files, coro = [], task.get_coro()
+    while coro is not None and hasattr(coro, "cr_code"):
+        files.append(coro.cr_code.co_filename)
+        coro = coro.cr_await
+    return files
 
 
 async def test_existing_queued_copy_is_reused(cloud: Cloud, emulator: Emulator) -> None:

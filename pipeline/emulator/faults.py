@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["OPS", "BodyFault", "ByteFault", "FaultPlan", "StatusFault"]
 
@@ -62,12 +62,17 @@ class BodyFault:
     status: int = 200
     content_type: str = "application/json"
     count: int | None = 1
+    #: With ``count=None``: the fraction of matching requests that get this body (default: all of them).
+    rate: float = 1.0
     image_id: str | None = None
     repeat: int = 1  # the body is repeated this many times (huge bodies without huge requests)
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
             raise ValueError(f"unknown op {self.op!r}; one of {sorted(OPS)}")
+
+
+_Rule = TypeVar("_Rule", StatusFault, BodyFault)
 
 
 @dataclass(slots=True)
@@ -101,32 +106,30 @@ class FaultPlan:
 
     def take_status(self, op: str, image_id: str | None) -> StatusFault | None:
         """The status fault this request gets, consuming one of a rule's ``count`` (None if none)."""
-        for rule in self.statuses:
-            if rule.op not in ("any", op) or (rule.image_id and rule.image_id != image_id):
-                continue
-            if rule.count is not None:
-                if rule.count <= 0:
-                    continue
-                rule.count -= 1
-                self.record(f"status_{rule.status}")
-                return rule
-            if rule.rate > 0 and self.rng.random() < rule.rate:
-                self.record(f"status_{rule.status}")
-                return rule
-        self.statuses = [r for r in self.statuses if r.count is None or r.count > 0]
-        return None
+        rule = self._take(self.statuses, op, image_id)
+        if rule is not None:
+            self.record(f"status_{rule.status}")
+        return rule
 
     def take_body(self, op: str, image_id: str | None) -> BodyFault | None:
         """The body fault this request gets, consuming one of its ``count`` (None if none)."""
-        for rule in self.bodies:
+        rule = self._take(self.bodies, op, image_id)
+        if rule is not None:
+            self.record("body")
+        return rule
+
+    def _take(self, rules: list[_Rule], op: str, image_id: str | None) -> _Rule | None:
+        """The first rule for this request kind and image that still fires: by count, else by rate."""
+        for rule in rules:
             if rule.op not in ("any", op) or (rule.image_id and rule.image_id != image_id):
                 continue
             if rule.count is not None:
                 if rule.count <= 0:
                     continue
                 rule.count -= 1
-            self.record("body")
-            return rule
+                return rule
+            if rule.rate > 0 and self.rng.random() < rule.rate:
+                return rule
         return None
 
     @staticmethod
