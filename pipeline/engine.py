@@ -113,6 +113,8 @@ class _Target:
     abort: BaseException | None = None
     scope: anyio.CancelScope | None = None
     sent: int = 0
+    #: When the upload last handed a byte to the socket (anyio clock), for the stall watchdog.
+    progress_at: float = 0.0
 
     @property
     def region(self) -> str:
@@ -276,7 +278,15 @@ class _ImageCopy:
     async def _pass(self, targets: list[_Target]) -> None:
         """One read (source or spool) feeding ``targets``; failures are scheduled for retry."""
         run = _Pass(self.size)
-        fan = Fanout(self.settings.buffer_depth, stall_timeout=self.settings.stall_timeout)
+        by_region = {t.region: t for t in targets}
+
+        def stalled(name: str) -> None:
+            # a target that takes no data may be stuck inside a socket write: cancel its upload
+            target = by_region.get(name)
+            if target is not None and target.scope is not None:
+                target.scope.cancel()
+
+        fan = Fanout(self.settings.buffer_depth, stall_timeout=self.settings.stall_timeout, on_stall=stalled)
         algorithms = {self.image.os_hash_algo or "sha512"}
         for t in targets:
             algorithms |= set(t.spec.algorithms)
@@ -392,6 +402,7 @@ class _ImageCopy:
                 with memoryview(chunk) as view:
                     for i in range(0, len(view), WRITE_SLICE):
                         yield view[i : i + WRITE_SLICE]
+                        t.progress_at = anyio.current_time()
                 failpoint("uploading")
                 t.sent += len(chunk)
                 t.result.bytes = max(t.result.bytes, t.sent)
@@ -404,16 +415,20 @@ class _ImageCopy:
 
         assert t.result.target_id is not None
         error: BaseException | None = None
+        t.progress_at = anyio.current_time()
         with anyio.CancelScope() as scope:
             t.scope = scope
-            try:
-                await t.spec.client.upload_image(t.result.target_id, body(), size=size)
-            except Exception as exc:
-                error = exc
-            finally:
-                rx.close()
-                if error is not None:
-                    fan.detach(t.region, f"upload failed: {error}")
+            async with anyio.create_task_group() as guard:
+                guard.start_soon(self._watch_progress, t, scope)
+                try:
+                    await t.spec.client.upload_image(t.result.target_id, body(), size=size)
+                except Exception as exc:
+                    error = exc
+                finally:
+                    rx.close()
+                    guard.cancel_scope.cancel()
+                    if error is not None:
+                        fan.detach(t.region, f"upload failed: {error}")
         if t.abort is not None:
             t.result.error, t.result.blame = str(t.abort), "source"
             self.reporter.emit(TargetFailed(image_id, t.region, t.result.attempts, str(t.abort), "source"))
@@ -429,6 +444,16 @@ class _ImageCopy:
         t.result.error, t.result.blame = str(error), "target"
         self.reporter.emit(TargetFailed(image_id, t.region, t.result.attempts, str(error), "target"))
         self.tg.start_soon(self._retry, [t])
+
+    async def _watch_progress(self, t: _Target, scope: anyio.CancelScope) -> None:
+        """Cancel an upload that moves no byte (or gets no answer) for the stall timeout: a target that
+        stops reading leaves the client blocked in a socket write, where no read timeout applies."""
+        limit = self.settings.stall_timeout
+        while True:
+            await anyio.sleep(min(1.0, limit / 4))
+            if anyio.current_time() - t.progress_at > limit:
+                scope.cancel()
+                return
 
     async def _verify(self, t: _Target, run: _Pass) -> BaseException | None:
         """GET the target and compare with the digests computed in flight; None when verified."""

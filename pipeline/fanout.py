@@ -9,6 +9,7 @@ detached with a reason; the others continue.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -35,11 +36,15 @@ class _Consumer:
 class Fanout:
     """Broadcast chunks to named consumers; detach the ones that fail or stall."""
 
-    def __init__(self, depth: int, *, stall_timeout: float = math.inf) -> None:
+    def __init__(
+        self, depth: int, *, stall_timeout: float = math.inf, on_stall: Callable[[str], None] | None = None
+    ) -> None:
         if depth < 1:
             raise ValueError("depth must be at least 1")  # never unbounded: backpressure needs a bound
         self.depth = depth
         self.stall_timeout = stall_timeout
+        #: Told the name of a consumer detached for stalling, so its owner can cancel what it was doing.
+        self.on_stall = on_stall
         self._consumers: dict[str, _Consumer] = {}
         self.detached: dict[str, str] = {}
         self._chunks = 0
@@ -77,6 +82,8 @@ class Fanout:
                     continue
             if scope.cancelled_caught:
                 self.detach(name, f"consumer took no data for {self.stall_timeout:g} s")
+                if self.on_stall is not None:
+                    self.on_stall(name)
 
     def close(self) -> None:
         """End of stream for every attached consumer."""

@@ -12,6 +12,7 @@ journal is flushed either way, and the exit code says what happened.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -51,7 +52,6 @@ SYNC_EVERY = 5.0
 
 @dataclass
 class RunOptions:
-    dry_run: bool = False
     max_runtime: float | None = None
     spool_dir: Path | None = None
     reporter: Reporter | None = None
@@ -82,7 +82,7 @@ async def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunSummar
     lock = JobLock(spec.run.journal_dir, spec.name)
     with lock.held():
         journal = Journal.open(spec.run.journal_dir, spec.name)
-        summary = RunSummary(job=spec.name, run_id=uuid.uuid4().hex[:12], dry_run=options.dry_run)
+        summary = RunSummary(job=spec.name, run_id=uuid.uuid4().hex[:12])
         try:
             journal.record("run_started", run=summary.run_id, pid=os.getpid())
             try:
@@ -115,21 +115,13 @@ def _describe(exc: BaseException) -> str:
 
 
 def _finish_journal(journal: Journal, summary: RunSummary) -> None:
-    with _quiet_journal_errors():
+    with contextlib.suppress(JournalError):  # an unwritable journal already stopped the run, loudly
         journal.record("run_finished", run=summary.run_id, outcome=summary.outcome,
                        exit_code=summary.exit_code, summary=summary.counts())  # fmt: skip
 
 
-class _quiet_journal_errors:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
-        return kind is not None and issubclass(kind, JournalError)
-
-
 def _close(journal: Journal) -> None:
-    with _quiet_journal_errors():
+    with contextlib.suppress(JournalError):
         journal.close()
 
 
@@ -203,8 +195,6 @@ async def _discover_and_copy(run: _Run) -> None:
     _journal_plan(run, plan, inventory)
     await run.journal.flush()
     failpoint("planned")
-    if run.options.dry_run:
-        return
     await _sweep(run, plan, inventory)
     limiter = anyio.CapacityLimiter(spec.transfer.images_in_flight)
     async with anyio.create_task_group() as tg:

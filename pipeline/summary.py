@@ -90,7 +90,6 @@ class _Counter:
 class RunSummary:
     job: str
     run_id: str
-    dry_run: bool = False
     started_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
@@ -161,7 +160,7 @@ class RunSummary:
     def to_json(self) -> dict[str, Any]:
         rate = self.bytes_written / self.duration if self.duration > 0 else 0.0
         return {
-            "job": self.job, "run_id": self.run_id, "dry_run": self.dry_run, "outcome": self.outcome,
+            "job": self.job, "run_id": self.run_id, "outcome": self.outcome,
             "exit_code": self.exit_code, "started_at": self.started_at, "duration_seconds": round(self.duration, 3),
             "counts": self.counts(), "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
             "rate_bytes_per_second": round(rate, 1), "retries": self.retries, "source_resumes": self.resumes,

@@ -13,6 +13,7 @@ import pytest
 from pipeline.emulator import ByteFault, Emulator, StatusFault
 from pipeline.engine import Engine, EngineSettings, TargetResult, TargetSpec
 from pipeline.events import BytesRead, SourceResumed, TargetFailed, TargetFinished, TargetRetrying
+from pipeline.glance import TransportConfig, new_session
 from pipeline.models import Image
 from pipeline.retry import RetryPolicy
 
@@ -153,6 +154,20 @@ async def test_target_with_503s_retries_alone(cloud: Cloud, emulator: Emulator) 
     assert finished.index("KR2") < finished.index("JP1")
     # the queued JP1 image was reused for the retries, not deleted and recreated
     assert len(images_in(emulator, "JP1", cloud.t1)) == 1
+
+
+async def test_stalled_target_is_cut_loose_and_retried(cloud: Cloud, emulator: Emulator) -> None:
+    """A target that stops reading mid-upload is cut loose after the job's read timeout (its upload
+    cancelled, or its answer timed out) and retried alone; the other target is not held back."""
+    image = source_image(emulator, cloud.t1)
+    emulator.faults("JP1").stall_upload = [ByteFault(2 * MiB)]
+    async with new_session(TransportConfig(read_timeout=1.0)) as session:
+        cloud.session = session  # the job's read_timeout bounds both socket reads and stalled consumers
+        results, rec = await copy(cloud, image, stall_timeout=1.0)
+        await assert_verified_copy(cloud, results["KR2"], image)
+        await assert_verified_copy(cloud, results["JP1"], image)
+    assert (results["KR2"].attempts, results["JP1"].attempts) == (1, 2)
+    assert [(f.region, f.blame) for f in rec.of(TargetFailed)] == [("JP1", "target")]
 
 
 async def test_corrupt_source_byte_is_detected_and_retried(cloud: Cloud, emulator: Emulator) -> None:

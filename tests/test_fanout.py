@@ -68,12 +68,15 @@ async def test_closed_consumer_is_detached_and_others_continue() -> None:
 
 
 async def test_stalled_consumer_is_detached_after_timeout() -> None:
-    """A consumer that takes nothing for stall_timeout seconds is detached; the producer goes on."""
-    fan = Fanout(1, stall_timeout=0.1)
+    """A consumer that takes nothing for stall_timeout seconds is detached and its owner told; the
+    producer goes on."""
+    stalled: list[str] = []
+    fan = Fanout(1, stall_timeout=0.1, on_stall=stalled.append)
     with fan.add("stuck"), anyio.fail_after(5):
         for i in range(3):
             await fan.send(bytes([i]))
     assert "no data" in fan.detached["stuck"]
+    assert stalled == ["stuck"]
 
 
 def test_depth_must_be_bounded() -> None:

@@ -297,9 +297,13 @@ class _Pacer:
             await anyio.sleep(ahead)
 
 
-async def _stall(request: web.Request) -> None:
-    """Send nothing more until the client gives up (bounded at 10 minutes)."""
-    with anyio.move_on_after(600):
+#: A stalled upload is aborted after this long, as uwsgi's ``socket-timeout = 10`` does in front of Glance.
+UPLOAD_STALL_LIMIT = 10.0
+
+
+async def _stall(request: web.Request, limit: float = 600.0) -> None:
+    """Send or read nothing more until the client gives up, or ``limit`` seconds pass."""
+    with anyio.move_on_after(limit):
         # aiohttp has no event for "the client went away", so the transport is polled
         while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
             await anyio.sleep(0.1)
@@ -339,7 +343,7 @@ async def upload_handler(request: web.Request) -> web.StreamResponse:
                 if FaultPlan.take_byte(faults, rec.id, received, end) is not None:
                     plan.record(kind)
                     if kind == "stall_upload":
-                        await _stall(request)
+                        await _stall(request, UPLOAD_STALL_LIMIT)
                     _abort(request)
                     return web.Response(status=500)
             corrupt = FaultPlan.take_byte(plan.corrupt_upload, rec.id, received, end)
