@@ -57,6 +57,7 @@ def random_faults(rng: random.Random) -> dict[str, dict[str, Any]]:
     return faults
 
 
+@pytest.mark.timeout(int(BUDGET) + 600)  # the budget bounds starting new runs; the last one must finish
 def test_randomized_soak(emu: EmulatorProcess, tmp_path: Path) -> None:
     """Random faults and kill -9 points; after each resume: verified, no duplicates, no orphans."""
     rng = random.Random(SEED)
