@@ -20,7 +20,7 @@ import anyio
 from . import __version__
 from .errors import ImgmigError, UsageError
 from .logs import configure_logging
-from .units import format_size
+from .units import format_size, format_table
 
 __all__ = ["build_parser", "main"]
 
@@ -238,7 +238,7 @@ def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
         name = (image_plan.image.name or "")[:32]
         rows.append((image_plan.image.id, name, step.target, step.action.value, format_size(step.bytes),
                      step.reason))  # fmt: skip
-    print(_table(rows))
+    print(format_table(rows))
     counts = ", ".join(f"{k} {v}" for k, v in plan.counts().items() if v)
     prefix = "dry run: " if dry_run else ""
     print(f"\n{prefix}{len(plan.images)} images x {len(plan.targets)} targets: {counts or 'nothing'}; "
@@ -249,11 +249,6 @@ def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
     for note in plan.notes:
         print(f"note: {note}")
     return 0
-
-
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -279,7 +274,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     else:
         rows = [("IMAGE", "NAME", "TARGET", "STATUS", "DETAILS")]
         rows += [(f.image_id, (f.name or "")[:32], f.target, f.status, "; ".join(f.details)) for f in report.findings]
-        print(_table(rows))
+        print(format_table(rows))
         counts = ", ".join(f"{k} {v}" for k, v in report.counts().items())
         print(f"\nverify{' --deep' if args.deep else ''}: {counts or 'nothing selected'}")
     return 0 if report.ok else 1

@@ -38,7 +38,7 @@ from .glance.client import ImageClient
 from .hashing import Evidence, Expected, MultiHasher, Verdict, judge_stream, judge_target
 from .models import Image
 from .retry import RetryPolicy
-from .source import Bandwidth, Spool, source_pieces, spool_pieces
+from .source import Bandwidth, Spool, read_digests, source_pieces, spool_pieces
 
 __all__ = ["Engine", "EngineHooks", "EngineSettings", "TargetResult", "TargetSpec"]
 
@@ -468,7 +468,7 @@ class _ImageCopy:
         verdict = judge_target(reported.raw, run.size, digests)
         if verdict.verdict is Verdict.INCOMPLETE and reported.status == "active":
             # the target hashes with an algorithm we did not compute: read the copy back and hash it
-            digests.update(await self._deep_digests(client, reported))
+            digests.update(await read_digests(client, reported, piece=self.settings.chunk_size))
             verdict = judge_target(reported.raw, run.size, digests)
         if verdict.ok:
             failpoint("verified")
@@ -478,13 +478,6 @@ class _ImageCopy:
             await self._delete(t, target_id)  # wrong content: never leave it behind
         return VerificationError(f"target verification failed: {verdict.reason}", region=t.region,
                                  image_id=self.image.id)  # fmt: skip
-
-    async def _deep_digests(self, client: ImageClient, image: Image) -> dict[str, str]:
-        hasher = MultiHasher([image.os_hash_algo or "sha512"])
-        async with client.open_download(image.id) as dl:
-            async for chunk in dl.iter_chunks(self.settings.chunk_size):
-                await self._hash(hasher, chunk)
-        return hasher.hexdigests()
 
     # === retries
 

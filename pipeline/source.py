@@ -21,10 +21,11 @@ from aiolimiter import AsyncLimiter
 from .errors import ApiError, SourceReadError, TransportError
 from .events import BytesRead, Reporter, SourceResumed
 from .glance.client import ImageClient
+from .hashing import MultiHasher
 from .models import Image
 from .retry import RetryPolicy
 
-__all__ = ["Bandwidth", "Spool", "source_pieces", "spool_pieces"]
+__all__ = ["Bandwidth", "Spool", "read_digests", "source_pieces", "spool_pieces"]
 
 PIECE = 1 << 20
 SPOOL_RESERVE = 64 << 20
@@ -145,6 +146,16 @@ class Spool:
             self._file.close()
         self.path.unlink(missing_ok=True)
         self.complete = False
+
+
+async def read_digests(client: ImageClient, image: Image, *, piece: int = 8 * PIECE) -> dict[str, str]:
+    """Download ``image`` and hash it (md5 plus its os_hash_algo, default sha512) in a worker thread:
+    the digests of what a region really stores, for deep verification."""
+    hasher = MultiHasher([image.os_hash_algo or "sha512"])
+    async with client.open_download(image.id) as dl:
+        async for chunk in dl.iter_chunks(piece):
+            await anyio.to_thread.run_sync(hasher.update, chunk)
+    return hasher.hexdigests()
 
 
 async def spool_pieces(spool: Spool, piece: int = 8 * PIECE) -> AsyncGenerator[bytes, None]:

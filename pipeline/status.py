@@ -11,7 +11,7 @@ from typing import Any
 
 from .journal import LOCK, Journal
 from .spec import JobSpec
-from .units import format_size
+from .units import format_size, format_table
 
 __all__ = ["STATUS_FORMAT", "render_status", "status_view"]
 
@@ -94,6 +94,5 @@ def render_status(view: dict[str, Any]) -> str:
             note = t.get("error") or image.get("skipped") or ("; ".join(t.get("problems") or []))
             rows.append((image["image_id"], (image["name"] or "")[:28], label, t["state"], t.get("action") or "",
                          format_size(t.get("bytes") or 0), t.get("target_id") or "", (note or "")[:80]))  # fmt: skip
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.append(format_table(rows))
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from decimal import Decimal
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "format_duration",
     "format_rate",
     "format_size",
+    "format_table",
     "parse_duration",
     "parse_rate",
     "parse_size",
@@ -158,6 +160,12 @@ def _duration_seconds(text: str) -> Decimal | None:
             Decimal(0),
         )
     return None
+
+
+def format_table(rows: Sequence[Sequence[object]]) -> str:
+    """Rows as left-aligned columns two spaces apart (the first row is the header)."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def format_size(n: float) -> str:

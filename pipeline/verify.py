@@ -10,24 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
-
 from .errors import ApiError
-from .glance.client import ImageClient
 from .glance.transport import new_session
-from .hashing import MultiHasher
 from .intent import Intent
 from .inventory import Clients, discover, transport_config
 from .journal import Journal
 from .metasync import PROV_SOURCE_ID
-from .models import Image
 from .planner import skip_reason
 from .retry import RetryPolicy
+from .source import read_digests
 from .spec import JobSpec
 
 __all__ = ["Finding", "VerifyReport", "verify_job"]
-
-CHUNK = 8 << 20
 
 
 @dataclass
@@ -64,14 +58,6 @@ class VerifyReport:
                 "findings": [f.to_json() for f in self.findings]}  # fmt: skip
 
 
-async def _deep_digests(client: ImageClient, image: Image) -> dict[str, str]:
-    hasher = MultiHasher([image.os_hash_algo or "sha512"])
-    async with client.open_download(image.id) as dl:
-        async for chunk in dl.iter_chunks(CHUNK):
-            await anyio.to_thread.run_sync(hasher.update, chunk)
-    return hasher.hexdigests()
-
-
 async def verify_job(spec: JobSpec, *, deep: bool = False) -> VerifyReport:
     """Compare every selected image with its copies in every target."""
     report = VerifyReport(deep=deep)
@@ -106,7 +92,7 @@ async def verify_job(spec: JobSpec, *, deep: bool = False) -> VerifyReport:
                 finding.details += intent.diff(image, label, copy).describe()
                 if deep:
                     try:
-                        digests = await _deep_digests(target.client, copy)
+                        digests = await read_digests(target.client, copy)
                     except ApiError as exc:
                         finding.details.append(f"deep read failed: {exc}")
                     else:
