@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from .faults import BodyFault, ByteFault, FaultPlan, StatusFault
+from .faults import BodyFault, ByteFault, FaultPlan, LostAnswer, StatusFault
 from .serve import DEFAULT_REGIONS, Emulator, running_emulator
 
-__all__ = ["DEFAULT_REGIONS", "BodyFault", "ByteFault", "Emulator", "FaultPlan", "StatusFault", "running_emulator"]
+__all__ = [
+    "DEFAULT_REGIONS",
+    "BodyFault",
+    "ByteFault",
+    "Emulator",
+    "FaultPlan",
+    "LostAnswer",
+    "StatusFault",
+    "running_emulator",
+]

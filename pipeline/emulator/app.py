@@ -11,7 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -38,7 +38,7 @@ from .ranges import requested_range
 from .schemas import SCHEMAS, versions_document
 from .store import Caller, ImageRecord, RegionStore
 
-__all__ = ["RegionContext", "build_region_app"]
+__all__ = ["RegionContext", "RegionStats", "build_region_app"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CHUNK = 1 << 20
@@ -55,6 +55,30 @@ ROUTE_OPS = {
 
 
 @dataclass
+class RegionStats:
+    """What one region served, counted at the server (tests prove their scenario with these)."""
+
+    #: Requests by kind (``faults.OPS``), counted before any fault or check.
+    requests: dict[str, int] = field(default_factory=dict)
+    uploads_started: int = 0
+    uploads_completed: int = 0
+    #: Uploads that broke off (client gone, dropped, stalled) before all their bytes arrived.
+    uploads_aborted: int = 0
+    #: Uploads in progress right now.
+    uploads_active: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    #: Requests refused with 401 (a missing, unknown, expired or revoked token).
+    unauthorized: int = 0
+
+    def count(self, op: str) -> None:
+        self.requests[op] = self.requests.get(op, 0) + 1
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class RegionContext:
     """What the handlers of one region need: its name, store, faults and the shared identity."""
 
@@ -62,6 +86,7 @@ class RegionContext:
     store: RegionStore
     faults: FaultPlan
     identity: Identity
+    stats: RegionStats = field(default_factory=RegionStats)
 
 
 CTX: web.AppKey[RegionContext] = web.AppKey("region", RegionContext)
@@ -126,6 +151,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     ctx = request.app[CTX]
     info = ctx.identity.lookup(request.headers.get("X-Auth-Token"))
     if info is None:
+        ctx.stats.unauthorized += 1
         # keystonemiddleware names the identity service's root, not its /v2.0 endpoint
         root = ctx.identity.url.removesuffix("/v2.0")
         raise GlanceError(401, headers={"WWW-Authenticate": f'Keystone uri="{root}"'})
@@ -135,22 +161,50 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def fault_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Latency before every request; status bursts (5xx, 429 with Retry-After) for matching ones."""
+    """Latency before every request; status bursts (5xx, 429 with Retry-After) for matching ones; lost
+    answers (the request takes effect, then the connection drops) after matching successful ones."""
     ctx = request.app[CTX]
     plan = ctx.faults
     if plan.latency > 0:
         await anyio.sleep(plan.latency)
     op = ROUTE_OPS.get(request.match_info.route.name or "")
+    if not op:
+        return await handler(request)
+    image_id = request.match_info.get("image_id")
+    rule = plan.take_status(op, image_id)
+    if rule is not None:
+        headers = {"Retry-After": f"{rule.retry_after:g}"} if rule.retry_after is not None else None
+        raise GlanceError(rule.status, "Injected fault.", headers=headers)
+    garbled = plan.take_body(op, image_id)
+    if garbled is not None:
+        fake = web.Response(status=garbled.status, body=garbled.body.encode() * garbled.repeat)
+        fake.headers["Content-Type"] = garbled.content_type
+        return fake
+    resp = await handler(request)
+    if plan.lose_response and 200 <= resp.status < 300 and not resp.prepared:
+        key = image_id if op != "create" else _created_name(resp)
+        if plan.take_lost(op, key, request.method):
+            _abort(request)  # it took effect; the client never hears so
+    return resp
+
+
+def _created_name(resp: web.StreamResponse) -> str | None:
+    """The name of the image a create answer describes (the key of a create's ``first_per_image``)."""
+    body = getattr(resp, "body", None)
+    try:
+        doc = json.loads(body) if isinstance(body, bytes) else None
+    except ValueError:
+        return None
+    name = doc.get("name") if isinstance(doc, dict) else None
+    return name if isinstance(name, str) else None
+
+
+@web.middleware
+async def stats_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every request by kind, before anything can refuse it."""
+    op = ROUTE_OPS.get(request.match_info.route.name or "")
     if op:
-        rule = plan.take_status(op, request.match_info.get("image_id"))
-        if rule is not None:
-            headers = {"Retry-After": f"{rule.retry_after:g}"} if rule.retry_after is not None else None
-            raise GlanceError(rule.status, "Injected fault.", headers=headers)
-        garbled = plan.take_body(op, request.match_info.get("image_id"))
-        if garbled is not None:
-            resp = web.Response(status=garbled.status, body=garbled.body.encode() * garbled.repeat)
-            resp.headers["Content-Type"] = garbled.content_type
-            return resp
+        request.app[CTX].stats.count(op)
     return await handler(request)
 
 
@@ -191,8 +245,9 @@ async def get_schema(request: web.Request) -> web.Response:
 
 
 async def list_handler(request: web.Request) -> web.Response:
-    store = request.app[CTX].store
-    page, marker = list_images(store, _caller(request), request.query)
+    ctx = request.app[CTX]
+    page, marker = list_images(ctx.store, _caller(request), request.query,
+                               ignore_properties=ctx.faults.ignore_property_filters)  # fmt: skip
     links = page_links(request.query, marker)
     doc: dict[str, Any] = {"images": [r.to_json() for r in page], "first": links["first"],
                            "schema": "/v2/schemas/images"}  # fmt: skip
@@ -203,7 +258,10 @@ async def list_handler(request: web.Request) -> web.Response:
 
 async def create_handler(request: web.Request) -> web.Response:
     body = await _body_json(request)
-    rec = request.app[CTX].store.create(body, _caller(request))
+    ctx = request.app[CTX]
+    if ctx.faults.refuse_client_ids and isinstance(body, dict) and "id" in body:
+        raise GlanceError(403, "Attribute 'id' is read-only.")  # a cloud that does not let clients pick ids
+    rec = ctx.store.create(body, _caller(request))
     headers = {
         "Location": f"http://{request.host}/v2/images/{rec.id}",
         "OpenStack-image-import-methods": "glance-direct",
@@ -330,12 +388,14 @@ async def upload_handler(request: web.Request) -> web.StreamResponse:
     ctype = request.headers.get("Content-Type")
     if (ctype or "").split(";")[0].strip() != "application/octet-stream":
         raise GlanceError(415, detail=f"Invalid content type {ctype}")
-    plan, ok = ctx.faults, False
+    plan, ok, stats = ctx.faults, False, ctx.stats
     rec, writer = ctx.store.begin_upload(request.match_info["image_id"], _caller(request),
                                          discard=plan.discard_uploads)  # fmt: skip
     pacer = _Pacer(plan.bandwidth)
     received = 0
     buf = bytearray()
+    stats.uploads_started += 1
+    stats.uploads_active += 1
     try:
         async for chunk in request.content.iter_chunked(CHUNK):
             end = received + len(chunk)
@@ -353,6 +413,7 @@ async def upload_handler(request: web.Request) -> web.StreamResponse:
                 flipped[corrupt - received] ^= 0xFF
                 chunk = bytes(flipped)
             received = end
+            stats.bytes_received += len(chunk)
             buf += chunk
             if len(buf) >= WRITE_BATCH:
                 data, buf = bytes(buf), bytearray()
@@ -364,6 +425,11 @@ async def upload_handler(request: web.Request) -> web.StreamResponse:
     except _GONE:
         return web.Response(status=400)  # the client went away mid-upload; nobody reads this answer
     finally:
+        stats.uploads_active -= 1
+        if ok:
+            stats.uploads_completed += 1
+        else:
+            stats.uploads_aborted += 1
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(lambda: ctx.store.finish_upload(rec, writer, ok=ok))
     return web.Response(status=204, content_type="text/html", charset="UTF-8")
@@ -433,6 +499,7 @@ async def _send_pieces(
                     _hang_up(request)
                 return
         await resp.write(piece)
+        request.app[CTX].stats.bytes_sent += len(piece)
         await pacer.account(len(piece))
         pos = stop
     await resp.write_eof()
@@ -441,7 +508,7 @@ async def _send_pieces(
 def build_region_app(ctx: RegionContext) -> web.Application:
     """One region's Image API v2 application."""
     app = web.Application(
-        middlewares=[request_id_middleware, auth_middleware, fault_middleware],
+        middlewares=[stats_middleware, request_id_middleware, auth_middleware, fault_middleware],
         client_max_size=32 * 1024 * 1024,
     )
     app[CTX] = ctx

@@ -12,7 +12,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-__all__ = ["OPS", "BodyFault", "ByteFault", "FaultPlan", "StatusFault"]
+__all__ = ["OPS", "BodyFault", "ByteFault", "FaultPlan", "LostAnswer", "StatusFault"]
 
 #: Request kinds a status fault can target.
 OPS = frozenset({"any", "list", "get", "create", "patch", "delete", "upload", "download", "tags", "members", "schemas"})
@@ -44,6 +44,8 @@ class StatusFault:
     rate: float = 0.0
     retry_after: float | None = None
     image_id: str | None = None
+    #: Let this many matching requests through before the rule starts to fire (e.g. hit only a resume).
+    skip: int = 0
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -66,10 +68,47 @@ class BodyFault:
     rate: float = 1.0
     image_id: str | None = None
     repeat: int = 1  # the body is repeated this many times (huge bodies without huge requests)
+    #: Let this many matching requests through before the rule starts to fire.
+    skip: int = 0
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
             raise ValueError(f"unknown op {self.op!r}; one of {sorted(OPS)}")
+
+
+@dataclass(slots=True)
+class LostAnswer:
+    """Let a matching request take effect, then drop the connection before its answer goes out: what a
+    load balancer or a reset does to a client. ``first_per_image`` loses only the first successful
+    request of this kind for each image (for a create: for each image name), so a client that re-checks
+    before it re-sends converges; ``count`` bounds how many answers are lost in all (None: no bound)."""
+
+    op: str = "any"
+    count: int | None = 1
+    image_id: str | None = None
+    first_per_image: bool = False
+    #: Only requests that change something (not GET).
+    writes_only: bool = False
+    seen: set[str] = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"unknown op {self.op!r}; one of {sorted(OPS)}")
+
+    def take(self, op: str, key: str | None, method: str = "POST") -> bool:
+        """Whether the answer to this successful request (``key``: its image) is to be lost."""
+        if self.op not in ("any", op) or (self.image_id and self.image_id != key):
+            return False
+        if (self.count is not None and self.count <= 0) or (self.writes_only and method == "GET"):
+            return False
+        if self.first_per_image:
+            mark = f"{op}:{method}:{key}"
+            if key is None or mark in self.seen:
+                return False
+            self.seen.add(mark)
+        if self.count is not None:
+            self.count -= 1
+        return True
 
 
 _Rule = TypeVar("_Rule", StatusFault, BodyFault)
@@ -96,6 +135,12 @@ class FaultPlan:
     ignore_range: bool = False
     #: Hash uploads but keep no bytes (a sink for benchmarks); such images cannot be downloaded.
     discard_uploads: bool = False
+    #: Requests that take effect but whose answer is lost (the connection drops instead).
+    lose_response: list[LostAnswer] = field(default_factory=list)
+    #: Refuse a client-chosen ``id`` on create (403, like a read-only attribute), as a cloud might.
+    refuse_client_ids: bool = False
+    #: Ignore unknown (property) filters when listing, as a server without property filters would.
+    ignore_property_filters: bool = False
     seed: int | None = None
     rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
     #: How many faults fired, by kind; tests and the soak report read it.
@@ -123,6 +168,9 @@ class FaultPlan:
         for rule in rules:
             if rule.op not in ("any", op) or (rule.image_id and rule.image_id != image_id):
                 continue
+            if rule.skip > 0:
+                rule.skip -= 1
+                continue
             if rule.count is not None:
                 if rule.count <= 0:
                     continue
@@ -131,6 +179,15 @@ class FaultPlan:
             if rule.rate > 0 and self.rng.random() < rule.rate:
                 return rule
         return None
+
+    def take_lost(self, op: str, key: str | None, method: str) -> bool:
+        """Whether the answer to this successful request is to be lost (consumes the rule that fires)."""
+        for rule in self.lose_response:
+            if rule.take(op, key, method):
+                self.record("lose_response")
+                self.record(f"lose_response_{op}")
+                return True
+        return False
 
     @staticmethod
     def take_byte(faults: list[ByteFault], image_id: str, start: int, end: int) -> int | None:
@@ -158,10 +215,10 @@ class FaultPlan:
                 self.statuses = [StatusFault(**v) for v in value]
             elif key == "bodies":
                 self.bodies = [BodyFault(**v) for v in value]
-            elif key == "ignore_range":
-                self.ignore_range = bool(value)
-            elif key == "discard_uploads":
-                self.discard_uploads = bool(value)
+            elif key == "lose_response":
+                self.lose_response = [LostAnswer(**v) for v in value]
+            elif key in ("ignore_range", "discard_uploads", "refuse_client_ids", "ignore_property_filters"):
+                setattr(self, key, bool(value))
             elif key == "seed":
                 self.seed = None if value is None else int(value)
                 self.rng.seed(self.seed)
@@ -172,6 +229,8 @@ class FaultPlan:
         """The knobs as JSON (without the RNG)."""
         doc = asdict(self)
         doc.pop("rng", None)
+        for rule in doc["lose_response"]:
+            rule["seen"] = sorted(rule["seen"])
         return doc
 
     def reset(self) -> None:

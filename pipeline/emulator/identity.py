@@ -75,6 +75,13 @@ class Identity:
     catalog: dict[str, str] = field(default_factory=dict)
     tokens: dict[str, TokenInfo] = field(default_factory=dict)
     issued: int = 0
+    #: Tokens issued per tenant (tests count refreshes of one job's profile with it).
+    issued_by_tenant: dict[str, int] = field(default_factory=dict)
+    #: Passwords changed at runtime (``/_admin/password``): from then on only this one is accepted,
+    #: also in open mode, so a test can make a credential die in the middle of a job.
+    changed_passwords: dict[str, str] = field(default_factory=dict)
+    #: Authentication attempts refused, per username (a dead credential must not be hammered).
+    refused: dict[str, int] = field(default_factory=dict)
 
     def lookup(self, token_id: str | None) -> TokenInfo | None:
         """The live token, or None if unknown, revoked or expired."""
@@ -95,10 +102,13 @@ class Identity:
         """The user's roles if the credentials are accepted, else None."""
         if not username or not password:
             return None
+        changed = self.changed_passwords.get(username)
+        if changed is not None and not secrets.compare_digest(changed, password):
+            return None
         if self.users is None:
             return ("member", "reader")
         entry = self.users.get(username)
-        if entry is None or not secrets.compare_digest(entry.password, password):
+        if entry is None or (changed is None and not secrets.compare_digest(entry.password, password)):
             return None
         if entry.tenants and tenant not in entry.tenants:
             return None
@@ -111,6 +121,7 @@ class Identity:
         info = TokenInfo(token_id, Caller(tenant, user_id, roles), username, now + self.token_ttl)
         self.tokens[token_id] = info
         self.issued += 1
+        self.issued_by_tenant[tenant] = self.issued_by_tenant.get(tenant, 0) + 1
         endpoints = [{"region": r, "publicURL": url} for r, url in self.catalog.items()]
         return {
             "access": {
@@ -146,6 +157,7 @@ class Identity:
         username, password = creds.get("username"), creds.get("password")
         roles = self.authenticate(tenant, str(username or ""), str(password or ""))
         if roles is None:
+            self.refused[str(username)] = self.refused.get(str(username), 0) + 1
             return _keystone_error(401, "Unauthorized", "The request you have made requires authentication.")
         body = json.dumps(self.issue(tenant, str(username), roles))
         return web.Response(body=body.encode(), content_type="application/json")

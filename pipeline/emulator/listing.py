@@ -74,8 +74,9 @@ def _in_values(value: str) -> list[str]:
 # === filters: parsed once, up front, so bad values fail even when no image is compared
 
 
-def _filters(query: Any) -> list[Callable[[ImageRecord], bool]]:
-    """One predicate per filter in the query, or Glance's 400 for a malformed one."""
+def _filters(query: Any, *, ignore_properties: bool = False) -> list[Callable[[ImageRecord], bool]]:
+    """One predicate per filter in the query, or Glance's 400 for a malformed one. With
+    ``ignore_properties`` unknown keys are ignored instead (a server without property filters)."""
     if "changes-since" in query:
         raise GlanceError(400, 'The "changes-since" filter is no longer available on v2.')
     preds: list[Callable[[ImageRecord], bool]] = []
@@ -102,9 +103,15 @@ def _filters(query: Any) -> list[Callable[[ImageRecord], bool]]:
             if repeats:
                 preds.append(_property_filter(key, repeats[-1]))
             continue
-        if key not in ("visibility", "os_hidden", "protected"):
-            preds.append(_filter(key, values[-1]))
+        if key in ("visibility", "os_hidden", "protected") or (ignore_properties and _is_property(key)):
+            continue
+        preds.append(_filter(key, values[-1]))
     return preds
+
+
+def _is_property(key: str) -> bool:
+    """Whether ``key`` filters on a custom property (no column, range or time filter has that name)."""
+    return not key.endswith(("_min", "_max")) and key not in ("created_at", "updated_at", *_OP_COLUMNS, *_COLUMNS)
 
 
 def _filter(key: str, value: str) -> Callable[[ImageRecord], bool]:
@@ -236,7 +243,9 @@ def _sorted(records: list[ImageRecord], spec: Sequence[tuple[str, str]]) -> list
     return out
 
 
-def list_images(store: RegionStore, caller: Caller, query: Any) -> tuple[list[ImageRecord], str | None]:
+def list_images(
+    store: RegionStore, caller: Caller, query: Any, *, ignore_properties: bool = False
+) -> tuple[list[ImageRecord], str | None]:
     """One page of images and the marker for the next page (None when this page is not full)."""
     raw_limit = _first(query, "limit")
     limit = DEFAULT_LIMIT
@@ -249,7 +258,7 @@ def list_images(store: RegionStore, caller: Caller, query: Any) -> tuple[list[Im
             raise GlanceError(400, "limit param must be positive")
     limit = min(limit, MAX_LIMIT)
     spec = _sort_spec(query)
-    preds = _filters(query)
+    preds = _filters(query, ignore_properties=ignore_properties)
     records = _sorted([r for r in _visible_for(store, caller, query) if all(p(r) for p in preds)], spec)
     marker = _first(query, "marker")
     if marker is not None:

@@ -106,8 +106,17 @@ class Emulator:
 
     async def _state(self, request: web.Request) -> web.Response:
         fired = {r: ctx.faults.fired for r, ctx in self.regions.items()}
-        state = {**self.info(), "tokens_issued": self.identity.issued, "faults_fired": fired}
+        state = {**self.info(), "tokens_issued": self.identity.issued, "faults_fired": fired,
+                 "tokens_issued_by_tenant": self.identity.issued_by_tenant,
+                 "authentications_refused": self.identity.refused,
+                 "stats": {r: ctx.stats.to_json() for r, ctx in self.regions.items()}}  # fmt: skip
         return web.json_response(state)
+
+    async def _password(self, request: web.Request) -> web.Response:
+        """Change a user's password now: tokens already issued stay valid until they expire."""
+        doc = await request.json()
+        self.identity.changed_passwords[str(doc["username"])] = str(doc["password"])
+        return web.json_response({"changed": doc["username"]})
 
     def identity_app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
@@ -116,6 +125,7 @@ class Emulator:
             web.get("/_admin/state", self._state, allow_head=False),
             web.post("/_admin/token-ttl", self._token_ttl),
             web.post("/_admin/expire-tokens", self._expire_tokens),
+            web.post("/_admin/password", self._password),
             web.route("*", "/_admin/faults/{region}", self._faults),
             web.post("/_admin/regions/{region}/synthetic", self._synthetic),
             web.get("/_admin/regions/{region}/images", self._all_images, allow_head=False),

@@ -113,15 +113,16 @@ class ImageRecord:
 
 
 class UploadWriter:
-    """Receives one upload: writes to a .part file, hashes md5 + sha512; commit renames, abort removes."""
+    """Receives one upload: writes to a .part file, hashes md5 + the region's hashing algorithm (sha512,
+    as Glance's ``hashing_algorithm`` default); commit renames, abort removes."""
 
-    def __init__(self, path: Path, *, discard: bool = False) -> None:
+    def __init__(self, path: Path, *, discard: bool = False, algorithm: str = "sha512") -> None:
         self.path = path
         self.part = path.with_suffix(".part")
         self.discard = discard
         self._file: BinaryIO = open(os.devnull if discard else self.part, "wb")
         self._md5 = hashlib.md5(usedforsecurity=False)
-        self._sha = hashlib.sha512()
+        self._sha = hashlib.new(algorithm)
         self.size = 0
         #: The first bytes, for disk-format inspection.
         self.head = b""
@@ -162,6 +163,8 @@ class RegionStore:
         self.images: dict[str, ImageRecord] = {}
         self.deleted_ids: set[str] = set()
         self.require_format_match = require_format_match
+        #: Glance's ``hashing_algorithm`` for this region (``os_hash_algo`` of what is uploaded here).
+        self.hashing_algorithm = "sha512"
         self._seq = itertools.count()
 
     # === lookup and permissions
@@ -267,7 +270,7 @@ class RegionStore:
             raise GlanceError(500)
         rec.status = "saving"
         self.touch(rec)
-        return rec, UploadWriter(self.data_dir / rec.id, discard=discard)
+        return rec, UploadWriter(self.data_dir / rec.id, discard=discard, algorithm=self.hashing_algorithm)
 
     def finish_upload(self, rec: ImageRecord, writer: UploadWriter, *, ok: bool) -> None:
         """Commit a complete upload (active), abort a broken one (back to queued, no data), or refuse one
@@ -284,7 +287,7 @@ class RegionStore:
             # Glance 33 quirk kept on purpose: the image is queued again, but checksum and os_hash_* of the
             # refused bytes stay set and the file stays in the store
             rec.orphan_path = writer.path
-            rec.checksum, rec.os_hash_algo, rec.os_hash_value = md5, "sha512", sha
+            rec.checksum, rec.os_hash_algo, rec.os_hash_value = md5, self.hashing_algorithm, sha
             rec.status = "queued"
             self.touch(rec)
             raise GlanceError(415, detail=f"Image disk_format {rec.disk_format} does not match stream data "
@@ -292,7 +295,7 @@ class RegionStore:
         rec.data_path = None if writer.discard else writer.path
         rec.discarded = writer.discard
         rec.size, rec.checksum = size, md5
-        rec.os_hash_algo, rec.os_hash_value = "sha512", sha
+        rec.os_hash_algo, rec.os_hash_value = self.hashing_algorithm, sha
         rec.virtual_size = verdict.virtual_size if verdict.ok else None
         rec.status = "active"
         self.touch(rec)

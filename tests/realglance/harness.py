@@ -194,6 +194,20 @@ class GlanceCluster:
         """Expire every token issued so far; the next request with one of them gets 401."""
         self._admin("expire-tokens", {})
 
+    def change_password(self, username: str, password: str) -> None:
+        """From now on only ``password`` authenticates ``username`` (issued tokens stay valid)."""
+        self._admin("password", {"username": username, "password": password})
+
+    def lose_responses(self, region: str, rules: list[dict[str, Any]]) -> None:
+        """Requests matching ``rules`` take effect in ``region``, then the client's connection is dropped."""
+        self._admin(f"faults/{region}", {"lose_response": rules})
+
+    def state(self) -> dict[str, Any]:
+        """Tokens issued per tenant, requests per kind and region, uploads in progress, answers lost."""
+        with urllib.request.urlopen(f"{self.admin_url}/state", timeout=10) as resp:
+            doc: dict[str, Any] = json.loads(resp.read())
+            return doc
+
     def log_paths(self, region: str) -> list[Path]:
         """Glance's and uwsgi's log files of one region (useful in assertion messages)."""
         base = self.state_dir / region

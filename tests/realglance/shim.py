@@ -23,7 +23,13 @@ Identity (port P):
 * Admin, for tests: ``POST /_admin/token-ttl {"seconds": S}`` sets the lifetime of tokens issued from
   then on (``"existing": true`` also cuts every live token to S seconds from now);
   ``POST /_admin/expire-tokens`` expires every token issued so far (gives ``{"expired": n}``);
-  ``GET /_admin/state`` gives ``{"token_ttl": S, "tokens": n}``.
+  ``POST /_admin/password {"username": U, "password": P}`` changes U's password from now on (tokens
+  already issued stay valid until they expire);
+  ``POST /_admin/faults/{region} {"lose_response": [{"op", "count", "first_per_image"}]}`` makes matching
+  requests take effect upstream and then drops the client's connection instead of answering (``DELETE``
+  clears it); ``GET /_admin/state`` gives ``{"token_ttl": S, "tokens": n, "tokens_issued_by_tenant":
+  {...}, "stats": {region: {"requests": {op: n}, "uploads_active": n, "uploads_started": n}},
+  "lost": {region: n}}``, counted at the proxy (what the regions really received).
 
 Users: open mode by default (any non-empty username and password, any tenantId; user id =
 uuid5(NAMESPACE_OID, username); roles member and reader). With ``--users FILE`` only the listed users are
@@ -66,7 +72,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import webob.exc
@@ -163,14 +169,20 @@ class TokenStore:
         self.ttl = ttl
         self.users = users
         self.tokens: dict[str, Token] = {}
+        self.issued_by_tenant: dict[str, int] = {}
+        # Passwords changed at runtime: only these are accepted from then on, in open mode too.
+        self.changed: dict[str, str] = {}
 
     def authenticate(self, username: str, password: str, tenant: str) -> User | None:
+        changed = self.changed.get(username)
+        if changed is not None and not secrets.compare_digest(changed, password):
+            return None
         if self.users is None:
             if not username or not password:
                 return None
             return User(username, _user_id(username), None, None, DEFAULT_ROLES)
         user = self.users.get(username)
-        if user is None or not secrets.compare_digest(user.password or "", password):
+        if user is None or (changed is None and not secrets.compare_digest(user.password or "", password)):
             return None
         if user.tenants is not None and tenant not in user.tenants:
             return None
@@ -181,6 +193,7 @@ class TokenStore:
         now = time.time()
         token = Token(uuid.uuid4().hex, user, tenant, now, now + self.ttl)
         self.tokens[token.token_id] = token
+        self.issued_by_tenant[tenant] = self.issued_by_tenant.get(tenant, 0) + 1
         return token
 
     def lookup(self, token_id: str | None) -> Token | None:
@@ -226,12 +239,72 @@ def keystone_error(code: int, title: str, message: str) -> web.Response:
 # ----------------------------------------------------------------------------------------- identity
 
 
+# ------------------------------------------------------------------------------- faults and stats
+
+
+def request_op(method: str, path: str) -> str | None:
+    """The kind of an Image API request, named as the emulator's fault knobs name them."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:2] == ["v2", "schemas"]:
+        return "schemas"
+    if parts[:2] != ["v2", "images"]:
+        return None
+    if len(parts) == 2:
+        return {"GET": "list", "POST": "create"}.get(method)
+    if len(parts) == 3:
+        return {"GET": "get", "PATCH": "patch", "DELETE": "delete"}.get(method)
+    sub = parts[3]
+    if sub == "file":
+        return {"GET": "download", "PUT": "upload"}.get(method)
+    return {"tags": "tags", "members": "members"}.get(sub)
+
+
+@dataclass
+class LostAnswer:
+    op: str = "any"
+    count: int | None = 1
+    first_per_image: bool = False
+    writes_only: bool = False
+    seen: set[str] = field(default_factory=set)
+
+    def take(self, op: str, key: str | None, method: str) -> bool:
+        if self.op not in ("any", op) or (self.count is not None and self.count <= 0):
+            return False
+        if self.writes_only and method == "GET":
+            return False
+        if self.first_per_image:
+            mark = f"{op}:{method}:{key}"
+            if key is None or mark in self.seen:
+                return False
+            self.seen.add(mark)
+        if self.count is not None:
+            self.count -= 1
+        return True
+
+
+@dataclass
+class RegionFaults:
+    """One region's lost-answer rules and what the proxy saw (counted at the server side of the client)."""
+
+    lose_response: list[LostAnswer] = field(default_factory=list)
+    lost: int = 0
+    lost_by_op: dict[str, int] = field(default_factory=dict)
+    requests: dict[str, int] = field(default_factory=dict)
+    uploads_started: int = 0
+    uploads_active: int = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {"requests": dict(self.requests), "uploads_started": self.uploads_started,
+                "uploads_active": self.uploads_active}  # fmt: skip
+
+
 class IdentityApp:
     def __init__(self, store: TokenStore, regions: dict[str, str]) -> None:
         self.store = store
         # Filled with proxy urls once their ports are bound.
         self.regions = regions
         self.base_url = ""
+        self.faults: dict[str, RegionFaults] = {}
 
     def make_app(self) -> web.Application:
         app = web.Application()
@@ -241,8 +314,26 @@ class IdentityApp:
         app.router.add_get("/v2.0/", self.version)
         app.router.add_post("/_admin/token-ttl", self.set_ttl)
         app.router.add_post("/_admin/expire-tokens", self.expire_tokens)
+        app.router.add_post("/_admin/password", self.change_password)
+        app.router.add_route("*", "/_admin/faults/{region}", self.set_faults)
         app.router.add_get("/_admin/state", self.state)
         return app
+
+    async def change_password(self, request: web.Request) -> web.Response:
+        body = json.loads(await request.read())
+        self.store.changed[str(body["username"])] = str(body["password"])
+        return web.json_response({"changed": body["username"]})
+
+    async def set_faults(self, request: web.Request) -> web.Response:
+        faults = self.faults.get(request.match_info["region"])
+        if faults is None:
+            return web.json_response({"error": "no such region"}, status=404)
+        if request.method == "DELETE":
+            faults.lose_response = []
+        elif request.method == "POST":
+            body = json.loads(await request.read())
+            faults.lose_response = [LostAnswer(**rule) for rule in body.get("lose_response", [])]
+        return web.json_response({"lose_response": len(faults.lose_response)})
 
     async def issue_token(self, request: web.Request) -> web.Response:
         try:
@@ -332,7 +423,13 @@ class IdentityApp:
         return web.json_response({"expired": self.store.expire_all()})
 
     async def state(self, request: web.Request) -> web.Response:
-        return web.json_response({"token_ttl": self.store.ttl, "tokens": len(self.store.tokens)})
+        return web.json_response({
+            "token_ttl": self.store.ttl, "tokens": len(self.store.tokens),
+            "tokens_issued_by_tenant": dict(self.store.issued_by_tenant),
+            "stats": {region: f.stats() for region, f in self.faults.items()},
+            "lost": {region: f.lost for region, f in self.faults.items()},
+            "lost_by_op": {region: dict(f.lost_by_op) for region, f in self.faults.items()},
+        })  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------- proxy
@@ -372,6 +469,7 @@ class RegionProxy:
         self.store = store
         self.identity = identity
         self.session: ClientSession | None = None
+        self.faults = identity.faults.setdefault(region, RegionFaults())
 
     def make_app(self) -> web.Application:
         app = web.Application()
@@ -440,6 +538,42 @@ class RegionProxy:
         return headers
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        op = request_op(request.method, request.path)
+        if op is not None:
+            self.faults.requests[op] = self.faults.requests.get(op, 0) + 1
+        if op == "upload":
+            self.faults.uploads_started += 1
+            self.faults.uploads_active += 1
+            try:
+                return await self._handle(request, op)
+            finally:
+                self.faults.uploads_active -= 1
+        return await self._handle(request, op)
+
+    async def _lose(self, request: web.Request, op: str, upstream: Any) -> tuple[bool, bytes | None]:
+        """Whether this answer is to be lost (the request took effect upstream; the client hears nothing),
+        and the upstream body if it had to be read to decide (a create's, for the image name)."""
+        if not self.faults.lose_response or not 200 <= upstream.status < 300:
+            return False, None
+        key: str | None = None
+        body: bytes | None = None
+        if op == "create":
+            body = await upstream.read()
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                doc = json.loads(body)
+                key = doc.get("name") if isinstance(doc, dict) else None
+        else:
+            parts = [p for p in request.path.split("/") if p]
+            key = parts[2] if len(parts) > 2 else None
+        if not any(rule.take(op, key, request.method) for rule in self.faults.lose_response):
+            return False, body
+        self.faults.lost += 1
+        self.faults.lost_by_op[op] = self.faults.lost_by_op.get(op, 0) + 1
+        if request.transport is not None:
+            request.transport.abort()
+        return True, body
+
+    async def _handle(self, request: web.Request, op: str | None) -> web.StreamResponse:
         token = self.store.lookup(request.headers.get("X-Auth-Token"))
         if token is None and not self._anonymous_ok(request):
             return self._unauthorized(request)
@@ -480,6 +614,9 @@ class RegionProxy:
                 status=502,
             )
         async with upstream:
+            lost, body = await self._lose(request, op, upstream) if op is not None else (False, None)
+            if lost:
+                return web.Response(status=upstream.status)  # never sent: the connection is gone
             resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for name, value in upstream.headers.items():
                 if name.lower() in HOP_BY_HOP:
@@ -487,7 +624,9 @@ class RegionProxy:
                 resp.headers.add(name, value)
             # Neither side compresses; aiohttp only would if asked (resp.enable_compression()).
             await resp.prepare(request)
-            if request.method != "HEAD" and upstream.status not in (204, 304):
+            if body is not None:
+                await resp.write(body)
+            elif request.method != "HEAD" and upstream.status not in (204, 304):
                 async for chunk in upstream.content.iter_chunked(CHUNK):
                     await resp.write(chunk)
             await resp.write_eof()
