@@ -3,12 +3,15 @@
 ::
 
     ImgmigError                          exit_code 1 unless a subclass says otherwise
-    ├── UsageError                       exit 2: bad command line, bad option value
+    ├── UsageError                       fatal, exit 2: bad command line, bad option value
     │   ├── JobSpecError                 exit 2: every problem in a job file, each with its dotted key path
     │   └── RegionNotFoundError          exit 2: a region that the service catalog does not list
-    ├── LockHeldError                    exit 3: another run holds the job's lock
+    ├── LockHeldError                    fatal, exit 3: another run holds the job's lock
     ├── JournalError                     fatal: the journal cannot be read or written
     │   └── JournalCorruptError          fatal: damage before the last record (a torn tail is not an error)
+    ├── AuthenticationError              fatal, exit 4: a credential is refused (identity refuses the
+    │                                    password, the server refuses a fixed token, or a 401 persists
+    │                                    after a fresh token); names the auth profile
     ├── ApiError                         one failed call to the identity service or an Image API region
     │   ├── TransportError               retryable: no usable HTTP response
     │   │   ├── ConnectError             could not connect (refused, DNS, connect timeout)
@@ -18,7 +21,7 @@
     │   ├── ProtocolError                the server answered something we cannot interpret
     │   └── HTTPStatusError              an HTTP error status, mapped by code:
     │       ├── BadRequestError          400
-    │       ├── AuthenticationError      401 after one refresh, or bad credentials: exit 4
+    │       ├── UnauthorizedError        401 as such: the client refreshes the token and tries once more
     │       ├── TokenRejectedError       401 on a request that cannot be replayed (an upload): the
     │       │                            token was dropped, so the next attempt gets a fresh one
     │       ├── ForbiddenError           403
@@ -35,6 +38,10 @@
         ├── TargetWriteError             blame the target: the upload or its verification failed
         └── VerificationError            bytes or digests do not match (never marked done)
 
+No fatal error derives from ``ApiError`` or ``TransferError``: code that handles one failed call or one
+failed copy (``except ApiError``) can never swallow a dead credential, a full journal disk or a lock held
+by another run. Those stop the job cleanly with their own exit code.
+
 Every ``ApiError`` carries ``region``, ``image_id``, ``status``, ``request_id`` and the server's own
 ``message`` so an operator can quote it to the cloud's support. No secret is ever put into an error:
 messages are built from response bodies and request paths, never from headers or credentials.
@@ -42,15 +49,18 @@ messages are built from response bodies and request paths, never from headers or
 
 from __future__ import annotations
 
+import enum
 from typing import Any, ClassVar
 
 __all__ = [
+    "EXIT_CODES",
     "ApiError",
     "AuthenticationError",
     "BadRequestError",
     "ConflictError",
     "ConnectError",
     "ConnectionLostError",
+    "ExitCode",
     "ForbiddenError",
     "HTTPStatusError",
     "ImgmigError",
@@ -73,12 +83,39 @@ __all__ = [
     "TokenRejectedError",
     "TransferError",
     "TransportError",
+    "UnauthorizedError",
     "UnsupportedMediaTypeError",
     "UsageError",
     "VerificationError",
     "error_for_status",
     "first_error",
 ]
+
+
+class ExitCode(enum.IntEnum):
+    """Every exit code of ``imgmig`` (the product contract; deploy manifests are tested against it)."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    LOCKED = 3
+    AUTH = 4
+    PARKED = 10
+    SIGINT = 130
+    SIGTERM = 143
+
+
+#: What each exit code means, for ``--help``, the README and the Kubernetes podFailurePolicy.
+EXIT_CODES: dict[ExitCode, str] = {
+    ExitCode.OK: "all done",
+    ExitCode.FAILED: "some image or target failed (the rest done)",
+    ExitCode.USAGE: "usage or job-file error",
+    ExitCode.LOCKED: "another run holds the job's lock",
+    ExitCode.AUTH: "authentication failed (at start or mid-run)",
+    ExitCode.PARKED: "stopped at max_runtime with work left (resumable)",
+    ExitCode.SIGINT: "interrupted by SIGINT (state saved, the next run resumes)",
+    ExitCode.SIGTERM: "interrupted by SIGTERM (state saved, the next run resumes)",
+}
 
 
 class ImgmigError(Exception):
@@ -153,8 +190,8 @@ class JournalCorruptError(JournalError):
     """The journal is damaged before its last record, so state would be lost silently."""
 
 
-class ApiError(ImgmigError):
-    """One call to the identity service or to an Image API region failed."""
+class _CallError(ImgmigError):
+    """An error tied to one request: where it went, what the server said, and its request id."""
 
     def __init__(
         self,
@@ -194,6 +231,21 @@ class ApiError(ImgmigError):
         return f"{self.message}{ctx}"
 
 
+class AuthenticationError(_CallError):
+    """A credential is refused: the job stops at once (exit 4) instead of failing image after image.
+
+    Deliberately not an ``ApiError``: per-call and per-image handlers catch ``ApiError``, and a dead
+    credential must never be mistaken for one image's failure and retried against.
+    """
+
+    exit_code: ClassVar[int] = 4
+    fatal: ClassVar[bool] = True
+
+
+class ApiError(_CallError):
+    """One call to the identity service or to an Image API region failed."""
+
+
 class TransportError(ApiError):
     """No usable HTTP response: the request may be sent again."""
 
@@ -230,11 +282,8 @@ class BadRequestError(HTTPStatusError):
     """400: the server rejected the request as malformed."""
 
 
-class AuthenticationError(HTTPStatusError):
-    """401 after a token refresh, or credentials refused by the identity service."""
-
-    exit_code: ClassVar[int] = 4
-    fatal: ClassVar[bool] = True
+class UnauthorizedError(HTTPStatusError):
+    """401 as the server sent it; the client refreshes the token once, then raises AuthenticationError."""
 
 
 class TokenRejectedError(HTTPStatusError):
@@ -287,7 +336,7 @@ class ServerError(HTTPStatusError):
 
 _STATUS_CLASSES: dict[int, type[HTTPStatusError]] = {
     400: BadRequestError,
-    401: AuthenticationError,
+    401: UnauthorizedError,
     403: ForbiddenError,
     404: NotFoundError,
     408: RequestTimeoutError,

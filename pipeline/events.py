@@ -15,6 +15,7 @@ __all__ = [
     "PlanReady",
     "Reporter",
     "SourceResumed",
+    "SpoolFailed",
     "TargetFailed",
     "TargetFinished",
     "TargetRetrying",
@@ -68,6 +69,14 @@ class SourceResumed:
 
 
 @dataclass(frozen=True, slots=True)
+class SpoolFailed:
+    """The spool of one image cannot serve retries (a write or read-back failed); they read the source."""
+
+    image_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class TargetRetrying:
     image_id: str
     region: str
@@ -108,8 +117,8 @@ class ImageFinished:
 
 
 Event = (
-    PlanReady | ImageStarted | BytesRead | BytesWritten | SourceResumed | TargetRetrying | TargetFailed | TargetFinished
-    | ImageFinished
+    PlanReady | ImageStarted | BytesRead | BytesWritten | SourceResumed | SpoolFailed | TargetRetrying | TargetFailed
+    | TargetFinished | ImageFinished
 )  # fmt: skip
 
 

@@ -14,19 +14,20 @@ from typing import Any
 import aiohttp
 import anyio
 
-from .errors import ApiError, AuthenticationError, NotFoundError, RegionNotFoundError, UsageError
+from .copies import PROV_JOB, is_own_copy
+from .errors import ApiError, NotFoundError, UsageError
 from .failpoints import failpoint
 from .glance.auth import Auth, PasswordAuth, StaticTokenAuth
 from .glance.client import ImageClient
 from .glance.transport import TransportConfig
 from .logs import register_secret
-from .metasync import PROV_JOB, read_only_fields
+from .metasync import read_only_fields
 from .models import Image, Member
 from .planner import select_images
 from .retry import RetryPolicy
 from .spec import AuthProfile, Endpoint, JobSpec
 
-__all__ = ["Clients", "Inventory", "TargetState", "discover", "target_labels", "transport_config"]
+__all__ = ["Clients", "Inventory", "TargetState", "discover", "retry_policy", "target_labels", "transport_config"]
 
 LIST_CONCURRENCY = 8
 
@@ -39,6 +40,12 @@ def transport_config(spec: JobSpec) -> TransportConfig:
         connections_per_region=transfer.connections_per_region,
         ca_bundle=str(spec.run.ca_bundle) if spec.run.ca_bundle else None, insecure=spec.run.insecure,
     )  # fmt: skip
+
+
+def retry_policy(spec: JobSpec) -> RetryPolicy:
+    """The low-level retry policy of a job: ``retries = N`` means at most N + 1 tries of a request (within
+    an image x target, its retry budget caps them further; see ``retry.RetryBudget``)."""
+    return RetryPolicy(attempts=spec.transfer.retries + 1)
 
 
 def target_labels(spec: JobSpec) -> dict[str, Endpoint]:
@@ -81,11 +88,12 @@ def _make_auth(profile: AuthProfile, retry: RetryPolicy) -> Auth:
         if profile.token is None:
             raise UsageError(f"auth profile {profile.name!r}: token_env is not set in the environment")
         register_secret(profile.token.reveal())
-        return StaticTokenAuth(profile.endpoint, profile.token, profile.tenant_id)
+        return StaticTokenAuth(profile.endpoint, profile.token, profile.tenant_id, profile=profile.name)
     if profile.password is None or not profile.tenant_id or not profile.username:
         raise UsageError(f"auth profile {profile.name!r}: password_env is not set in the environment")
     register_secret(profile.password.reveal())
-    return PasswordAuth(profile.identity_url, profile.tenant_id, profile.username, profile.password, retry=retry)
+    return PasswordAuth(profile.identity_url, profile.tenant_id, profile.username, profile.password, retry=retry,
+                        profile=profile.name)  # fmt: skip
 
 
 @dataclass
@@ -134,9 +142,7 @@ async def _members(
         async with limiter:
             try:
                 out[image.id] = await client.list_members(image.id)
-            except (AuthenticationError, RegionNotFoundError):
-                raise
-            except ApiError as exc:
+            except ApiError as exc:  # a dead credential is not an ApiError: it stops the job (exit 4)
                 if errors is None:
                     raise
                 errors[image.id] = f"cannot read the source image's members: {exc}"
@@ -177,7 +183,12 @@ async def _target_state(
         filters: dict[str, Any] = {PROV_JOB: spec.name, "visibility": "all"}
         if state.tenant_id:
             filters["owner"] = state.tenant_id
-        state.copies = await _list_all(state.client, filters)
+        # the filters are re-checked on every image: a server that ignores an unknown property filter
+        # (or the owner filter) must not make another job's images, or anybody's, look like our copies
+        state.copies = [
+            c for c in await _list_all(state.client, filters)
+            if is_own_copy(c, spec.name) and (not state.tenant_id or c.owner == state.tenant_id)
+        ]  # fmt: skip
         state.members = await _members(state.client, state.copies)
         try:
             schema = await state.client.get_schema("image")
@@ -186,9 +197,7 @@ async def _target_state(
         state.read_only = read_only_fields(schema)
         algos = {c.os_hash_algo.lower() for c in state.copies if c.os_hash_algo}
         state.algorithms = frozenset(algos or {source_algo})
-    except (AuthenticationError, RegionNotFoundError):
-        raise
-    except ApiError as exc:
+    except ApiError as exc:  # unreachable or failing region; credential and catalog errors are fatal
         state.error = f"target {label} is unavailable: {exc}"
     return state
 

@@ -13,9 +13,14 @@ Layout of ``journal_dir`` (0700; every file 0600):
   flat however big the job (rewriting one JSON file per record would be O(n) each, O(n^2) per job).
 - ``lock``: see ``JobLock``.
 
-The log is fsynced in groups (``sync``), not per record: a process crash loses nothing that was written
-(it is in the OS), a power cut loses at most the last group, and the provenance properties on target
-images let the next run find what those records described.
+The log is fsynced in groups (``flush``, on a timer in the runner), not per record: a process crash
+loses nothing that was written (it is in the OS), a power cut loses at most the last group, and the
+provenance properties on target images let the next run find what those records described.
+
+A record that cannot be written (disk full, I/O error) is cut back off the log: the file is truncated to
+the end of the last complete record, and the journal refuses every later write of this run, so a partial
+line can never end up in the middle of the log. The run stops with the journal error; the next open
+loads cleanly.
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ class TargetEntry:
     #: Every target image id this job created for this image x target, and which were deleted.
     created: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    #: The id a create was sent with and not yet confirmed (its answer may have been lost).
+    creating: str | None = None
 
 
 @dataclass
@@ -156,9 +163,12 @@ class JournalState:
             if key in _TARGET_FIELDS:
                 setattr(target, key, value)
         target.updated_at = at
+        if rec.get("creating"):
+            target.creating = rec["creating"]
         if rec.get("created"):
             target.created.append(rec["created"])
             target.target_id, target.state = rec["created"], "uploading"
+            target.creating = None
         if rec.get("deleted"):
             target.deleted.append(rec["deleted"])
 
@@ -189,11 +199,17 @@ class JournalState:
 class Journal:
     """One job's journal, opened for appending. Not thread-safe; used from the event loop."""
 
-    def __init__(self, directory: Path, state: JournalState, fd: int, log_records: int) -> None:
+    def __init__(self, directory: Path, state: JournalState, fd: int, log_records: int, length: int = 0) -> None:
         self.directory = directory
         self.state = state
         self._fd = fd
         self._log_records = log_records
+        #: Byte length of the log up to its last complete record: where a failed write is cut back to.
+        self._length = length
+        #: Records written since the last fsync (the group commit skips a sync when there are none).
+        self._unsynced = 0
+        #: The first write failure: after it, this journal refuses every write of the run.
+        self._broken: JournalError | None = None
         #: Seconds spent inside record/sync/snapshot, and records written: the bench reads these.
         self.seconds = 0.0
         self.records = 0
@@ -220,7 +236,7 @@ class Journal:
             raise
         except OSError as exc:
             raise JournalError(f"cannot open the journal in {directory}: {exc.strerror or exc}") from exc
-        return cls(directory, state, fd, len(records))
+        return cls(directory, state, fd, len(records), good_length)
 
     @staticmethod
     def read(directory: Path, job: str) -> JournalState:
@@ -239,7 +255,13 @@ class Journal:
     # === write
 
     def record(self, kind: str, **fields: Any) -> None:
-        """Apply and append one record (one write call; durable against a process crash)."""
+        """Apply and append one record (one write call; durable against a process crash).
+
+        If the write fails, the log is cut back to its last complete record and this journal refuses
+        every later write (``JournalError``): the run stops, and the next open loads cleanly.
+        """
+        if self._broken is not None:
+            raise self._broken
         start = time.perf_counter()
         rec = {"seq": self.state.seq + 1, "at": round(time.time(), 3), "kind": kind, **fields}
         line = _sealed(_ENCODER.encode(rec).encode()) + b"\n"
@@ -247,20 +269,33 @@ class Journal:
             if hit("journal_torn"):
                 os.write(self._fd, line[: len(line) // 2])  # a write cut short by kill -9
                 die()
+            if hit("journal_enospc"):
+                os.write(self._fd, line[: len(line) // 2])  # a write cut short by a full disk
+                raise OSError(28, "No space left on device")
             written = os.write(self._fd, line)
             if written != len(line):
                 raise OSError(28, "short write (disk full?)")
         except OSError as exc:
-            raise JournalError(
-                f"cannot write the journal in {self.directory}: {exc.strerror or exc}; the job stops here "
-                "and the journal up to the previous record is intact"
-            ) from exc
+            self._break(exc)
+            assert self._broken is not None
+            raise self._broken from exc
+        self._length += len(line)
         self.state.apply(rec)
         self._log_records += 1
+        self._unsynced += 1
         self.records += 1
         self.seconds += time.perf_counter() - start
         if self._snapshot_due():
             self.snapshot()
+
+    def _break(self, exc: OSError) -> None:
+        """Cut the log back to its last complete record and refuse every later write of this run."""
+        with contextlib.suppress(OSError):  # if even that fails, the partial line is a torn tail: ignored
+            os.ftruncate(self._fd, self._length)
+        self._broken = JournalError(
+            f"cannot write the journal in {self.directory}: {exc.strerror or exc}; the job stops here. The "
+            "journal holds every record up to the failed one and the next run resumes from it"
+        )
 
     def _snapshot_due(self) -> bool:
         """A snapshot costs O(state); taking one when the log outgrows twice the state keeps the cost per
@@ -272,20 +307,29 @@ class Journal:
         start = time.perf_counter()
         try:
             os.fsync(self._fd)
+            self._unsynced = 0
         except OSError as exc:
             raise JournalError(f"cannot sync the journal in {self.directory}: {exc.strerror or exc}") from exc
         finally:
             self.seconds += time.perf_counter() - start
 
     async def flush(self) -> None:
-        """``sync`` in a worker thread, so the group commit never stalls the event loop; only the
-        hand-off is counted as journal time."""
-        start = time.perf_counter()
+        """``sync`` in a worker thread, so the group commit never stalls the event loop (nothing to do when
+        no record arrived since the last one). The fsync's own duration counts as journal time."""
+        if self._unsynced == 0 or self._fd < 0 or self._broken is not None:
+            return
+        pending, self._unsynced = self._unsynced, 0
         fd = self._fd
-        self.seconds += time.perf_counter() - start
+
+        def fsync() -> float:
+            start = time.perf_counter()
+            os.fsync(fd)
+            return time.perf_counter() - start
+
         try:
-            await anyio.to_thread.run_sync(os.fsync, fd)
+            self.seconds += await anyio.to_thread.run_sync(fsync)
         except OSError as exc:
+            self._unsynced += pending
             raise JournalError(f"cannot sync the journal in {self.directory}: {exc.strerror or exc}") from exc
 
     def snapshot(self) -> None:
@@ -297,7 +341,7 @@ class Journal:
             data = _sealed(_ENCODER.encode(self.state.to_json()).encode())
             _atomic_write(self.directory / SNAPSHOT, data)
             os.ftruncate(self._fd, 0)
-            self._log_records = 0
+            self._log_records, self._length, self._unsynced = 0, 0, 0
         except OSError as exc:
             raise JournalError(f"cannot write the journal snapshot in {self.directory}: "
                                f"{exc.strerror or exc}") from exc  # fmt: skip
@@ -310,6 +354,8 @@ class Journal:
         if self._fd < 0:
             return
         try:
+            if self._broken is not None:
+                return  # the run stops on that error; the log already ends at its last complete record
             if self._snapshot_due():
                 self.snapshot()
             else:

@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ApiError, BadRequestError, ConflictError, ForbiddenError, PayloadTooLargeError
+from .copies import PROV_JOB, PROV_SOURCE_ID, PROVENANCE_PREFIX, provenance
+from .errors import ApiError, BadRequestError, ConflictError, ForbiddenError, NotFoundError, PayloadTooLargeError
 from .failpoints import failpoint
 from .glance.client import ImageClient
 from .models import READ_ONLY_FIELDS, Image, Member, is_reserved_field
@@ -27,6 +28,8 @@ from .spec import CopyOptions
 
 __all__ = [
     "PROVENANCE_PREFIX",
+    "PROV_JOB",
+    "PROV_SOURCE_ID",
     "Desired",
     "MetaDiff",
     "SyncReport",
@@ -38,24 +41,9 @@ __all__ = [
     "read_only_fields",
 ]
 
-PROVENANCE_PREFIX = "imgmig_"
-PROV_JOB = "imgmig_job"
-PROV_SOURCE_ID = "imgmig_source_id"
-PROV_SOURCE_REGION = "imgmig_source_region"
-PROV_SOURCE_CHECKSUM = "imgmig_source_checksum"
 #: Core attributes copied with PATCH after the data is verified.
 CORE_COPIED = ("name", "min_disk", "min_ram", "os_hidden")
 _REFUSED = (BadRequestError, ForbiddenError, PayloadTooLargeError, ConflictError)
-
-
-def provenance(job: str, source_region: str, image: Image) -> dict[str, str]:
-    """The namespaced properties that identify a copy as this job's copy of ``image``."""
-    return {
-        PROV_JOB: job,
-        PROV_SOURCE_ID: image.id,
-        PROV_SOURCE_REGION: source_region,
-        PROV_SOURCE_CHECKSUM: image.checksum or "",
-    }
 
 
 def read_only_fields(schema: Mapping[str, Any] | None) -> frozenset[str]:
@@ -227,8 +215,19 @@ class SyncReport:
     managed: list[str] = field(default_factory=list)
 
 
+def _in_effect(op: Mapping[str, Any], image: Image) -> bool:
+    """Whether ``op`` already holds on ``image`` (a replayed PATCH whose first answer was lost)."""
+    key = op["path"][1:].replace("~1", "/").replace("~0", "~")
+    if op["op"] == "remove":
+        return key not in image.raw
+    return key in image.raw and image.raw[key] == op["value"]
+
+
 async def _patch_each(client: ImageClient, image_id: str, ops: Sequence[dict[str, Any]], report: SyncReport) -> None:
-    """One PATCH for all ops; if the target refuses it, retry op by op and report each refusal."""
+    """One PATCH for all ops; if the target refuses it, re-read the image and send only what does not hold
+    yet, op by op, reporting each refusal. Re-diffing first makes a replay harmless: when the answer to an
+    earlier PATCH was lost and the client sent it again, a ``remove`` or ``replace`` of what is already
+    gone gets a 409 that is not a refusal at all."""
     if not ops:
         return
     try:
@@ -237,11 +236,19 @@ async def _patch_each(client: ImageClient, image_id: str, ops: Sequence[dict[str
         return
     except _REFUSED:
         pass
+    current = await client.get_image(image_id)
     for op in ops:
+        if _in_effect(op, current):
+            report.changed = True
+            continue
         try:
-            await client.update_image(image_id, [op])
+            current = await client.update_image(image_id, [op])
             report.changed = True
         except _REFUSED as exc:
+            current = await client.get_image(image_id)
+            if _in_effect(op, current):  # a replay of this very op took effect: not a refusal
+                report.changed = True
+                continue
             report.problems.append(f"property {op['path'][1:]!r} refused by target: {_short(exc.message, 200)}")
 
 
@@ -290,6 +297,8 @@ async def _apply_tags(client: ImageClient, image_id: str, desired: Desired, diff
         try:
             await client.delete_tag(image_id, tag)
             report.changed = True
+        except NotFoundError:
+            report.changed = True  # already gone: a replayed DELETE whose first answer was lost
         except ApiError as exc:
             report.problems.append(f"tag {_short(tag)!r} could not be removed: {_short(exc.message, 200)}")
     for tag in diff.add_tags:
@@ -312,12 +321,16 @@ async def _apply_members(
         try:
             await client.delete_member(image_id, member)
             report.changed = True
+        except NotFoundError:
+            report.changed = True  # already gone: a replayed DELETE whose first answer was lost
         except ApiError as exc:
             report.problems.append(f"member {member} could not be removed: {exc.message}")
     for member in diff.add_members:
         try:
             await client.add_member(image_id, member)
             report.changed = True
+        except ConflictError:
+            report.changed = True  # "already a member": a replayed POST whose first answer was lost
         except ApiError as exc:
             report.problems.append(f"member {member} could not be added: {exc.message}")
     for member, status in sorted(desired.members.items()):

@@ -143,14 +143,27 @@ class Image:
     def updated_at(self) -> str | None:
         return self._str("updated_at")
 
+    @property
+    def publishes_digest(self) -> bool:
+        """Whether the image states any digest of its bytes (md5 ``checksum`` or ``os_hash_value``)."""
+        return bool(self.checksum or (self.os_hash_algo and self.os_hash_value))
+
     def same_data_as(self, source: Image) -> bool:
-        """Whether this image holds ``source``'s bytes, judged by the size and digests both publish."""
-        if self.size != source.size or not source.checksum or self.checksum != source.checksum:
+        """Whether this image holds ``source``'s bytes, judged by the size and the digests both publish
+        (False when they share none: see ``planner.holds_source_data`` for sources without digests)."""
+        if self.size != source.size:
             return False
+        matched = False
+        if source.checksum:
+            if self.checksum != source.checksum:
+                return False
+            matched = True
         algo = (source.os_hash_algo or "").lower()
         if algo and source.os_hash_value and (self.os_hash_algo or "").lower() == algo:
-            return self.os_hash_value == source.os_hash_value
-        return True
+            if self.os_hash_value != source.os_hash_value:
+                return False
+            matched = True
+        return matched
 
     def properties(self) -> dict[str, Any]:
         """Custom (non-core) properties, e.g. os_type, hw_*, imgmig_source_id."""

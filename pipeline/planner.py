@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .journal import JournalState
+from .journal import JournalState, TargetEntry
 from .metasync import PROV_SOURCE_ID, MetaDiff
 from .models import Image
 from .spec import CopyOptions, Select
 
-__all__ = ["Action", "ImagePlan", "Plan", "Step", "plan_job", "select_images", "skip_reason"]
+__all__ = ["Action", "ImagePlan", "Plan", "Step", "holds_source_data", "plan_job", "select_images", "skip_reason"]
 
 PARTIAL_STATES = frozenset({"queued", "saving", "killed", "importing", "uploading"})
 
@@ -167,6 +167,19 @@ def skip_reason(image: Image, copy: CopyOptions) -> str | None:
     return None
 
 
+def holds_source_data(copy: Image, image: Image, entry: TargetEntry | None = None) -> bool:
+    """Whether the active ``copy`` holds ``image``'s bytes: by the digests the source publishes; for a
+    source that publishes none, by size plus the digests this job journalled when it made that copy (size
+    alone when nothing was journalled). Never "changed" for ever: such a source cannot loop on replace."""
+    if image.publishes_digest:
+        return copy.same_data_as(image)
+    if copy.size != image.size:
+        return False
+    evidence = entry.evidence if entry is not None and entry.target_id == copy.id else None
+    computed = (evidence or {}).get("computed") or {}
+    return not computed.get("md5") or computed["md5"] == copy.checksum
+
+
 def _prefer(candidates: Sequence[Image], journal_id: str | None) -> Image:
     for image in candidates:
         if image.id == journal_id:
@@ -175,12 +188,13 @@ def _prefer(candidates: Sequence[Image], journal_id: str | None) -> Image:
 
 
 def _plan_target(
-    image: Image, label: str, copies: Sequence[Image], journal_id: str | None, copy: CopyOptions,
+    image: Image, label: str, copies: Sequence[Image], entry: TargetEntry | None, copy: CopyOptions,
     meta_diff: Callable[[Image, str, Image], MetaDiff],
 ) -> Step:  # fmt: skip
     size = image.size or 0
-    good = [c for c in copies if c.status == "active" and c.same_data_as(image)]
-    stale = [c for c in copies if c.status == "active" and not c.same_data_as(image)]
+    journal_id = entry.target_id if entry else None
+    good = [c for c in copies if c.status == "active" and holds_source_data(c, image, entry)]
+    stale = [c for c in copies if c.status == "active" and not holds_source_data(c, image, entry)]
     partial = [c for c in copies if c.status != "active"]
     if good:
         keep = _prefer(good, journal_id)
@@ -227,12 +241,16 @@ def plan_job(
         steps = []
         for label in targets:
             entry = journal.target(image.id, label)
-            journal_id = entry.target_id if entry else None
-            steps.append(_plan_target(image, label, by_source[label].get(image.id, []), journal_id, copy, meta_diff))
+            steps.append(_plan_target(image, label, by_source[label].get(image.id, []), entry, copy, meta_diff))
         planned.append(ImagePlan(image, tuple(steps)))
     selected = {i.id for i in images}
-    orphans = [
+    notes = [
         f"{label}: copy {c.id} of source image {c.raw.get(PROV_SOURCE_ID)} is no longer selected; left in place"
         for label in targets for c in copies.get(label, ()) if c.raw.get(PROV_SOURCE_ID) not in selected
     ]  # fmt: skip
-    return Plan(tuple(planned), tuple(targets), tuple(orphans))
+    notes += [
+        f"source image {i.id} ({i.name}) publishes no checksum: its copies are judged by size and the digests "
+        "journalled when they were made"
+        for i in images if i.status == "active" and not i.publishes_digest and skip_reason(i, copy) is None
+    ]  # fmt: skip
+    return Plan(tuple(planned), tuple(targets), tuple(notes))

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import structlog
 from tqdm import tqdm
 
-from .events import BytesWritten, ImageFinished, ImageStarted, SourceResumed, TargetFailed, TargetRetrying
+from .events import BytesWritten, ImageFinished, ImageStarted, SourceResumed, SpoolFailed, TargetFailed, TargetRetrying
 from .summary import StepFinished
 from .units import format_rate
 
@@ -42,6 +42,9 @@ class LogReporter:
         elif isinstance(event, SourceResumed):
             log.warning("source_resumed", image_id=event.image_id, offset=event.offset, attempt=event.attempt,
                         restarted=event.restarted, error=event.error)  # fmt: skip
+        elif isinstance(event, SpoolFailed):
+            log.warning("spool_failed", image_id=event.image_id, reason=event.reason,
+                        message="retries of this image read the source again")  # fmt: skip
         elif isinstance(event, TargetRetrying):
             log.warning("target_retrying", image_id=event.image_id, target=event.region, attempt=event.attempt,
                         delay=round(event.delay, 2), error=event.error)  # fmt: skip

@@ -1,25 +1,42 @@
-"""Low-level retry policy for replayable requests: bounded attempts, full-jitter backoff, Retry-After.
+"""Retries: the low-level policy for replayable requests, and the one retry budget per image x target.
 
 The decisions are pure (``should_retry``, ``RetryPolicy.delay``); the loop is tenacity's
 ``AsyncRetrying`` with an injected ``sleep`` so tests run without waiting. Uploads are never retried here:
-a streamed body cannot be replayed, so the runner restarts the whole image x target transfer instead.
+a streamed body cannot be replayed, so the engine restarts the whole image x target transfer instead.
+
+``[transfer] retries = N`` is one budget per image x target: every retry spent on its behalf counts
+against it, at whichever level it happens (a request sent again, a new upload pass, a reopened source
+stream). The engine sets the budget for the code working on one target with ``spending(budget)``; a
+``RetryPolicy`` consults it through a context variable, so the HTTP layer needs no extra argument.
+Outside any budget (discovery, listing, identity), a request gets ``attempts`` tries.
 """
 
 from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.stop import stop_base
 from tenacity.wait import wait_random_exponential
 
 from .errors import ImgmigError
 
-__all__ = ["DEFAULT_ATTEMPTS", "RetryPolicy", "parse_retry_after", "should_retry"]
+__all__ = [
+    "DEFAULT_ATTEMPTS",
+    "RetryBudget",
+    "RetryPolicy",
+    "current_budget",
+    "parse_retry_after",
+    "should_retry",
+    "spending",
+]
 
 T = TypeVar("T")
 
@@ -54,6 +71,48 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - current)
 
 
+class RetryBudget:
+    """The retries one image x target may still spend, whatever the level. ``limit = 0``: one attempt."""
+
+    __slots__ = ("limit", "spent")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(0, limit)
+        self.spent = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.limit - self.spent
+
+    def take(self) -> bool:
+        """Spend one retry; False (and nothing spent) when the budget is exhausted."""
+        if self.spent >= self.limit:
+            return False
+        self.spent += 1
+        return True
+
+    def __repr__(self) -> str:
+        return f"RetryBudget({self.spent}/{self.limit} spent)"
+
+
+_BUDGET: ContextVar[RetryBudget | None] = ContextVar("imgmig_retry_budget", default=None)
+
+
+@contextmanager
+def spending(budget: RetryBudget | None) -> Iterator[RetryBudget | None]:
+    """Charge every low-level retry made in this block (and in tasks it starts) to ``budget``."""
+    token = _BUDGET.set(budget)
+    try:
+        yield budget
+    finally:
+        _BUDGET.reset(token)
+
+
+def current_budget() -> RetryBudget | None:
+    """The budget the running code spends from, if any."""
+    return _BUDGET.get()
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How many times to send a replayable request, and how long to wait in between."""
@@ -81,16 +140,20 @@ class RetryPolicy:
         *,
         on_retry: Callable[[int, BaseException, float], None] | None = None,
     ) -> T:
-        """Run ``fn`` until it succeeds, raises a non-retryable error, or attempts run out."""
+        """Run ``fn`` until it succeeds, raises a non-retryable error, or attempts (or the budget of the
+        image x target it works for, see ``spending``) run out."""
+        budget = current_budget()
 
         def before_sleep(state: RetryCallState) -> None:
+            if budget is not None:
+                budget.take()  # only now is a retry certain (tenacity checked stop already)
             if on_retry is not None and state.outcome is not None and state.next_action is not None:
                 exc = state.outcome.exception()
                 assert exc is not None
                 on_retry(state.attempt_number, exc, state.next_action.sleep)
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(max(1, self.attempts)),
+            stop=stop_after_attempt(max(1, self.attempts)) | _stop_when_spent(budget),
             wait=self._wait,
             retry=retry_if_exception(should_retry),
             sleep=self.sleep,
@@ -103,6 +166,16 @@ class RetryPolicy:
 
         result: T = await retrying(run)
         return result
+
+
+class _stop_when_spent(stop_base):
+    """Stop retrying once the image x target's budget is spent (never, outside any budget)."""
+
+    def __init__(self, budget: RetryBudget | None) -> None:
+        self.budget = budget
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.budget is not None and self.budget.remaining <= 0
 
 
 def _state(attempt: int) -> RetryCallState:

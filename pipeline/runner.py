@@ -25,18 +25,19 @@ from typing import Any
 import anyio
 import structlog
 
+from .copies import delete_copy
 from .engine import Engine, EngineHooks, EngineSettings, TargetResult, TargetSpec
 from .errors import ApiError, ImgmigError, JournalError, first_error
 from .events import PlanReady, Reporter
 from .failpoints import failpoint
 from .glance.transport import new_session
 from .intent import Intent
-from .inventory import Clients, Inventory, TargetState, discover, transport_config
+from .inventory import Clients, Inventory, discover, retry_policy, transport_config
 from .journal import JobLock, Journal
 from .metasync import Desired, apply_metadata, create_fields
 from .models import Image
 from .planner import Action, ImagePlan, Plan, Step
-from .retry import RetryPolicy
+from .retry import RetryBudget, spending
 from .source import Bandwidth
 from .spec import JobSpec
 from .summary import EXIT_FAILED, RunSummary, StepFinished
@@ -73,7 +74,6 @@ class _Run:
     max_runtime: float | None = None
     work: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     stop: str | None = None  # "parked", "SIGINT", "SIGTERM"
-    last_sync: float = 0.0
 
 
 async def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunSummary:
@@ -131,10 +131,12 @@ async def _run(spec: JobSpec, options: RunOptions, journal: Journal, summary: Ru
     if spec.run.insecure:
         log.warning("tls_verification_disabled", job=spec.name,
                     message="insecure = true: TLS certificates are NOT verified for this job")  # fmt: skip
-    retry = RetryPolicy(attempts=max(3, transfer.retries))
+    retry = retry_policy(spec)
+    source_stall = transfer.source_stall_timeout or transfer.read_timeout
     settings = EngineSettings(
         chunk_size=transfer.chunk_size, buffer_depth=transfer.buffer_depth, retries=transfer.retries,
-        stall_timeout=transfer.read_timeout, spool_dir=options.spool_dir or transfer.spool_dir, backoff=retry,
+        stall_timeout=transfer.read_timeout, source_stall_timeout=source_stall,
+        spool_dir=options.spool_dir or transfer.spool_dir, backoff=retry, job=spec.name,
     )  # fmt: skip
     regional = {region: Bandwidth(rate) for region, rate in transfer.region_bandwidth.items()}
     async with new_session(config) as session:
@@ -145,12 +147,21 @@ async def _run(spec: JobSpec, options: RunOptions, journal: Journal, summary: Ru
         async with anyio.create_task_group() as tg:
             if options.signals:
                 tg.start_soon(_watch_signals, run, options.signals)
+            tg.start_soon(_group_commit, journal)
             await _execute(run)
             tg.cancel_scope.cancel()
         if run.stop in ("SIGINT", "SIGTERM"):
             summary.interrupted = run.stop
         elif run.stop == "parked":
             summary.parked = True
+
+
+async def _group_commit(journal: Journal) -> None:
+    """fsync the journal every SYNC_EVERY seconds while records arrive (off the event loop): a power cut
+    loses at most that window; a process crash loses nothing that was written."""
+    while True:
+        await anyio.sleep(SYNC_EVERY)
+        await journal.flush()
 
 
 async def _watch_signals(run: _Run, signals: tuple[signal.Signals, ...]) -> None:
@@ -208,7 +219,7 @@ async def _discover_and_copy(run: _Run) -> None:
 async def plan_only(spec: JobSpec) -> tuple[Plan, Inventory]:
     """Discover and plan without changing anything (``imgmig plan``, ``run --dry-run``); no lock taken."""
     state = Journal.read(spec.run.journal_dir, spec.name)
-    config, retry = transport_config(spec), RetryPolicy(attempts=max(3, spec.transfer.retries))
+    config, retry = transport_config(spec), retry_policy(spec)
     async with new_session(config) as session:
         inventory = await discover(spec, Clients(spec, session, retry))
     return Intent(spec, inventory, state).plan(), inventory
@@ -233,26 +244,29 @@ def _journal_plan(run: _Run, plan: Plan, inventory: Inventory) -> None:
 
 
 async def _sweep(run: _Run, plan: Plan, inventory: Inventory) -> None:
-    """Delete duplicate and leftover copies of this job (the orphan sweep)."""
+    """Delete duplicate and leftover copies of this job (the orphan sweep); each image's provenance is
+    re-checked on the image itself before it is deleted (``copies.delete_copy``)."""
     for image_plan, step in plan.steps():
         for extra in step.extra:
             target = inventory.targets[step.target]
             try:
-                await _delete_copy(target, extra)
+                deleted = await delete_copy(target.client, extra, run.spec.name)
             except ApiError as exc:
                 log.warning("orphan_delete_failed", image_id=image_plan.image.id, target=step.target,
                             target_image=extra.id, error=str(exc))  # fmt: skip
                 continue
+            if not deleted:
+                log.warning(
+                    "orphan_not_ours",
+                    image_id=image_plan.image.id,
+                    target=step.target,
+                    target_image=extra.id,
+                    message="no longer carries this job's provenance; left alone",
+                )
+                continue
             run.summary.orphans_deleted += 1
             failpoint("swept")
             run.journal.record("target", image_id=image_plan.image.id, region=step.target, deleted=extra.id)
-
-
-async def _delete_copy(target: TargetState, image: Image) -> None:
-    """Delete a copy of this job's (provenance checked by the listing); unprotect it first if needed."""
-    if image.protected:
-        await target.client.update_image(image.id, [{"op": "replace", "path": "/protected", "value": False}])
-    await target.client.delete_image(image.id)
 
 
 # === one image
@@ -261,6 +275,9 @@ async def _delete_copy(target: TargetState, image: Image) -> None:
 class _Hooks(EngineHooks):
     def __init__(self, run: _Run, image: Image) -> None:
         self.run, self.image = run, image
+
+    async def creating(self, region: str, image_id: str) -> None:
+        self.run.journal.record("target", image_id=self.image.id, region=region, creating=image_id)
 
     async def created(self, region: str, image_id: str) -> None:
         self.run.journal.record("target", image_id=self.image.id, region=region, created=image_id)
@@ -289,10 +306,6 @@ async def _image_task(run: _Run, plan: ImagePlan, limiter: anyio.CapacityLimiter
             for step in plan.steps:
                 if (plan.image.id, step.target) not in finished:
                     _record_step(run, plan.image, step, "failed", error=str(error))
-        now = run.options.clock()
-        if now - run.last_sync >= SYNC_EVERY:
-            run.last_sync = now
-            await run.journal.flush()
 
 
 async def _copy_image(run: _Run, plan: ImagePlan) -> None:
@@ -307,8 +320,10 @@ async def _copy_image(run: _Run, plan: ImagePlan) -> None:
         for step in data_steps:
             target = inventory.targets[step.target]
             fields = create_fields(image, intent.desired(image, step.target))
+            entry = run.journal.state.target(image.id, step.target)
             specs.append(TargetSpec(step.target, target.client, fields, existing=step.existing,
-                                    algorithms=target.algorithms))  # fmt: skip
+                                    algorithms=target.algorithms,
+                                    pending_id=entry.creating if entry is not None else None))  # fmt: skip
         try:
             await run.engine.copy_image(inventory.source, image, specs, hooks=_Hooks(run, image), results=results)
         finally:
@@ -334,18 +349,20 @@ async def _finish_step(run: _Run, image: Image, step: Step, result: TargetResult
     target = run.inventory.targets[step.target]
     target_id = result.target_id if result is not None else (step.existing.id if step.existing else None)
     assert target_id is not None
+    budget = result.budget if result is not None else RetryBudget(run.spec.transfer.retries)
     try:
-        copy = await target.client.get_image(target_id)
-        members = await target.client.list_members(target_id) if copy.visibility == "shared" else []
-        desired = run.intent.desired(image, step.target)
-        diff = run.intent.diff(image, step.target, copy, members)
-        acceptors = await _acceptors(run, step.target, desired)
-        report = await apply_metadata(target.client, copy, desired, diff, acceptors=acceptors)
-        failpoint("synced")
-        for stale in step.stale:
-            await _delete_copy(target, stale)
-            failpoint("replaced")
-            run.journal.record("target", image_id=image.id, region=step.target, deleted=stale.id)
+        with spending(budget):  # the metadata step spends the same retry budget as the copy before it
+            copy = await target.client.get_image(target_id)
+            members = await target.client.list_members(target_id) if copy.visibility == "shared" else []
+            desired = run.intent.desired(image, step.target)
+            diff = run.intent.diff(image, step.target, copy, members)
+            acceptors = await _acceptors(run, step.target, desired)
+            report = await apply_metadata(target.client, copy, desired, diff, acceptors=acceptors)
+            failpoint("synced")
+            for stale in step.stale:
+                await delete_copy(target.client, stale, run.spec.name)
+                failpoint("replaced")
+                run.journal.record("target", image_id=image.id, region=step.target, deleted=stale.id)
     except ApiError as exc:
         _record_step(run, image, step, "failed", result=result, error=f"metadata: {exc}", target_id=target_id)
         return

@@ -9,14 +9,16 @@ the end-to-end digest check at EOF proves that the pieces form the source image.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 import aiofiles
 import anyio
 from aiolimiter import AsyncLimiter
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .errors import ApiError, SourceReadError, TransportError
 from .events import BytesRead, Reporter, SourceResumed
@@ -52,20 +54,23 @@ async def source_pieces(
     client: ImageClient,
     image: Image,
     *,
-    max_resumes: int,
+    may_resume: Callable[[], bool],
     backoff: RetryPolicy,
     reporter: Reporter,
     bandwidth: Bandwidth | None = None,
     piece: int = PIECE,
+    idle_timeout: float | None = None,
 ) -> AsyncGenerator[bytes, None]:
-    """Every byte of ``image`` in order, reconnecting with Range after a broken stream."""
+    """Every byte of ``image`` in order, reconnecting with Range after a broken stream while
+    ``may_resume()`` allows it (it spends the retry budgets of the targets being fed). ``idle_timeout``
+    is the source's own stall timeout: how long the download may send nothing before it is reopened."""
     size = image.size or 0
     pos = 0  # bytes already yielded
     resumes = 0
     while True:
         discard = 0
         try:
-            async with client.open_download(image.id, offset=pos) as dl:
+            async with client.open_download(image.id, offset=pos, idle_timeout=idle_timeout) as dl:
                 if not dl.has_data:
                     raise SourceReadError("source answered 204: the image has no data", region=client.region,
                                           image_id=image.id)  # fmt: skip
@@ -97,9 +102,9 @@ async def source_pieces(
             return
         except TransportError as exc:
             resumes += 1
-            if resumes > max_resumes:
+            if not may_resume():
                 raise SourceReadError(
-                    f"source stream broke {resumes} times; last: {exc}",
+                    f"source stream broke {resumes} times (retry budget spent); last: {exc}",
                     region=client.region,
                     image_id=image.id,
                 ) from exc
@@ -113,38 +118,73 @@ async def source_pieces(
 
 
 class Spool:
-    """A local copy of one image's bytes, so a target retry need not read the source again."""
+    """A local copy of one image's bytes, so a target retry need not read the source again.
 
-    def __init__(self, directory: Path, image_id: str) -> None:
+    It is used only when it is ``complete``: every byte of a stream that verified was written. A spool
+    writer that was detached early (a slow disk), that failed (a full disk), or that fed a stream which
+    did not verify leaves it incomplete, and retries then read the source instead. Any OSError of the
+    spool stays inside it: the copy goes on without a spool.
+    """
+
+    def __init__(self, directory: Path, image_id: str, size: int) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = directory / f"{image_id}.spool"
+        self.size = size
         self.complete = False
         self.written = False
         self.failed: str | None = None
+        #: Whether the failure has been reported (once per image).
+        self.reported = False
+        self.bytes = 0
         #: Set when the pass writing the spool has finished it (complete or not).
         self.done = anyio.Event()
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self._file = os.fdopen(fd, "wb")
 
-    @staticmethod
-    def has_room(directory: Path, size: int) -> bool:
-        """Free-space check: the image plus a reserve must fit."""
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return shutil.disk_usage(directory).free >= size + SPOOL_RESERVE
+    @classmethod
+    def open(cls, directory: Path | None, image_id: str, size: int) -> Spool | None:
+        """A spool for this image when ``directory`` is set and has room for it (plus a reserve), else None."""
+        if directory is None:
+            return None
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if shutil.disk_usage(directory).free < size + SPOOL_RESERVE:
+                return None
+            return cls(directory, image_id, size)
+        except OSError:
+            return None  # no spool rather than no copy
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
+        self.bytes += len(data)
 
-    def finish(self, ok: bool) -> None:
-        """Close the file; it is usable only if every byte arrived and the stream verified."""
-        self._file.close()
-        self.complete = ok and self.failed is None
+    async def fill(self, rx: MemoryObjectReceiveStream[bytes]) -> None:
+        """Write every chunk of ``rx`` (in a worker thread); a write error stops writing, not the copy."""
+        async with rx:
+            async for chunk in rx:
+                if self.failed:
+                    continue
+                try:
+                    await anyio.to_thread.run_sync(self.write, chunk)
+                except OSError as exc:  # e.g. the spool disk filled up: carry on without a spool
+                    self.failed = f"spool write failed: {exc}"
+        with contextlib.suppress(OSError):
+            self._file.close()
+
+    def settle(self, *, verified: bool) -> None:
+        """After the pass that wrote it: complete only if every byte of a verified stream is in it."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self.complete = verified and self.failed is None and self.bytes == self.size
+        if not self.complete and self.failed is None:
+            self.failed = f"spool incomplete ({self.bytes} of {self.size} bytes)" if verified else "stream failed"
         self.done.set()
 
     def remove(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if not self._file.closed:
+                self._file.close()
+            self.path.unlink(missing_ok=True)
         self.complete = False
 
 

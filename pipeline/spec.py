@@ -160,6 +160,8 @@ class TransferOptions:
     spool_dir: Path | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    #: How long the source may send nothing before its stream is reopened; None: ``read_timeout``.
+    source_stall_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

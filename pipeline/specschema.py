@@ -298,6 +298,8 @@ class _RawTransfer(_Raw):
     spool_dir: _PathValue | None = None
     connect_timeout: _Timeout = DEFAULT_CONNECT_TIMEOUT
     read_timeout: _Timeout = DEFAULT_READ_TIMEOUT
+    #: None: the same as read_timeout.
+    source_stall_timeout: _Timeout | None = None
 
 
 class _RawRun(_Raw):

@@ -10,14 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .copies import PROV_SOURCE_ID
 from .errors import ApiError
 from .glance.transport import new_session
 from .intent import Intent
-from .inventory import Clients, discover, transport_config
+from .inventory import Clients, discover, retry_policy, transport_config
 from .journal import Journal
-from .metasync import PROV_SOURCE_ID
-from .planner import skip_reason
-from .retry import RetryPolicy
+from .planner import holds_source_data, skip_reason
 from .source import read_digests
 from .spec import JobSpec
 
@@ -62,7 +61,7 @@ async def verify_job(spec: JobSpec, *, deep: bool = False) -> VerifyReport:
     """Compare every selected image with its copies in every target."""
     report = VerifyReport(deep=deep)
     state = Journal.read(spec.run.journal_dir, spec.name)
-    retry = RetryPolicy(attempts=max(3, spec.transfer.retries))
+    retry = retry_policy(spec)
     async with new_session(transport_config(spec)) as session:
         inventory = await discover(spec, Clients(spec, session, retry))
         intent = Intent(spec, inventory, state)
@@ -78,7 +77,8 @@ async def verify_job(spec: JobSpec, *, deep: bool = False) -> VerifyReport:
                     finding.status, finding.details = "unavailable", [target.error]
                     continue
                 copies = [c for c in target.copies if c.raw.get(PROV_SOURCE_ID) == image.id]
-                good = [c for c in copies if c.status == "active" and c.same_data_as(image)]
+                entry = state.target(image.id, label)
+                good = [c for c in copies if c.status == "active" and holds_source_data(c, image, entry)]
                 if not good:
                     finding.status = "missing"
                     finding.details = [f"copy {c.id} is {c.status}" + (" with different data" if c.status == "active"
@@ -96,7 +96,11 @@ async def verify_job(spec: JobSpec, *, deep: bool = False) -> VerifyReport:
                     except ApiError as exc:
                         finding.details.append(f"deep read failed: {exc}")
                     else:
-                        if digests.get("md5") != image.checksum:
+                        # a source without a checksum is compared with the md5 journalled for this copy
+                        mine = entry is not None and entry.target_id == copy.id
+                        journalled = (entry.evidence or {}).get("computed", {}) if entry and mine else {}
+                        expected = image.checksum or journalled.get("md5")
+                        if expected and digests.get("md5") != expected:
                             finding.details.append("data: md5 of the copy's bytes differs from the source checksum")
                         algo = (image.os_hash_algo or "").lower()
                         if algo in digests and image.os_hash_value and digests[algo] != image.os_hash_value:

@@ -36,6 +36,9 @@ __all__ = [
 DEFAULT_IDENTITY_URL = "https://api-identity-infrastructure.nhncloudservice.com/v2.0"
 #: Refresh this long before expiry at most; short-lived tokens refresh at 90% of their life.
 MAX_REFRESH_SKEW = 120.0
+#: A token for a long request (an upload, whose headers leave with its first body chunk, maybe seconds
+#: later) must have this long left at least, or half its life when that is shorter.
+LASTING = 300.0
 
 
 class Secret:
@@ -72,10 +75,11 @@ class Token:
     endpoints: dict[str, str]
     issued_at: float = 0.0
 
-    def fresh(self, now: float) -> bool:
-        """Whether the token is still good enough to send (not within the refresh window)."""
+    def fresh(self, now: float, *, lasting: bool = False) -> bool:
+        """Whether the token is still good enough to send (not within the refresh window); ``lasting``
+        asks for a token that outlives a long request too."""
         life = max(0.0, self.expires_at - self.issued_at)
-        skew = min(MAX_REFRESH_SKEW, life * 0.1)
+        skew = min(LASTING, life * 0.5) if lasting else min(MAX_REFRESH_SKEW, life * 0.1)
         return now < self.expires_at - skew
 
 
@@ -85,7 +89,12 @@ class Auth(Protocol):
     @property
     def tenant_id(self) -> str | None: ...
 
-    async def token(self, session: aiohttp.ClientSession) -> Token: ...
+    @property
+    def profile(self) -> str:
+        """The job file's name for these credentials (``[auth.NAME]``), used in every auth error."""
+        ...
+
+    async def token(self, session: aiohttp.ClientSession, *, lasting: bool = False) -> Token: ...
 
     def invalidate(self, token: Token) -> None: ...
 
@@ -152,21 +161,31 @@ class PasswordAuth:
     password: Secret
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     clock: Callable[[], float] = field(default=time.time, repr=False)
+    profile: str = "default"
     _token: Token | None = field(default=None, init=False, repr=False)
     _lock: anyio.Lock = field(default_factory=anyio.Lock, init=False, repr=False)
+    #: Set once the identity service refused the password: nothing is ever sent with it again.
+    _refused: AuthenticationError | None = field(default=None, init=False, repr=False)
     #: How many tokens were issued; tests and the summary use it to show refreshes happened.
     issued: int = field(default=0, init=False)
 
-    async def token(self, session: aiohttp.ClientSession) -> Token:
-        """A fresh token, fetching or refreshing it first if needed (one request for many waiters)."""
+    async def token(self, session: aiohttp.ClientSession, *, lasting: bool = False) -> Token:
+        """A fresh token, fetching or refreshing it first if needed (one request for many waiters);
+        ``lasting``: one that also outlives a long request (see ``Token.fresh``)."""
         current = self._token
-        if current is not None and current.fresh(self.clock()):
+        if current is not None and current.fresh(self.clock(), lasting=lasting):
             return current
         async with self._lock:
+            if self._refused is not None:
+                raise self._refused  # a dead credential is never retried, however many tasks wait on it
             current = self._token
-            if current is not None and current.fresh(self.clock()):
+            if current is not None and current.fresh(self.clock(), lasting=lasting):
                 return current
-            self._token = await self.retry.call(lambda: self._fetch(session))
+            try:
+                self._token = await self.retry.call(lambda: self._fetch(session))
+            except AuthenticationError as exc:
+                self._refused = exc
+                raise
             self.issued += 1
             return self._token
 
@@ -199,7 +218,8 @@ class PasswordAuth:
         if status in (400, 401, 403, 404):
             err = error_from_response(status, headers, raw, **ctx)
             raise AuthenticationError(
-                f"identity service refused user {self.username!r} for tenant {self.tenant_id!r}: {err.message}",
+                f"auth profile {self.profile!r}: the identity service refused user {self.username!r} for tenant "
+                f"{self.tenant_id!r}: {err.message}; check the password in its environment variable",
                 status=status,
                 request_id=err.request_id,
                 **ctx,
@@ -220,14 +240,16 @@ class StaticTokenAuth:
     endpoint_url: str
     token_value: Secret
     tenant_id: str | None = None
+    profile: str = "default"
     _token: Token | None = field(default=None, init=False, repr=False)
     _revoked: bool = field(default=False, init=False, repr=False)
 
-    async def token(self, session: aiohttp.ClientSession) -> Token:
+    async def token(self, session: aiohttp.ClientSession, *, lasting: bool = False) -> Token:
         """The fixed token; once the server refused it there is nothing to refresh to."""
         if self._revoked:
             raise AuthenticationError(
-                "the server refused the fixed token (token_env); issue a new token and run again",
+                f"auth profile {self.profile!r}: the server refused the fixed token (token_env); issue a new "
+                "token and run again",
                 status=401,
             )
         if self._token is None:

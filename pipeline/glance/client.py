@@ -7,6 +7,7 @@ are an async context manager over the open response so the engine controls the p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import aiohttp
 
 from ..errors import (
+    ApiError,
     AuthenticationError,
     NotFoundError,
     ProtocolError,
@@ -95,6 +97,9 @@ class ImageClient:
         self.region = region
         self.retry = retry or RetryPolicy()
         self._on_retry = on_retry
+        #: Whether this region honours a client-chosen image id on create: None until the first create
+        #: with one tells (see ``copies.create_copy``).
+        self.client_ids: bool | None = None
 
     def __repr__(self) -> str:
         return f"ImageClient(region={self.region!r}, tenant={self.auth.tenant_id!r})"
@@ -115,6 +120,13 @@ class ImageClient:
             headers.update(extra)
         return headers
 
+    def _refused(self, err: ApiError, ctx: Mapping[str, Any]) -> AuthenticationError:
+        """A 401 that persisted after a fresh token: the credential is dead for this region (fatal)."""
+        return AuthenticationError(
+            f"auth profile {self.auth.profile!r}: region {self.region} refused a freshly issued token: {err.message}",
+            status=401, request_id=err.request_id, **ctx,
+        )  # fmt: skip
+
     async def _send_once(
         self, method: str, path: str, ctx: dict[str, Any], extra: Mapping[str, str] | None, **kwargs: Any
     ) -> tuple[int, Any, bytes]:
@@ -133,10 +145,7 @@ class ImageClient:
             if status >= 400:
                 err = error_from_response(status, resp_headers, body, **ctx)
                 if status == 401:
-                    raise AuthenticationError(
-                        f"the image service refused a freshly issued token: {err.message}",
-                        status=401, request_id=err.request_id, **ctx,
-                    )  # fmt: skip
+                    raise self._refused(err, ctx)
                 raise err
             return status, resp_headers, body
         raise AssertionError("unreachable")  # pragma: no cover
@@ -148,9 +157,10 @@ class ImageClient:
         *,
         image_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        replay: bool = True,
         **kwargs: Any,
     ) -> tuple[int, Any, bytes]:
-        """A replayable request under the retry policy."""
+        """A request under the retry policy; with ``replay=False`` it is sent once (not safe to repeat)."""
         ctx = {"region": self.region, "image_id": image_id, "method": method, "path": path.split("?")[0]}
 
         def on_retry(attempt: int, exc: BaseException, wait: float) -> None:
@@ -160,6 +170,8 @@ class ImageClient:
         async def attempt() -> tuple[int, Any, bytes]:
             return await self._send_once(method, path, ctx, headers, **kwargs)
 
+        if not replay:
+            return await attempt()
         return await self.retry.call(attempt, on_retry=on_retry)
 
     async def _json(self, method: str, path: str, *, image_id: str | None = None, **kwargs: Any) -> Any:
@@ -228,8 +240,13 @@ class ImageClient:
         return self._image(await self._json("GET", f"/v2/images/{image_id}", image_id=image_id), image_id)
 
     async def create_image(self, fields: Mapping[str, Any]) -> Image:
-        """Create an empty (queued) image; returns it as the server reports it."""
-        doc = await self._json("POST", "/v2/images", json=dict(fields), image_id=fields.get("id"))
+        """Create an empty (queued) image; returns it as the server reports it.
+
+        Retried like any call only when ``fields`` name the image's ``id``: sent twice, such a POST gets a
+        409 instead of making a second image. Without an id it is sent once (see ``copies.create_copy``).
+        """
+        doc = await self._json("POST", "/v2/images", json=dict(fields), image_id=fields.get("id"),
+                               replay="id" in fields)  # fmt: skip
         return self._image(doc)
 
     async def update_image(self, image_id: str, ops: Sequence[Mapping[str, Any]]) -> Image:
@@ -252,7 +269,8 @@ class ImageClient:
         """Stream ``body`` into a queued image (204). Never retried: a stream cannot be replayed."""
         path = f"/v2/images/{image_id}/file"
         ctx: dict[str, Any] = {"region": self.region, "image_id": image_id, "method": "PUT", "path": path}
-        token = await self.auth.token(self.session)
+        # the headers leave with the first body chunk, which may take a while: a token with life left
+        token = await self.auth.token(self.session, lasting=True)
         url = await self.endpoint() + path
         extra = {"Content-Type": OCTET_STREAM}
         if size is not None:
@@ -264,24 +282,37 @@ class ImageClient:
         if status == 401:
             self.auth.invalidate(token)
             err = error_from_response(status, headers, raw, **ctx)
+            # The stream cannot be sent again here, but the credential can be tested at once: a replayable
+            # request gets its own refresh-and-retry, and a credential refused even then is fatal
+            # (AuthenticationError) instead of a reason for another upload pass.
+            with contextlib.suppress(ApiError):
+                await self.get_image(image_id)
             raise TokenRejectedError(f"upload refused the token: {err.message}", status=401,
                                      request_id=err.request_id, **ctx)  # fmt: skip
         if status >= 400:
             raise error_from_response(status, headers, raw, **ctx)
 
     @asynccontextmanager
-    async def open_download(self, image_id: str, *, offset: int = 0) -> AsyncIterator[Download]:
-        """Open the image's data, from ``offset`` with ``Range: bytes=offset-`` when it is not 0."""
+    async def open_download(
+        self, image_id: str, *, offset: int = 0, idle_timeout: float | None = None
+    ) -> AsyncIterator[Download]:
+        """Open the image's data, from ``offset`` with ``Range: bytes=offset-`` when it is not 0.
+        ``idle_timeout`` replaces the session's read-idle timeout for this download."""
         path = f"/v2/images/{image_id}/file"
         ctx: dict[str, Any] = {"region": self.region, "image_id": image_id, "method": "GET", "path": path}
         extra = {"Range": f"bytes={offset}-"} if offset else {}
+        options: dict[str, Any] = {}
+        if idle_timeout is not None:
+            base = self.session.timeout
+            options["timeout"] = aiohttp.ClientTimeout(total=None, sock_connect=base.sock_connect,
+                                                       sock_read=idle_timeout)  # fmt: skip
 
         async def attempt() -> aiohttp.ClientResponse:
             for refreshed in (False, True):
                 token = await self.auth.token(self.session)
                 url = await self.endpoint() + path
                 with map_aiohttp_errors(**ctx):
-                    resp = await self.session.get(url, headers=self._headers(token, extra))
+                    resp = await self.session.get(url, headers=self._headers(token, extra), **options)
                 if resp.status < 400:
                     return resp
                 try:
@@ -293,8 +324,7 @@ class ImageClient:
                     self.auth.invalidate(token)
                     if not refreshed:
                         continue
-                    raise AuthenticationError(f"the image service refused a fresh token: {err.message}",
-                                              status=401, request_id=err.request_id, **ctx)  # fmt: skip
+                    raise self._refused(err, ctx)
                 raise err
             raise AssertionError("unreachable")  # pragma: no cover
 
