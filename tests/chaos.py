@@ -16,7 +16,7 @@ from typing import Any
 
 from .jobsetup import SourceImage, admin_images, assert_done_means_verified, check_invariants
 
-__all__ = ["SmallDisk", "fired", "invariants", "set_faults", "small_disk"]
+__all__ = ["SmallDisk", "fired", "invariants", "set_faults", "small_disk", "state"]
 
 
 def set_faults(admin: str, region: str, knobs: dict[str, Any]) -> None:
@@ -35,11 +35,17 @@ def admin_post(admin: str, path: str, doc: dict[str, Any]) -> Any:
         return json.loads(resp.read())
 
 
-def fired(admin: str) -> int:
-    """How many faults the emulator has injected so far (all regions, all kinds)."""
+def state(admin: str) -> dict[str, Any]:
+    """The emulator's own counts: tokens issued, faults fired, requests and uploads per region."""
     with urllib.request.urlopen(f"{admin}/state", timeout=10) as resp:
-        state = json.loads(resp.read())
-    return sum(sum(kinds.values()) for kinds in state["faults_fired"].values())
+        doc: dict[str, Any] = json.loads(resp.read())
+        return doc
+
+
+def fired(admin: str) -> int:
+    """How many faults the emulator has injected so far (all regions, all kinds; a lost answer counts once)."""
+    return sum(n for kinds in state(admin)["faults_fired"].values() for kind, n in kinds.items()
+               if not kind.startswith("lose_response_"))  # fmt: skip
 
 
 def no_duplicates(admin: str, job: str, tenant: str, targets: tuple[str, ...]) -> None:
@@ -68,11 +74,11 @@ class SmallDisk:
     a per-process file size limit applied to the child (EFBIG). ``popen`` holds the extra subprocess
     arguments; ``grow()`` lifts the limit, keeping what was written."""
 
-    def __init__(self, path: Path, size: int) -> None:
+    def __init__(self, path: Path, size: int, *, mount: bool = True) -> None:
         self.path, self.size = path, size
         path.mkdir(parents=True, exist_ok=True)
-        self.mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                                      capture_output=True, check=False).returncode == 0  # fmt: skip
+        self.mounted = mount and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                                capture_output=True, check=False).returncode == 0  # fmt: skip
         self.popen: dict[str, Any] = {} if self.mounted else {"preexec_fn": self._limit}
 
     def _limit(self) -> None:  # runs in the child before exec
@@ -91,8 +97,8 @@ class SmallDisk:
 
 
 @contextlib.contextmanager
-def small_disk(path: Path, size: int) -> Iterator[SmallDisk]:
-    disk = SmallDisk(path, size)
+def small_disk(path: Path, size: int, *, mount: bool = True) -> Iterator[SmallDisk]:
+    disk = SmallDisk(path, size, mount=mount)
     try:
         yield disk
     finally:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from pipeline.emulator import process
 from pipeline.emulator.process import EmulatorProcess, stop_process
 
-__all__ = ["EmulatorProcess", "emulator_process", "rss_peak_kib", "stop_process"]
+__all__ = ["EmulatorProcess", "emulator_process", "rss_peak_kib", "stop_process", "wait_until"]
 
 
 @contextmanager
@@ -27,3 +32,15 @@ def rss_peak_kib(pid: int) -> tuple[int, int]:
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0])
     return fields["VmRSS"], fields["VmHWM"]
+
+
+def wait_until(check: Callable[[], bool], proc: subprocess.Popen[Any], what: str, timeout: float = 60) -> None:
+    """Poll a server until ``check()`` holds (the scenario is really under way), or fail the test; also
+    fails if ``proc`` (the run under test) ends first."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)

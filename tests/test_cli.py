@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +14,9 @@ import pytest
 
 from pipeline.cli import main
 
+from .chaos import state
 from .jobsetup import PASSWORD, PASSWORD_ENV, check_invariants, make_source, new_tenants, run_cli, write_job
-from .procs import EmulatorProcess, emulator_process, stop_process
+from .procs import EmulatorProcess, emulator_process, stop_process, wait_until
 
 TARGETS = ("KR2", "JP1")
 GOOD = """
@@ -162,17 +162,19 @@ def test_sigterm_exits_143_and_the_next_run_completes(emu: EmulatorProcess, tmp_
     env = {**os.environ, PASSWORD_ENV: PASSWORD}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(job), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    aborted_before = sum(s["uploads_aborted"] for s in state(emu.admin)["stats"].values())
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (tmp_path / "state" / "journal.jsonl").exists():
-            time.sleep(0.1)
-        time.sleep(2.0)  # well into the transfers (2 MiB/s of 11 MiB)
+        # the signal lands mid-transfer: only once the targets report uploads in progress
+        wait_until(lambda: any(s["uploads_active"] for s in state(emu.admin)["stats"].values()), proc,
+                   "uploads in flight")  # fmt: skip
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
         stop_process(proc, signal.SIGKILL)
     assert proc.returncode == 143, err[-2000:]
     assert "interrupted by SIGTERM" in out
+    aborted = sum(s["uploads_aborted"] for s in state(emu.admin)["stats"].values()) - aborted_before
+    assert aborted >= 1  # the targets saw uploads broken off by the interruption
     status = json.loads(run_cli("status", str(job), "--json").stdout)
     assert status["last_run"]["outcome"] == "interrupted"
     assert status["last_run"]["exit_code"] == 143

@@ -287,3 +287,128 @@ async def test_spool_serves_retries(cloud: Cloud, emulator: Emulator, tmp_path: 
     assert results["JP1"].attempts == 2
     assert sum(e.n for e in recorder.of(BytesRead)) == SIZE  # the retry was served by the spool
     assert list((tmp_path / "spool").iterdir()) == []
+
+
+# === blame the right side, and contain each target's trouble
+
+
+async def test_slow_source_never_stalls_a_target(cloud: Cloud, emulator: Emulator) -> None:
+    """A source slower than the stall timeout (each 1 MiB chunk takes 2 s to arrive, the stall timeout is
+    1 s): the targets wait without being blamed or cancelled; one attempt each, every copy verified."""
+    image = source_image(emulator, cloud.t1, size=3 * MiB)
+    emulator.faults("KR1").bandwidth = MiB // 2
+    results, rec = await copy(cloud, image, stall_timeout=1.0)
+    assert rec.of(TargetFailed) == []
+    for result in results.values():
+        await assert_verified_copy(cloud, result, image)
+        assert result.attempts == 1
+    assert {r: emulator.regions[r].stats.uploads_started for r in ("KR2", "JP1")} == {"KR2": 1, "JP1": 1}
+
+
+async def test_throttled_source_resume_blames_no_target(cloud: Cloud, emulator: Emulator) -> None:
+    """The source drops mid-image and its resume is answered 429 with a Retry-After longer than the
+    stall timeout: the targets sit idle meanwhile and are neither blamed nor cancelled."""
+    image = source_image(emulator, cloud.t1)
+    faults = emulator.faults("KR1")
+    faults.drop_download = [ByteFault(2 * MiB)]
+    faults.statuses.append(StatusFault(429, op="download", count=1, retry_after=2.5, skip=1))
+    slow_backoff = RetryPolicy(attempts=3, initial=0.01, maximum=0.05)  # really waits the Retry-After
+    recorder = Recorder()
+    engine = Engine(settings(stall_timeout=1.0, backoff=slow_backoff), reporter=recorder)
+    source = cloud.client(region="KR1")
+    source.retry = slow_backoff
+    results = await engine.copy_image(source, image, specs(cloud))
+    assert faults.fired == {"drop_download": 1, "status_429": 1}  # the throttle really happened mid-stream
+    assert recorder.of(TargetFailed) == []
+    assert len(recorder.of(SourceResumed)) == 1
+    for result in results.values():
+        await assert_verified_copy(cloud, result, image)
+        assert result.attempts == 1
+
+
+async def test_failed_verification_read_stays_with_its_target(cloud: Cloud, emulator: Emulator) -> None:
+    """JP1 hashes with sha256, so its copy is read back to check it, and that read fails (500s): only JP1
+    is retried, KR2 is done at once, and nothing escapes the engine."""
+    image = source_image(emulator, cloud.t1)
+    emulator.store("JP1").hashing_algorithm = "sha256"
+    # five 500s: every low-level try of the read-back fails (the client makes five), the retry finds the
+    # copy active with the source's size and md5
+    emulator.faults("JP1").statuses.append(StatusFault(500, op="download", count=5))
+    results, rec = await copy(cloud, image, retries=6)
+    await assert_verified_copy(cloud, results["KR2"], image)
+    assert results["KR2"].attempts == 1
+    assert results["JP1"].state == "done", results["JP1"].error
+    assert [(f.region, f.blame) for f in rec.of(TargetFailed)] == [("JP1", "target")]
+    assert "cannot read back" in rec.of(TargetFailed)[0].error
+    assert emulator.faults("JP1").fired["status_500"] == 5
+
+
+class SpoolSaboteur(Recorder):
+    """When the first retry is announced, replaces the spool file: with a directory (reading it back fails
+    with an OSError) or with a short file (it reads back incomplete)."""
+
+    def __init__(self, spool_dir: Any, how: str) -> None:
+        super().__init__()
+        self.spool_dir, self.how, self.done = spool_dir, how, False
+
+    def emit(self, event: Any) -> None:
+        super().emit(event)
+        if isinstance(event, TargetRetrying) and not self.done:
+            self.done = True
+            (path,) = list(self.spool_dir.iterdir())
+            path.unlink()  # the writer keeps its open file; the next reader finds this instead
+            if self.how == "unreadable":
+                path.mkdir()
+            else:
+                path.write_bytes(b"short")
+
+
+@pytest.mark.parametrize("how", ["unreadable", "short"])
+async def test_a_spool_that_cannot_serve_is_dropped_for_the_source(
+    cloud: Cloud, emulator: Emulator, tmp_path: Any, how: str
+) -> None:
+    """A spool that cannot be read back, or reads back short, fails only that pass: the spool is never
+    used again and the retry reads the source; every copy is verified, nothing escapes."""
+    image = source_image(emulator, cloud.t1)
+    emulator.faults("JP1").statuses.append(StatusFault(503, op="upload", count=1))
+    recorder = SpoolSaboteur(tmp_path / "spool", how)
+    engine = Engine(settings(spool_dir=tmp_path / "spool"), reporter=recorder)
+    results = await engine.copy_image(cloud.client(region="KR1"), image, specs(cloud))
+    assert recorder.done
+    for result in results.values():
+        await assert_verified_copy(cloud, result, image)
+    assert results["JP1"].attempts == 3  # the 503, the spool pass that failed, the pass from the source
+    assert sum(e.n for e in recorder.of(BytesRead)) == 2 * SIZE  # read once more from the source, not the spool
+    assert any(f.blame == "source" and "spool" in f.error for f in recorder.of(TargetFailed))
+
+
+def test_a_spool_cut_short_is_not_complete(tmp_path: Any) -> None:
+    """A spool whose writer was detached early (fewer bytes than the image) is not complete, even when
+    the stream itself verified; one that holds every byte of a verified stream is."""
+    from pipeline.source import Spool
+
+    short = Spool.open(tmp_path, "a", 10)
+    assert short is not None
+    short.write(b"12345")
+    short.settle(verified=True)
+    assert not short.complete
+    assert short.failed is not None
+    assert "5 of 10" in short.failed
+    whole = Spool.open(tmp_path, "b", 3)
+    assert whole is not None
+    whole.write(b"abc")
+    whole.settle(verified=True)
+    assert whole.complete
+
+
+async def test_retries_zero_means_one_attempt(cloud: Cloud, emulator: Emulator) -> None:
+    """retries = 0: one attempt, counted at the server: one 503 on JP1's upload fails JP1 for good
+    (exactly one upload request reached it) and one 503 on KR2's verification read fails KR2 (one GET)."""
+    image = source_image(emulator, cloud.t1)
+    emulator.faults("JP1").statuses.append(StatusFault(503, op="upload", count=1))
+    emulator.faults("KR2").statuses.append(StatusFault(503, op="get", count=1))
+    results, _ = await copy(cloud, image, retries=0)
+    assert {r: results[r].state for r in ("KR2", "JP1")} == {"KR2": "failed", "JP1": "failed"}
+    assert emulator.regions["JP1"].stats.requests["upload"] == 1
+    assert emulator.regions["KR2"].stats.requests["get"] == 1
+    assert results["JP1"].attempts == results["KR2"].attempts == 1

@@ -341,3 +341,29 @@ async def test_verify_reports_metadata_and_data_differences(emulator: Emulator, 
     jp1_finding = next(f for f in deep.findings if f.target == "JP1")
     assert jp1_finding.status == "differs"  # ...re-reading them does
     assert any("md5" in d for d in jp1_finding.details)
+
+
+async def test_source_without_checksum_converges(emulator: Emulator, tmp_path: Path) -> None:
+    """A source that publishes no checksum and no os_hash_value is copied once (verified against what the
+    target reports), then judged by size plus the digests journalled for its copy: the reruns move 0 bytes
+    instead of replacing it for ever, the plan says how it was judged, and verify --deep agrees."""
+    from pipeline.verify import verify_job
+
+    tenant = uuid.uuid4().hex
+    src = add(emulator, tenant, "no-digest", size=3 * MiB)
+    src.checksum = src.os_hash_algo = src.os_hash_value = None  # as some backends leave imported images
+    spec = job(emulator, tmp_path, tenant)
+    first = await run(spec)
+    assert first.exit_code == 0
+    assert first.counts()["copied"] == 2
+    for _ in range(2):
+        again = await run(spec)
+        assert again.exit_code == 0
+        assert again.bytes_written == 0
+        assert again.counts()["up_to_date"] == 2
+        assert again.plan is not None
+        assert any("publishes no checksum" in note for note in again.plan.notes)
+    for region in TARGETS:
+        assert len([r for r in emulator.store(region).images.values() if r.owner == tenant]) == 1
+    report = await verify_job(spec, deep=True)
+    assert report.ok, [f.to_json() for f in report.findings]

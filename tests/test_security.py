@@ -14,6 +14,7 @@ import pytest
 import trustme
 
 from pipeline.emulator import Emulator
+from pipeline.glance import ImageClient, PasswordAuth, Secret, new_session
 from pipeline.runner import RunOptions, run_job
 from pipeline.spec import parse_job
 
@@ -84,7 +85,7 @@ def test_spool_files_are_private(emulator: Emulator, tmp_path: Path) -> None:
     """Spool files are created 0600 in a 0700 directory while an image transfers (then removed)."""
     from pipeline.source import Spool
 
-    spool = Spool(tmp_path / "spool", "img")
+    spool = Spool(tmp_path / "spool", "img", 0)
     try:
         assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
         assert stat.S_IMODE(spool.path.stat().st_mode) == 0o600
@@ -173,8 +174,13 @@ async def test_visibility_is_never_widened(emulator: Emulator, tmp_path: Path) -
         assert all(not r.members for r in emulator.store(region).images.values())
 
 
-async def test_images_without_provenance_are_never_touched(emulator: Emulator, tmp_path: Path) -> None:
-    """Same-named images in a target that lack this job's provenance are never modified or deleted."""
+@pytest.mark.parametrize("server_filters", ["honoured", "ignored"])
+async def test_images_without_provenance_are_never_touched(emulator: Emulator, tmp_path: Path,
+                                                           server_filters: str) -> None:  # fmt: skip
+    """Same-named images in a target that lack this job's provenance are never modified or deleted, also
+    when the server ignores the property filter imgmig lists with (every image comes back): the
+    provenance is re-checked on each image, and again before each delete."""
+    emulator.faults("KR2").ignore_property_filters = server_filters == "ignored"
     tenant = uuid.uuid4().hex
     src = add(emulator, tenant, "twin", tags=["a"])
     fields = {"os_type": "linux", "disk_format": "raw", "container_format": "bare"}
@@ -183,6 +189,10 @@ async def test_images_without_provenance_are_never_touched(emulator: Emulator, t
         tenant, b"x", {"name": "twin", **fields, "imgmig_job": "another-job", "imgmig_source_id": src.id}
     )
     before = (twin.to_json(), other_job.to_json())
+    async with new_session() as session:  # the scenario holds: what a filtered listing returns
+        client = ImageClient(session, PasswordAuth(emulator.identity_url, tenant, "u", Secret("p")), "KR2")
+        listed = {i.id async for i in client.list_images({"imgmig_job": "mine", "visibility": "all"})}
+    assert (other_job.id in listed) == (server_filters == "ignored")
     auth = {"identity_url": emulator.identity_url, "tenant_id": tenant, "username": "u", "password_env": "PW"}
     spec = parse_job({"name": "mine", "auth": {"m": auth}, "source": {"auth": "m", "region": "KR1"},
                       "targets": [{"auth": "m", "region": "KR2"}],

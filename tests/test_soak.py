@@ -40,8 +40,20 @@ def random_faults(rng: random.Random) -> dict[str, dict[str, Any]]:
     for _ in range(rng.randint(1, 3)):
         region = rng.choice(("KR1", "KR2", "JP1"))
         knobs = faults.setdefault(region, {})
-        kind = rng.choice(("drop_download", "drop_upload", "status", "429", "slow", "corrupt"))
-        if kind == "drop_download" and region == "KR1":
+        kind = rng.choice(("drop_download", "drop_upload", "status", "429", "slow", "corrupt", "lose", "throttle"))
+        if kind == "lose" and region != "KR1":
+            # answers lost after the server acted: the first write of one kind per image
+            op = rng.choice(("create", "upload", "patch", "members"))
+            knobs.setdefault("lose_response", []).append(
+                {"op": op, "count": None, "first_per_image": True, "writes_only": True}
+            )
+        elif kind == "throttle" and region == "KR1":
+            # the stream drops, and its resume is throttled (429 with Retry-After)
+            knobs["drop_download"] = [rng.randrange(1, 3 * MiB)]
+            knobs.setdefault("statuses", []).append(
+                {"status": 429, "op": "download", "count": 1, "retry_after": 1.0, "skip": 1}
+            )
+        elif kind == "drop_download" and region == "KR1":
             knobs["drop_download"] = sorted(rng.randrange(1, 5 * MiB) for _ in range(rng.randint(1, 3)))
         elif kind == "drop_upload" and region != "KR1":
             knobs["drop_upload"] = sorted(rng.randrange(1, 3 * MiB) for _ in range(rng.randint(1, 2)))

@@ -7,7 +7,6 @@ import pytest
 from multidict import CIMultiDict
 
 from pipeline.errors import (
-    AuthenticationError,
     ConflictError,
     ConnectError,
     ConnectionLostError,
@@ -15,6 +14,7 @@ from pipeline.errors import (
     RateLimitedError,
     ReadTimeoutError,
     ServerError,
+    UnauthorizedError,
     error_for_status,
 )
 from pipeline.glance.transport import error_from_response, map_aiohttp_errors, server_message
@@ -53,11 +53,12 @@ def test_server_message_is_bounded() -> None:
 
 @pytest.mark.parametrize(
     ("status", "cls"),
-    [(401, AuthenticationError), (409, ConflictError), (429, RateLimitedError), (500, ServerError),
+    [(401, UnauthorizedError), (409, ConflictError), (429, RateLimitedError), (500, ServerError),
      (504, ServerError), (418, HTTPStatusError)],
 )  # fmt: skip
 def test_error_for_status(status: int, cls: type) -> None:
-    """Each status maps to its class; unknown 4xx map to the HTTPStatusError base."""
+    """Each status maps to its class; unknown 4xx map to the HTTPStatusError base. A bare 401 is not
+    fatal by itself (the client refreshes the token once); only one that persists becomes fatal."""
     assert error_for_status(status) is cls
 
 
