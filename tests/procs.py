@@ -14,7 +14,7 @@ import pytest
 from pipeline.emulator import process
 from pipeline.emulator.process import EmulatorProcess, stop_process
 
-__all__ = ["EmulatorProcess", "emulator_process", "rss_peak_kib", "stop_process", "wait_until"]
+__all__ = ["EmulatorProcess", "emulator_process", "eventually", "rss_peak_kib", "stop_process", "wait_until"]
 
 
 @contextmanager
@@ -44,3 +44,12 @@ def wait_until(check: Callable[[], bool], proc: subprocess.Popen[Any], what: str
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    """Poll a server until ``check()`` holds (it notices some things, like a client gone, a moment later)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -14,9 +14,9 @@ import pytest
 
 from pipeline.cli import main
 
-from .chaos import state
+from .chaos import set_faults, state
 from .jobsetup import PASSWORD, PASSWORD_ENV, check_invariants, make_source, new_tenants, run_cli, write_job
-from .procs import EmulatorProcess, emulator_process, stop_process, wait_until
+from .procs import EmulatorProcess, emulator_process, eventually, stop_process, wait_until
 
 TARGETS = ("KR2", "JP1")
 GOOD = """
@@ -162,19 +162,21 @@ def test_sigterm_exits_143_and_the_next_run_completes(emu: EmulatorProcess, tmp_
     env = {**os.environ, PASSWORD_ENV: PASSWORD}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(job), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    aborted_before = sum(s["uploads_aborted"] for s in state(emu.admin)["stats"].values())
+    aborted_before = state(emu.admin)["stats"]["JP1"]["uploads_aborted"]
+    set_faults(emu.admin, "JP1", {"bandwidth": 256 * 1024})  # an upload to JP1 lasts seconds
     try:
-        # the signal lands mid-transfer: only once the targets report uploads in progress
-        wait_until(lambda: any(s["uploads_active"] for s in state(emu.admin)["stats"].values()), proc,
-                   "uploads in flight")  # fmt: skip
+        # the signal lands mid-transfer: once JP1 reports an upload in progress that has bytes already
+        wait_until(lambda: state(emu.admin)["stats"]["JP1"]["active_upload_bytes"] > 0, proc, "an upload under way")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
         stop_process(proc, signal.SIGKILL)
+        set_faults(emu.admin, "JP1", {})
     assert proc.returncode == 143, err[-2000:]
     assert "interrupted by SIGTERM" in out
-    aborted = sum(s["uploads_aborted"] for s in state(emu.admin)["stats"].values()) - aborted_before
-    assert aborted >= 1  # the targets saw uploads broken off by the interruption
+    # the targets saw uploads broken off by the interruption (they notice the client gone a moment later)
+    eventually(lambda: state(emu.admin)["stats"]["JP1"]["uploads_aborted"] > aborted_before,
+               "JP1 to see the interrupted upload end")  # fmt: skip
     status = json.loads(run_cli("status", str(job), "--json").stdout)
     assert status["last_run"]["outcome"] == "interrupted"
     assert status["last_run"]["exit_code"] == 143

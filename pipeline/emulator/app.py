@@ -64,8 +64,9 @@ class RegionStats:
     uploads_completed: int = 0
     #: Uploads that broke off (client gone, dropped, stalled) before all their bytes arrived.
     uploads_aborted: int = 0
-    #: Uploads in progress right now.
+    #: Uploads in progress right now, and the bytes they have received so far (>0: one is mid-transfer).
     uploads_active: int = 0
+    active_upload_bytes: int = 0
     bytes_received: int = 0
     bytes_sent: int = 0
     #: Requests refused with 401 (a missing, unknown, expired or revoked token).
@@ -414,6 +415,7 @@ async def upload_handler(request: web.Request) -> web.StreamResponse:
                 chunk = bytes(flipped)
             received = end
             stats.bytes_received += len(chunk)
+            stats.active_upload_bytes += len(chunk)
             buf += chunk
             if len(buf) >= WRITE_BATCH:
                 data, buf = bytes(buf), bytearray()
@@ -426,6 +428,7 @@ async def upload_handler(request: web.Request) -> web.StreamResponse:
         return web.Response(status=400)  # the client went away mid-upload; nobody reads this answer
     finally:
         stats.uploads_active -= 1
+        stats.active_upload_bytes -= received
         if ok:
             stats.uploads_completed += 1
         else:
