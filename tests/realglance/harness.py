@@ -8,7 +8,12 @@ What it runs (see /work/shared/reference/glance-behaviour.md for why each piece 
 * per region: its own config dir, sqlite database, file store, and one uwsgi server
   (``glance_wsgi.py`` as the WSGI module, trusted-auth paste flavor) on a free loopback port;
 * one identity shim (``shim.py``) issuing NHN-style Keystone v2.0 tokens and fronting every region with a
-  streaming proxy that turns a token into Glance's trusted identity headers.
+  streaming proxy that turns a token into Glance's trusted identity headers;
+* optionally (``keystone=True``, see ks_harness.py) a real Keystone 30 from its own cached venv, whose
+  catalog lists the same regions. The regions then run the ``dual-auth`` paste flavor (glance_wsgi.py):
+  requests from the shim (marked with a per-run secret) keep the trusted-auth path, every other request is
+  validated by keystonemiddleware against that Keystone. Each region's uwsgi then also listens on two more
+  ports, the ``internal`` and ``admin`` image endpoints of the Keystone catalog.
 
 ``running_glance()`` starts all of it and always stops exactly the processes it started, also when
 start-up fails halfway. Anything that cannot be installed or started raises ``GlanceHarnessError``.
@@ -21,6 +26,7 @@ import ctypes
 import fcntl
 import json
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -36,7 +42,10 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .ks_harness import KeystoneCluster
 
 __all__ = [
     "GLANCE_REQUIREMENTS",
@@ -180,11 +189,15 @@ class GlanceCluster:
 
     identity_url: str  # e.g. http://127.0.0.1:P/v2.0
     regions: dict[str, str]  # region -> proxy base URL (what the serviceCatalog lists)
-    upstreams: dict[str, str]  # region -> direct uwsgi URL (no auth in front: for debugging only)
+    # region -> direct uwsgi URL: no auth in front (debugging only), or with keystone=True the region's
+    # keystonemiddleware-guarded public image endpoint (the same as keystone.endpoints[region]["public"]).
+    upstreams: dict[str, str]
     admin_url: str  # shim admin base URL, e.g. http://127.0.0.1:P/_admin
     state_dir: Path = field(default_factory=Path)
     # Process-group ids of the children the harness started (each uwsgi master leads its workers).
     process_groups: list[int] = field(default_factory=list)
+    # The real Keystone v3 serving the same regions: only with running_glance(keystone=True).
+    keystone: KeystoneCluster | None = None
 
     def set_token_ttl(self, seconds: float, *, existing: bool = False) -> None:
         """Set the lifetime of tokens issued from now on (``existing=True``: also cut live tokens)."""
@@ -230,6 +243,9 @@ class _Region:
     root: Path
     port: int
     proc: subprocess.Popen[bytes] | None = None
+    # With Keystone: the same uwsgi also listens here (the catalog's internal and admin image endpoints).
+    internal_port: int | None = None
+    admin_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -251,7 +267,14 @@ def _render(template: str, values: Mapping[str, str]) -> str:
     return text
 
 
-def _write_region_config(region: _Region, *, processes: int, require_format_match: bool) -> None:
+def _write_region_config(
+    region: _Region,
+    *,
+    processes: int,
+    require_format_match: bool,
+    keystone_authtoken: str = "",
+    trusted_proxy_secret: str = "",
+) -> None:
     root = region.root
     # A reused state dir must not hand a fresh database stale image files (glance_store would report
     # Duplicate for a re-created image id), so each start gets an empty region directory.
@@ -265,6 +288,13 @@ def _write_region_config(region: _Region, *, processes: int, require_format_matc
         "PROCESSES": str(processes),
         "MODULE_DIR": str(HERE),
         "REQUIRE_FORMAT_MATCH": "true" if require_format_match else "false",
+        # Without Keystone the files are exactly the trusted-auth setup (the dualauth filter is never loaded).
+        "PASTE_FLAVOR": "dual-auth" if keystone_authtoken else "trusted-auth",
+        "KEYSTONE_AUTHTOKEN": keystone_authtoken,
+        "TRUSTED_PROXY_SECRET": trusted_proxy_secret,
+        "EXTRA_HTTP_SOCKETS": "\n".join(
+            f"http-socket = 127.0.0.1:{port}" for port in (region.internal_port, region.admin_port) if port
+        ),
     }
     (root / "etc" / "glance-api.conf").write_text(_render("glance-api.conf.in", values))
     (root / "etc" / "glance-api-paste.ini").write_text(_render("glance-api-paste.ini", values))
@@ -489,12 +519,19 @@ def running_glance(
     users: dict[str, Any] | None = None,
     processes: int = DEFAULT_PROCESSES,
     require_format_match: bool = True,
+    keystone: bool = False,
+    keystone_token_expiration: int = 3600,
+    keystone_processes: int | None = None,
 ) -> Iterator[GlanceCluster]:
     """Start one real Glance 33 per region plus the identity shim; stop exactly those processes on exit.
 
     ``state_dir`` holds one directory per region (config, sqlite db, store, logs). ``users`` switches the
     shim from open mode to the listed users (format: see shim.py's docstring). ``token_ttl`` is the
     initial token lifetime in seconds (shim default: 3600).
+
+    ``keystone=True`` also starts a real Keystone 30 (``state_dir/keystone``) whose catalog lists the regions
+    and makes the regions accept its tokens as well (``GlanceCluster.keystone``, see ks_harness.py);
+    ``keystone_token_expiration`` is its initial ``[token] expiration`` in seconds.
     """
     if not regions:
         raise ValueError("at least one region is needed")
@@ -506,14 +543,42 @@ def running_glance(
     started: list[tuple[subprocess.Popen[bytes], str]] = []
     open_files: list[Any] = []
     try:
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "UWSGI_", "PYTHON"))}
         region_objs = [_Region(name, state_dir / name, _free_port()) for name in regions]
+        ks_server = None
+        authtoken = ""
+        trusted_secret = ""
+        service_password = ""
+        if keystone:
+            from . import ks_harness
+
+            for region in region_objs:
+                region.internal_port, region.admin_port = _free_port(), _free_port()
+            trusted_secret = secrets.token_urlsafe(32)
+            service_password = secrets.token_urlsafe(16)
+            # Keystone first: its workers import for about 5 s, which overlaps the Glance regions' start-up.
+            ks_server = ks_harness.prepare_keystone(
+                state_dir / "keystone",
+                _free_port(),
+                token_expiration=keystone_token_expiration,
+                processes=keystone_processes or ks_harness.DEFAULT_KEYSTONE_PROCESSES,
+            )
+            ks_harness.spawn_keystone(ks_server, base_env, open_files)
+            assert ks_server.proc is not None
+            started.append((ks_server.proc, "uwsgi keystone"))
+            authtoken = ks_harness.authtoken_section(ks_server, service_password)
         for region in region_objs:
-            _write_region_config(region, processes=processes, require_format_match=require_format_match)
+            _write_region_config(
+                region,
+                processes=processes,
+                require_format_match=require_format_match,
+                keystone_authtoken=authtoken,
+                trusted_proxy_secret=trusted_secret,
+            )
         template = _db_template(venv)
         for region in region_objs:
             _install_db(template, region)
 
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "UWSGI_", "PYTHON"))}
         base_env["PATH"] = f"{venv / 'bin'}{os.pathsep}{base_env.get('PATH', '')}"
         base_env["VIRTUAL_ENV"] = str(venv)
         for region in region_objs:
@@ -527,6 +592,23 @@ def running_glance(
                 stderr=subprocess.STDOUT,
             )
             started.append((region.proc, f"uwsgi {region.name}"))
+        keystone_cluster = None
+        if ks_server is not None:
+            ks_harness.wait_keystone(ks_server)
+            # Before any region sees a Keystone token: the service user keystonemiddleware logs in with.
+            keystone_cluster = ks_harness.populate_keystone(
+                ks_server,
+                regions=regions,
+                image_endpoints={
+                    r.name: {
+                        "public": r.url,
+                        "internal": f"http://127.0.0.1:{r.internal_port}",
+                        "admin": f"http://127.0.0.1:{r.admin_port}",
+                    }
+                    for r in region_objs
+                },
+                service_password=service_password,
+            )
         _wait_healthy(region_objs)
 
         shim_cmd = [str(venv / "bin" / "python"), str(HERE / "shim.py"), "--parent-pid", str(os.getpid())]
@@ -541,7 +623,10 @@ def running_glance(
         shim_log_path = state_dir / "shim.log"
         shim_log = shim_log_path.open("wb")
         open_files.append(shim_log)
-        shim = _spawn(shim_cmd, env=base_env, stdout=subprocess.PIPE, stderr=shim_log)
+        shim_env = dict(base_env)
+        if trusted_secret:
+            shim_env["IMGMIG_TRUSTED_PROXY_SECRET"] = trusted_secret
+        shim = _spawn(shim_cmd, env=shim_env, stdout=subprocess.PIPE, stderr=shim_log)
         started.append((shim, "identity shim"))
         banner = _read_banner(shim, shim_log_path)
         yield GlanceCluster(
@@ -551,6 +636,7 @@ def running_glance(
             admin_url=banner["admin_url"],
             state_dir=state_dir,
             process_groups=[proc.pid for proc, _ in started],
+            keystone=keystone_cluster,
         )
     finally:
         # Shim first (it fronts the regions), then every uwsgi; each stop is independent so one failure

@@ -55,6 +55,9 @@ Region proxy (one port per region, any method and path):
   stays chunked; ``Expect: 100-continue`` is answered by the proxy (after the token check). Range,
   Content-Range, Content-MD5, Content-Type and Content-Length pass untouched; nothing is compressed.
 * Upstream unreachable: 502 JSON.
+* With ``IMGMIG_TRUSTED_PROXY_SECRET`` set in its environment, every forwarded request also carries
+  ``X-Imgmig-Trusted-Proxy: <secret>`` (Glance's dual-auth flavor then skips keystonemiddleware for it); a
+  client-sent ``X-Imgmig-Trusted-Proxy`` is always stripped.
 """
 
 from __future__ import annotations
@@ -116,7 +119,14 @@ IDENTITY_PREFIXES = (
     "x-system-scope",
     "x-auth-type",
     "x-trust",
+    # The marker of the dual-auth flavor (glance_wsgi.py): only this shim may send it, with its secret.
+    "x-imgmig-trusted-proxy",
 )
+# With a real Keystone next to the regions (running_glance(keystone=True)), Glance routes requests that carry
+# this header with the per-run secret (passed in this environment variable, never on the command line) to
+# its trusted-auth pipeline and every other request through keystonemiddleware.
+TRUSTED_PROXY_HEADER = "X-Imgmig-Trusted-Proxy"
+TRUSTED_PROXY_SECRET_ENV = "IMGMIG_TRUSTED_PROXY_SECRET"
 
 
 # ------------------------------------------------------------------------------------------- tokens
@@ -470,6 +480,7 @@ class RegionProxy:
         self.identity = identity
         self.session: ClientSession | None = None
         self.faults = identity.faults.setdefault(region, RegionFaults())
+        self.trusted_secret = os.environ.get(TRUSTED_PROXY_SECRET_ENV) or None
 
     def make_app(self) -> web.Application:
         app = web.Application()
@@ -535,6 +546,9 @@ class RegionProxy:
             headers["X-Roles"] = roles
             headers["X-Project-Domain-Id"] = "default"
             headers["X-User-Domain-Id"] = "default"
+        if self.trusted_secret is not None:
+            # Token-less anonymous GETs too: without it Glance would hand them to keystonemiddleware.
+            headers[TRUSTED_PROXY_HEADER] = self.trusted_secret
         return headers
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
