@@ -119,7 +119,11 @@ def _add_emulate(sub: Any) -> None:
             "IDENTITY/_admin/ change fault knobs and token lifetimes at runtime. Stops on SIGINT/SIGTERM (exit 0)."
         ),
     )  # fmt: skip
-    p.add_argument("--regions", default="KR1,KR2,JP1", help="comma-separated region names (default: %(default)s)")
+    p.add_argument("--regions", default="KR1,KR2,KR3,JP1",
+                   help="comma-separated region names (default: %(default)s)")  # fmt: skip
+    p.add_argument("--glance-downloads", action="store_true",
+                   help="serve any image's data like plain Glance, without NHN's download permission "
+                        "(nhncloud_allow_download must be true by default)")  # fmt: skip
     p.add_argument("--port", type=int, default=0,
                    help="identity port; regions take the next ports (default 0: ephemeral ports)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, help="where image data is stored (default: a temporary directory)")
@@ -273,7 +277,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
     else:
         rows = [("IMAGE", "NAME", "TARGET", "STATUS", "DETAILS")]
-        rows += [(f.image_id, (f.name or "")[:32], f.target, f.status, "; ".join(f.details)) for f in report.findings]
+        rows += [(f.image_id, (f.name or "")[:32], f.target, f.status, "; ".join(f.details + f.notes))
+                 for f in report.findings]  # fmt: skip
         print(format_table(rows))
         counts = ", ".join(f"{k} {v}" for k, v in report.counts().items())
         print(f"\nverify{' --deep' if args.deep else ''}: {counts or 'nothing selected'}")
@@ -306,6 +311,7 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
             token_ttl=args.token_ttl,
             users=users,
             tls=tls,
+            download_rule=not args.glance_downloads,
         ) as emu:
             print(info_line(emu), flush=True)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -1,7 +1,8 @@
 """``make demo``: a real migration on the embedded emulator, start to finish, in well under a minute.
 
-Starts ``imgmig emulate --seed demo`` (three regions on loopback), lists what each region holds, runs
-``imgmig run jobs/demo.toml`` (KR1 -> KR2 + JP1, with progress and the summary), shows
+Starts ``imgmig emulate --seed demo`` (four regions on loopback), lists what each region holds, runs
+``imgmig run jobs/demo.toml`` (KR1 -> KR2 + KR3 + JP1, with progress and the summary; one source is not
+downloadable until imgmig switches NHN's download permission on for it, and back), shows
 ``imgmig status``, runs the job again to show that everything is now up to date, then stops the
 emulator. Everything goes through the real CLI and HTTP on 127.0.0.1.
 """
@@ -60,16 +61,18 @@ async def _listing(info: dict[str, object]) -> None:
             print(f"{region}: {len(images)} images visible to the demo tenant")
             for image in images:
                 size = f"{(image.size or 0) / (1 << 20):7.1f} MiB" if image.size is not None else "    no data"
-                print(f"  {image.status:7} {image.visibility or '':8} {size}  {image.name}")
+                gated = str(image.raw.get("nhncloud_allow_download", "true")).lower() != "true"
+                note = "  [nhncloud_allow_download: false]" if gated else ""
+                print(f"  {image.status:7} {image.visibility or '':8} {size}  {image.name}{note}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
-    port = PORT if all(_port_free(PORT + i) for i in range(4)) else 0
+    port = PORT if all(_port_free(PORT + i) for i in range(5)) else 0
     tmp = Path(tempfile.mkdtemp(prefix="imgmig-demo-"))
     shutil.rmtree(Path.cwd() / "state" / "demo", ignore_errors=True)
     env = {**os.environ, PASSWORD_ENV: "demo-password"}
-    args = ("--seed", "demo", "--regions", "KR1,KR2,JP1", "--port", str(port), "--data-dir", str(tmp / "emulator"))
+    args = ("--seed", "demo", "--regions", "KR1,KR2,KR3,JP1", "--port", str(port), "--data-dir", str(tmp / "emulator"))
     try:
         with emulator_process(args) as emu:
             return _demo(emu.info, port, tmp, env, started)
@@ -92,7 +95,7 @@ def _demo(info: dict[str, Any], port: int, tmp: Path, env: dict[str, str], start
     anyio.run(_listing, info)
     _say("plan")
     _cli("plan", str(job), env=env)
-    _say("run: KR1 -> KR2 + JP1, one read per image, verified on the fly")
+    _say("run: KR1 -> KR2 + KR3 + JP1, one read per image, verified on the fly")
     code = _cli("run", str(job), env=env)
     _say("status")
     _cli("status", str(job), env=env)

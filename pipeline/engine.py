@@ -463,7 +463,10 @@ class _ImageCopy:
                     t.result.error, t.result.blame = str(t.abort), "source"
                     self.reporter.emit(TargetFailed(self.image.id, t.region, t.result.attempts, str(t.abort),
                                                     "source"))  # fmt: skip
-                    source_failed.append(t)
+                    if t.abort.retryable:
+                        source_failed.append(t)
+                    else:  # e.g. the source refuses the download: another pass cannot help
+                        self._finish(t, "failed", str(t.abort), blame="source")
                 return
             if error is None or (t.sent == run.size and run.digests):
                 # finished, or every byte went out and only the answer is missing (lost, or the connection

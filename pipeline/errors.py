@@ -35,6 +35,7 @@
     │       └── ServerError              5xx (retryable, honours Retry-After)
     └── TransferError                    a copy of one image to one target failed
         ├── SourceReadError              blame the source: the download broke or lied
+        │   └── SourceForbiddenError     not retryable: the source refused the download (403)
         ├── TargetWriteError             blame the target: the upload or its verification failed
         └── VerificationError            bytes or digests do not match (never marked done)
 
@@ -77,6 +78,7 @@ __all__ = [
     "RegionNotFoundError",
     "RequestTimeoutError",
     "ServerError",
+    "SourceForbiddenError",
     "SourceReadError",
     "TLSVerificationError",
     "TargetWriteError",
@@ -368,6 +370,12 @@ class TransferError(ImgmigError):
 
 class SourceReadError(TransferError):
     """The source download failed or delivered bytes that do not match its digests."""
+
+
+class SourceForbiddenError(SourceReadError):
+    """The source refused the download (403): retrying cannot help; the message says what to change."""
+
+    retryable: ClassVar[bool] = False
 
 
 class TargetWriteError(TransferError):

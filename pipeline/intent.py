@@ -55,4 +55,5 @@ class Intent:
         available = [label for label, t in inventory.targets.items() if t.error is None]
         copies = {label: t.copies for label, t in inventory.targets.items() if t.error is None}
         return plan_job(inventory.images, available, copies, self.state, self.spec.copy,
-                        lambda image, label, copy: self.diff(image, label, copy))  # fmt: skip
+                        lambda image, label, copy: self.diff(image, label, copy),
+                        enable_download=self.spec.source.enable_download)  # fmt: skip

@@ -121,6 +121,9 @@ class JournalState:
     runs: list[RunEntry] = field(default_factory=list)
     #: Number of image and target entries, kept up to date by ``apply`` (drives the snapshot cadence).
     entries: int = 0
+    #: Source images whose download permission a run switched on and has not put back yet: image id ->
+    #: the original ``nhncloud_allow_download`` value (None: the attribute was absent).
+    open_sources: dict[str, str | None] = field(default_factory=dict)
 
     def target(self, image_id: str, region: str) -> TargetEntry | None:
         image = self.images.get(image_id)
@@ -150,6 +153,11 @@ class JournalState:
                 self._target(entry, region, planned, at)
         elif kind == "target":
             self._target(self._image(rec["image_id"]), rec["region"], rec, at)
+        elif kind == "source":  # the download permission of a source: opened (intent first), restored
+            if rec.get("download") == "opening":
+                self.open_sources[rec["image_id"]] = rec.get("original")
+            elif rec.get("download") == "restored":
+                self.open_sources.pop(rec["image_id"], None)
 
     def _target(self, image: ImageEntry, region: str, rec: dict[str, Any], at: float) -> None:
         target = image.targets.get(region)
@@ -183,7 +191,7 @@ class JournalState:
         # plain __dict__ views: dataclasses.asdict deep-copies and costs 5x more on large journals
         images = {k: {**vars(v), "targets": {r: vars(t) for r, t in v.targets.items()}} for k, v in self.images.items()}
         return {"format": FORMAT, "job": self.job, "seq": self.seq, "images": images,
-                "runs": [vars(r) for r in self.runs]}  # fmt: skip
+                "runs": [vars(r) for r in self.runs], "open_sources": dict(self.open_sources)}  # fmt: skip
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> JournalState:
@@ -193,6 +201,7 @@ class JournalState:
             state.images[image_id] = ImageEntry(**raw, targets=targets)
             state.entries += 1 + len(targets)
         state.runs = [RunEntry(**r) for r in doc.get("runs", [])]
+        state.open_sources = dict(doc.get("open_sources") or {})
         return state
 
 

@@ -9,6 +9,9 @@ the journal alone: the journal only breaks ties (which of several partial copies
   verified, and only then the old one deleted.
 - ``metadata``: a verified copy exists but its metadata drifted; patch it, move no data.
 - ``skip``: up to date, or not copyable (with the reason).
+- ``blocked``: the source may not be downloaded (NHN's ``nhncloud_allow_download`` is false and
+  ``[source] enable_download`` is off): nothing is created anywhere, and the step fails with the reason
+  and the fix.
 
 Extra copies (duplicates after a crash, partial leftovers next to a good copy) are listed for deletion:
 that is the orphan sweep. Only images carrying this job's provenance are ever considered.
@@ -28,7 +31,18 @@ from .metasync import PROV_SOURCE_ID, MetaDiff
 from .models import Image
 from .spec import CopyOptions, Select
 
-__all__ = ["Action", "ImagePlan", "Plan", "Step", "holds_source_data", "plan_job", "select_images", "skip_reason"]
+__all__ = [
+    "ALLOW_DOWNLOAD",
+    "Action",
+    "ImagePlan",
+    "Plan",
+    "Step",
+    "download_allowed",
+    "holds_source_data",
+    "plan_job",
+    "select_images",
+    "skip_reason",
+]
 
 PARTIAL_STATES = frozenset({"queued", "saving", "killed", "importing", "uploading"})
 
@@ -39,6 +53,7 @@ class Action(enum.StrEnum):
     REPLACE = "replace"
     METADATA = "metadata"
     SKIP = "skip"
+    BLOCKED = "blocked"
 
     @property
     def moves_data(self) -> bool:
@@ -81,12 +96,20 @@ class ImagePlan:
     image: Image
     steps: tuple[Step, ...]
     skipped: str | None = None
+    #: The source's download permission is switched on for this copy and restored afterwards.
+    enable_download: bool = False
+
+    @property
+    def moves_data(self) -> bool:
+        return any(s.action.moves_data for s in self.steps)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"id": self.image.id, "name": self.image.name, "size": self.image.size,
                                "steps": [s.to_json() for s in self.steps]}  # fmt: skip
         if self.skipped:
             doc["skipped"] = self.skipped
+        if self.enable_download:
+            doc["enable_download"] = True
         return doc
 
 
@@ -153,6 +176,21 @@ def select_images(images: Iterable[Image], select: Select, owner: str | None) ->
             continue
         picked.append(image)
     return picked
+
+
+ALLOW_DOWNLOAD = "nhncloud_allow_download"
+BLOCKED_REASON = (
+    "NHN Cloud does not allow downloading this source: its nhncloud_allow_download attribute is {value!r}. "
+    "Set it to true (Image API PATCH), or set [source] enable_download = true to let imgmig switch it on "
+    "for the copy and back afterwards"
+)
+
+
+def download_allowed(image: Image) -> bool:
+    """NHN's download permission: False only when the image says ``nhncloud_allow_download`` is not true
+    (clouds without the attribute allow every download)."""
+    value = image.raw.get(ALLOW_DOWNLOAD)
+    return value is None or str(value).lower() == "true"
 
 
 def skip_reason(image: Image, copy: CopyOptions) -> str | None:
@@ -224,6 +262,8 @@ def plan_job(
     journal: JournalState,
     copy: CopyOptions,
     meta_diff: Callable[[Image, str, Image], MetaDiff],
+    *,
+    enable_download: bool = False,
 ) -> Plan:
     """Decide every image x target from the selected ``images`` and each target's copies of this job."""
     by_source: dict[str, dict[str, list[Image]]] = {t: {} for t in targets}
@@ -242,11 +282,20 @@ def plan_job(
         for label in targets:
             entry = journal.target(image.id, label)
             steps.append(_plan_target(image, label, by_source[label].get(image.id, []), entry, copy, meta_diff))
-        planned.append(ImagePlan(image, tuple(steps)))
+        gated = not download_allowed(image) and any(s.action.moves_data for s in steps)
+        if gated and not enable_download:
+            why = BLOCKED_REASON.format(value=image.raw.get(ALLOW_DOWNLOAD))
+            steps = [Step(s.target, Action.BLOCKED, why) if s.action.moves_data else s for s in steps]
+        planned.append(ImagePlan(image, tuple(steps), enable_download=gated and enable_download))
     selected = {i.id for i in images}
     notes = [
         f"{label}: copy {c.id} of source image {c.raw.get(PROV_SOURCE_ID)} is no longer selected; left in place"
         for label in targets for c in copies.get(label, ()) if c.raw.get(PROV_SOURCE_ID) not in selected
+    ]  # fmt: skip
+    notes += [
+        f"source image {p.image.id} ({p.image.name}): nhncloud_allow_download is switched on while it is read "
+        f"and set back to {p.image.raw.get(ALLOW_DOWNLOAD)!r} afterwards ([source] enable_download)"
+        for p in planned if p.enable_download
     ]  # fmt: skip
     notes += [
         f"source image {i.id} ({i.name}) publishes no checksum: its copies are judged by size and the digests "

@@ -30,6 +30,7 @@ from .engine import Engine, EngineHooks, EngineSettings, TargetResult, TargetSpe
 from .errors import ApiError, ImgmigError, JournalError, first_error
 from .events import PlanReady, Reporter
 from .failpoints import failpoint
+from .gate import download_enabled, restore_left_open
 from .glance.transport import new_session
 from .intent import Intent
 from .inventory import Clients, Inventory, discover, retry_policy, transport_config
@@ -195,6 +196,9 @@ async def _execute(run: _Run) -> None:
 
 async def _discover_and_copy(run: _Run) -> None:
     spec, summary = run.spec, run.summary
+    if run.journal.state.open_sources:  # before anything else: what an interrupted run left switched on
+        source = run.clients.client(spec.source.auth, spec.source.region)
+        summary.sources_left_open.update(await restore_left_open(source, run.journal))
     inventory = await discover(spec, run.clients)
     run.inventory = inventory
     run.intent = Intent(spec, inventory, run.journal.state)
@@ -324,8 +328,15 @@ async def _copy_image(run: _Run, plan: ImagePlan) -> None:
             specs.append(TargetSpec(step.target, target.client, fields, existing=step.existing,
                                     algorithms=target.algorithms,
                                     pending_id=entry.creating if entry is not None else None))  # fmt: skip
+        # NHN: a gated source is switched on just for this read, and restored once every target is done
+        gate = download_enabled(inventory.source, run.journal, image) if plan.enable_download else None
         try:
-            await run.engine.copy_image(inventory.source, image, specs, hooks=_Hooks(run, image), results=results)
+            async with gate or contextlib.nullcontext():
+                await run.engine.copy_image(inventory.source, image, specs, hooks=_Hooks(run, image), results=results)
+        except ApiError as exc:  # only opening the gate raises one: the engine reports per target
+            why = f"cannot switch on the source's download permission (nhncloud_allow_download): {exc}"
+            for step in data_steps:
+                results.setdefault(step.target, TargetResult(step.target, state="failed", error=why))
         finally:
             # synchronous journal writes: they complete even while the task is being cancelled
             for step in data_steps:
@@ -343,6 +354,9 @@ async def _finish_step(run: _Run, image: Image, step: Step, result: TargetResult
     """Metadata for a verified copy (or a metadata-only step), then the step's final record."""
     if step.action is Action.SKIP:
         _record_step(run, image, step, "skipped" if step.reason != "up to date" else "done")
+        return
+    if step.action is Action.BLOCKED:  # nothing was created anywhere; the reason says what to do
+        _record_step(run, image, step, "failed", error=step.reason)
         return
     assert run.inventory is not None
     assert run.intent is not None

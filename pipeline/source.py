@@ -20,7 +20,7 @@ import anyio
 from aiolimiter import AsyncLimiter
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .errors import ApiError, SourceReadError, TransportError
+from .errors import ApiError, ForbiddenError, SourceForbiddenError, SourceReadError, TransportError
 from .events import BytesRead, Reporter, SourceResumed
 from .glance.client import ImageClient
 from .hashing import MultiHasher
@@ -30,6 +30,11 @@ from .retry import RetryPolicy
 __all__ = ["Bandwidth", "Spool", "read_digests", "source_pieces", "spool_pieces"]
 
 PIECE = 1 << 20
+#: What to do about a refused download (NHN's current guide, Download Image).
+DOWNLOAD_HINT = (
+    "NHN Cloud serves an image's data only when its nhncloud_allow_download attribute is true and you have "
+    "the ADMIN or MEMBER role: PATCH the attribute to true, or set [source] enable_download = true"
+)
 SPOOL_RESERVE = 64 << 20
 
 
@@ -112,6 +117,9 @@ async def source_pieces(
             await backoff.sleep(backoff.delay(resumes, exc))
         except SourceReadError:
             raise
+        except ForbiddenError as exc:
+            raise SourceForbiddenError(f"source download refused: {exc}. {DOWNLOAD_HINT}", region=client.region,
+                                       image_id=image.id) from exc  # fmt: skip
         except ApiError as exc:
             raise SourceReadError(f"source download failed: {exc}", region=client.region,
                                   image_id=image.id) from exc  # fmt: skip

@@ -47,6 +47,7 @@ from .specschema import (
     _RawEndpoint,
     _RawRun,
     _RawSelect,
+    _RawSource,
     _RawTransfer,
     _unknown_key,
     _validate,
@@ -107,10 +108,12 @@ class AuthProfile:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One side of the copy: an auth profile name and a region."""
+    """One side of the copy: an auth profile name and a region (``enable_download``: the source only)."""
 
     auth: str
     region: str
+    #: NHN: switch a gated source's nhncloud_allow_download on while it is read, and back afterwards.
+    enable_download: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +348,7 @@ def parse_job(
     if "source" not in doc:
         problems.append(("source", "missing required key"))
     else:
-        src = _validate(_RawEndpoint, doc["source"], ("source",), problems, names)
+        src = _validate(_RawSource, doc["source"], ("source",), problems, names)
     targets = _targets(doc.get("targets"), problems, names)
     select = _validate(_RawSelect, doc.get("select", {}), ("select",), problems, names)
     copy = _validate(_RawCopy, doc.get("copy", {}), ("copy",), problems, names)
@@ -372,7 +375,7 @@ def parse_job(
         name=name,
         path=None,
         auth=profiles,
-        source=Endpoint(src.auth, src.region),
+        source=Endpoint(src.auth, src.region, enable_download=src.enable_download),
         targets=tuple(Endpoint(t.auth, t.region) for t in targets if t),
         select=Select(**{**_fields(select), "size_max": select.size_max or None}),
         copy=CopyOptions(**_fields(copy)),

@@ -52,6 +52,7 @@ __all__ = [
     "_RawEndpoint",
     "_RawRun",
     "_RawSelect",
+    "_RawSource",
     "_RawTransfer",
     "_dotted",
     "_kind",
@@ -258,6 +259,11 @@ class _RawAuth(_Raw):
 class _RawEndpoint(_Raw):
     auth: _AuthRef
     region: _Text
+
+
+class _RawSource(_RawEndpoint):
+    #: NHN: switch nhncloud_allow_download on for a gated source while it is read, then back.
+    enable_download: bool = False
 
 
 class _RawSelect(_Raw):

@@ -72,6 +72,8 @@ def status_view(spec: JobSpec) -> dict[str, Any]:
         "runs": runs,
         "counts": counts,
         "images": images,
+        # sources whose nhncloud_allow_download a run switched on and did not restore (the next run does)
+        "sources_open": [{"image_id": k, "original": v} for k, v in state.open_sources.items()],
     }
 
 
@@ -88,6 +90,8 @@ def render_status(view: dict[str, Any]) -> str:
     lines.append(f"  last run {last['run_id']} started {last['started_at']}: {last['outcome'] or 'unfinished'}"
                  + (f" (exit {last['exit_code']})" if last["exit_code"] is not None else ""))  # fmt: skip
     lines.append("  " + ", ".join(f"{k} {v}" for k, v in sorted(view["counts"].items())))
+    lines += [f"  SOURCE LEFT OPEN {src['image_id']}: nhncloud_allow_download switched on by a run that did not "
+              f"finish; the next run restores {src['original']!r}" for src in view["sources_open"]]  # fmt: skip
     rows = [("IMAGE", "NAME", "TARGET", "STATE", "ACTION", "BYTES", "TARGET IMAGE", "NOTE")]
     for image in view["images"]:
         for label, t in image["targets"].items():

@@ -102,6 +102,8 @@ class RunSummary:
     orphans_deleted: int = 0
     parked_images: int = 0
     unavailable: dict[str, str] = field(default_factory=dict)
+    #: Sources whose download permission an earlier run left switched on and this run could not restore.
+    sources_left_open: dict[str, str] = field(default_factory=dict)
     interrupted: str | None = None
     parked: bool = False
     fatal: str | None = None
@@ -141,7 +143,7 @@ class RunSummary:
             return EXIT_SIGNAL[self.interrupted]
         if self.fatal:
             return self.fatal_code
-        if self.failures or self.unavailable:
+        if self.failures or self.unavailable or self.sources_left_open:
             return EXIT_FAILED
         if self.parked:
             return EXIT_PARKED
@@ -153,7 +155,7 @@ class RunSummary:
             return "interrupted"
         if self.fatal:
             return "fatal"
-        if self.failures or self.unavailable:
+        if self.failures or self.unavailable or self.sources_left_open:
             return "failed"
         return "parked" if self.parked else "ok"
 
@@ -165,6 +167,7 @@ class RunSummary:
             "counts": self.counts(), "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
             "rate_bytes_per_second": round(rate, 1), "retries": self.retries, "source_resumes": self.resumes,
             "orphans_deleted": self.orphans_deleted, "unavailable_targets": dict(self.unavailable),
+            "sources_left_open": dict(self.sources_left_open),
             "journal": {"records": self.journal_records, "seconds": round(self.journal_seconds, 4)},
             "fatal": self.fatal, "plan": self.plan.to_json() if self.plan is not None else None,
             "steps": [s.to_json() for s in self.steps],
@@ -184,6 +187,7 @@ class RunSummary:
         if self.orphans_deleted:
             lines.append(f"  {self.orphans_deleted} leftover copies deleted")
         lines += [f"  UNAVAILABLE {label}: {reason}" for label, reason in self.unavailable.items()]
+        lines += [f"  SOURCE LEFT OPEN {image_id}: {reason}" for image_id, reason in self.sources_left_open.items()]
         lines += [f"  FAILED {s.name or s.image_id} -> {s.target}: {s.error}" for s in self.failures]
         for step in self.steps:
             lines += [f"  WARNING {step.name or step.image_id} -> {step.target}: {p}" for p in step.problems]

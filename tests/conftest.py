@@ -83,7 +83,9 @@ async def cloud(backend: Backend, tmp_path: Path) -> AsyncIterator[Cloud]:
             yield Cloud("glance", cluster.identity_url, dict(cluster.regions), session)
             return
         # upload inspection on, like the Glance 33 harness (require_image_format_match = true)
-        async with running_emulator(GLANCE_REGIONS, data_dir=tmp_path / "emulator", require_format_match=True) as emu:
+        # plain Glance downloads too: the contract is Glance's, and real Glance has no download permission
+        async with running_emulator(GLANCE_REGIONS, data_dir=tmp_path / "emulator", require_format_match=True,
+                                    download_rule=False) as emu:  # fmt: skip
             yield Cloud("emulator", emu.identity_url, dict(emu.urls), session, emulator=emu)
 
 

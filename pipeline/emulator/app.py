@@ -441,6 +441,7 @@ async def upload_handler(request: web.Request) -> web.StreamResponse:
 async def download_handler(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     rec: ImageRecord = ctx.store.visible(request.match_info["image_id"], _caller(request))
+    ctx.store.check_download(rec, _caller(request))
     if rec.status != "active" or rec.size is None:
         return web.Response(status=204)
     plan, size = ctx.faults, rec.size

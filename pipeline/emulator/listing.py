@@ -20,7 +20,8 @@ from .store import Caller, ImageRecord, RegionStore
 
 __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "SORT_KEYS", "list_images", "page_links"]
 
-DEFAULT_LIMIT = 25
+#: NHN's current guide, List Images: "limit ... Default is 100, up to max 1000" (Glance 33 defaults to 25).
+DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 SORT_KEYS = ("name", "status", "container_format", "disk_format", "size", "id", "created_at", "updated_at")
 _POPPED = ("limit", "marker", "member_status", "tag", "sort", "sort_key", "sort_dir")

@@ -2,7 +2,8 @@
 
 The demo seed puts a dozen images into the first region, owned by ``DEMO_TENANT``: qcow2 and raw, sizes
 from 0 bytes to 80 MiB, custom properties and tags, a shared image with members, a protected image, a
-public image, a queued image without data, and an image of another tenant that the demo must not see.
+public image, an image NHN does not allow to download (``nhncloud_allow_download = "false"``), a queued
+image without data, and an image of another tenant that the demo must not see.
 Large images are synthetic (generated on read), small ones are real files.
 """
 
@@ -70,6 +71,9 @@ def seed_demo(emu: Emulator) -> None:
                    "visibility": "shared", **_linux("centos", "7", "centos")}),
         (2 * MiB, {"name": "analytics-shared-nomembers", "disk_format": "raw", "visibility": "shared",
                    **_linux("centos", "7", "centos")}),
+        # made from an instance of a licensed NHN image: NHN does not allow downloading it as it is
+        (3 * MiB, {"name": "licensed-app-snapshot", "disk_format": "raw", "tags": ["dr"],
+                   "nhncloud_allow_download": "false", **_linux("ubuntu", "22.04", "ubuntu")}),
     ]  # fmt: skip
     for size, fields in files:
         payload = _payload(fields["name"], size, fields["disk_format"] == "qcow2")
@@ -80,7 +84,7 @@ def seed_demo(emu: Emulator) -> None:
             rec.members[OTHER_TENANT] = MemberRecord(OTHER_TENANT, "pending", now, now)
     store.add_bytes(PROVIDER_TENANT, _payload("centos", 2 * MiB, False),
                     {"name": "CentOS 6.10 (2018.10.23)", "visibility": "public", "protected": True,
-                     **_linux("CentOS", "6.10", "centos")})  # fmt: skip
+                     "nhncloud_allow_download": "false", **_linux("CentOS", "6.10", "centos")})  # fmt: skip
     store.create({"name": "pending-upload", "os_type": "linux", "disk_format": "raw",
                   "container_format": "bare"}, Caller(DEMO_TENANT))  # fmt: skip
     store.add_bytes(OTHER_TENANT, _payload("secret", 1 * MiB, False),

@@ -27,7 +27,8 @@ from .store import RegionStore
 
 __all__ = ["DEFAULT_REGIONS", "Emulator", "running_emulator"]
 
-DEFAULT_REGIONS = ("KR1", "KR2", "JP1")
+#: NHN Cloud's image regions (current guide): Pangyo, Pyeongchon, Gwangju, Japan.
+DEFAULT_REGIONS = ("KR1", "KR2", "KR3", "JP1")
 HOST = "127.0.0.1"
 
 
@@ -156,6 +157,7 @@ async def running_emulator(
     users: dict[str, UserEntry] | None = None,
     require_format_match: bool = False,
     tls: ssl.SSLContext | None = None,
+    download_rule: bool = True,
 ) -> AsyncIterator[Emulator]:
     """Start the identity endpoint and every region; stop them all on exit (also on failure).
 
@@ -163,7 +165,8 @@ async def running_emulator(
     and region *i* takes ``port + 1 + i``. Without ``data_dir`` image data goes to a temporary directory
     that is removed on exit. ``require_format_match`` turns on Glance 33's upload inspection (415 for bytes
     that do not match a bare image's disk_format); it is off by default, as in Glance releases before 33.
-    ``tls`` serves every endpoint over HTTPS with that server context.
+    ``tls`` serves every endpoint over HTTPS with that server context. ``download_rule`` applies NHN's
+    download permission (``nhncloud_allow_download``); off, any image with data can be downloaded (Glance).
     """
     async with AsyncExitStack() as stack:
         if data_dir is None:
@@ -174,7 +177,9 @@ async def running_emulator(
         contexts = {
             name: RegionContext(
                 name,
-                RegionStore(name, data_dir / name, require_format_match=require_format_match),
+                RegionStore(
+                    name, data_dir / name, require_format_match=require_format_match, download_rule=download_rule
+                ),
                 FaultPlan(),
                 identity,
             )

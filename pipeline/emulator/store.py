@@ -21,10 +21,21 @@ from . import synthetic
 from .fields import CORE_WRITABLE, MAX_TAGS, GlanceError, parse_create, tags_quota_error, validate_tag
 from .formats import HEAD_BYTES, judge_format
 
-__all__ = ["Caller", "ImageRecord", "MemberRecord", "RegionStore", "UploadWriter", "check_policy", "iso_now"]
+__all__ = [
+    "ALLOW_DOWNLOAD",
+    "Caller",
+    "ImageRecord",
+    "MemberRecord",
+    "RegionStore",
+    "UploadWriter",
+    "check_policy",
+    "iso_now",
+]
 
 
 _NOT_VISIBLE = "No image found with ID {}"
+#: NHN's per-image download permission (a string property, like every custom property).
+ALLOW_DOWNLOAD = "nhncloud_allow_download"
 
 
 def iso_now(clock: float | None = None) -> str:
@@ -156,13 +167,18 @@ class RegionStore:
     tests, like the real-Glance harness.
     """
 
-    def __init__(self, region: str, data_dir: Path, *, require_format_match: bool = False) -> None:
+    def __init__(
+        self, region: str, data_dir: Path, *, require_format_match: bool = False, download_rule: bool = True
+    ) -> None:
         self.region = region
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.images: dict[str, ImageRecord] = {}
         self.deleted_ids: set[str] = set()
         self.require_format_match = require_format_match
+        #: NHN's download permission (current guide, Download Image): data is served only when the image's
+        #: nhncloud_allow_download is true and the caller has the member (or admin) role. Off: plain Glance.
+        self.download_rule = download_rule
         #: Glance's ``hashing_algorithm`` for this region (``os_hash_algo`` of what is uploaded here).
         self.hashing_algorithm = "sha512"
         self._seq = itertools.count()
@@ -328,6 +344,21 @@ class RegionStore:
         rec.virtual_size = size if rec.disk_format == "raw" and size else None
         rec.status = "active"
         return rec
+
+    def check_download(self, rec: ImageRecord, caller: Caller) -> None:
+        """NHN guide, Download Image: "You can download the image if all the conditions below are met: you
+        have ADMIN or MEMBER permission ...; the nhncloud_allow_download attribute of the image is true"."""
+        if not self.download_rule:
+            return
+        if not {"member", "admin"} & set(caller.roles):
+            raise GlanceError(403, "You are not authorized to download this image: the ADMIN or MEMBER role is "
+                                   "needed.")  # fmt: skip
+        # An image without the attribute is served (what imgmig's planner assumes too): the guide does not
+        # say what NHN does with one, and images users create carry none until they set it.
+        value = rec.properties.get(ALLOW_DOWNLOAD)
+        if value is not None and str(value).lower() != "true":
+            raise GlanceError(403, f"Image {rec.id} cannot be downloaded: its {ALLOW_DOWNLOAD} attribute is not "
+                                   "true. Set it to true with the Image Modification API.")  # fmt: skip
 
     def read_chunks(self, rec: ImageRecord, start: int, end: int, chunk: int) -> Generator[bytes]:
         """Bytes [start, end) of an active image, in pieces of at most ``chunk`` (blocking I/O)."""

@@ -21,6 +21,7 @@ import aiohttp
 from ..errors import (
     ApiError,
     AuthenticationError,
+    BadRequestError,
     NotFoundError,
     ProtocolError,
     TokenRejectedError,
@@ -36,7 +37,10 @@ JSON_PATCH = "application/openstack-images-v2.1-json-patch"
 OCTET_STREAM = "application/octet-stream"
 #: Larger JSON bodies are refused as a protocol error instead of filling memory.
 MAX_JSON_BODY = 64 * 1024 * 1024
-DEFAULT_PAGE_SIZE = 200
+#: NHN's current guide: "limit ... Default is 100, up to max 1000"; Glance caps at api_limit_max (1000).
+DEFAULT_PAGE_SIZE = 1000
+#: The page size used once a server refuses the large one (400): NHN's default.
+FALLBACK_PAGE_SIZE = 100
 
 #: Query values: a string, or a list of strings for repeated keys (``tag``).
 ListFilters = Mapping[str, str | int | bool | Sequence[str]]
@@ -100,6 +104,8 @@ class ImageClient:
         #: Whether this region honours a client-chosen image id on create: None until the first create
         #: with one tells (see ``copies.create_copy``).
         self.client_ids: bool | None = None
+        #: The largest list page this region accepts (learned when it refuses a larger one).
+        self.page_size = DEFAULT_PAGE_SIZE
 
     def __repr__(self) -> str:
         return f"ImageClient(region={self.region!r}, tenant={self.auth.tenant_id!r})"
@@ -201,7 +207,9 @@ class ImageClient:
         sort_key: str | None = None,
         sort_dir: str | None = None,
     ) -> AsyncIterator[Image]:
-        """Every image matching ``filters``, following ``next`` page by page."""
+        """Every image matching ``filters``, following ``next`` page by page (1000 a page; 100 once this
+        region refused 1000 with a 400)."""
+        page_size = min(page_size, self.page_size)
         params: list[tuple[str, str]] = [("limit", str(page_size))]
         for key, value in (filters or {}).items():
             if isinstance(value, (list, tuple)):
@@ -214,7 +222,14 @@ class ImageClient:
             params.append(("sort_dir", sort_dir))
         seen_markers: set[str] = set()
         while True:
-            doc = await self._json("GET", "/v2/images", params=params)
+            try:
+                doc = await self._json("GET", "/v2/images", params=params)
+            except BadRequestError:
+                if page_size <= FALLBACK_PAGE_SIZE or any(k == "marker" for k, _ in params):
+                    raise
+                page_size = self.page_size = FALLBACK_PAGE_SIZE  # a server that refuses large pages
+                params = [(k, v) if k != "limit" else (k, str(page_size)) for k, v in params]
+                continue
             images = doc.get("images") if isinstance(doc, dict) else None
             if not isinstance(images, list):
                 raise ProtocolError("image list has no 'images' array", region=self.region)
