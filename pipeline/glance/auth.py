@@ -29,7 +29,9 @@ __all__ = [
     "Secret",
     "StaticTokenAuth",
     "Token",
+    "TokenCache",
     "normalize_endpoint",
+    "parse_time",
     "parse_token_response",
 ]
 
@@ -110,7 +112,7 @@ def normalize_endpoint(url: str) -> str:
     return url
 
 
-def _parse_time(value: Any) -> float | None:
+def parse_time(value: Any) -> float | None:
     if not isinstance(value, str):
         return None
     try:
@@ -128,7 +130,7 @@ def parse_token_response(doc: Any, *, now: float) -> Token:
     token = access.get("token") if isinstance(access, dict) else None
     if not isinstance(token, dict) or not isinstance(token.get("id"), str) or not token["id"]:
         raise ProtocolError("identity response has no access.token.id")
-    expires = _parse_time(token.get("expires"))
+    expires = parse_time(token.get("expires"))
     if expires is None:
         raise ProtocolError("identity response has no valid access.token.expires")
     tenant = token.get("tenant")
@@ -143,7 +145,7 @@ def parse_token_response(doc: Any, *, now: float) -> Token:
                 continue
             if isinstance(ep.get("region"), str) and isinstance(ep.get("publicURL"), str):
                 endpoints[ep["region"]] = normalize_endpoint(ep["publicURL"])
-    issued = _parse_time(token.get("issued_at"))
+    issued = parse_time(token.get("issued_at"))
     if issued is not None and issued <= expires:
         # measure the lifetime on the server's clock and apply it to ours: immune to clock skew
         expires = now + (expires - issued)
@@ -151,8 +153,65 @@ def parse_token_response(doc: Any, *, now: float) -> Token:
                  issued_at=now)  # fmt: skip
 
 
+class TokenCache:
+    """What every identity kind shares: one token for many waiters, fetched or refreshed under a lock and
+    re-checked after taking it, and a refused credential remembered and re-raised, never sent again.
+    Subclasses (dataclasses) provide the fields below and ``_fetch``."""
+
+    retry: RetryPolicy
+    clock: Callable[[], float]
+    _token: Token | None
+    _lock: anyio.Lock
+    _refused: AuthenticationError | None
+    issued: int
+
+    async def _fetch(self, session: aiohttp.ClientSession) -> Token:
+        raise NotImplementedError
+
+    def _usable(self, token: Token, lasting: bool) -> bool:
+        return token.fresh(self.clock(), lasting=lasting)
+
+    def _got(self, token: Token) -> None:
+        """Called with every new token (a subclass may note what it says)."""
+
+    async def token(self, session: aiohttp.ClientSession, *, lasting: bool = False) -> Token:
+        """A fresh token, fetching or refreshing it first if needed (one request for many waiters);
+        ``lasting``: one that also outlives a long request (see ``Token.fresh``)."""
+        current = self._token
+        if current is not None and self._usable(current, lasting):
+            return current
+        async with self._lock:
+            if self._refused is not None:
+                raise self._refused  # a dead credential is never retried, however many tasks wait on it
+            current = self._token
+            if current is not None and self._usable(current, lasting):
+                return current
+            try:
+                token = await self.retry.call(lambda: self._fetch(session))
+            except AuthenticationError as exc:
+                self._refused = exc
+                raise
+            self._token = token
+            self._got(token)
+            self.issued += 1
+            return token
+
+    def invalidate(self, token: Token) -> None:
+        """Forget ``token`` (the server refused it) unless a newer one already replaced it."""
+        if self._token is token:
+            self._token = None
+
+    async def endpoint(self, session: aiohttp.ClientSession, region: str) -> str:
+        """The image endpoint of ``region`` from the token's catalog."""
+        token = await self.token(session)
+        try:
+            return token.endpoints[region]
+        except KeyError:
+            raise RegionNotFoundError(region, list(token.endpoints)) from None
+
+
 @dataclass(slots=True)
-class PasswordAuth:
+class PasswordAuth(TokenCache):
     """Username + password for one tenant, exchanged for tokens at ``identity_url``."""
 
     identity_url: str
@@ -168,39 +227,6 @@ class PasswordAuth:
     _refused: AuthenticationError | None = field(default=None, init=False, repr=False)
     #: How many tokens were issued; tests and the summary use it to show refreshes happened.
     issued: int = field(default=0, init=False)
-
-    async def token(self, session: aiohttp.ClientSession, *, lasting: bool = False) -> Token:
-        """A fresh token, fetching or refreshing it first if needed (one request for many waiters);
-        ``lasting``: one that also outlives a long request (see ``Token.fresh``)."""
-        current = self._token
-        if current is not None and current.fresh(self.clock(), lasting=lasting):
-            return current
-        async with self._lock:
-            if self._refused is not None:
-                raise self._refused  # a dead credential is never retried, however many tasks wait on it
-            current = self._token
-            if current is not None and current.fresh(self.clock(), lasting=lasting):
-                return current
-            try:
-                self._token = await self.retry.call(lambda: self._fetch(session))
-            except AuthenticationError as exc:
-                self._refused = exc
-                raise
-            self.issued += 1
-            return self._token
-
-    def invalidate(self, token: Token) -> None:
-        """Forget ``token`` (the server refused it) unless a newer one already replaced it."""
-        if self._token is token:
-            self._token = None
-
-    async def endpoint(self, session: aiohttp.ClientSession, region: str) -> str:
-        """The image endpoint of ``region`` from the service catalog."""
-        token = await self.token(session)
-        try:
-            return token.endpoints[region]
-        except KeyError:
-            raise RegionNotFoundError(region, list(token.endpoints)) from None
 
     async def _fetch(self, session: aiohttp.ClientSession) -> Token:
         url = self.identity_url.rstrip("/") + "/tokens"

@@ -19,9 +19,9 @@ from typing import Any
 import aiohttp
 import anyio
 
-from ..errors import AuthenticationError, ProtocolError, RegionNotFoundError, UsageError
+from ..errors import AuthenticationError, ProtocolError, UsageError
 from ..retry import RetryPolicy
-from .auth import Secret, Token, _parse_time, normalize_endpoint
+from .auth import Secret, Token, TokenCache, normalize_endpoint, parse_time
 from .transport import error_from_response, map_aiohttp_errors
 
 __all__ = ["INTERFACES", "KeystoneAuth", "normalize_interface", "parse_v3_token", "v3_url"]
@@ -63,7 +63,7 @@ def parse_v3_token(doc: Any, token_id: str | None, *, interface: str, now: float
         raise ProtocolError("identity v3 response has no token object")
     if not token_id:
         raise ProtocolError("identity v3 response has no X-Subject-Token header")
-    expires = _parse_time(token.get("expires_at"))
+    expires = parse_time(token.get("expires_at"))
     if expires is None:
         raise ProtocolError("identity v3 response has no valid token.expires_at")
     project = token.get("project")
@@ -79,7 +79,7 @@ def parse_v3_token(doc: Any, token_id: str | None, *, interface: str, now: float
             region = ep.get("region_id") or ep.get("region")
             if isinstance(region, str) and region:
                 endpoints[region] = normalize_endpoint(ep["url"])
-    issued = _parse_time(token.get("issued_at"))
+    issued = parse_time(token.get("issued_at"))
     if issued is not None and issued <= expires:
         # measure the lifetime on the server's clock and apply it to ours: immune to clock skew. Keystone's fernet
         # tokens state issued_at and expires_at in whole seconds (truncated), so a token may die up to 1 s sooner
@@ -90,7 +90,7 @@ def parse_v3_token(doc: Any, token_id: str | None, *, interface: str, now: float
 
 
 @dataclass(slots=True)
-class KeystoneAuth:
+class KeystoneAuth(TokenCache):
     """A Keystone v3 identity: a password with a project scope, or an application credential (no scope).
 
     Users are named by ``user_id`` or ``username`` + ``user_domain_id``/``user_domain_name``; projects by
@@ -156,44 +156,13 @@ class KeystoneAuth:
             problems.append("project_id, or project_name with project_domain_id or project_domain_name")
         return problems
 
-    async def token(self, session: aiohttp.ClientSession, *, lasting: bool = False) -> Token:
-        """A fresh token, fetching or refreshing it first if needed (one request for many waiters);
-        ``lasting``: one that also outlives a long request (see ``Token.fresh``)."""
-        current = self._token
-        if current is not None and self._usable(current, lasting):
-            return current
-        async with self._lock:
-            if self._refused is not None:
-                raise self._refused  # a dead credential is never retried, however many tasks wait on it
-            current = self._token
-            if current is not None and self._usable(current, lasting):
-                return current
-            try:
-                token = await self.retry.call(lambda: self._fetch(session))
-            except AuthenticationError as exc:
-                self._refused = exc
-                raise
-            self._token = token
-            self._project = token.tenant_id or self._project
-            self.issued += 1
-            return token
+    def _got(self, token: Token) -> None:
+        self._project = token.tenant_id or self._project
 
     def _usable(self, token: Token, lasting: bool) -> bool:
+        # Keystone's times are whole seconds: keep a margin so a token is not sent in its last moment
         margin = min(REQUEST_MARGIN, 0.25 * max(0.0, token.expires_at - token.issued_at))
         return token.fresh(self.clock() + margin, lasting=lasting)
-
-    def invalidate(self, token: Token) -> None:
-        """Forget ``token`` (the server refused it) unless a newer one already replaced it."""
-        if self._token is token:
-            self._token = None
-
-    async def endpoint(self, session: aiohttp.ClientSession, region: str) -> str:
-        """The image endpoint of ``region`` for this profile's interface, from the v3 catalog."""
-        token = await self.token(session)
-        try:
-            return token.endpoints[region]
-        except KeyError:
-            raise RegionNotFoundError(region, list(token.endpoints)) from None
 
     def _domain(self, domain_id: str | None, domain_name: str | None) -> dict[str, str]:
         return {"id": domain_id} if domain_id else {"name": domain_name or ""}
