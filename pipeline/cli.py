@@ -108,6 +108,20 @@ def _add_verify(sub: Any) -> None:
     p.set_defaults(func=_cmd_verify)
 
 
+def _add_check(sub: Any) -> None:
+    p = sub.add_parser(
+        "check", help="authenticate every profile and resolve every region; touch no image",
+        description="Authenticate every [auth.NAME] profile of the job and print, per profile, the identity "
+        "kind, the project, the token's expiry and each region's image endpoint, then whether the source and "
+        "every target region resolve. No image is read or changed. Exit 0 when all is well, 2 for a job-file "
+        "or region problem, 4 when a credential is refused.",
+    )  # fmt: skip
+    p.add_argument("job", type=Path, help=JOB_HELP)
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    _log_options(p)
+    p.set_defaults(func=_cmd_check)
+
+
 def _add_emulate(sub: Any) -> None:
     p = sub.add_parser(
         "emulate", help="run the embedded multi-region emulator in the foreground",
@@ -147,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imgmig {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for add in (_add_run, _add_plan, _add_status, _add_verify, _add_emulate):
+    for add in (_add_run, _add_plan, _add_status, _add_verify, _add_check, _add_emulate):
         add(sub)
     return parser
 
@@ -283,6 +297,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{k} {v}" for k, v in report.counts().items())
         print(f"\nverify{' --deep' if args.deep else ''}: {counts or 'nothing selected'}")
     return 0 if report.ok else 1
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .checks import check_job
+
+    report = _run_async(lambda: check_job(_load(args.job)))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        print(report.render())
+    if report.error is not None:
+        raise report.error  # one paragraph on stderr and its exit code (2 or 4)
+    return 0
 
 
 def _cmd_emulate(args: argparse.Namespace) -> int:

@@ -14,11 +14,13 @@ from typing import Any
 import aiohttp
 import anyio
 
+from .cloudconfig import keystone_auth, load_cloud
 from .copies import PROV_JOB, is_own_copy
 from .errors import ApiError, NotFoundError, UsageError
 from .failpoints import failpoint
 from .glance.auth import Auth, PasswordAuth, StaticTokenAuth
 from .glance.client import ImageClient
+from .glance.keystone import KeystoneAuth
 from .glance.transport import TransportConfig
 from .logs import register_secret
 from .metasync import read_only_fields
@@ -84,6 +86,30 @@ class Clients:
 
 
 def _make_auth(profile: AuthProfile, retry: RetryPolicy) -> Auth:
+    if profile.kind == "cloud":  # clouds.yaml / OS_*: resolved now, the way openstacksdk resolves it
+        cloud = load_cloud(profile.cloud)
+        auth = keystone_auth(cloud, profile.name, retry)
+        if profile.interface:
+            auth.interface = profile.interface
+        for secret in (cloud.password, cloud.application_credential_secret):
+            if secret is not None:
+                register_secret(secret.reveal())
+        return auth
+    if profile.kind == "keystone":
+        for secret in (profile.password, profile.application_credential_secret):
+            if secret is not None:
+                register_secret(secret.reveal())
+        assert profile.auth_url is not None  # validated with the job file
+        return KeystoneAuth(
+            profile.auth_url, profile.name, username=profile.username, user_id=profile.user_id,
+            user_domain_name=profile.user_domain_name, user_domain_id=profile.user_domain_id,
+            password=profile.password, project_name=profile.project_name, project_id=profile.project_id,
+            project_domain_name=profile.project_domain_name, project_domain_id=profile.project_domain_id,
+            application_credential_id=profile.application_credential_id,
+            application_credential_name=profile.application_credential_name,
+            application_credential_secret=profile.application_credential_secret, interface=profile.interface,
+            retry=retry,
+        )  # fmt: skip
     if profile.endpoint is not None:
         if profile.token is None:
             raise UsageError(f"auth profile {profile.name!r}: token_env is not set in the environment")

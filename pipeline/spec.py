@@ -86,9 +86,12 @@ DEFAULT_JOURNAL_ROOT = Path("state")
 
 @dataclass(frozen=True, slots=True)
 class AuthProfile:
-    """Named credentials: identity URL + tenant + username + password, or a fixed endpoint + token."""
+    """Named credentials, of one ``kind``: ``nhn`` (identity URL + tenant + username + password),
+    ``token`` (a fixed endpoint + token), ``keystone`` (Keystone v3: a password with a project scope, or
+    an application credential) or ``cloud`` (a clouds.yaml cloud, or the OS_* variables)."""
 
     name: str
+    kind: str = "nhn"
     identity_url: str = DEFAULT_IDENTITY_URL
     tenant_id: str | None = None
     username: str | None = None
@@ -97,12 +100,32 @@ class AuthProfile:
     token_env: str | None = None
     password: Secret | None = None
     token: Secret | None = None
+    auth_url: str | None = None
+    user_id: str | None = None
+    user_domain_name: str | None = None
+    user_domain_id: str | None = None
+    project_name: str | None = None
+    project_id: str | None = None
+    project_domain_name: str | None = None
+    project_domain_id: str | None = None
+    application_credential_id: str | None = None
+    application_credential_name: str | None = None
+    application_credential_secret_env: str | None = None
+    application_credential_secret: Secret | None = None
+    interface: str = "public"
+    cloud: str | None = None
 
     @property
     def location(self) -> str:
-        """Where the profile points: its endpoint, or identity URL + tenant; equal means the same place."""
-        if self.endpoint is not None:
-            return normalize_endpoint(self.endpoint)
+        """Where the profile points (its endpoint, identity and project, or cloud); equal means the same place."""
+        if self.kind == "token":
+            return normalize_endpoint(self.endpoint or "")
+        if self.kind == "cloud":
+            return f"cloud {self.cloud}"
+        if self.kind == "keystone":
+            project = self.project_id or f"{self.project_domain_id or self.project_domain_name}/{self.project_name}"
+            who = self.application_credential_id or self.application_credential_name or project
+            return f"{(self.auth_url or '').rstrip('/')} {who}"
         return f"{self.identity_url.rstrip('/')} tenant {self.tenant_id}"
 
 
@@ -211,6 +234,41 @@ def _job_name(value: object, problems: _Problems) -> str | None:
     return None
 
 
+_KEYSTONE_KEYS = frozenset({
+    "auth_url", "user_id", "user_domain_name", "user_domain_id", "project_name", "project_id",
+    "project_domain_name", "project_domain_id", "application_credential_id", "application_credential_name",
+    "application_credential_secret_env", "interface",
+})  # fmt: skip
+
+
+def _keystone_form(given: set[str], loc: tuple[str | int, ...], problems: _Problems) -> bool:
+    """Whether a ``type = "keystone"`` profile names what Keystone v3 needs (problems listed if not)."""
+    before = len(problems)
+    if "auth_url" not in given:
+        problems.append((_dotted((*loc, "auth_url")), "missing required key (the Keystone v3 URL)"))
+    stray = given - _KEYSTONE_KEYS - {"type", "username", "password_env"}
+    problems.extend((_dotted((*loc, k)), "not a Keystone v3 key") for k in sorted(stray))
+    user = "user_id" in given or ("username" in given and given & {"user_domain_name", "user_domain_id"})
+    if given & {"application_credential_id", "application_credential_name", "application_credential_secret_env"}:
+        if "application_credential_secret_env" not in given:
+            problems.append((_dotted((*loc, "application_credential_secret_env")), "missing required key"))
+        if "application_credential_id" not in given and not ("application_credential_name" in given and user):
+            problems.append((_dotted(loc), "an application credential needs application_credential_id, or "
+                                           "application_credential_name with the user (user_id, or username "
+                                           "and user_domain_name or user_domain_id)"))  # fmt: skip
+        return len(problems) == before
+    if "password_env" not in given:
+        problems.append((_dotted((*loc, "password_env")), "missing required key"))
+    if not user:
+        problems.append((_dotted(loc), "needs user_id, or username with user_domain_name or user_domain_id"))
+    if "project_id" not in given and not (
+        "project_name" in given and given & {"project_domain_name", "project_domain_id"}
+    ):
+        problems.append((_dotted(loc), "needs project_id, or project_name with project_domain_name or "
+                                       "project_domain_id"))  # fmt: skip
+    return len(problems) == before
+
+
 def _auth_form(given: set[str], loc: tuple[str | int, ...], problems: _Problems) -> bool | None:
     """True for the token form, False for the password form, None (and a problem) for neither or both."""
     token_form = bool(given & {"endpoint", "token_env"})
@@ -231,9 +289,23 @@ def _auth_profile(
 ) -> AuthProfile | None:
     loc: tuple[str | int, ...] = ("auth", name)
     raw = _validate(_RawAuth, table, loc, problems, None)
+    given = set(table) if isinstance(table, dict) else set()
+    if "cloud" in given:  # clouds.yaml or OS_*: read when the job runs (secrets may sit in those files)
+        others = given - {"cloud", "interface"}
+        problems.extend((_dotted((*loc, k)), "not allowed with cloud (the cloud supplies it)") for k in sorted(others))
+        if raw is None or others:
+            return None
+        return AuthProfile(name=name, kind="cloud", cloud=raw.cloud,
+                           interface=raw.interface if "interface" in given else "")  # fmt: skip
+    if isinstance(table, dict) and table.get("type") == "keystone":
+        if not _keystone_form(given, loc, problems) or raw is None:
+            return None
+        return _keystone_profile(name, raw, env, need_secrets, loc, problems)
     # The form is judged on the keys present, so it is reported even when a value is bad.
-    token_form = _auth_form(set(table), loc, problems) if isinstance(table, dict) else None
-    if raw is None or token_form is None:
+    stray = given & (_KEYSTONE_KEYS - {"interface"})
+    problems.extend((_dotted((*loc, k)), 'a Keystone v3 key: set type = "keystone"') for k in sorted(stray))
+    token_form = _auth_form(given, loc, problems) if isinstance(table, dict) else None
+    if raw is None or token_form is None or stray:
         return None
     env_key = "token_env" if token_form else "password_env"
     variable = str(getattr(raw, env_key))
@@ -247,6 +319,7 @@ def _auth_profile(
             problems.append((_dotted((*loc, env_key)), f"environment variable {variable} is {state}"))
     return AuthProfile(
         name=name,
+        kind="token" if token_form else "nhn",
         identity_url=raw.identity_url,
         tenant_id=raw.tenant_id,
         username=raw.username,
@@ -256,6 +329,41 @@ def _auth_profile(
         password=None if token_form else secret,
         token=secret if token_form else None,
     )
+
+
+def _secret(variable: str | None, env: Mapping[str, str], key: str, loc: tuple[str | int, ...],
+            problems: _Problems) -> Secret | None:  # fmt: skip
+    """The secret in environment variable ``variable``, or a problem naming the variable (never its value)."""
+    if variable is None:
+        return None
+    value = env.get(variable)
+    if value:
+        return Secret(value)
+    problems.append(
+        (_dotted((*loc, key)), f"environment variable {variable} is {'not set' if value is None else 'empty'}")
+    )
+    return None
+
+
+def _keystone_profile(
+    name: str, raw: _RawAuth, env: Mapping[str, str], need_secrets: bool, loc: tuple[str | int, ...],
+    problems: _Problems,
+) -> AuthProfile:  # fmt: skip
+    password = secret = None
+    if need_secrets:
+        password = _secret(raw.password_env, env, "password_env", loc, problems)
+        secret = _secret(raw.application_credential_secret_env, env, "application_credential_secret_env", loc,
+                         problems)  # fmt: skip
+    return AuthProfile(
+        name=name, kind="keystone", username=raw.username, password_env=raw.password_env, password=password,
+        auth_url=raw.auth_url, user_id=raw.user_id, user_domain_name=raw.user_domain_name,
+        user_domain_id=raw.user_domain_id, project_name=raw.project_name, project_id=raw.project_id,
+        project_domain_name=raw.project_domain_name, project_domain_id=raw.project_domain_id,
+        application_credential_id=raw.application_credential_id,
+        application_credential_name=raw.application_credential_name,
+        application_credential_secret_env=raw.application_credential_secret_env,
+        application_credential_secret=secret, interface=raw.interface,
+    )  # fmt: skip
 
 
 def _auth(value: object, env: Mapping[str, str], need_secrets: bool, problems: _Problems) -> dict[str, AuthProfile]:

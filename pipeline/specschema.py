@@ -248,12 +248,29 @@ class _Raw(BaseModel):
 
 
 class _RawAuth(_Raw):
+    #: "nhn" (NHN Cloud's Keystone v2.0-style identity, the default) or "keystone" (Keystone v3).
+    type: Literal["nhn", "keystone"] = "nhn"
     identity_url: _Url = DEFAULT_IDENTITY_URL
     tenant_id: _Text | None = None
     username: _Text | None = None
     password_env: _EnvName | None = None
     endpoint: _Url | None = None
     token_env: _EnvName | None = None
+    # Keystone v3 (type = "keystone")
+    auth_url: _Url | None = None
+    user_id: _Text | None = None
+    user_domain_name: _Text | None = None
+    user_domain_id: _Text | None = None
+    project_name: _Text | None = None
+    project_id: _Text | None = None
+    project_domain_name: _Text | None = None
+    project_domain_id: _Text | None = None
+    application_credential_id: _Text | None = None
+    application_credential_name: _Text | None = None
+    application_credential_secret_env: _EnvName | None = None
+    interface: Literal["public", "internal", "admin"] = "public"
+    #: A cloud of clouds.yaml (found where openstacksdk looks), or "envvars" for the OS_* variables.
+    cloud: _Text | None = None
 
 
 class _RawEndpoint(_Raw):

@@ -21,7 +21,7 @@ from pipeline.glance import new_session
 from .cloud import Cloud
 
 if TYPE_CHECKING:
-    from .realglance import GlanceCluster
+    from .realglance import GlanceCluster, KeystoneCluster
 
 GLANCE_REGIONS = ("KR1", "KR2", "JP1")
 
@@ -61,6 +61,24 @@ def glance_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceC
     state_dir = tmp_path_factory.mktemp("realglance-contract")
     with running_glance(GLANCE_REGIONS, state_dir=state_dir) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def ks_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceCluster]:
+    """Real Glance 33 regions that also accept real Keystone 30 (v3) tokens, started once for the session.
+
+    ``running_glance`` stops every process it started on any exit, start-up failures included."""
+    from .realglance import running_glance
+
+    with running_glance(GLANCE_REGIONS, state_dir=tmp_path_factory.mktemp("keystone"), keystone=True) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def keystone(ks_cluster: GlanceCluster) -> KeystoneCluster:
+    """The real Keystone of ``ks_cluster``: its URL, users, projects, application credential, endpoints."""
+    assert ks_cluster.keystone is not None
+    return ks_cluster.keystone
 
 
 @pytest.fixture(

@@ -1,0 +1,180 @@
+"""``imgmig check`` and the identity kinds of a job file: NHN v2.0, Keystone v3 (password and application
+credential), clouds.yaml. Check authenticates every profile and resolves every region, touching no image
+(counted at the emulator); then the migration story: a Keystone v3 cloud's images copied into NHN-style
+regions on the real harness, verified, with metadata, and a rerun that moves 0 bytes."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from pipeline.glance import ImageClient, new_session
+from pipeline.glance.keystone import KeystoneAuth
+
+from .chaos import admin_post, state
+from .jobsetup import PASSWORD, check_invariants_api, run_cli, write_job
+from .procs import emulator_process
+
+if TYPE_CHECKING:
+    from .realglance import GlanceCluster, KeystoneCluster
+
+TARGETS = ("KR2", "JP1")
+
+
+def test_check_reports_each_profile_and_touches_no_image(tmp_path: Path) -> None:
+    """A good job: exit 0; per profile the kind, the project and each region's endpoint; the source and
+    both targets resolve; the emulator saw no image request at all."""
+    with emulator_process("--regions", "KR1,KR2,JP1") as emu:
+        tenant = uuid.uuid4().hex
+        job = write_job(tmp_path / "job.toml", name="chk", identity_url=emu.identity_url, tenant=tenant,
+                        journal=tmp_path / "state")  # fmt: skip
+        result = run_cli("check", str(job), "--json")
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        assert doc["ok"] is True
+        (profile,) = doc["profiles"]
+        assert (profile["name"], profile["kind"], profile["project"]) == ("main", "nhn", tenant)
+        assert set(profile["endpoints"]) == {"KR1", "KR2", "JP1"}
+        assert profile["expires_at"]
+        assert [(p["role"], p["region"], p["endpoint"] is not None) for p in doc["places"]] == [
+            ("source", "KR1", True), ("target", "KR2", True), ("target", "JP1", True)]  # fmt: skip
+        assert all(s["requests"] == {} for s in state(emu.admin)["stats"].values())  # no image was touched
+        text = run_cli("check", str(job))
+        assert text.returncode == 0
+        assert "[auth.main] NHN identity" in text.stdout
+
+
+def test_check_wrong_password_exits_4_and_missing_region_exits_2(tmp_path: Path) -> None:
+    """A refused password: exit 4 with one paragraph naming the profile; a region the catalog lacks: exit 2
+    naming it and the regions that exist."""
+    with emulator_process("--regions", "KR1,KR2,JP1") as emu:
+        tenant = uuid.uuid4().hex
+        job = write_job(tmp_path / "job.toml", name="chk", identity_url=emu.identity_url, tenant=tenant,
+                        journal=tmp_path / "state", targets=("KR2", "XX9"))  # fmt: skip
+        missing = run_cli("check", str(job))
+        assert missing.returncode == 2, missing.stderr
+        assert "region 'XX9' has no image endpoint" in missing.stderr
+        assert "KR1, KR2, JP1" in missing.stderr or "JP1, KR1, KR2" in missing.stderr
+        admin_post(emu.admin, "password", {"username": "owner", "password": "changed-elsewhere"})
+        refused = run_cli("check", str(job))
+        assert refused.returncode == 4, refused.stderr
+        assert "auth profile 'main'" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert PASSWORD not in refused.stdout + refused.stderr
+
+
+def keystone_job(path: Path, keystone: KeystoneCluster, nhn_identity: str, tenant: str, auth: str) -> Path:
+    """A job: source KR1 of the Keystone v3 cloud (``auth`` is that profile's body), targets KR2 and JP1
+    through the NHN v2.0 identity."""
+    lines = ['name = "ks-to-nhn"', "[auth.onprem]", auth, "[auth.nhn]", f'identity_url = "{nhn_identity}"',
+             f'tenant_id = "{tenant}"', 'username = "owner"', 'password_env = "IMGMIG_TEST_PASSWORD"',
+             "[source]", 'auth = "onprem"', 'region = "KR1"']  # fmt: skip
+    for region in TARGETS:
+        lines += ["[[targets]]", 'auth = "nhn"', f'region = "{region}"']
+    lines += ["[transfer]", 'chunk_size = "1MiB"', "[run]", f'journal_dir = "{path.parent / "state"}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.real_keystone
+def test_check_keystone_password_and_clouds_yaml(ks_cluster: GlanceCluster, keystone: KeystoneCluster,
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    """Keystone v3 profiles in a job file (password by names with domains; a clouds.yaml cloud with an
+    application credential) authenticate in check: their project ids and three regions' endpoints."""
+    user, project = keystone.user("migrator"), keystone.project("src-project")
+    password_auth = "\n".join(['type = "keystone"', f'auth_url = "{keystone.url}"', f'username = "{user.name}"',
+                               'user_domain_name = "Default"', 'password_env = "KS_PASSWORD"',
+                               f'project_name = "{project.name}"', 'project_domain_name = "Default"'])  # fmt: skip
+    job = keystone_job(tmp_path / "job.toml", keystone, ks_cluster.identity_url, uuid.uuid4().hex, password_auth)
+    result = run_cli("check", str(job), "--json", env={"KS_PASSWORD": user.password})
+    assert result.returncode == 0, result.stderr
+    profiles = {p["name"]: p for p in json.loads(result.stdout)["profiles"]}
+    assert (profiles["onprem"]["kind"], profiles["onprem"]["project"]) == ("keystone", project.id)
+    assert set(profiles["onprem"]["endpoints"]) == {"KR1", "KR2", "JP1"}
+    cred = keystone.application_credential
+    (tmp_path / "clouds.yaml").write_text(json.dumps({"clouds": {"onprem": {
+        "auth_type": "v3applicationcredential", "region_name": "KR1",
+        "auth": {"auth_url": keystone.url, "application_credential_id": cred.id,
+                 "application_credential_secret": cred.secret}}}}))  # fmt: skip
+    job = keystone_job(tmp_path / "job2.toml", keystone, ks_cluster.identity_url, uuid.uuid4().hex,
+                       'cloud = "onprem"')  # fmt: skip
+    from_file = run_cli("check", str(job), "--json", env={"OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml")})
+    assert from_file.returncode == 0, from_file.stderr
+    onprem = next(p for p in json.loads(from_file.stdout)["profiles"] if p["name"] == "onprem")
+    assert (onprem["kind"], onprem["project"]) == ("cloud", project.id)
+    assert cred.secret not in from_file.stdout + from_file.stderr
+
+
+async def _make_sources(keystone: KeystoneCluster) -> list[dict[str, Any]]:
+    cred = keystone.application_credential
+    auth = KeystoneAuth(keystone.url, "seed", application_credential_id=cred.id,
+                        application_credential_secret=_secret(cred.secret))  # fmt: skip
+    out = []
+    async with new_session() as session:
+        client = ImageClient(session, auth, "KR1")
+        for name, size in (("ks-golden", 3 << 20), ("ks-small", 1 << 20)):
+            image = await client.create_image(
+                {
+                    "name": name,
+                    "disk_format": "raw",
+                    "container_format": "bare",
+                    "os_type": "linux",
+                    "os_distro": "ubuntu",
+                    "tags": ["golden"],
+                }
+            )
+            data = (name.encode() * (size // len(name) + 1))[:size]
+
+            async def body(data: bytes = data) -> Any:
+                for i in range(0, len(data), 1 << 20):
+                    yield data[i : i + (1 << 20)]
+
+            await client.upload_image(image.id, body(), size=size)
+            out.append({"id": image.id, "name": name, "size": size})
+    return out
+
+
+def _secret(value: str) -> Any:
+    from pipeline.glance import Secret
+
+    return Secret(value)
+
+
+@pytest.mark.real_keystone
+def test_keystone_v3_cloud_into_nhn_regions(ks_cluster: GlanceCluster, keystone: KeystoneCluster,
+                                            tmp_path: Path) -> None:  # fmt: skip
+    """The migration story: images of a Keystone v3 cloud (clouds.yaml, application credential) copied into
+    NHN-style regions (v2.0 identity) on real Glance: verified copies with their metadata, and a rerun that
+    moves 0 bytes."""
+    from .jobsetup import SourceImage
+
+    made = anyio.run(_make_sources, keystone)
+    cred = keystone.application_credential
+    (tmp_path / "clouds.yaml").write_text(json.dumps({"clouds": {"onprem": {
+        "auth_type": "v3applicationcredential",
+        "auth": {"auth_url": keystone.url, "application_credential_id": cred.id,
+                 "application_credential_secret": cred.secret}}}}))  # fmt: skip
+    tenant = uuid.uuid4().hex
+    job = keystone_job(tmp_path / "job.toml", keystone, ks_cluster.identity_url, tenant, 'cloud = "onprem"')
+    job.write_text(job.read_text() + "[select]\n" + f"ids = {json.dumps([m['id'] for m in made])}\n")
+    env = {"OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml")}
+    first = run_cli("run", str(job), "--no-progress", "--report", str(tmp_path / "r1.json"), env=env)
+    assert first.returncode == 0, first.stdout + first.stderr[-3000:]
+    assert json.loads((tmp_path / "r1.json").read_text())["counts"]["copied"] == len(made) * len(TARGETS)
+    import hashlib
+
+    sources = []
+    for m in made:
+        data = (m["name"].encode() * (m["size"] // len(m["name"]) + 1))[: m["size"]]
+        sources.append(SourceImage(m["id"], m["name"], m["size"], hashlib.md5(data).hexdigest(),
+                                   {"name": m["name"], "os_distro": "ubuntu", "tags": ["golden"]}))  # fmt: skip
+    check_invariants_api(ks_cluster.identity_url, "ks-to-nhn", sources, TARGETS, tenant=tenant)
+    again = run_cli("run", str(job), "--no-progress", "--report", str(tmp_path / "r2.json"), env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((tmp_path / "r2.json").read_text())["bytes_written"] == 0
+    assert cred.secret not in first.stdout + first.stderr + again.stdout + again.stderr
