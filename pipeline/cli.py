@@ -62,6 +62,9 @@ def _add_run(sub: Any) -> None:
                         "overrides [run] max_runtime")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars, even on a TTY")
     p.add_argument("--report", type=Path, metavar="FILE.json", help="also write the summary as JSON to FILE")
+    p.add_argument("--metrics-file", type=Path, metavar="FILE.prom",
+                   help="write Prometheus metrics for node_exporter's textfile collector to FILE (replaced "
+                        "atomically every 30 s and at the end); overrides [run] metrics_file")  # fmt: skip
     p.add_argument("--spool-dir", type=Path, metavar="DIR",
                    help="keep a local copy of each image while it transfers so target retries need not read "
                         "the source again (skipped for an image when DIR lacks free space)")  # fmt: skip
@@ -193,23 +196,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _print_plan(spec, as_json=False, dry_run=True)
     reporter = _Reporter(tty=sys.stderr.isatty() and not args.no_progress)
-    options = RunOptions(max_runtime=max_runtime, spool_dir=args.spool_dir, reporter=reporter)
+    metrics = _metrics_file(args, spec)
+    options = RunOptions(max_runtime=max_runtime, spool_dir=args.spool_dir, reporter=reporter, metrics=metrics)
+    if metrics is not None:
+        from .events import TeeReporter
+
+        options.reporter = TeeReporter(reporter, metrics)
     try:
         summary = _run_async(lambda: run_job(spec, options))
     except ImgmigError as exc:
         if exc.summary is not None:  # a fatal error: still report what was done, then its own exit code
-            _finish_run(args, exc.summary)
+            _finish_run(args, exc.summary, spec, metrics)
         raise
     finally:
         reporter.close()
-    _finish_run(args, summary)
+    _finish_run(args, summary, spec, metrics)
     code: int = summary.exit_code
     return code
 
 
-def _finish_run(args: argparse.Namespace, summary: Any) -> None:
+def _metrics_file(args: argparse.Namespace, spec: Any) -> Any:
+    path = args.metrics_file or spec.run.metrics_file
+    if path is None:
+        return None
+    from .metrics import MetricsFile
+
+    return MetricsFile(path, spec.name, source_region=spec.source.region)
+
+
+def _finish_run(args: argparse.Namespace, summary: Any, spec: Any, metrics: Any) -> None:
     if args.report is not None:
         _write_private(args.report, json.dumps(summary.to_json(), indent=2, ensure_ascii=False) + "\n")
+    if metrics is not None:
+        from .journal import Journal
+        from .metrics import last_success
+
+        try:
+            metrics.write(
+                summary, final=True, last_success=last_success(Journal.read(spec.run.journal_dir, spec.name).runs)
+            )
+        except (OSError, ImgmigError) as exc:  # the metrics never change the run's exit code
+            print(f"imgmig: warning: cannot write the metrics file {metrics.path}: {exc}", file=sys.stderr)
     print(summary.render())
 
 

@@ -36,6 +36,7 @@ from .intent import Intent
 from .inventory import Clients, Inventory, discover, retry_policy, transport_config
 from .journal import JobLock, Journal
 from .metasync import Desired, apply_metadata, create_fields
+from .metrics import MetricsFile, last_success
 from .models import Image
 from .planner import Action, ImagePlan, Plan, Step
 from .retry import RetryBudget, spending
@@ -50,6 +51,8 @@ log = structlog.get_logger("imgmig")
 #: Group commit: the journal is fsynced at most this often (a process crash loses nothing written;
 #: a power cut at most this window, which the provenance properties let the next run recover).
 SYNC_EVERY = 5.0
+#: How often the metrics file is rewritten during a run.
+METRICS_EVERY = 30.0
 
 
 @dataclass
@@ -57,6 +60,9 @@ class RunOptions:
     max_runtime: float | None = None
     spool_dir: Path | None = None
     reporter: Reporter | None = None
+    #: Prometheus metrics: rewritten every METRICS_EVERY seconds while the run goes on (the caller writes
+    #: the final file, which needs the exit code).
+    metrics: MetricsFile | None = None
     #: Signals that stop the run cleanly; tests may pass () to leave signal handling alone.
     signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
     clock: Callable[[], float] = time.monotonic
@@ -149,6 +155,8 @@ async def _run(spec: JobSpec, options: RunOptions, journal: Journal, summary: Ru
             if options.signals:
                 tg.start_soon(_watch_signals, run, options.signals)
             tg.start_soon(_group_commit, journal)
+            if options.metrics is not None:
+                tg.start_soon(_write_metrics, options.metrics, summary, last_success(journal.state.runs))
             await _execute(run)
             tg.cancel_scope.cancel()
         if run.stop in ("SIGINT", "SIGTERM"):
@@ -163,6 +171,17 @@ async def _group_commit(journal: Journal) -> None:
     while True:
         await anyio.sleep(SYNC_EVERY)
         await journal.flush()
+
+
+async def _write_metrics(metrics: MetricsFile, summary: RunSummary, previous: float | None) -> None:
+    """The metrics file at once, then every METRICS_EVERY seconds (rendered here, written off the loop)."""
+    while True:
+        data = metrics.render(summary, final=False, last_success=previous)
+        try:
+            await anyio.to_thread.run_sync(metrics.store, data)
+        except OSError as exc:  # metrics never stop a run
+            log.warning("metrics_write_failed", path=str(metrics.path), error=exc.strerror or str(exc))
+        await anyio.sleep(METRICS_EVERY)
 
 
 async def _watch_signals(run: _Run, signals: tuple[signal.Signals, ...]) -> None:

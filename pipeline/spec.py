@@ -196,6 +196,7 @@ class RunOptions:
 
     journal_dir: Path
     max_runtime: float | None = None
+    metrics_file: Path | None = None
     ca_bundle: Path | None = None
     insecure: bool = False
 

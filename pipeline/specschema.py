@@ -327,6 +327,8 @@ class _RawTransfer(_Raw):
 
 class _RawRun(_Raw):
     journal_dir: _PathValue | None = None
+    #: A node_exporter textfile (``*.prom``) rewritten atomically every 30 s and at the end of each run.
+    metrics_file: _PathValue | None = None
     max_runtime: _Duration = None
     ca_bundle: Annotated[Path, PlainValidator(_existing_path)] | None = None
     insecure: bool = False
