@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install fmt lint type test check demo bench chaos clean
+.PHONY: install fmt lint type test check demo report-demo bench chaos clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "imgmig needs Python 3.11 or newer (found " + sys.version.split()[0] + ")")'
@@ -35,6 +35,11 @@ check: lint type test
 
 demo: $(STAMP)
 	$(BIN)/python -m pipeline.demo
+
+# the demo, then its first run (the one that copies) as one HTML page: build/report-demo.html
+report-demo: demo
+	$(BIN)/python -m pipeline report jobs/demo.toml --html build/report-demo.html --run \
+	  $$($(BIN)/python -m pipeline status jobs/demo.toml --json | $(BIN)/python -c 'import json, sys; print(json.load(sys.stdin)["runs"][0]["run_id"])')
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

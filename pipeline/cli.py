@@ -111,6 +111,20 @@ def _add_verify(sub: Any) -> None:
     p.set_defaults(func=_cmd_verify)
 
 
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "report", help="write one self-contained HTML page about a run, from the journal",
+        description="Read the job's journal (no network, no credentials) and write one HTML file (inline CSS "
+        "and SVG, nothing fetched from anywhere): the run's totals, a timeline of every image x target (or "
+        "of time buckets for large runs), throughput per target region, failures with their reasons, the "
+        "plan and skipped images. The last run by default. Exit 0, 2 if the job file or the run id is wrong.",
+    )  # fmt: skip
+    p.add_argument("job", type=Path, help=JOB_HELP)
+    p.add_argument("--html", type=Path, metavar="FILE.html", required=True, help="where to write the page (0600)")
+    p.add_argument("--run", metavar="ID", help="the run to show (default: the last one; see imgmig status)")
+    p.set_defaults(func=_cmd_report)
+
+
 def _add_check(sub: Any) -> None:
     p = sub.add_parser(
         "check", help="authenticate every profile and resolve every region; touch no image",
@@ -164,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imgmig {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for add in (_add_run, _add_plan, _add_status, _add_verify, _add_check, _add_emulate):
+    for add in (_add_run, _add_plan, _add_status, _add_verify, _add_check, _add_report, _add_emulate):
         add(sub)
     return parser
 
@@ -324,6 +338,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{k} {v}" for k, v in report.counts().items())
         print(f"\nverify{' --deep' if args.deep else ''}: {counts or 'nothing selected'}")
     return 0 if report.ok else 1
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .htmlreport import build_report
+
+    spec = _load(args.job, need_secrets=False)
+    _write_private(args.html, build_report(spec.run.journal_dir, spec.name, args.run))
+    print(f"wrote {args.html}")
+    return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -1,0 +1,195 @@
+"""The HTML run report: figures checked against the journal of a real run on the emulator, self-containment,
+escaping, run selection, a partly folded journal, and the size and build time of a 10,000-image run."""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+import uuid
+from dataclasses import replace
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from pipeline.emulator import Emulator, StatusFault
+from pipeline.errors import UsageError
+from pipeline.htmlreport import MAX_BARS, build_report
+from pipeline.journal import Journal, JournalState
+
+from .test_metadata import TARGETS, add, job, run
+
+TRICKY = 'tricky <b>&"name"</b>'
+VOID = {"meta", "br", "hr", "img", "input", "link", "col", "wbr", "area", "base", "source", "track", "embed"}
+
+
+class _Checker(HTMLParser):
+    """Collects tag-nesting errors: every element closed, in order (void elements excepted)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+def assert_well_formed(page: str) -> None:
+    checker = _Checker()
+    checker.feed(page)
+    checker.close()
+    assert checker.errors == []
+    assert checker.stack == []
+
+
+def assert_self_contained(page: str) -> None:
+    assert "http://" not in page
+    assert "https://" not in page
+    assert "<script src" not in page.lower()
+    assert "<link" not in page.lower()
+    assert not re.search(r"\b(src|href)\s*=", page)
+
+
+def card(page: str, label: str) -> int:
+    """The number on a totals card."""
+    found = re.search(rf"<b>(\d+)</b>{label}</div>", page)
+    assert found is not None, label
+    return int(found.group(1))
+
+
+async def two_runs(emulator: Emulator, tmp_path: Path) -> tuple[Path, str, str, JournalState]:
+    """Run 1: three images and a tricky name, one deactivated (skipped), one JP1 upload refused with retries 0.
+    Run 2: the failed copy is made again after one refused upload (2 attempts). Returns run 1's id and error."""
+    tenant = uuid.uuid4().hex
+    for i in range(3):
+        add(emulator, tenant, f"img-{i}", size=256 * 1024 + i)
+    add(emulator, tenant, TRICKY, size=100_000)
+    add(emulator, tenant, "parked-one").status = "deactivated"
+    emulator.faults("JP1").statuses.append(StatusFault(503, op="upload", count=1))
+    spec = job(emulator, tmp_path, tenant)
+    first = await run(replace(spec, transfer=replace(spec.transfer, retries=0)))
+    assert first.exit_code == 1
+    after_first = Journal.read(spec.run.journal_dir, spec.name)
+    errors = [t.error for e in after_first.images.values() for t in e.targets.values() if t.error]
+    assert len(errors) == 1
+    emulator.faults("JP1").statuses.append(StatusFault(503, op="upload", count=1))
+    second = await run(spec)
+    assert second.exit_code == 0, second.render()
+    return spec.run.journal_dir, first.run_id, errors[0], Journal.read(spec.run.journal_dir, spec.name)
+
+
+async def test_report_of_a_real_run_matches_the_journal(emulator: Emulator, tmp_path: Path) -> None:
+    """The first run's page shows the journal's totals, bytes, escaped error and one bar per image x target."""
+    journal_dir, first_id, error, state = await two_runs(emulator, tmp_path)
+    page = build_report(journal_dir, "meta", first_id)
+    counts = next(r for r in state.runs if r.run_id == first_id).summary
+    assert counts["copied"] == 7  # 4 images x 2 targets, less the refused one
+    assert counts["failed"] == 1
+    assert counts["skipped"] == 2
+    for key in ("copied", "metadata", "skipped", "failed", "cancelled"):
+        assert card(page, key) == counts[key]
+    assert card(page, "up to date") == counts["up_to_date"]
+    assert page.count('<g class="bar">') == sum(len(e.targets) for e in state.images.values()) == 5 * len(TARGETS)
+    # bytes: the first run copied everything but the refused JP1 copy, which run 2 made
+    retried = [(i, t) for i, e in state.images.items() for r, t in e.targets.items() if r == "JP1" and t.attempts > 1]
+    assert len(retried) == 1
+    all_bytes = sum(t.bytes for e in state.images.values() for t in e.targets.values())  # each copy's size, once
+    assert f"copied ({all_bytes - retried[0][1].bytes} bytes)" in page
+    assert html.escape(TRICKY) in page
+    assert TRICKY not in page
+    assert "source image is deactivated: it has no data to copy" in page
+    assert "HTTP 503" in error
+    assert html.escape(error) in page  # the refused upload's error, in the failure tables
+    assert_self_contained(page)
+    assert_well_formed(page)
+
+
+async def test_last_run_by_default(emulator: Emulator, tmp_path: Path) -> None:
+    """Without a run id the last run is shown, its figures from its own records; its retry is marked ↻2."""
+    journal_dir, first_id, _, state = await two_runs(emulator, tmp_path)
+    page = build_report(journal_dir, "meta")
+    last = state.runs[-1]
+    assert last.run_id != first_id
+    assert f"<td>{last.run_id}</td>" in page.split("<h2>")[0]  # in the header
+    for key in ("copied", "metadata", "skipped", "failed", "cancelled"):
+        assert card(page, key) == last.summary[key]
+    assert card(page, "up to date") == last.summary["up_to_date"] == 7
+    assert "↻2" in page
+    assert page.count('<g class="bar">') == 5 * len(TARGETS)
+    assert_self_contained(page)
+    assert_well_formed(page)
+
+
+def test_unknown_run_and_missing_journal(tmp_path: Path) -> None:
+    """An unknown run id or a journal directory that does not exist is a usage error naming the problem."""
+    with pytest.raises(UsageError, match="has not run yet"):
+        build_report(tmp_path / "none", "j")
+    journal = Journal.open(tmp_path / "j", "j")
+    journal.record("run_started", run="r1", pid=1)
+    journal.close()
+    with pytest.raises(UsageError, match=r"no run 'nope'.*r1"):
+        build_report(tmp_path / "j", "j", "nope")
+
+
+def synthetic(directory: Path, images: int, *, snapshot_after: int | None = None) -> None:
+    """A run of ``images`` images x KR2 + JP1 written record by record; every 33rd JP1 copy fails."""
+    journal = Journal.open(directory, "big")
+    journal.record("run_started", run="big-run", pid=1)
+    for i in range(images):
+        plan = {r: {"action": "copy", "reason": "", "state": "planned"} for r in ("KR2", "JP1")}
+        journal.record("image", image_id=f"src-{i}", name=f"image <{i}>", size=1000 + i, plan=plan)
+    counts = {"copied": 0, "failed": 0}
+    for i in range(images):
+        if snapshot_after is not None and i == snapshot_after:
+            journal.snapshot()
+        for region in ("KR2", "JP1"):
+            journal.record("target", image_id=f"src-{i}", region=region, created=f"{region}-{i}")
+            if region == "JP1" and i % 33 == 0:
+                journal.record("target", image_id=f"src-{i}", region=region, state="failed", bytes=10, attempts=3,
+                               error=f"upload: 503 <busy> #{i % 3}")  # fmt: skip
+                counts["failed"] += 1
+            else:
+                journal.record("target", image_id=f"src-{i}", region=region, state="done", bytes=1000 + i, attempts=1,
+                               target_id=f"{region}-{i}")  # fmt: skip
+                counts["copied"] += 1
+    journal.record("run_finished", run="big-run", outcome="failed", exit_code=1, summary=counts)
+    journal.close()
+
+
+def test_ten_thousand_images_aggregate_small_and_fast(tmp_path: Path) -> None:
+    """10,000 images x 2 targets: aggregated timeline, under 5 MB, built in under 2 s (the bound the issue sets)."""
+    synthetic(tmp_path / "big", 10_000)
+    start = time.perf_counter()
+    page = build_report(tmp_path / "big", "big")
+    elapsed = time.perf_counter() - start
+    assert elapsed < 2.0, elapsed
+    assert len(page.encode()) < 5 * 1024 * 1024
+    assert f"are more than {MAX_BARS}" in page
+    assert '<g class="bar">' not in page
+    assert card(page, "failed") == 304  # i % 33 == 0 for i < 10,000
+    assert card(page, "copied") == 20_000 - 304
+    assert "First 200 of 304." in page
+    assert "upload: 503 &lt;busy&gt; #0" in page
+    assert "image &lt;33&gt;" in page
+    assert_self_contained(page)
+    assert_well_formed(page)
+
+
+def test_partly_folded_run_is_said_and_still_counted(tmp_path: Path) -> None:
+    """A run whose first records were folded into the snapshot is shown with every image x target, and says so."""
+    synthetic(tmp_path / "small", 40, snapshot_after=20)
+    page = build_report(tmp_path / "small", "big")
+    assert "folded into the journal snapshot: 40 image x target" in page
+    assert page.count('<g class="bar">') == 80
+    assert card(page, "copied") == 78
+    assert card(page, "failed") == 2
+    assert_well_formed(page)
