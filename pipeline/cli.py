@@ -246,9 +246,8 @@ def _finish_run(args: argparse.Namespace, summary: Any, spec: Any, metrics: Any)
         from .metrics import last_success
 
         try:
-            metrics.write(
-                summary, final=True, last_success=last_success(Journal.read(spec.run.journal_dir, spec.name).runs)
-            )
+            previous = last_success(Journal.read(spec.run.journal_dir, spec.name).runs)
+            metrics.write(summary, final=True, last_success=previous, requests=summary.requests.counts)
         except (OSError, ImgmigError) as exc:  # the metrics never change the run's exit code
             print(f"imgmig: warning: cannot write the metrics file {metrics.path}: {exc}", file=sys.stderr)
     print(summary.render())

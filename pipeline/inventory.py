@@ -24,7 +24,7 @@ from .glance.keystone import KeystoneAuth
 from .glance.transport import TransportConfig
 from .logs import register_secret
 from .metasync import read_only_fields
-from .models import Image, Member
+from .models import Image, Member, RequestCounts
 from .planner import select_images
 from .retry import RetryPolicy
 from .spec import AuthProfile, Endpoint, JobSpec
@@ -59,10 +59,14 @@ def target_labels(spec: JobSpec) -> dict[str, Endpoint]:
 class Clients:
     """One Auth per profile and one ImageClient per (profile, region), over the run's session."""
 
-    def __init__(self, spec: JobSpec, session: aiohttp.ClientSession, retry: RetryPolicy) -> None:
+    def __init__(
+        self, spec: JobSpec, session: aiohttp.ClientSession, retry: RetryPolicy, requests: RequestCounts | None = None
+    ) -> None:
         self.spec = spec
         self.session = session
         self.retry = retry
+        #: Every Image API request of the run, by kind and region (one count shared by all clients).
+        self.requests = requests if requests is not None else RequestCounts()
         self._auth: dict[str, Auth] = {}
         self._clients: dict[tuple[str, str], ImageClient] = {}
 
@@ -74,7 +78,8 @@ class Clients:
     def client(self, profile: str, region: str) -> ImageClient:
         key = (profile, region)
         if key not in self._clients:
-            self._clients[key] = ImageClient(self.session, self.auth(profile), region, retry=self.retry)
+            self._clients[key] = ImageClient(self.session, self.auth(profile), region, retry=self.retry,
+                                             requests=self.requests)  # fmt: skip
         return self._clients[key]
 
     async def tenant(self, profile: str) -> str | None:

@@ -18,6 +18,7 @@ __all__ = [
     "RESERVED_PREFIXES",
     "Image",
     "Member",
+    "RequestCounts",
     "is_reserved_field",
 ]
 
@@ -195,3 +196,27 @@ class Member:
             created_at=obj.get("created_at") if isinstance(obj.get("created_at"), str) else None,
             updated_at=obj.get("updated_at") if isinstance(obj.get("updated_at"), str) else None,
         )
+
+
+class RequestCounts:
+    """HTTP requests sent to the Image API, by kind and region (the run summary, report and metrics show
+    them). Kinds: list, get, create, upload, download, patch, tags, members, delete, schemas."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def add(self, kind: str, region: str) -> None:
+        key = (kind, region)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def by_region(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for (kind, region), n in sorted(self.counts.items()):
+            out.setdefault(region, {})[kind] = n
+        return out
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())

@@ -149,7 +149,7 @@ async def _run(spec: JobSpec, options: RunOptions, journal: Journal, summary: Ru
     async with new_session(config) as session:
         engine = Engine(settings, reporter=summary.reporter(options.reporter),
                         source_bandwidth=Bandwidth(transfer.bandwidth), region_bandwidth=regional)  # fmt: skip
-        run = _Run(spec, options, journal, Clients(spec, session, retry), engine, summary)
+        run = _Run(spec, options, journal, Clients(spec, session, retry, summary.requests), engine, summary)
         run.max_runtime = options.max_runtime if options.max_runtime is not None else spec.run.max_runtime
         async with anyio.create_task_group() as tg:
             if options.signals:
@@ -176,7 +176,7 @@ async def _group_commit(journal: Journal) -> None:
 async def _write_metrics(metrics: MetricsFile, summary: RunSummary, previous: float | None) -> None:
     """The metrics file at once, then every METRICS_EVERY seconds (rendered here, written off the loop)."""
     while True:
-        data = metrics.render(summary, final=False, last_success=previous)
+        data = metrics.render(summary, final=False, last_success=previous, requests=summary.requests.counts)
         try:
             await anyio.to_thread.run_sync(metrics.store, data)
         except OSError as exc:  # metrics never stop a run

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .events import BytesRead, BytesWritten, Reporter, SourceResumed, TargetRetrying
+from .models import RequestCounts
 from .planner import Plan
 from .units import format_duration, format_rate, format_size
 
@@ -112,6 +113,8 @@ class RunSummary:
     journal_records: int = 0
     journal_seconds: float = 0.0
     downstream: Reporter | None = None
+    #: Every Image API request of the run, by kind and region (filled by the run's clients).
+    requests: RequestCounts = field(default_factory=RequestCounts)
 
     def reporter(self, downstream: Reporter | None) -> Reporter:
         self.downstream = downstream
@@ -169,6 +172,7 @@ class RunSummary:
             "orphans_deleted": self.orphans_deleted, "unavailable_targets": dict(self.unavailable),
             "sources_left_open": dict(self.sources_left_open),
             "journal": {"records": self.journal_records, "seconds": round(self.journal_seconds, 4)},
+            "requests": self.requests.by_region(),
             "fatal": self.fatal, "plan": self.plan.to_json() if self.plan is not None else None,
             "steps": [s.to_json() for s in self.steps],
         }  # fmt: skip
@@ -184,6 +188,13 @@ class RunSummary:
             f"  {format_size(self.bytes_read)} read, {format_size(self.bytes_written)} written, "
             f"{format_rate(rate)}; {self.retries} retries, {self.resumes} source resumes",
         ]
+        if self.requests.total:
+            kinds: dict[str, int] = {}
+            for (kind, _), n in self.requests.counts.items():
+                kinds[kind] = kinds.get(kind, 0) + n
+            lines.append(
+                f"  {self.requests.total} requests: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+            )
         if self.orphans_deleted:
             lines.append(f"  {self.orphans_deleted} leftover copies deleted")
         lines += [f"  UNAVAILABLE {label}: {reason}" for label, reason in self.unavailable.items()]

@@ -326,3 +326,7 @@ def test_run_cli_writes_the_metrics_file_and_a_kill_leaves_the_last_complete_one
             by_region[step["target"]] = by_region.get(step["target"], 0) + step["bytes"]
         assert written == by_region
         assert final[("imgmig_last_success_timestamp_seconds", label)] >= report["started_at"]
+        requests = {(dict(k[1])["region"], dict(k[1])["kind"]): v for k, v in final.items()
+                    if k[0] == "imgmig_requests_total"}  # fmt: skip
+        assert requests == {(r, k): n for r, kinds in report["requests"].items() for k, n in kinds.items()}
+        assert requests[("KR2", "upload")] >= 1

@@ -28,3 +28,18 @@ async def test_retries_zero_gives_one_attempt(emulator: Emulator, tmp_path: Path
     assert emulator.regions["JP1"].stats.requests["upload"] == len(sources)  # one try each, no retry
     assert emulator.regions["KR2"].stats.requests["create"] == len(sources)
     assert summary.retries == 0
+
+
+async def test_request_counts_match_the_server(emulator: Emulator, tmp_path: Path) -> None:
+    """The run summary counts every Image API request by kind and region, and the counts equal what each
+    emulated region received (the emulator counts them on its side)."""
+    tenant = uuid.uuid4().hex
+    for i in range(3):
+        add(emulator, tenant, f"img-{i}", size=MiB, tags=["t"], os_distro="ubuntu")
+    summary = await run(job(emulator, tmp_path, tenant))
+    assert summary.exit_code == 0
+    counted = summary.requests.by_region()
+    for region in ("KR1", "KR2", "JP1"):
+        assert counted[region] == emulator.regions[region].stats.requests, region
+    assert counted["KR2"]["upload"] == counted["JP1"]["upload"] == 3
+    assert summary.to_json()["requests"] == counted

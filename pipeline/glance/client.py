@@ -26,12 +26,19 @@ from ..errors import (
     ProtocolError,
     TokenRejectedError,
 )
-from ..models import Image, Member
+from ..models import Image, Member, RequestCounts
 from ..retry import RetryPolicy
 from .auth import Auth, Token
 from .transport import error_from_response, map_aiohttp_errors
 
-__all__ = ["JSON_PATCH", "Download", "ImageClient", "ListFilters", "parse_content_range"]
+__all__ = [
+    "JSON_PATCH",
+    "Download",
+    "ImageClient",
+    "ListFilters",
+    "parse_content_range",
+    "request_kind",
+]
 
 JSON_PATCH = "application/openstack-images-v2.1-json-patch"
 OCTET_STREAM = "application/octet-stream"
@@ -95,12 +102,15 @@ class ImageClient:
         *,
         retry: RetryPolicy | None = None,
         on_retry: Callable[[str, int, BaseException, float], None] | None = None,
+        requests: RequestCounts | None = None,
     ) -> None:
         self.session = session
         self.auth = auth
         self.region = region
         self.retry = retry or RetryPolicy()
         self._on_retry = on_retry
+        #: Every HTTP request this client sends, by (kind, region), retries included (shared by a run).
+        self.requests = requests if requests is not None else RequestCounts()
         #: Whether this region honours a client-chosen image id on create: None until the first create
         #: with one tells (see ``copies.create_copy``).
         self.client_ids: bool | None = None
@@ -140,6 +150,7 @@ class ImageClient:
         for refreshed in (False, True):
             token = await self.auth.token(self.session)
             url = await self.endpoint() + path
+            self.requests.add(request_kind(method, path), self.region)
             with map_aiohttp_errors(**ctx):
                 async with self.session.request(method, url, headers=self._headers(token, extra), **kwargs) as resp:
                     body = await _read_bounded(resp, ctx)
@@ -290,6 +301,7 @@ class ImageClient:
         extra = {"Content-Type": OCTET_STREAM}
         if size is not None:
             extra["Content-Length"] = str(size)
+        self.requests.add("upload", self.region)
         with map_aiohttp_errors(**ctx):
             async with self.session.put(url, data=body, headers=self._headers(token, extra)) as resp:
                 raw = await _read_bounded(resp, ctx)
@@ -326,6 +338,7 @@ class ImageClient:
             for refreshed in (False, True):
                 token = await self.auth.token(self.session)
                 url = await self.endpoint() + path
+                self.requests.add("download", self.region)
                 with map_aiohttp_errors(**ctx):
                     resp = await self.session.get(url, headers=self._headers(token, extra), **options)
                 if resp.status < 400:
@@ -421,6 +434,20 @@ class ImageClient:
         if not isinstance(doc, dict):
             raise ProtocolError(f"schema {name} is not an object", region=self.region)
         return doc
+
+
+def request_kind(method: str, path: str) -> str:
+    """The kind of an Image API request, from its method and path."""
+    parts = [p for p in path.split("?")[0].split("/") if p]
+    if parts[:2] == ["v2", "schemas"]:
+        return "schemas"
+    if len(parts) <= 2:
+        return "create" if method == "POST" else "list"
+    if len(parts) == 3:
+        return {"PATCH": "patch", "DELETE": "delete"}.get(method, "get")
+    if parts[3] == "file":
+        return "upload" if method == "PUT" else "download"
+    return "tags" if parts[3] == "tags" else "members"
 
 
 def _query_value(value: object) -> str:
