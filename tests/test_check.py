@@ -178,3 +178,47 @@ def test_keystone_v3_cloud_into_nhn_regions(ks_cluster: GlanceCluster, keystone:
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((tmp_path / "r2.json").read_text())["bytes_written"] == 0
     assert cred.secret not in first.stdout + first.stderr + again.stdout + again.stderr
+
+
+@pytest.mark.real_keystone
+def test_revoked_application_credential_mid_job_exits_4(ks_cluster: GlanceCluster, keystone: KeystoneCluster,
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    """An application credential (the Keystone v3 source's) deleted while the targets are receiving the first
+    image (one image at a time): the next source request is refused, the job stops with exit 4 naming the
+    profile, and nothing is retried against it; the secret appears nowhere."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .procs import stop_process, wait_until
+
+    cred = keystone.create_application_credential(f"imgmig-revoke-{uuid.uuid4().hex[:8]}")
+    seed = keystone.application_credential
+    made = anyio.run(_make_sources, keystone)
+    tenant = uuid.uuid4().hex
+    auth = "\n".join(['type = "keystone"', f'auth_url = "{keystone.url}"',
+                      f'application_credential_id = "{cred.id}"',
+                      'application_credential_secret_env = "KS_APP_SECRET"'])  # fmt: skip
+    job = keystone_job(tmp_path / "job.toml", keystone, ks_cluster.identity_url, tenant, auth)
+    # one image at a time: the second image's source requests come after the revocation
+    text = job.read_text().replace('chunk_size = "1MiB"', 'chunk_size = "1MiB"\nbandwidth = "1MiB/s"\n'
+                                   "images_in_flight = 1")  # fmt: skip
+    job.write_text(text + "[select]\n" + f"ids = {json.dumps([m['id'] for m in made])}\n")
+    env = {**os.environ, "IMGMIG_TEST_PASSWORD": PASSWORD, "KS_APP_SECRET": cred.secret}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(job), "--no-progress", "--report",
+                             str(tmp_path / "r.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
+    try:
+        wait_until(lambda: any(ks_cluster.state()["stats"][r]["uploads_active"] for r in TARGETS), proc,
+                   "uploads in flight")  # fmt: skip
+        keystone.delete_application_credential(cred)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        stop_process(proc, signal.SIGKILL)
+    assert proc.returncode == 4, out + err[-3000:]
+    assert "auth profile 'onprem'" in err
+    assert "Traceback" not in err
+    assert json.loads((tmp_path / "r.json").read_text())["retries"] == 0
+    assert cred.secret not in out + err
+    assert seed.id != cred.id  # the shared credential of the other tests was left alone
