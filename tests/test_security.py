@@ -9,6 +9,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -227,3 +228,46 @@ def test_crash_test_invariants_helper_is_strict(emu: EmulatorProcess, tmp_path: 
     anyio.run(plant)
     with pytest.raises(AssertionError, match=r"2 copies of golden-a"):
         check_invariants(emu.admin, "strict", sources, ("KR2",), tenant=tenant)
+
+
+@pytest.mark.real_keystone
+def test_no_secret_from_clouds_yaml_or_secure_yaml_anywhere(ks_cluster: Any, keystone: Any, tmp_path: Path) -> None:
+    """A Keystone v3 source taken from clouds.yaml, its password in secure.yaml (and an application
+    credential's secret there too): check, plan, run at debug level, status and the report carry neither
+    secret, nor does any file in the journal directory."""
+    import yaml
+
+    user, project = keystone.user("migrator"), keystone.project("src-project")
+    cred = keystone.application_credential
+    (tmp_path / "clouds.yaml").write_text(yaml.safe_dump({"clouds": {
+        "onprem": {"auth_type": "password", "region_name": "KR1",
+                   "auth": {"auth_url": keystone.url, "username": user.name, "user_domain_name": "Default",
+                            "project_name": project.name, "project_domain_name": "Default"}},
+        "onprem-app": {"auth_type": "v3applicationcredential",
+                       "auth": {"auth_url": keystone.url, "application_credential_id": cred.id}}}}))  # fmt: skip
+    (tmp_path / "secure.yaml").write_text(yaml.safe_dump({"clouds": {
+        "onprem": {"auth": {"password": user.password}},
+        "onprem-app": {"auth": {"application_credential_secret": cred.secret}}}}))  # fmt: skip
+    tenant = uuid.uuid4().hex
+    job = tmp_path / "job.toml"
+    job.write_text("\n".join([
+        'name = "sec-clouds"', '[auth.onprem]', 'cloud = "onprem"', '[auth.app]', 'cloud = "onprem-app"',
+        '[auth.nhn]', f'identity_url = "{ks_cluster.identity_url}"', f'tenant_id = "{tenant}"', 'username = "owner"',
+        'password_env = "IMGMIG_TEST_PASSWORD"', '[source]', 'auth = "onprem"', 'region = "KR1"',
+        '[[targets]]', 'auth = "nhn"', 'region = "KR2"', '[select]', 'names = ["no-such-image-*"]',
+        '[run]', f'journal_dir = "{tmp_path / "state"}"', ""]))  # fmt: skip
+    env = {"OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml"),
+           "OS_CLIENT_SECURE_FILE": str(tmp_path / "secure.yaml")}  # fmt: skip
+    outputs = []
+    for args in (("check", str(job)), ("check", str(job), "--json"), ("plan", str(job), "--json"),
+                 ("run", str(job), "--no-progress", "--log-level", "debug", "--log-format", "json", "--report",
+                  str(tmp_path / "report.json")), ("status", str(job), "--json")):  # fmt: skip
+        result = run_cli(*args, env=env)
+        assert result.returncode == 0, (args, result.stderr[-2000:])
+        outputs.append(result.stdout + result.stderr)
+    outputs += [p.read_text(errors="replace") for p in (tmp_path / "state").iterdir() if p.is_file()]
+    outputs.append((tmp_path / "report.json").read_text())
+    assert any("onprem" in text for text in outputs)  # the scenario ran: the cloud profile was used
+    for text in outputs:
+        assert user.password not in text
+        assert cred.secret not in text
