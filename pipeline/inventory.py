@@ -18,7 +18,7 @@ from .cloudconfig import keystone_auth, load_cloud
 from .copies import PROV_JOB, is_own_copy
 from .errors import ApiError, NotFoundError, UsageError
 from .failpoints import failpoint
-from .glance.auth import Auth, PasswordAuth, StaticTokenAuth
+from .glance.auth import Auth, PasswordAuth, StaticTokenAuth, TokenCache
 from .glance.client import ImageClient
 from .glance.keystone import KeystoneAuth
 from .glance.transport import TransportConfig
@@ -81,6 +81,10 @@ class Clients:
             self._clients[key] = ImageClient(self.session, self.auth(profile), region, retry=self.retry,
                                              requests=self.requests)  # fmt: skip
         return self._clients[key]
+
+    def tokens_issued(self) -> dict[str, int]:
+        """Tokens each profile obtained so far (a fixed token counts none)."""
+        return {name: auth.issued for name, auth in self._auth.items() if isinstance(auth, TokenCache)}
 
     async def tenant(self, profile: str) -> str | None:
         """The profile's tenant: configured, or the one its token names."""

@@ -159,6 +159,7 @@ async def _run(spec: JobSpec, options: RunOptions, journal: Journal, summary: Ru
                 tg.start_soon(_write_metrics, options.metrics, summary, last_success(journal.state.runs))
             await _execute(run)
             tg.cancel_scope.cancel()
+        summary.tokens_issued = run.clients.tokens_issued()
         if run.stop in ("SIGINT", "SIGTERM"):
             summary.interrupted = run.stop
         elif run.stop == "parked":

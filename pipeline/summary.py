@@ -115,6 +115,8 @@ class RunSummary:
     downstream: Reporter | None = None
     #: Every Image API request of the run, by kind and region (filled by the run's clients).
     requests: RequestCounts = field(default_factory=RequestCounts)
+    #: Tokens each auth profile obtained during the run (refreshes show as more than one).
+    tokens_issued: dict[str, int] = field(default_factory=dict)
 
     def reporter(self, downstream: Reporter | None) -> Reporter:
         self.downstream = downstream
@@ -172,7 +174,7 @@ class RunSummary:
             "orphans_deleted": self.orphans_deleted, "unavailable_targets": dict(self.unavailable),
             "sources_left_open": dict(self.sources_left_open),
             "journal": {"records": self.journal_records, "seconds": round(self.journal_seconds, 4)},
-            "requests": self.requests.by_region(),
+            "requests": self.requests.by_region(), "tokens_issued": dict(self.tokens_issued),
             "fatal": self.fatal, "plan": self.plan.to_json() if self.plan is not None else None,
             "steps": [s.to_json() for s in self.steps],
         }  # fmt: skip

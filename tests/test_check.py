@@ -222,3 +222,33 @@ def test_revoked_application_credential_mid_job_exits_4(ks_cluster: GlanceCluste
     assert json.loads((tmp_path / "r.json").read_text())["retries"] == 0
     assert cred.secret not in out + err
     assert seed.id != cred.id  # the shared credential of the other tests was left alone
+
+
+@pytest.mark.real_keystone
+def test_keystone_tokens_expire_mid_job(ks_cluster: GlanceCluster, keystone: KeystoneCluster, tmp_path: Path) -> None:
+    """Keystone v3 tokens that live 6 s during a job that takes longer (4 MiB at 256 KiB/s, one image at a
+    time): the source profile gets a new token for the second image's requests, which come after the first
+    token expired (both issued by Keystone during the run), and the job completes with every copy verified."""
+    made = anyio.run(_make_sources, keystone)
+    cred = keystone.application_credential
+    auth = "\n".join(['type = "keystone"', f'auth_url = "{keystone.url}"', f'application_credential_id = "{cred.id}"',
+                      'application_credential_secret_env = "KS_APP_SECRET"'])  # fmt: skip
+    tenant = uuid.uuid4().hex
+    job = keystone_job(tmp_path / "job.toml", keystone, ks_cluster.identity_url, tenant, auth)
+    text = job.read_text().replace('chunk_size = "1MiB"', 'chunk_size = "1MiB"\nbandwidth = "256KiB/s"\n'
+                                   "images_in_flight = 1")  # fmt: skip
+    job.write_text(text + "[select]\n" + f"ids = {json.dumps([m['id'] for m in made])}\n")
+    before = keystone.tokens_issued()
+    keystone.set_token_expiration(6)
+    try:
+        result = run_cli("run", str(job), "--no-progress", "--report", str(tmp_path / "r.json"),
+                         env={"KS_APP_SECRET": cred.secret})  # fmt: skip
+    finally:
+        keystone.set_token_expiration(3600)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["counts"]["copied"] == len(made) * len(TARGETS)
+    assert report["duration_seconds"] > 12  # longer than two token lifetimes
+    # the second image's download (after the first image's 12 s) needed a token the first had outlived
+    assert report["tokens_issued"]["onprem"] >= 2
+    assert keystone.tokens_issued() - before >= report["tokens_issued"]["onprem"]  # Keystone issued them
