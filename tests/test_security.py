@@ -233,8 +233,8 @@ def test_crash_test_invariants_helper_is_strict(emu: EmulatorProcess, tmp_path: 
 @pytest.mark.real_keystone
 def test_no_secret_from_clouds_yaml_or_secure_yaml_anywhere(ks_cluster: Any, keystone: Any, tmp_path: Path) -> None:
     """A Keystone v3 source taken from clouds.yaml, its password in secure.yaml (and an application
-    credential's secret there too): check, plan, run at debug level, status and the report carry neither
-    secret, nor does any file in the journal directory."""
+    credential's secret there too), then from the OS_* variables: check, plan, run at debug level, status
+    and the report carry neither secret, nor does any file in the journal directory."""
     import yaml
 
     user, project = keystone.user("migrator"), keystone.project("src-project")
@@ -268,6 +268,17 @@ def test_no_secret_from_clouds_yaml_or_secure_yaml_anywhere(ks_cluster: Any, key
     outputs += [p.read_text(errors="replace") for p in (tmp_path / "state").iterdir() if p.is_file()]
     outputs.append((tmp_path / "report.json").read_text())
     assert any("onprem" in text for text in outputs)  # the scenario ran: the cloud profile was used
+    # the OS_* variables (cloud = "envvars"), as the openstack CLI takes them
+    job.write_text(job.read_text().replace('cloud = "onprem"', 'cloud = "envvars"'))
+    os_env = {"OS_AUTH_URL": keystone.url, "OS_USERNAME": user.name, "OS_PASSWORD": user.password,
+              "OS_USER_DOMAIN_NAME": "Default", "OS_PROJECT_NAME": project.name,
+              "OS_PROJECT_DOMAIN_NAME": "Default", **env}  # fmt: skip
+    for args in (("check", str(job), "--json"), ("run", str(job), "--no-progress", "--log-level", "debug",
+                                                 "--log-format", "json")):  # fmt: skip
+        result = run_cli(*args, env=os_env)
+        assert result.returncode == 0, (args, result.stderr[-2000:])
+        outputs.append(result.stdout + result.stderr)
+    assert '"kind": "cloud"' in outputs[-2]
     for text in outputs:
         assert user.password not in text
         assert cred.secret not in text
