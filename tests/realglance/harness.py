@@ -89,14 +89,13 @@ def glance_venv_path() -> Path:
     return Path(cache).expanduser().resolve() / "imgmig" / "glance-33-venv"
 
 
-def _marker_text() -> str:
-    return json.dumps({"requirements": list(GLANCE_REQUIREMENTS)}, sort_keys=True)
+def _marker_text(requirements: Sequence[str]) -> str:
+    return json.dumps({"requirements": list(requirements)}, sort_keys=True)
 
 
-def _venv_complete(venv: Path) -> bool:
-    marker = venv / _MARKER_NAME
+def _venv_complete(venv: Path, marker_name: str, requirements: Sequence[str]) -> bool:
     try:
-        return marker.read_text() == _marker_text() and (venv / "bin" / "uwsgi").exists()
+        return (venv / marker_name).read_text() == _marker_text(requirements) and (venv / "bin" / "uwsgi").exists()
     except OSError:
         return False
 
@@ -119,41 +118,44 @@ def _venv_lock(venv: Path) -> Iterator[None]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
-def ensure_glance_venv() -> Path:
-    """Install Glance 33 and pyuwsgi into their own cached venv, or reuse it; return the venv path.
+def ensure_venv(venv: Path, requirements: Sequence[str], *, marker_name: str, imports: str, what: str) -> Path:
+    """Install ``requirements`` (with pyuwsgi among them) into the cached venv ``venv``, or reuse it.
 
     Concurrent callers (several pytest processes) are serialised by an fcntl lock next to the venv; the
-    one that finds the completion marker after taking the lock returns at once.
+    one that finds the completion marker after taking the lock returns at once. ``imports`` is checked in
+    the new venv; ``what`` names it in errors (e.g. "Glance").
     """
-    venv = glance_venv_path()
-    if _venv_complete(venv):
+    if _venv_complete(venv, marker_name, requirements):
         return venv
     log_path = venv.parent / (venv.name + ".install.log")
     with _venv_lock(venv):
         try:
-            if _venv_complete(venv):
+            if _venv_complete(venv, marker_name, requirements):
                 return venv
             # A half-built venv from an interrupted install is not trusted: start over.
             if venv.exists():
                 shutil.rmtree(venv)
             with log_path.open("w") as log:
-                _run_logged([_base_python(), "-m", "venv", str(venv)], log, "create the Glance venv")
+                _run_logged([_base_python(), "-m", "venv", str(venv)], log, f"create the {what} venv")
                 pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
                 _run_logged([*pip, "install", "-q", "--upgrade", "pip"], log, "upgrade pip", check=False)
-                _run_logged([*pip, "install", *GLANCE_REQUIREMENTS], log, "pip install Glance")
-                _run_logged(
-                    [str(venv / "bin" / "python"), "-c", "import glance, aiohttp, webob, pyuwsgi"],
-                    log,
-                    "import Glance in its venv",
-                )
+                _run_logged([*pip, "install", *requirements], log, f"pip install {what}")
+                _run_logged([str(venv / "bin" / "python"), "-c", f"import {imports}"], log,
+                            f"import {what} in its venv")  # fmt: skip
             if not (venv / "bin" / "uwsgi").exists():
                 raise GlanceHarnessError(f"pyuwsgi installed no uwsgi executable in {venv}/bin")
-            (venv / _MARKER_NAME).write_text(_marker_text())
+            (venv / marker_name).write_text(_marker_text(requirements))
             return venv
         except GlanceHarnessError:
             raise
         except Exception as exc:  # venv creation, disk full, ...: still one clear error type
-            raise GlanceHarnessError(f"installing the Glance venv at {venv} failed: {exc!r}") from exc
+            raise GlanceHarnessError(f"installing the {what} venv at {venv} failed: {exc!r}") from exc
+
+
+def ensure_glance_venv() -> Path:
+    """Install Glance 33 and pyuwsgi into their own cached venv, or reuse it; return the venv path."""
+    return ensure_venv(glance_venv_path(), GLANCE_REQUIREMENTS, marker_name=_MARKER_NAME,
+                       imports="glance, aiohttp, webob, pyuwsgi", what="Glance")  # fmt: skip
 
 
 def _run_logged(cmd: Sequence[str], log: Any, what: str, *, check: bool = True) -> None:

@@ -42,13 +42,12 @@ from typing import Any
 from .harness import (
     HERE,
     GlanceHarnessError,
-    _base_python,
     _http_ok,
     _render,
-    _run_logged,
     _spawn,
     _tail,
     _venv_lock,
+    ensure_venv,
 )
 
 __all__ = [
@@ -90,50 +89,10 @@ def keystone_venv_path() -> Path:
     return Path(cache).expanduser().resolve() / "imgmig" / "keystone-30-venv"
 
 
-def _marker_text() -> str:
-    return json.dumps({"requirements": list(KEYSTONE_REQUIREMENTS)}, sort_keys=True)
-
-
-def _venv_complete(venv: Path) -> bool:
-    try:
-        return (venv / _MARKER_NAME).read_text() == _marker_text() and (venv / "bin" / "uwsgi").exists()
-    except OSError:
-        return False
-
-
 def ensure_keystone_venv() -> Path:
-    """Install Keystone 30 and pyuwsgi into their own cached venv, or reuse it; return the venv path.
-
-    Serialised across processes by an fcntl lock next to the venv, like the Glance venv.
-    """
-    venv = keystone_venv_path()
-    if _venv_complete(venv):
-        return venv
-    log_path = venv.parent / (venv.name + ".install.log")
-    with _venv_lock(venv):
-        try:
-            if _venv_complete(venv):
-                return venv
-            if venv.exists():  # half-built by an interrupted install: start over
-                shutil.rmtree(venv)
-            with log_path.open("w") as log:
-                _run_logged([_base_python(), "-m", "venv", str(venv)], log, "create the Keystone venv")
-                pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
-                _run_logged([*pip, "install", "-q", "--upgrade", "pip"], log, "upgrade pip", check=False)
-                _run_logged([*pip, "install", *KEYSTONE_REQUIREMENTS], log, "pip install Keystone")
-                _run_logged(
-                    [str(venv / "bin" / "python"), "-c", "import keystone.server.wsgi, pyuwsgi"],
-                    log,
-                    "import Keystone in its venv",
-                )
-            if not (venv / "bin" / "uwsgi").exists():
-                raise GlanceHarnessError(f"pyuwsgi installed no uwsgi executable in {venv}/bin")
-            (venv / _MARKER_NAME).write_text(_marker_text())
-            return venv
-        except GlanceHarnessError:
-            raise
-        except Exception as exc:
-            raise GlanceHarnessError(f"installing the Keystone venv at {venv} failed: {exc!r}") from exc
+    """Install Keystone 30 and pyuwsgi into their own cached venv, or reuse it; return the venv path."""
+    return ensure_venv(keystone_venv_path(), KEYSTONE_REQUIREMENTS, marker_name=_MARKER_NAME,
+                       imports="keystone.server.wsgi, pyuwsgi", what="Keystone")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ data
