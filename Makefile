@@ -34,7 +34,7 @@ test: $(STAMP)
 check: lint type test
 
 demo: $(STAMP)
-	$(BIN)/python -m pipeline.demo
+	$(BIN)/python -m pipeline.run.demo
 
 # the demo, then its first run (the one that copies) as one HTML page: build/report-demo.html
 report-demo: demo

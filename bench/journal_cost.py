@@ -11,8 +11,8 @@ from typing import Any
 
 import anyio
 
-from pipeline.runner import RunOptions, run_job
-from pipeline.spec import parse_job
+from pipeline.config.spec import parse_job
+from pipeline.run.runner import RunOptions, run_job
 
 from .common import BENCH_TENANT, admin_post, emulator
 

@@ -15,10 +15,10 @@ from typing import Any
 import aiohttp
 import anyio
 
-from pipeline.engine import Engine, EngineSettings, TargetSpec
-from pipeline.glance import ImageClient, PasswordAuth, Secret, new_session
+from pipeline.cloud import ImageClient, PasswordAuth, Secret, new_session
+from pipeline.cloud.retry import RetryPolicy
 from pipeline.models import Image
-from pipeline.retry import RetryPolicy
+from pipeline.transfer.engine import Engine, EngineSettings, TargetSpec
 
 from .common import BENCH_TENANT, Emu, admin_post, emulator
 

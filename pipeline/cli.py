@@ -17,10 +17,10 @@ from typing import Any
 
 import anyio
 
-from . import __version__
-from .errors import ImgmigError, UsageError
-from .logs import configure_logging
-from .units import format_size, format_table
+from pipeline import __version__
+from pipeline.errors import ImgmigError, UsageError
+from pipeline.report.logs import configure_logging
+from pipeline.units import format_size, format_table
 
 __all__ = ["build_parser", "main"]
 
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(path: Path, *, need_secrets: bool = True) -> Any:
-    from .spec import load_job
+    from pipeline.config.spec import load_job
 
     return load_job(path, os.environ, need_secrets=need_secrets)
 
@@ -197,8 +197,8 @@ def _run_async(fn: Callable[[], Any]) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .runner import RunOptions, run_job
-    from .units import parse_duration
+    from pipeline.run.runner import RunOptions, run_job
+    from pipeline.units import parse_duration
 
     spec = _load(args.job)
     max_runtime = None
@@ -213,7 +213,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     metrics = _metrics_file(args, spec)
     options = RunOptions(max_runtime=max_runtime, spool_dir=args.spool_dir, reporter=reporter, metrics=metrics)
     if metrics is not None:
-        from .events import TeeReporter
+        from pipeline.report.events import TeeReporter
 
         options.reporter = TeeReporter(reporter, metrics)
     try:
@@ -233,7 +233,7 @@ def _metrics_file(args: argparse.Namespace, spec: Any) -> Any:
     path = args.metrics_file or spec.run.metrics_file
     if path is None:
         return None
-    from .metrics import MetricsFile
+    from pipeline.report.metrics import MetricsFile
 
     return MetricsFile(path, spec.name, source_region=spec.source.region)
 
@@ -242,8 +242,8 @@ def _finish_run(args: argparse.Namespace, summary: Any, spec: Any, metrics: Any)
     if args.report is not None:
         _write_private(args.report, json.dumps(summary.to_json(), indent=2, ensure_ascii=False) + "\n")
     if metrics is not None:
-        from .journal import Journal
-        from .metrics import last_success
+        from pipeline.report.metrics import last_success
+        from pipeline.state.journal import Journal
 
         try:
             previous = last_success(Journal.read(spec.run.journal_dir, spec.name).runs)
@@ -257,19 +257,19 @@ class _Reporter:
     """Log lines always; progress bars on a TTY, created once the plan says how many bytes to expect."""
 
     def __init__(self, *, tty: bool) -> None:
-        from .progress import LogReporter
+        from pipeline.report.progress import LogReporter
 
         self.tty = tty
         self.bars: Any = None
         self.log = LogReporter(every=0.0 if tty else 10.0)
 
     def emit(self, event: Any) -> None:
-        from .events import PlanReady
+        from pipeline.report.events import PlanReady
 
         if isinstance(event, PlanReady):
             self.log.total = event.bytes
             if self.tty and event.bytes:
-                from .progress import TqdmReporter
+                from pipeline.report.progress import TqdmReporter
 
                 self.bars = TqdmReporter(total=event.bytes)
         if self.bars is not None:
@@ -282,7 +282,7 @@ class _Reporter:
 
 
 def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
-    from .runner import plan_only
+    from pipeline.run.runner import plan_only
 
     plan, inventory = _run_async(lambda: plan_only(spec))
     if as_json:
@@ -314,7 +314,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .status import render_status, status_view
+    from pipeline.run.status import render_status, status_view
 
     spec = _load(args.job, need_secrets=False)
     view = status_view(spec)
@@ -323,7 +323,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import verify_job
+    from pipeline.run.verify import verify_job
 
     spec = _load(args.job)
     report = _run_async(lambda: verify_job(spec, deep=args.deep))
@@ -340,7 +340,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .htmlreport import build_report
+    from pipeline.run.htmlreport import build_report
 
     spec = _load(args.job, need_secrets=False)
     _write_private(args.html, build_report(spec.run.journal_dir, spec.name, args.run))
@@ -349,7 +349,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .checks import check_job
+    from pipeline.run.checks import check_job
 
     report = _run_async(lambda: check_job(_load(args.job)))
     if args.json:
@@ -362,8 +362,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_emulate(args: argparse.Namespace) -> int:
-    from .emulator.identity import load_users
-    from .emulator.serve import info_line, running_emulator
+    from pipeline.emulator.identity import load_users
+    from pipeline.emulator.serve import info_line, running_emulator
 
     regions = [r.strip() for r in args.regions.split(",") if r.strip()]
     if not regions or len(set(regions)) != len(regions):
@@ -436,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stream = sys.stderr
     if args.command == "run" and stream.isatty() and not args.no_progress:
-        from .progress import TqdmStream
+        from pipeline.report.progress import TqdmStream
 
         stream = TqdmStream(sys.stderr)
     configure_logging(getattr(args, "log_format", None), level=getattr(args, "log_level", "info"), stream=stream)

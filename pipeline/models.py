@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ProtocolError
+from pipeline.errors import ProtocolError
 
 __all__ = [
     "CORE_FIELDS",

@@ -111,7 +111,7 @@ def audit(admin: str, job: str, sources: list[SourceImage], targets: tuple[str, 
     orphans (copies of nothing selected, or tenant images without provenance), missing copies, data
     mismatches (an active copy or a journal 'done' whose digests differ from the source's), partial copies
     (queued after an interruption, legitimate until the resume) and verified copies."""
-    from pipeline.journal import Journal
+    from pipeline.state.journal import Journal
 
     counts = {"duplicates": 0, "orphans": 0, "missing": 0, "partial": 0, "data_mismatches": 0, "verified": 0}
     wanted = {s.id: s for s in sources}

@@ -13,9 +13,9 @@ from typing import Any
 
 import aiohttp
 
+from pipeline.cloud import ImageClient, PasswordAuth, Secret
+from pipeline.cloud.retry import RetryPolicy
 from pipeline.emulator import Emulator
-from pipeline.glance import ImageClient, PasswordAuth, Secret
-from pipeline.retry import RetryPolicy
 
 __all__ = ["FAST_RETRY", "Cloud", "RawResponse", "new_tenant"]
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import pytest
 import structlog
 
+from pipeline.cloud import new_session
 from pipeline.emulator import Emulator, running_emulator
-from pipeline.glance import new_session
 
 from .cloud import Cloud
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from pipeline.glance import ImageClient, PasswordAuth, Secret, new_session
+from pipeline.cloud import ImageClient, PasswordAuth, Secret, new_session
 
 __all__ = ["SourceImage", "admin_images", "check_invariants", "make_source", "run_cli", "write_job"]
 
@@ -200,7 +200,7 @@ def check_invariants_api(identity_url: str, job: str, sources: list[SourceImage]
 def assert_done_means_verified(journal_dir: Path, job: str, checksums: dict[str, str]) -> int:
     """Every image x target the journal calls done carries evidence: the md5 computed in flight and the
     checksum the target reported both equal the source's. Returns how many were checked."""
-    from pipeline.journal import Journal
+    from pipeline.state.journal import Journal
 
     state = Journal.read(journal_dir, job)
     checked = 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.cloud.auth import PasswordAuth, Secret, Token, normalize_endpoint, parse_token_response
 from pipeline.errors import ProtocolError
-from pipeline.glance.auth import PasswordAuth, Secret, Token, normalize_endpoint, parse_token_response
 
 ACCESS = {
     "access": {

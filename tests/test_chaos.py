@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.journal import Journal
+from pipeline.state.journal import Journal
 
 from .chaos import admin_post, invariants, no_duplicates, set_faults, small_disk, state
 from .jobsetup import DEFAULT_SET, make_source, new_tenants, run_cli, write_job

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from pipeline.glance import ImageClient, new_session
-from pipeline.glance.keystone import KeystoneAuth
+from pipeline.cloud import ImageClient, new_session
+from pipeline.cloud.keystone import KeystoneAuth
 
 from .chaos import admin_post, state
 from .jobsetup import PASSWORD, check_invariants_api, run_cli, write_job
@@ -140,7 +140,7 @@ async def _make_sources(keystone: KeystoneCluster) -> list[dict[str, Any]]:
 
 
 def _secret(value: str) -> Any:
-    from pipeline.glance import Secret
+    from pipeline.cloud import Secret
 
     return Secret(value)
 

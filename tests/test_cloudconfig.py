@@ -1,4 +1,4 @@
-"""Owns the tests of pipeline/cloudconfig.py: every case resolves a clouds.yaml (or OS_* variables) with
+"""Owns the tests of pipeline/cloud/cloudconfig.py: every case resolves a clouds.yaml (or OS_* variables) with
 imgmig's loader and with openstacksdk's own ``OpenStackConfig`` and compares what both resolve."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.cloudconfig import CloudConfig, config_search_dirs, keystone_auth, load_cloud
+from pipeline.cloud.cloudconfig import CloudConfig, config_search_dirs, keystone_auth, load_cloud
 from pipeline.errors import UsageError
 
 KEYS = (

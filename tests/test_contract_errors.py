@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.cloud.retry import RetryPolicy
+from pipeline.cloud.transport import server_message
 from pipeline.emulator import StatusFault
 from pipeline.errors import NotFoundError, RateLimitedError, ServerError
-from pipeline.glance.transport import server_message
-from pipeline.retry import RetryPolicy
 
 from .cloud import Cloud
 

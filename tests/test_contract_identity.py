@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.cloud import PasswordAuth, Secret
 from pipeline.errors import AuthenticationError, RegionNotFoundError
-from pipeline.glance import PasswordAuth, Secret
 
 from .cloud import FAST_RETRY, Cloud
 

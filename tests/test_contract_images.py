@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.cloud.client import JSON_PATCH
 from pipeline.errors import (
     BadRequestError,
     ConflictError,
@@ -15,7 +16,6 @@ from pipeline.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
-from pipeline.glance.client import JSON_PATCH
 
 from .cloud import Cloud
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.journal import Journal
+from pipeline.state.journal import Journal
 
 from .jobsetup import check_invariants, make_source, new_tenants, run_cli, write_job
 from .procs import EmulatorProcess, emulator_process

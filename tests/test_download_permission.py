@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from pipeline.cloud import ImageClient, PasswordAuth, Secret, new_session
+from pipeline.config.spec import JobSpec
 from pipeline.emulator import Emulator
 from pipeline.errors import ForbiddenError
-from pipeline.glance import ImageClient, PasswordAuth, Secret, new_session
-from pipeline.journal import Journal
-from pipeline.spec import JobSpec
+from pipeline.state.journal import Journal
 
 from .chaos import state
 from .jobsetup import run_cli

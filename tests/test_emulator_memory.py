@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cloud import ImageClient, PasswordAuth, Secret, new_session
 from pipeline.emulator.synthetic import synthetic_chunks
-from pipeline.glance import ImageClient, PasswordAuth, Secret, new_session
 
 from .procs import emulator_process, rss_peak_kib
 

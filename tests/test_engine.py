@@ -10,12 +10,12 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from pipeline.cloud import TransportConfig, new_session
+from pipeline.cloud.retry import RetryPolicy
 from pipeline.emulator import ByteFault, Emulator, StatusFault
-from pipeline.engine import Engine, EngineSettings, TargetResult, TargetSpec
-from pipeline.events import BytesRead, SourceResumed, TargetFailed, TargetFinished, TargetRetrying
-from pipeline.glance import TransportConfig, new_session
 from pipeline.models import Image
-from pipeline.retry import RetryPolicy
+from pipeline.report.events import BytesRead, SourceResumed, TargetFailed, TargetFinished, TargetRetrying
+from pipeline.transfer.engine import Engine, EngineSettings, TargetResult, TargetSpec
 
 from .cloud import Cloud
 
@@ -235,7 +235,9 @@ async def test_cancel_mid_transfer_reports_each_target(cloud: Cloud, emulator: E
 
     async def count_engine_tasks() -> None:
         await anyio.sleep(0.5)
-        during.append(sum(any("pipeline/engine.py" in f for f in _await_chain(t)) for t in asyncio.all_tasks()))
+        during.append(
+            sum(any("pipeline/transfer/" in f for f in _await_chain(t)) for t in asyncio.all_tasks())
+        )
 
     with anyio.move_on_after(1.0) as scope:
         async with anyio.create_task_group() as tg:
@@ -244,7 +246,7 @@ async def test_cancel_mid_transfer_reports_each_target(cloud: Cloud, emulator: E
     assert scope.cancelled_caught
     assert during[0] >= 3  # the detection below sees the engine's tasks while they run
     # structured concurrency: no task of the engine outlives the cancelled call
-    leftovers = [t for t in asyncio.all_tasks() if any("pipeline/engine.py" in f for f in _await_chain(t))]
+    leftovers = [t for t in asyncio.all_tasks() if any("pipeline/transfer/" in f for f in _await_chain(t))]
     assert leftovers == []
     assert {r.state for r in results.values()} == {"cancelled"}
     assert {e.state for e in recorder.of(TargetFinished)} == {"cancelled"}
@@ -385,7 +387,7 @@ async def test_a_spool_that_cannot_serve_is_dropped_for_the_source(
 def test_a_spool_cut_short_is_not_complete(tmp_path: Any) -> None:
     """A spool whose writer was detached early (fewer bytes than the image) is not complete, even when
     the stream itself verified; one that holds every byte of a verified stream is."""
-    from pipeline.source import Spool
+    from pipeline.transfer.source import Spool
 
     short = Spool.open(tmp_path, "a", 10)
     assert short is not None

@@ -6,7 +6,7 @@ import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from pipeline.fanout import Fanout
+from pipeline.transfer.fanout import Fanout
 
 
 async def collect(stream: MemoryObjectReceiveStream[bytes], into: list[bytes]) -> None:

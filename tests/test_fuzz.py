@@ -20,12 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.cli import main
+from pipeline.cloud import ImageClient, PasswordAuth, Secret, new_session
+from pipeline.config.spec import parse_job
 from pipeline.emulator import BodyFault, running_emulator
 from pipeline.errors import ApiError, JobSpecError, JournalCorruptError
-from pipeline.glance import ImageClient, PasswordAuth, Secret, new_session
-from pipeline.journal import LOG, Journal
-from pipeline.runner import RunOptions, run_job
-from pipeline.spec import parse_job
+from pipeline.run.runner import RunOptions, run_job
+from pipeline.state.journal import LOG, Journal
 
 from .cloud import FAST_RETRY
 from .jobsetup import assert_done_means_verified

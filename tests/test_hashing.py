@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from pipeline.hashing import Expected, MultiHasher, Verdict, judge_stream, judge_target
+from pipeline.transfer.hashing import Expected, MultiHasher, Verdict, judge_stream, judge_target
 
 DATA = b"imgmig" * 1000
 MD5 = hashlib.md5(DATA).hexdigest()

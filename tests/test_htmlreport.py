@@ -15,8 +15,8 @@ import pytest
 
 from pipeline.emulator import Emulator, StatusFault
 from pipeline.errors import UsageError
-from pipeline.htmlreport import MAX_BARS, build_report
-from pipeline.journal import Journal, JournalState
+from pipeline.run.htmlreport import MAX_BARS, build_report
+from pipeline.state.journal import Journal, JournalState
 
 from .test_metadata import TARGETS, add, job, run
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import JournalCorruptError, JournalError, LockHeldError
-from pipeline.journal import LOG, SNAPSHOT, JobLock, Journal, JournalState
+from pipeline.state.journal import LOG, SNAPSHOT, JobLock, Journal, JournalState
 
 
 def fill(journal: Journal, n: int) -> None:
@@ -156,7 +156,7 @@ def test_lock_of_a_dead_holder_is_taken_over(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import os, sys
         from pathlib import Path
-        from pipeline.journal import JobLock
+        from pipeline.state.journal import JobLock
         JobLock(Path({str(tmp_path)!r}), "job").acquire()
         print("locked", flush=True)
         os.kill(os.getpid(), 9)

@@ -1,4 +1,4 @@
-"""Owns the tests of pipeline/glance/keystone.py (and cloudconfig's KeystoneAuth) against the real Keystone 30
+"""Owns the tests of pipeline/cloud/keystone.py (and cloudconfig's KeystoneAuth) against the real Keystone 30
 of the harness and the real Glance 33 regions that accept its tokens."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import anyio
 import pytest
 import yaml
 
-from pipeline.cloudconfig import keystone_auth, load_cloud
+from pipeline.cloud import ImageClient, Secret, new_session
+from pipeline.cloud.auth import normalize_endpoint
+from pipeline.cloud.cloudconfig import keystone_auth, load_cloud
+from pipeline.cloud.keystone import KeystoneAuth
 from pipeline.errors import ApiError, AuthenticationError, RegionNotFoundError
-from pipeline.glance import ImageClient, Secret, new_session
-from pipeline.glance.auth import normalize_endpoint
-from pipeline.glance.keystone import KeystoneAuth
 from tests.realglance import KeystoneCluster
 
 pytestmark = pytest.mark.real_keystone

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from pipeline.config.spec import JobSpec, parse_job
 from pipeline.emulator import Emulator
 from pipeline.emulator.store import Caller, ImageRecord, MemberRecord, iso_now
-from pipeline.metasync import PROVENANCE_PREFIX
-from pipeline.runner import RunOptions, run_job
-from pipeline.spec import JobSpec, parse_job
-from pipeline.summary import RunSummary
+from pipeline.report.summary import RunSummary
+from pipeline.run.metasync import PROVENANCE_PREFIX
+from pipeline.run.runner import RunOptions, run_job
 
 TARGETS = ("KR2", "JP1")
 MiB = 1 << 20
@@ -310,7 +310,7 @@ async def test_orphan_sweep_deletes_only_this_jobs_leftovers(emulator: Emulator,
 
 async def test_verify_reports_metadata_and_data_differences(emulator: Emulator, tmp_path: Path) -> None:
     """verify finds every kind of metadata drift; --deep also finds a copy whose stored bytes changed."""
-    from pipeline.verify import verify_job
+    from pipeline.run.verify import verify_job
 
     tenant, member = uuid.uuid4().hex, uuid.uuid4().hex
     src = add(emulator, tenant, "watched", size=MiB, visibility="shared", tags=["a"], members={member: "pending"},
@@ -347,7 +347,7 @@ async def test_source_without_checksum_converges(emulator: Emulator, tmp_path: P
     """A source that publishes no checksum and no os_hash_value is copied once (verified against what the
     target reports), then judged by size plus the digests journalled for its copy: the reruns move 0 bytes
     instead of replacing it for ever, the plan says how it was judged, and verify --deep agrees."""
-    from pipeline.verify import verify_job
+    from pipeline.run.verify import verify_job
 
     tenant = uuid.uuid4().hex
     src = add(emulator, tenant, "no-digest", size=3 * MiB)

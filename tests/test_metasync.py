@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.metasync import (
+from pipeline.config.spec import CopyOptions
+from pipeline.models import Image, Member
+from pipeline.run.metasync import (
     PROV_JOB,
     create_fields,
     desired_metadata,
@@ -12,8 +14,6 @@ from pipeline.metasync import (
     provenance,
     read_only_fields,
 )
-from pipeline.models import Image, Member
-from pipeline.spec import CopyOptions
 
 PROV = {PROV_JOB: "job", "imgmig_source_id": "src", "imgmig_source_region": "KR1", "imgmig_source_checksum": "x"}
 

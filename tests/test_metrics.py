@@ -15,13 +15,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.emulator import Emulator
-from pipeline.events import BytesRead, BytesWritten, SourceResumed, TargetRetrying
-from pipeline.journal import Journal, RunEntry
-from pipeline.metrics import MetricsFile, last_success
 from pipeline.models import Image
-from pipeline.planner import Action, ImagePlan, Plan, Step
-from pipeline.runner import RunOptions, run_job
-from pipeline.summary import RunSummary, StepFinished
+from pipeline.plan.planner import Action, ImagePlan, Plan, Step
+from pipeline.report.events import BytesRead, BytesWritten, SourceResumed, TargetRetrying
+from pipeline.report.metrics import MetricsFile, last_success
+from pipeline.report.summary import RunSummary, StepFinished
+from pipeline.run.runner import RunOptions, run_job
+from pipeline.state.journal import Journal, RunEntry
 
 from .test_metadata import MiB, add, copies, job
 

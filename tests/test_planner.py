@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from pipeline.journal import JournalState
-from pipeline.metasync import PROV_JOB, PROV_SOURCE_ID, MetaDiff
+from pipeline.config.spec import CopyOptions, Select
 from pipeline.models import Image
-from pipeline.planner import Action, plan_job, select_images, skip_reason
-from pipeline.spec import CopyOptions, Select
+from pipeline.plan.planner import Action, plan_job, select_images, skip_reason
+from pipeline.run.metasync import PROV_JOB, PROV_SOURCE_ID, MetaDiff
+from pipeline.state.journal import JournalState
 
 MD5, SHA = "a" * 32, "b" * 128
 

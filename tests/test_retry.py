@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.cloud.retry import RetryPolicy, parse_retry_after, should_retry
 from pipeline.errors import (
     BadRequestError,
     ConnectError,
@@ -13,7 +14,6 @@ from pipeline.errors import (
     TLSVerificationError,
     TokenRejectedError,
 )
-from pipeline.retry import RetryPolicy, parse_retry_after, should_retry
 
 
 @pytest.mark.parametrize(

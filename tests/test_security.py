@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import trustme
 
+from pipeline.cloud import ImageClient, PasswordAuth, Secret, new_session
+from pipeline.config.spec import parse_job
 from pipeline.emulator import Emulator
-from pipeline.glance import ImageClient, PasswordAuth, Secret, new_session
-from pipeline.runner import RunOptions, run_job
-from pipeline.spec import parse_job
+from pipeline.run.runner import RunOptions, run_job
 
 from .jobsetup import PASSWORD, check_invariants, make_source, new_tenants, run_cli, write_job
 from .procs import EmulatorProcess, emulator_process
@@ -84,7 +84,7 @@ def test_written_files_are_private(emu: EmulatorProcess, tmp_path: Path) -> None
 
 def test_spool_files_are_private(emulator: Emulator, tmp_path: Path) -> None:
     """Spool files are created 0600 in a 0700 directory while an image transfers (then removed)."""
-    from pipeline.source import Spool
+    from pipeline.transfer.source import Spool
 
     spool = Spool(tmp_path / "spool", "img", 0)
     try:
@@ -217,7 +217,7 @@ def test_crash_test_invariants_helper_is_strict(emu: EmulatorProcess, tmp_path: 
     # plant a duplicate carrying the job's provenance, then the checker must object
     import anyio
 
-    from pipeline.glance import ImageClient, PasswordAuth, Secret, new_session
+    from pipeline.cloud import ImageClient, PasswordAuth, Secret, new_session
 
     async def plant() -> None:
         async with new_session() as session:

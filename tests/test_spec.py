@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import JobSpecError
-from pipeline.glance.auth import DEFAULT_IDENTITY_URL, Secret
-from pipeline.spec import (
+from pipeline.cloud.auth import DEFAULT_IDENTITY_URL, Secret
+from pipeline.config.spec import (
     DEFAULT_JOURNAL_ROOT,
     CopyOptions,
     Endpoint,
@@ -22,6 +21,7 @@ from pipeline.spec import (
     load_job,
     parse_job,
 )
+from pipeline.errors import JobSpecError
 from pipeline.units import GiB, MiB
 
 JOBS = Path(__file__).parent / "jobs"

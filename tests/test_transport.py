@@ -6,6 +6,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
+from pipeline.cloud.transport import error_from_response, map_aiohttp_errors, server_message
 from pipeline.errors import (
     ConflictError,
     ConnectError,
@@ -17,7 +18,6 @@ from pipeline.errors import (
     UnauthorizedError,
     error_for_status,
 )
-from pipeline.glance.transport import error_from_response, map_aiohttp_errors, server_message
 
 GLANCE_HTML = (
     b"<html>\n <head>\n  <title>404 Not Found</title>\n </head>\n <body>\n  <h1>404 Not Found</h1>\n"

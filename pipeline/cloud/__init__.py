@@ -1,0 +1,20 @@
+"""The Image API v2 client layer: transport, identity and the typed client."""
+
+from __future__ import annotations
+
+from pipeline.cloud.auth import DEFAULT_IDENTITY_URL, Auth, PasswordAuth, Secret, StaticTokenAuth, Token
+from pipeline.cloud.client import Download, ImageClient
+from pipeline.cloud.transport import TransportConfig, new_session
+
+__all__ = [
+    "DEFAULT_IDENTITY_URL",
+    "Auth",
+    "Download",
+    "ImageClient",
+    "PasswordAuth",
+    "Secret",
+    "StaticTokenAuth",
+    "Token",
+    "TransportConfig",
+    "new_session",
+]

@@ -1,0 +1,291 @@
+"""NHN Cloud IaaS identity (Keystone v2.0 style): tokens, their refresh, and the image service catalog.
+
+``PasswordAuth`` posts ``{"auth": {"tenantId", "passwordCredentials": {...}}}`` to ``{identity_url}/tokens``,
+caches the token, and refreshes it before it expires, under a lock, re-checking after taking the lock so
+that many tasks waiting on an expired token cause one request. ``StaticTokenAuth`` serves users who
+already hold a token and know their endpoint. Secrets live in ``Secret`` objects whose repr is masked.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import aiohttp
+import anyio
+
+from pipeline.cloud.retry import RetryPolicy
+from pipeline.cloud.transport import error_from_response, map_aiohttp_errors
+from pipeline.errors import AuthenticationError, ProtocolError, RegionNotFoundError
+
+__all__ = [
+    "DEFAULT_IDENTITY_URL",
+    "Auth",
+    "PasswordAuth",
+    "Secret",
+    "StaticTokenAuth",
+    "Token",
+    "TokenCache",
+    "normalize_endpoint",
+    "parse_time",
+    "parse_token_response",
+]
+
+DEFAULT_IDENTITY_URL = "https://api-identity-infrastructure.nhncloudservice.com/v2.0"
+#: Refresh this long before expiry at most; short-lived tokens refresh at 90% of their life.
+MAX_REFRESH_SKEW = 120.0
+#: A token for a long request (an upload, whose headers leave with its first body chunk, maybe seconds
+#: later) must have this long left at least, or half its life when that is shorter.
+LASTING = 300.0
+
+
+class Secret:
+    """A string that never shows itself in repr, str, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that sends it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An issued token: its id (secret), expiry, tenant and image endpoints per region."""
+
+    id: Secret
+    expires_at: float
+    tenant_id: str | None
+    endpoints: dict[str, str]
+    issued_at: float = 0.0
+
+    def fresh(self, now: float, *, lasting: bool = False) -> bool:
+        """Whether the token is still good enough to send (not within the refresh window); ``lasting``
+        asks for a token that outlives a long request too."""
+        life = max(0.0, self.expires_at - self.issued_at)
+        skew = min(LASTING, life * 0.5) if lasting else min(MAX_REFRESH_SKEW, life * 0.1)
+        return now < self.expires_at - skew
+
+
+class Auth(Protocol):
+    """What the Image API client needs from an identity: a token, and an endpoint per region."""
+
+    @property
+    def tenant_id(self) -> str | None: ...
+
+    @property
+    def profile(self) -> str:
+        """The job file's name for these credentials (``[auth.NAME]``), used in every auth error."""
+        ...
+
+    async def token(self, session: aiohttp.ClientSession, *, lasting: bool = False) -> Token: ...
+
+    def invalidate(self, token: Token) -> None: ...
+
+    async def endpoint(self, session: aiohttp.ClientSession, region: str) -> str: ...
+
+
+def normalize_endpoint(url: str) -> str:
+    """A catalog URL without trailing slash or version suffix, so ``/v2/...`` can be appended."""
+    url = url.rstrip("/")
+    tail = url.rsplit("/", 1)[-1]
+    if (tail.startswith("v2") and tail[2:].replace(".", "").isdigit()) or tail == "v2":
+        url = url[: -len(tail)].rstrip("/")
+    return url
+
+
+def parse_time(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def parse_token_response(doc: Any, *, now: float) -> Token:
+    """Token id, expiry, tenant and image endpoints from a v2.0 ``access`` document."""
+    access = doc.get("access") if isinstance(doc, dict) else None
+    token = access.get("token") if isinstance(access, dict) else None
+    if not isinstance(token, dict) or not isinstance(token.get("id"), str) or not token["id"]:
+        raise ProtocolError("identity response has no access.token.id")
+    expires = parse_time(token.get("expires"))
+    if expires is None:
+        raise ProtocolError("identity response has no valid access.token.expires")
+    tenant = token.get("tenant")
+    tenant_id = tenant.get("id") if isinstance(tenant, dict) and isinstance(tenant.get("id"), str) else None
+    endpoints: dict[str, str] = {}
+    catalog = access.get("serviceCatalog") if isinstance(access, dict) else None
+    for service in catalog if isinstance(catalog, list) else []:
+        if not isinstance(service, dict) or service.get("type") != "image":
+            continue
+        for ep in service.get("endpoints") or []:
+            if not isinstance(ep, dict):
+                continue
+            if isinstance(ep.get("region"), str) and isinstance(ep.get("publicURL"), str):
+                endpoints[ep["region"]] = normalize_endpoint(ep["publicURL"])
+    issued = parse_time(token.get("issued_at"))
+    if issued is not None and issued <= expires:
+        # measure the lifetime on the server's clock and apply it to ours: immune to clock skew
+        expires = now + (expires - issued)
+    return Token(id=Secret(token["id"]), expires_at=expires, tenant_id=tenant_id, endpoints=endpoints,
+                 issued_at=now)  # fmt: skip
+
+
+class TokenCache:
+    """What every identity kind shares: one token for many waiters, fetched or refreshed under a lock and
+    re-checked after taking it, and a refused credential remembered and re-raised, never sent again.
+    Subclasses (dataclasses) provide the fields below and ``_fetch``."""
+
+    retry: RetryPolicy
+    clock: Callable[[], float]
+    _token: Token | None
+    _lock: anyio.Lock
+    _refused: AuthenticationError | None
+    issued: int
+
+    async def _fetch(self, session: aiohttp.ClientSession) -> Token:
+        raise NotImplementedError
+
+    def _usable(self, token: Token, lasting: bool) -> bool:
+        return token.fresh(self.clock(), lasting=lasting)
+
+    def _got(self, token: Token) -> None:
+        """Called with every new token (a subclass may note what it says)."""
+
+    async def token(self, session: aiohttp.ClientSession, *, lasting: bool = False) -> Token:
+        """A fresh token, fetching or refreshing it first if needed (one request for many waiters);
+        ``lasting``: one that also outlives a long request (see ``Token.fresh``)."""
+        current = self._token
+        if current is not None and self._usable(current, lasting):
+            return current
+        async with self._lock:
+            if self._refused is not None:
+                raise self._refused  # a dead credential is never retried, however many tasks wait on it
+            current = self._token
+            if current is not None and self._usable(current, lasting):
+                return current
+            try:
+                token = await self.retry.call(lambda: self._fetch(session))
+            except AuthenticationError as exc:
+                self._refused = exc
+                raise
+            self._token = token
+            self._got(token)
+            self.issued += 1
+            return token
+
+    def invalidate(self, token: Token) -> None:
+        """Forget ``token`` (the server refused it) unless a newer one already replaced it."""
+        if self._token is token:
+            self._token = None
+
+    async def endpoint(self, session: aiohttp.ClientSession, region: str) -> str:
+        """The image endpoint of ``region`` from the token's catalog."""
+        token = await self.token(session)
+        try:
+            return token.endpoints[region]
+        except KeyError:
+            raise RegionNotFoundError(region, list(token.endpoints)) from None
+
+
+@dataclass(slots=True)
+class PasswordAuth(TokenCache):
+    """Username + password for one tenant, exchanged for tokens at ``identity_url``."""
+
+    identity_url: str
+    tenant_id: str
+    username: str
+    password: Secret
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    clock: Callable[[], float] = field(default=time.time, repr=False)
+    profile: str = "default"
+    _token: Token | None = field(default=None, init=False, repr=False)
+    _lock: anyio.Lock = field(default_factory=anyio.Lock, init=False, repr=False)
+    #: Set once the identity service refused the password: nothing is ever sent with it again.
+    _refused: AuthenticationError | None = field(default=None, init=False, repr=False)
+    #: How many tokens were issued; tests and the summary use it to show refreshes happened.
+    issued: int = field(default=0, init=False)
+
+    async def _fetch(self, session: aiohttp.ClientSession) -> Token:
+        url = self.identity_url.rstrip("/") + "/tokens"
+        body = {
+            "auth": {
+                "tenantId": self.tenant_id,
+                "passwordCredentials": {"username": self.username, "password": self.password.reveal()},
+            }
+        }
+        ctx: dict[str, Any] = {"method": "POST", "path": url}
+        with map_aiohttp_errors(**ctx):
+            async with session.post(url, json=body, headers={"Accept": "application/json"}) as resp:
+                raw = await resp.read()
+                status, headers = resp.status, resp.headers
+        if status in (400, 401, 403, 404):
+            err = error_from_response(status, headers, raw, **ctx)
+            raise AuthenticationError(
+                f"auth profile {self.profile!r}: the identity service refused user {self.username!r} for tenant "
+                f"{self.tenant_id!r}: {err.message}; check the password in its environment variable",
+                status=status,
+                request_id=err.request_id,
+                **ctx,
+            )
+        if status >= 400:
+            raise error_from_response(status, headers, raw, **ctx)
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except ValueError as exc:
+            raise ProtocolError("identity response is not JSON", status=status, **ctx) from exc
+        return parse_token_response(doc, now=self.clock())
+
+
+@dataclass(slots=True)
+class StaticTokenAuth:
+    """A token the user already holds, and the one endpoint it is for; it cannot be refreshed."""
+
+    endpoint_url: str
+    token_value: Secret
+    tenant_id: str | None = None
+    profile: str = "default"
+    _token: Token | None = field(default=None, init=False, repr=False)
+    _revoked: bool = field(default=False, init=False, repr=False)
+
+    async def token(self, session: aiohttp.ClientSession, *, lasting: bool = False) -> Token:
+        """The fixed token; once the server refused it there is nothing to refresh to."""
+        if self._revoked:
+            raise AuthenticationError(
+                f"auth profile {self.profile!r}: the server refused the fixed token (token_env); issue a new "
+                "token and run again",
+                status=401,
+            )
+        if self._token is None:
+            self._token = Token(self.token_value, float("inf"), self.tenant_id, {})
+        return self._token
+
+    def invalidate(self, token: Token) -> None:
+        """Mark the fixed token as refused."""
+        self._revoked = True
+
+    async def endpoint(self, session: aiohttp.ClientSession, region: str) -> str:
+        """The fixed endpoint, whatever the region label."""
+        return normalize_endpoint(self.endpoint_url)

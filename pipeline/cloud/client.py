@@ -1,0 +1,473 @@
+"""ImageClient: every call of the Image API v2 guide, for one region, over one shared aiohttp session.
+
+Replayable requests (everything except uploads) go through the low-level ``RetryPolicy`` and get one
+token refresh on a 401. Uploads stream an ``AsyncIterable[bytes]`` and are never retried here. Downloads
+are an async context manager over the open response so the engine controls the pace (backpressure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import aiohttp
+
+from pipeline.cloud.auth import Auth, Token
+from pipeline.cloud.retry import RetryPolicy
+from pipeline.cloud.transport import error_from_response, map_aiohttp_errors
+from pipeline.errors import (
+    ApiError,
+    AuthenticationError,
+    BadRequestError,
+    NotFoundError,
+    ProtocolError,
+    TokenRejectedError,
+)
+from pipeline.models import Image, Member, RequestCounts
+
+__all__ = [
+    "JSON_PATCH",
+    "Download",
+    "ImageClient",
+    "ListFilters",
+    "parse_content_range",
+    "request_kind",
+]
+
+JSON_PATCH = "application/openstack-images-v2.1-json-patch"
+OCTET_STREAM = "application/octet-stream"
+#: Larger JSON bodies are refused as a protocol error instead of filling memory.
+MAX_JSON_BODY = 64 * 1024 * 1024
+#: NHN's current guide: "limit ... Default is 100, up to max 1000"; Glance caps at api_limit_max (1000).
+DEFAULT_PAGE_SIZE = 1000
+#: The page size used once a server refuses the large one (400): NHN's default.
+FALLBACK_PAGE_SIZE = 100
+
+#: Query values: a string, or a list of strings for repeated keys (``tag``).
+ListFilters = Mapping[str, str | int | bool | Sequence[str]]
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """(first, last, total) from ``bytes first-last/total``, or None when absent or malformed."""
+    if not value or not value.startswith("bytes "):
+        return None
+    span, _, total = value[6:].partition("/")
+    first, _, last = span.partition("-")
+    try:
+        return int(first), int(last), None if total.strip() == "*" else int(total)
+    except ValueError:
+        return None
+
+
+@dataclass(slots=True)
+class Download:
+    """An open image download: status, what the server says about the bytes, and the byte stream."""
+
+    status: int
+    content_length: int | None
+    content_range: tuple[int, int, int | None] | None
+    content_md5: str | None
+    request_id: str | None
+    _response: aiohttp.ClientResponse
+    _context: dict[str, Any]
+
+    @property
+    def has_data(self) -> bool:
+        """False for the 204 Glance sends for an image that has no data (queued)."""
+        return self.status != 204
+
+    async def iter_chunks(self, size: int) -> AsyncIterator[bytes]:
+        """Yield the body in pieces of at most ``size`` bytes as they arrive."""
+        if not self.has_data:
+            return
+        with map_aiohttp_errors(**self._context):
+            async for chunk in self._response.content.iter_chunked(size):
+                yield chunk
+
+
+class ImageClient:
+    """Image API v2 for one region, authenticated by ``auth``; one instance per region and tenant."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        auth: Auth,
+        region: str,
+        *,
+        retry: RetryPolicy | None = None,
+        on_retry: Callable[[str, int, BaseException, float], None] | None = None,
+        requests: RequestCounts | None = None,
+    ) -> None:
+        self.session = session
+        self.auth = auth
+        self.region = region
+        self.retry = retry or RetryPolicy()
+        self._on_retry = on_retry
+        #: Every HTTP request this client sends, by (kind, region), retries included (shared by a run).
+        self.requests = requests if requests is not None else RequestCounts()
+        #: Whether this region honours a client-chosen image id on create: None until the first create
+        #: with one tells (see ``copies.create_copy``).
+        self.client_ids: bool | None = None
+        #: The largest list page this region accepts (learned when it refuses a larger one).
+        self.page_size = DEFAULT_PAGE_SIZE
+
+    def __repr__(self) -> str:
+        return f"ImageClient(region={self.region!r}, tenant={self.auth.tenant_id!r})"
+
+    # === plumbing
+
+    async def endpoint(self) -> str:
+        """This region's image endpoint, from the catalog or the fixed configuration."""
+        return await self.auth.endpoint(self.session, self.region)
+
+    def _headers(self, token: Token, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        headers = {
+            "X-Auth-Token": token.id.reveal(),
+            "Accept": "application/json",
+            "X-Openstack-Request-ID": f"req-{uuid.uuid4()}",
+        }
+        if extra:
+            headers.update(extra)
+        return headers
+
+    def _refused(self, err: ApiError, ctx: Mapping[str, Any]) -> AuthenticationError:
+        """A 401 that persisted after a fresh token: the credential is dead for this region (fatal)."""
+        return AuthenticationError(
+            f"auth profile {self.auth.profile!r}: region {self.region} refused a freshly issued token: {err.message}",
+            status=401, request_id=err.request_id, **ctx,
+        )  # fmt: skip
+
+    async def _send_once(
+        self, method: str, path: str, ctx: dict[str, Any], extra: Mapping[str, str] | None, **kwargs: Any
+    ) -> tuple[int, Any, bytes]:
+        """One request with one refresh-and-retry on 401; returns (status, headers, body)."""
+        for refreshed in (False, True):
+            token = await self.auth.token(self.session)
+            url = await self.endpoint() + path
+            self.requests.add(request_kind(method, path), self.region)
+            with map_aiohttp_errors(**ctx):
+                async with self.session.request(method, url, headers=self._headers(token, extra), **kwargs) as resp:
+                    body = await _read_bounded(resp, ctx)
+                    status, resp_headers = resp.status, resp.headers
+            if status == 401:
+                self.auth.invalidate(token)
+                if not refreshed:
+                    continue
+            if status >= 400:
+                err = error_from_response(status, resp_headers, body, **ctx)
+                if status == 401:
+                    raise self._refused(err, ctx)
+                raise err
+            return status, resp_headers, body
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        image_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        replay: bool = True,
+        **kwargs: Any,
+    ) -> tuple[int, Any, bytes]:
+        """A request under the retry policy; with ``replay=False`` it is sent once (not safe to repeat)."""
+        ctx = {"region": self.region, "image_id": image_id, "method": method, "path": path.split("?")[0]}
+
+        def on_retry(attempt: int, exc: BaseException, wait: float) -> None:
+            if self._on_retry is not None:
+                self._on_retry(f"{method} {ctx['path']}", attempt, exc, wait)
+
+        async def attempt() -> tuple[int, Any, bytes]:
+            return await self._send_once(method, path, ctx, headers, **kwargs)
+
+        if not replay:
+            return await attempt()
+        return await self.retry.call(attempt, on_retry=on_retry)
+
+    async def _json(self, method: str, path: str, *, image_id: str | None = None, **kwargs: Any) -> Any:
+        status, _, body = await self._call(method, path, image_id=image_id, **kwargs)
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError(
+                f"expected a JSON body, got {body[:80]!r}", region=self.region, image_id=image_id,
+                status=status, method=method, path=path.split("?")[0],
+            ) from exc  # fmt: skip
+
+    def _image(self, doc: Any, image_id: str | None = None) -> Image:
+        try:
+            return Image.from_api(doc)
+        except ProtocolError as exc:
+            exc.region, exc.image_id = self.region, image_id
+            raise
+
+    # === images
+
+    async def list_images(
+        self,
+        filters: ListFilters | None = None,
+        *,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        sort_key: str | None = None,
+        sort_dir: str | None = None,
+    ) -> AsyncIterator[Image]:
+        """Every image matching ``filters``, following ``next`` page by page (1000 a page; 100 once this
+        region refused 1000 with a 400)."""
+        page_size = min(page_size, self.page_size)
+        params: list[tuple[str, str]] = [("limit", str(page_size))]
+        for key, value in (filters or {}).items():
+            if isinstance(value, (list, tuple)):
+                params.extend((key, _query_value(v)) for v in value)
+            else:
+                params.append((key, _query_value(value)))
+        if sort_key:
+            params.append(("sort_key", sort_key))
+        if sort_dir:
+            params.append(("sort_dir", sort_dir))
+        seen_markers: set[str] = set()
+        while True:
+            try:
+                doc = await self._json("GET", "/v2/images", params=params)
+            except BadRequestError:
+                if page_size <= FALLBACK_PAGE_SIZE or any(k == "marker" for k, _ in params):
+                    raise
+                page_size = self.page_size = FALLBACK_PAGE_SIZE  # a server that refuses large pages
+                params = [(k, v) if k != "limit" else (k, str(page_size)) for k, v in params]
+                continue
+            images = doc.get("images") if isinstance(doc, dict) else None
+            if not isinstance(images, list):
+                raise ProtocolError("image list has no 'images' array", region=self.region)
+            for obj in images:
+                yield self._image(obj)
+            nxt = doc.get("next")
+            if not nxt or not images:
+                return
+            if not isinstance(nxt, str):
+                raise ProtocolError("image list 'next' is not a string", region=self.region)
+            # Only the marker is taken from 'next': Glance rebuilds that link from dict(params), which keeps
+            # just the last value of a repeated key, so following it would drop all but one 'tag' filter.
+            marker = dict(parse_qsl(urlsplit(nxt).query, keep_blank_values=True)).get("marker", "")
+            if not marker:
+                raise ProtocolError("image list 'next' has no marker", region=self.region)
+            params = [(k, v) for k, v in params if k != "marker"] + [("marker", marker)]
+            if marker in seen_markers:
+                raise ProtocolError(f"image list pagination loops at marker {marker}", region=self.region)
+            seen_markers.add(marker)
+
+    async def get_image(self, image_id: str) -> Image:
+        """One image (404 NotFoundError if absent or invisible to this tenant)."""
+        return self._image(await self._json("GET", f"/v2/images/{image_id}", image_id=image_id), image_id)
+
+    async def create_image(self, fields: Mapping[str, Any]) -> Image:
+        """Create an empty (queued) image; returns it as the server reports it.
+
+        Retried like any call only when ``fields`` name the image's ``id``: sent twice, such a POST gets a
+        409 instead of making a second image. Without an id it is sent once (see ``copies.create_copy``).
+        """
+        doc = await self._json("POST", "/v2/images", json=dict(fields), image_id=fields.get("id"),
+                               replay="id" in fields)  # fmt: skip
+        return self._image(doc)
+
+    async def update_image(self, image_id: str, ops: Sequence[Mapping[str, Any]]) -> Image:
+        """Apply JSON-patch ``ops`` (add/replace/remove) with the v2.1 patch media type."""
+        doc = await self._json(
+            "PATCH", f"/v2/images/{image_id}", image_id=image_id,
+            data=json.dumps(list(ops)).encode(), headers={"Content-Type": JSON_PATCH},
+        )  # fmt: skip
+        return self._image(doc, image_id)
+
+    async def delete_image(self, image_id: str) -> None:
+        """Delete an image (403 if protected, 404 if absent)."""
+        await self._call("DELETE", f"/v2/images/{image_id}", image_id=image_id)
+
+    # === data
+
+    async def upload_image(
+        self, image_id: str, body: AsyncIterable[bytes | memoryview], *, size: int | None = None
+    ) -> None:
+        """Stream ``body`` into a queued image (204). Never retried: a stream cannot be replayed."""
+        path = f"/v2/images/{image_id}/file"
+        ctx: dict[str, Any] = {"region": self.region, "image_id": image_id, "method": "PUT", "path": path}
+        # the headers leave with the first body chunk, which may take a while: a token with life left
+        token = await self.auth.token(self.session, lasting=True)
+        url = await self.endpoint() + path
+        extra = {"Content-Type": OCTET_STREAM}
+        if size is not None:
+            extra["Content-Length"] = str(size)
+        self.requests.add("upload", self.region)
+        with map_aiohttp_errors(**ctx):
+            async with self.session.put(url, data=body, headers=self._headers(token, extra)) as resp:
+                raw = await _read_bounded(resp, ctx)
+                status, headers = resp.status, resp.headers
+        if status == 401:
+            self.auth.invalidate(token)
+            err = error_from_response(status, headers, raw, **ctx)
+            # The stream cannot be sent again here, but the credential can be tested at once: a replayable
+            # request gets its own refresh-and-retry, and a credential refused even then is fatal
+            # (AuthenticationError) instead of a reason for another upload pass.
+            with contextlib.suppress(ApiError):
+                await self.get_image(image_id)
+            raise TokenRejectedError(f"upload refused the token: {err.message}", status=401,
+                                     request_id=err.request_id, **ctx)  # fmt: skip
+        if status >= 400:
+            raise error_from_response(status, headers, raw, **ctx)
+
+    @asynccontextmanager
+    async def open_download(
+        self, image_id: str, *, offset: int = 0, idle_timeout: float | None = None
+    ) -> AsyncIterator[Download]:
+        """Open the image's data, from ``offset`` with ``Range: bytes=offset-`` when it is not 0.
+        ``idle_timeout`` replaces the session's read-idle timeout for this download."""
+        path = f"/v2/images/{image_id}/file"
+        ctx: dict[str, Any] = {"region": self.region, "image_id": image_id, "method": "GET", "path": path}
+        extra = {"Range": f"bytes={offset}-"} if offset else {}
+        options: dict[str, Any] = {}
+        if idle_timeout is not None:
+            base = self.session.timeout
+            options["timeout"] = aiohttp.ClientTimeout(total=None, sock_connect=base.sock_connect,
+                                                       sock_read=idle_timeout)  # fmt: skip
+
+        async def attempt() -> aiohttp.ClientResponse:
+            for refreshed in (False, True):
+                token = await self.auth.token(self.session)
+                url = await self.endpoint() + path
+                self.requests.add("download", self.region)
+                with map_aiohttp_errors(**ctx):
+                    resp = await self.session.get(url, headers=self._headers(token, extra), **options)
+                if resp.status < 400:
+                    return resp
+                try:
+                    raw = await _read_bounded(resp, ctx)
+                finally:
+                    resp.release()
+                err = error_from_response(resp.status, resp.headers, raw, **ctx)
+                if resp.status == 401:
+                    self.auth.invalidate(token)
+                    if not refreshed:
+                        continue
+                    raise self._refused(err, ctx)
+                raise err
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        resp = await self.retry.call(attempt)
+        try:
+            length = resp.headers.get("Content-Length")
+            yield Download(
+                status=resp.status,
+                content_length=int(length) if length and length.isdigit() else None,
+                content_range=parse_content_range(resp.headers.get("Content-Range")),
+                content_md5=resp.headers.get("Content-MD5"),
+                request_id=resp.headers.get("x-openstack-request-id"),
+                _response=resp,
+                _context=ctx,
+            )
+        finally:
+            resp.close()
+
+    # === tags
+
+    async def add_tag(self, image_id: str, tag: str) -> None:
+        """Add one tag; non-ASCII tags go through PATCH because Glance mis-decodes them in URL paths."""
+        if _url_safe_tag(tag):
+            await self._call("PUT", f"/v2/images/{image_id}/tags/{quote(tag, safe='')}", image_id=image_id)
+            return
+        image = await self.get_image(image_id)
+        if tag not in image.tags:
+            await self.set_tags(image_id, [*image.tags, tag])
+
+    async def delete_tag(self, image_id: str, tag: str) -> None:
+        """Remove one tag (404 if the image does not carry it)."""
+        if _url_safe_tag(tag):
+            await self._call("DELETE", f"/v2/images/{image_id}/tags/{quote(tag, safe='')}", image_id=image_id)
+            return
+        image = await self.get_image(image_id)
+        if tag not in image.tags:
+            raise NotFoundError(f"tag {tag!r} not found", region=self.region, image_id=image_id, status=404)
+        await self.set_tags(image_id, [t for t in image.tags if t != tag])
+
+    async def set_tags(self, image_id: str, tags: Sequence[str]) -> Image:
+        """Replace the whole tag set in one PATCH (keeps non-ASCII tags intact)."""
+        return await self.update_image(image_id, [{"op": "replace", "path": "/tags", "value": list(tags)}])
+
+    # === members
+
+    async def list_members(self, image_id: str) -> list[Member]:
+        """The image's members (the owner sees all; a member sees only itself)."""
+        doc = await self._json("GET", f"/v2/images/{image_id}/members", image_id=image_id)
+        members = doc.get("members") if isinstance(doc, dict) else None
+        if not isinstance(members, list):
+            raise ProtocolError("member list has no 'members' array", region=self.region, image_id=image_id)
+        return [Member.from_api(m) for m in members]
+
+    async def add_member(self, image_id: str, member_id: str) -> Member:
+        """Share the image with tenant ``member_id`` (status pending)."""
+        path = f"/v2/images/{image_id}/members"
+        return Member.from_api(await self._json("POST", path, image_id=image_id, json={"member": member_id}))
+
+    async def get_member(self, image_id: str, member_id: str) -> Member:
+        """One membership."""
+        path = f"/v2/images/{image_id}/members/{quote(member_id, safe='')}"
+        return Member.from_api(await self._json("GET", path, image_id=image_id))
+
+    async def update_member_status(self, image_id: str, member_id: str, status: str) -> Member:
+        """Accept, reject or reset a membership; only the member tenant itself may do this."""
+        path = f"/v2/images/{image_id}/members/{quote(member_id, safe='')}"
+        return Member.from_api(await self._json("PUT", path, image_id=image_id, json={"status": status}))
+
+    async def delete_member(self, image_id: str, member_id: str) -> None:
+        """Stop sharing the image with ``member_id``."""
+        path = f"/v2/images/{image_id}/members/{quote(member_id, safe='')}"
+        await self._call("DELETE", path, image_id=image_id)
+
+    # === discovery
+
+    async def get_schema(self, name: str) -> dict[str, Any]:
+        """A JSON schema: ``image``, ``images``, ``member`` or ``members``."""
+        doc = await self._json("GET", f"/v2/schemas/{name}")
+        if not isinstance(doc, dict):
+            raise ProtocolError(f"schema {name} is not an object", region=self.region)
+        return doc
+
+
+def request_kind(method: str, path: str) -> str:
+    """The kind of an Image API request, from its method and path."""
+    parts = [p for p in path.split("?")[0].split("/") if p]
+    if parts[:2] == ["v2", "schemas"]:
+        return "schemas"
+    if len(parts) <= 2:
+        return "create" if method == "POST" else "list"
+    if len(parts) == 3:
+        return {"PATCH": "patch", "DELETE": "delete"}.get(method, "get")
+    if parts[3] == "file":
+        return "upload" if method == "PUT" else "download"
+    return "tags" if parts[3] == "tags" else "members"
+
+
+def _query_value(value: object) -> str:
+    """A filter value as Glance parses it: booleans must be lower-case ('True' gives 400 on protected)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _url_safe_tag(tag: str) -> bool:
+    return tag.isascii() and "/" not in tag and "%" not in tag
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, ctx: Mapping[str, Any]) -> bytes:
+    """The response body, refusing bodies above MAX_JSON_BODY instead of buffering them."""
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_chunked(1 << 20):
+        total += len(chunk)
+        if total > MAX_JSON_BODY:
+            raise ProtocolError(f"response body larger than {MAX_JSON_BODY} bytes", status=resp.status, **ctx)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,162 @@
+"""The one module that builds aiohttp client sessions and turns aiohttp errors and responses into ours.
+
+Timeouts fit multi-GB streams: there is no total timeout (aiohttp's default of 300 s would kill any large
+image), only a connect timeout and a read-idle timeout. Connection limits are per host, and every region
+is its own host, so ``connections_per_region`` caps each region separately.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from pipeline.cloud.retry import parse_retry_after
+from pipeline.errors import (
+    ApiError,
+    ConnectError,
+    ConnectionLostError,
+    ProtocolError,
+    ReadTimeoutError,
+    TLSVerificationError,
+    TransportError,
+    error_for_status,
+)
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_READ_TIMEOUT",
+    "TransportConfig",
+    "error_from_response",
+    "map_aiohttp_errors",
+    "new_session",
+    "server_message",
+]
+
+DEFAULT_CONNECT_TIMEOUT = 30.0
+DEFAULT_READ_TIMEOUT = 120.0
+DEFAULT_CONNECTIONS_PER_REGION = 8
+DEFAULT_CONNECTIONS_TOTAL = 64
+USER_AGENT = "imgmig"
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    """Connection settings shared by every request of one run."""
+
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    connections_per_region: int = DEFAULT_CONNECTIONS_PER_REGION
+    connections_total: int = DEFAULT_CONNECTIONS_TOTAL
+    ca_bundle: str | None = None
+    insecure: bool = False
+
+
+def new_session(config: TransportConfig | None = None) -> aiohttp.ClientSession:
+    """Build the run's ClientSession: idle timeouts only, per-region connection limits, TLS verified."""
+    config = config or TransportConfig()
+    ssl_arg: ssl.SSLContext | bool = True
+    if config.insecure:
+        ssl_arg = False
+    elif config.ca_bundle:
+        ssl_arg = ssl.create_default_context(cafile=config.ca_bundle)
+    connector = aiohttp.TCPConnector(
+        limit=config.connections_total,
+        limit_per_host=config.connections_per_region,
+        ssl=ssl_arg,
+    )
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout, sock_read=config.read_timeout)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,  # image bytes must arrive exactly as stored
+        headers={"User-Agent": USER_AGENT},
+        raise_for_status=False,
+    )
+
+
+@contextmanager
+def map_aiohttp_errors(**context: Any) -> Iterator[None]:
+    """Turn aiohttp's exceptions into our TransportError family, most specific first."""
+    try:
+        yield
+    except ApiError:
+        raise
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise TLSVerificationError(f"TLS certificate verification failed: {exc}", **context) from exc
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise ConnectError(f"timed out connecting: {exc or 'no answer'}", **context) from exc
+    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+        raise ReadTimeoutError(f"timed out waiting for the server: {exc or 'no data'}", **context) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise ConnectError(f"cannot connect: {exc.os_error or exc}", **context) from exc
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+        raise ConnectionLostError(f"connection lost: {exc}", **context) from exc
+    except aiohttp.ClientOSError as exc:
+        raise ConnectionLostError(f"connection error: {exc}", **context) from exc
+    except aiohttp.InvalidURL as exc:
+        raise ConnectError(f"invalid URL: {exc}", **context) from exc
+    except aiohttp.ClientResponseError as exc:
+        raise ProtocolError(f"bad HTTP response: {exc.message}", status=exc.status, **context) from exc
+    except aiohttp.ClientError as exc:
+        raise TransportError(f"HTTP client error: {exc}", **context) from exc
+    except ConnectionError as exc:
+        raise ConnectionLostError(f"connection error: {exc}", **context) from exc
+
+
+_TAG = re.compile(r"<[^>]+>")
+_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_TITLE = re.compile(r"<title>.*?</title>", re.IGNORECASE | re.DOTALL)
+_H1 = re.compile(r"<h1>.*?</h1>", re.IGNORECASE | re.DOTALL)
+_SPACE = re.compile(r"\s+")
+MAX_MESSAGE = 1000
+
+
+def server_message(body: bytes, content_type: str | None) -> str:
+    """The server's own error message, from a Glance JSON, Keystone JSON, HTML or plain-text body."""
+    text = body[: 64 * 1024].decode("utf-8", errors="replace")
+    message = ""
+    if "json" in (content_type or "") or text.lstrip().startswith("{"):
+        message = _json_message(text)
+    if not message and "<" in text:
+        cleaned = _H1.sub(" ", _TITLE.sub(" ", text))
+        message = html.unescape(_TAG.sub(" ", _BR.sub("\n", cleaned)))
+    if not message:
+        message = text
+    message = _SPACE.sub(" ", message).strip()
+    return message[:MAX_MESSAGE] + ("..." if len(message) > MAX_MESSAGE else "")
+
+
+def _json_message(text: str) -> str:
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return ""
+    if isinstance(doc, dict):
+        inner = doc.get("error") if isinstance(doc.get("error"), dict) else doc
+        assert isinstance(inner, dict)
+        msg = inner.get("message") or inner.get("title") or inner.get("detail")
+        if isinstance(msg, str):
+            return html.unescape(_TAG.sub(" ", _BR.sub("\n", msg)))
+    return ""
+
+
+def error_from_response(status: int, headers: Any, body: bytes, **context: Any) -> ApiError:
+    """Build the right ApiError for an error response, with the server's message and request id."""
+    message = server_message(body, headers.get("Content-Type")) or f"HTTP {status}"
+    cls = error_for_status(status)
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    return cls(
+        message,
+        status=status,
+        request_id=headers.get("x-openstack-request-id"),
+        retry_after=retry_after,
+        **context,
+    )

@@ -1,0 +1,59 @@
+"""What a job wants for each image x target, given what discovery found: desired metadata, the property
+keys this job manages (from the journal), metadata diffs, and the plan built from them. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pipeline.config.spec import JobSpec
+from pipeline.models import Image, Member
+from pipeline.plan.planner import Plan, plan_job
+from pipeline.run.inventory import Inventory
+from pipeline.run.metasync import Desired, MetaDiff, desired_metadata, diff_metadata, provenance
+from pipeline.state.journal import JournalState
+
+__all__ = ["Intent"]
+
+
+class Intent:
+    """Desired state per image x target, cached; ``plan()`` decides every step."""
+
+    def __init__(self, spec: JobSpec, inventory: Inventory, state: JournalState) -> None:
+        self.spec = spec
+        self.inventory = inventory
+        self.state = state
+        self._desired: dict[tuple[str, str], Desired] = {}
+
+    def desired(self, image: Image, label: str) -> Desired:
+        key = (image.id, label)
+        if key not in self._desired:
+            target = self.inventory.targets[label]
+            prov = provenance(self.spec.name, self.spec.source.region, image)
+            self._desired[key] = desired_metadata(
+                image, self.inventory.source_members.get(image.id), self.spec.copy, prov,
+                target.read_only or frozenset(), target_tenant=target.tenant_id,
+            )  # fmt: skip
+        return self._desired[key]
+
+    def managed(self, image: Image, label: str) -> list[str]:
+        """Property keys this job set on that copy before (only those may be removed)."""
+        entry = self.state.target(image.id, label)
+        if entry is None or not entry.metadata:
+            return []
+        return [k for k in entry.metadata.split(",") if k]
+
+    def diff(self, image: Image, label: str, copy: Image, members: Sequence[Member] | None = None) -> MetaDiff:
+        """Changes that bring ``copy`` to the desired metadata (members from discovery unless given)."""
+        if members is None:
+            members = self.inventory.targets[label].members.get(copy.id)
+        return diff_metadata(self.desired(image, label), copy, members, managed=self.managed(image, label),
+                             additive=self.spec.copy.additive)  # fmt: skip
+
+    def plan(self) -> Plan:
+        inventory = self.inventory
+        available = [label for label, t in inventory.targets.items() if t.error is None]
+        copies = {label: t.copies for label, t in inventory.targets.items() if t.error is None}
+        return plan_job(inventory.images, available, copies, self.state, self.spec.copy,
+                        lambda image, label, copy: self.diff(image, label, copy),
+                        enable_download=self.spec.source.enable_download)  # fmt: skip

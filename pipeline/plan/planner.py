@@ -1,0 +1,305 @@
+"""The planner (pure): which images a job selects, and for each image x target what must happen.
+
+Decisions come from the target's actual images (found by their provenance properties), never from
+the journal alone: the journal only breaks ties (which of several partial copies to reuse). Actions:
+
+- ``copy``: no copy exists; create one and stream the data.
+- ``resume``: a partial copy (queued, saving, killed) from an interrupted run is reused.
+- ``replace``: the source data changed since the copy (``on_change = "replace"``); a new copy is made,
+  verified, and only then the old one deleted.
+- ``metadata``: a verified copy exists but its metadata drifted; patch it, move no data.
+- ``skip``: up to date, or not copyable (with the reason).
+- ``blocked``: the source may not be downloaded (NHN's ``nhncloud_allow_download`` is false and
+  ``[source] enable_download`` is off): nothing is created anywhere, and the step fails with the reason
+  and the fix.
+
+Extra copies (duplicates after a crash, partial leftovers next to a good copy) are listed for deletion:
+that is the orphan sweep. Only images carrying this job's provenance are ever considered.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pipeline.config.spec import CopyOptions, Select
+from pipeline.models import Image
+from pipeline.run.metasync import PROV_SOURCE_ID, MetaDiff
+from pipeline.state.journal import JournalState, TargetEntry
+
+__all__ = [
+    "ALLOW_DOWNLOAD",
+    "Action",
+    "ImagePlan",
+    "Plan",
+    "Step",
+    "download_allowed",
+    "holds_source_data",
+    "plan_job",
+    "select_images",
+    "skip_reason",
+]
+
+PARTIAL_STATES = frozenset({"queued", "saving", "killed", "importing", "uploading"})
+
+
+class Action(enum.StrEnum):
+    COPY = "copy"
+    RESUME = "resume"
+    REPLACE = "replace"
+    METADATA = "metadata"
+    SKIP = "skip"
+    BLOCKED = "blocked"
+
+    @property
+    def moves_data(self) -> bool:
+        return self in (Action.COPY, Action.RESUME, Action.REPLACE)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What to do for one image on one target."""
+
+    target: str
+    action: Action
+    reason: str = ""
+    bytes: int = 0
+    #: The copy to reuse (resume) or to keep (metadata, skip).
+    existing: Image | None = None
+    #: Active copies of older source data, deleted once the new copy is verified (replace).
+    stale: tuple[Image, ...] = ()
+    #: Duplicates and leftovers to delete now (orphan sweep).
+    extra: tuple[Image, ...] = ()
+    diff: MetaDiff | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"target": self.target, "action": self.action.value, "bytes": self.bytes}
+        if self.reason:
+            doc["reason"] = self.reason
+        if self.existing is not None:
+            doc["target_image"] = self.existing.id
+        if self.stale:
+            doc["replaces"] = [i.id for i in self.stale]
+        if self.extra:
+            doc["deletes"] = [i.id for i in self.extra]
+        if self.diff is not None and not self.diff.empty:
+            doc["changes"] = self.diff.describe()
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePlan:
+    image: Image
+    steps: tuple[Step, ...]
+    skipped: str | None = None
+    #: The source's download permission is switched on for this copy and restored afterwards.
+    enable_download: bool = False
+
+    @property
+    def moves_data(self) -> bool:
+        return any(s.action.moves_data for s in self.steps)
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"id": self.image.id, "name": self.image.name, "size": self.image.size,
+                               "steps": [s.to_json() for s in self.steps]}  # fmt: skip
+        if self.skipped:
+            doc["skipped"] = self.skipped
+        if self.enable_download:
+            doc["enable_download"] = True
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    images: tuple[ImagePlan, ...]
+    targets: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+    def steps(self) -> Iterable[tuple[ImagePlan, Step]]:
+        for image in self.images:
+            for step in image.steps:
+                yield image, step
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {a.value: 0 for a in Action}
+        for _, step in self.steps():
+            counts[step.action.value] += 1
+        return counts
+
+    @property
+    def bytes(self) -> int:
+        return sum(step.bytes for _, step in self.steps())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"targets": list(self.targets), "counts": self.counts(), "bytes": self.bytes,
+                "images": [i.to_json() for i in self.images], "notes": list(self.notes)}  # fmt: skip
+
+
+def _updated(image: Image) -> datetime | None:
+    try:
+        return datetime.fromisoformat((image.updated_at or "").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def select_images(images: Iterable[Image], select: Select, owner: str | None) -> list[Image]:
+    """The images the ``[select]`` rules pick (ANDed); non-active ones stay in, to be reported."""
+    picked = []
+    for image in images:
+        if select.ids and image.id not in select.ids:
+            continue
+        if owner and image.owner != owner:
+            continue
+        if not select.ids and image.visibility not in select.visibility:
+            continue
+        if select.names and not any(fnmatch.fnmatchcase(image.name or "", g) for g in select.names):
+            continue
+        if any(tag not in image.tags for tag in select.tags):
+            continue
+        if (select.size_min is not None or select.size_max is not None) and image.size is None:
+            continue
+        if select.size_min is not None and (image.size or 0) < select.size_min:
+            continue
+        if select.size_max is not None and (image.size or 0) > select.size_max:
+            continue
+        if select.nhncloud_product and image.raw.get("nhncloud_product") != select.nhncloud_product:
+            continue
+        if select.updated_since is not None:
+            updated = _updated(image)
+            if updated is None or updated < select.updated_since:
+                continue
+        if any(image.raw.get(k) != v for k, v in select.properties.items()):
+            continue
+        picked.append(image)
+    return picked
+
+
+ALLOW_DOWNLOAD = "nhncloud_allow_download"
+BLOCKED_REASON = (
+    "NHN Cloud does not allow downloading this source: its nhncloud_allow_download attribute is {value!r}. "
+    "Set it to true (Image API PATCH), or set [source] enable_download = true to let imgmig switch it on "
+    "for the copy and back afterwards"
+)
+
+
+def download_allowed(image: Image) -> bool:
+    """NHN's download permission: False only when the image says ``nhncloud_allow_download`` is not true
+    (clouds without the attribute allow every download)."""
+    value = image.raw.get(ALLOW_DOWNLOAD)
+    return value is None or str(value).lower() == "true"
+
+
+def skip_reason(image: Image, copy: CopyOptions) -> str | None:
+    """Why an image cannot be copied at all, or None."""
+    if image.visibility == "public":
+        return "public images are never copied"
+    if image.visibility == "community" and copy.community == "skip":
+        return ("community image skipped: NHN Cloud allows only private and shared images "
+                "(set [copy] community = \"private\" or \"community\" to copy it)")  # fmt: skip
+    if image.status != "active":
+        return f"source image is {image.status}: it has no data to copy"
+    return None
+
+
+def holds_source_data(copy: Image, image: Image, entry: TargetEntry | None = None) -> bool:
+    """Whether the active ``copy`` holds ``image``'s bytes: by the digests the source publishes; for a
+    source that publishes none, by size plus the digests this job journalled when it made that copy (size
+    alone when nothing was journalled). Never "changed" for ever: such a source cannot loop on replace."""
+    if image.publishes_digest:
+        return copy.same_data_as(image)
+    if copy.size != image.size:
+        return False
+    evidence = entry.evidence if entry is not None and entry.target_id == copy.id else None
+    computed = (evidence or {}).get("computed") or {}
+    return not computed.get("md5") or computed["md5"] == copy.checksum
+
+
+def _prefer(candidates: Sequence[Image], journal_id: str | None) -> Image:
+    for image in candidates:
+        if image.id == journal_id:
+            return image
+    return sorted(candidates, key=lambda i: (i.raw.get("created_at") or "", i.id))[0]
+
+
+def _plan_target(
+    image: Image, label: str, copies: Sequence[Image], entry: TargetEntry | None, copy: CopyOptions,
+    meta_diff: Callable[[Image, str, Image], MetaDiff],
+) -> Step:  # fmt: skip
+    size = image.size or 0
+    journal_id = entry.target_id if entry else None
+    good = [c for c in copies if c.status == "active" and holds_source_data(c, image, entry)]
+    stale = [c for c in copies if c.status == "active" and not holds_source_data(c, image, entry)]
+    partial = [c for c in copies if c.status != "active"]
+    if good:
+        keep = _prefer(good, journal_id)
+        extra = tuple(c for c in copies if c is not keep)
+        diff = meta_diff(image, label, keep)
+        if diff.empty:
+            return Step(label, Action.SKIP, "up to date", 0, keep, extra=extra, diff=diff)
+        return Step(label, Action.METADATA, "metadata drifted", 0, keep, extra=extra, diff=diff)
+    if stale and copy.on_change == "keep":
+        keep = _prefer(stale, journal_id)
+        return Step(label, Action.SKIP, "source data changed; old copy kept (on_change = \"keep\")", 0, keep,
+                    extra=tuple(c for c in copies if c is not keep))  # fmt: skip
+    reuse = _prefer([c for c in partial if c.status == "queued"], journal_id) if any(
+        c.status == "queued" for c in partial) else None  # fmt: skip
+    extra = tuple(c for c in partial if c is not reuse)
+    if stale:
+        return Step(label, Action.REPLACE, "source data changed since the copy", size, reuse, tuple(stale), extra)
+    if reuse is not None:
+        return Step(label, Action.RESUME, "an interrupted copy is reused", size, reuse, extra=extra)
+    return Step(label, Action.COPY, "", size, extra=extra)
+
+
+def plan_job(
+    images: Sequence[Image],
+    targets: Sequence[str],
+    copies: Mapping[str, Sequence[Image]],
+    journal: JournalState,
+    copy: CopyOptions,
+    meta_diff: Callable[[Image, str, Image], MetaDiff],
+    *,
+    enable_download: bool = False,
+) -> Plan:
+    """Decide every image x target from the selected ``images`` and each target's copies of this job."""
+    by_source: dict[str, dict[str, list[Image]]] = {t: {} for t in targets}
+    for label in targets:
+        for c in copies.get(label, ()):
+            source_id = c.raw.get(PROV_SOURCE_ID)
+            if isinstance(source_id, str):
+                by_source[label].setdefault(source_id, []).append(c)
+    planned: list[ImagePlan] = []
+    for image in images:
+        reason = skip_reason(image, copy)
+        if reason is not None:
+            planned.append(ImagePlan(image, tuple(Step(t, Action.SKIP, reason) for t in targets), reason))
+            continue
+        steps = []
+        for label in targets:
+            entry = journal.target(image.id, label)
+            steps.append(_plan_target(image, label, by_source[label].get(image.id, []), entry, copy, meta_diff))
+        gated = not download_allowed(image) and any(s.action.moves_data for s in steps)
+        if gated and not enable_download:
+            why = BLOCKED_REASON.format(value=image.raw.get(ALLOW_DOWNLOAD))
+            steps = [Step(s.target, Action.BLOCKED, why) if s.action.moves_data else s for s in steps]
+        planned.append(ImagePlan(image, tuple(steps), enable_download=gated and enable_download))
+    selected = {i.id for i in images}
+    notes = [
+        f"{label}: copy {c.id} of source image {c.raw.get(PROV_SOURCE_ID)} is no longer selected; left in place"
+        for label in targets for c in copies.get(label, ()) if c.raw.get(PROV_SOURCE_ID) not in selected
+    ]  # fmt: skip
+    notes += [
+        f"source image {p.image.id} ({p.image.name}): nhncloud_allow_download is switched on while it is read "
+        f"and set back to {p.image.raw.get(ALLOW_DOWNLOAD)!r} afterwards ([source] enable_download)"
+        for p in planned if p.enable_download
+    ]  # fmt: skip
+    notes += [
+        f"source image {i.id} ({i.name}) publishes no checksum: its copies are judged by size and the digests "
+        "journalled when they were made"
+        for i in images if i.status == "active" and not i.publishes_digest and skip_reason(i, copy) is None
+    ]  # fmt: skip
+    return Plan(tuple(planned), tuple(targets), tuple(notes))

@@ -1,0 +1,214 @@
+"""The run summary: one record per image x target, byte counters, and the exit code they imply.
+
+It observes (events in, nothing steers), so the counts always match what happened. ``--report FILE``
+writes ``to_json()``; the CLI prints ``render()``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.models import RequestCounts
+from pipeline.plan.planner import Plan
+from pipeline.report.events import BytesRead, BytesWritten, Reporter, SourceResumed, TargetRetrying
+from pipeline.units import format_duration, format_rate, format_size
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARKED", "RunSummary", "StepFinished"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+#: Stopped at max_runtime with work left (the next run resumes); the same code rclone uses for
+#: --max-duration.
+EXIT_PARKED = 10
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+DATA_ACTIONS = ("copy", "resume", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class StepFinished:
+    """The final outcome of one image x target in this run (the canonical log line)."""
+
+    image_id: str
+    name: str | None
+    target: str
+    action: str
+    state: str
+    bytes: int = 0
+    error: str | None = None
+    reason: str = ""
+    problems: tuple[str, ...] = ()
+    pending_members: tuple[str, ...] = ()
+    changed: bool = False
+    target_id: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        """copied, metadata, up_to_date, skipped, failed or cancelled."""
+        if self.state == "done":
+            if self.action in DATA_ACTIONS:
+                return "copied"
+            if self.action == "metadata":
+                return "metadata"
+            return "up_to_date"
+        return self.state
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"image_id": self.image_id, "name": self.name, "target": self.target,
+                               "action": self.action, "outcome": self.outcome, "bytes": self.bytes}  # fmt: skip
+        for key in ("error", "reason", "target_id"):
+            if getattr(self, key):
+                doc[key] = getattr(self, key)
+        if self.problems:
+            doc["problems"] = list(self.problems)
+        if self.pending_members:
+            doc["pending_members"] = list(self.pending_members)
+        return doc
+
+
+class _Counter:
+    """Counts bytes and retries from engine events, then forwards them."""
+
+    def __init__(self, summary: RunSummary, downstream: Reporter | None) -> None:
+        self.summary, self.downstream = summary, downstream
+
+    def emit(self, event: Any) -> None:
+        if isinstance(event, BytesWritten):
+            self.summary.bytes_written += event.n
+        elif isinstance(event, BytesRead):
+            self.summary.bytes_read += event.n
+        elif isinstance(event, TargetRetrying):
+            self.summary.retries += 1
+        elif isinstance(event, SourceResumed):
+            self.summary.resumes += 1
+        if self.downstream is not None:
+            self.downstream.emit(event)
+
+
+@dataclass
+class RunSummary:
+    job: str
+    run_id: str
+    started_at: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.monotonic)
+    duration: float = 0.0
+    plan: Plan | None = None
+    steps: list[StepFinished] = field(default_factory=list)
+    bytes_written: int = 0
+    bytes_read: int = 0
+    retries: int = 0
+    resumes: int = 0
+    orphans_deleted: int = 0
+    parked_images: int = 0
+    unavailable: dict[str, str] = field(default_factory=dict)
+    #: Sources whose download permission an earlier run left switched on and this run could not restore.
+    sources_left_open: dict[str, str] = field(default_factory=dict)
+    interrupted: str | None = None
+    parked: bool = False
+    fatal: str | None = None
+    #: The exit code of the fatal error (4 for authentication, 1 otherwise).
+    fatal_code: int = EXIT_FAILED
+    journal_records: int = 0
+    journal_seconds: float = 0.0
+    downstream: Reporter | None = None
+    #: Every Image API request of the run, by kind and region (filled by the run's clients).
+    requests: RequestCounts = field(default_factory=RequestCounts)
+    #: Tokens each auth profile obtained during the run (refreshes show as more than one).
+    tokens_issued: dict[str, int] = field(default_factory=dict)
+
+    def reporter(self, downstream: Reporter | None) -> Reporter:
+        self.downstream = downstream
+        return _Counter(self, downstream)
+
+    def step_finished(self, step: StepFinished) -> None:
+        self.steps.append(step)
+        if self.downstream is not None:
+            self.downstream.emit(step)
+
+    def finish(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.duration = max(0.0, clock() - self.started)
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(("copied", "metadata", "up_to_date", "skipped", "failed", "cancelled"), 0)
+        for step in self.steps:
+            counts[step.outcome] = counts.get(step.outcome, 0) + 1
+        counts["parked_images"] = self.parked_images
+        counts["unavailable_targets"] = len(self.unavailable)
+        return counts
+
+    @property
+    def failures(self) -> list[StepFinished]:
+        return [s for s in self.steps if s.state == "failed"]
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_SIGNAL[self.interrupted]
+        if self.fatal:
+            return self.fatal_code
+        if self.failures or self.unavailable or self.sources_left_open:
+            return EXIT_FAILED
+        if self.parked:
+            return EXIT_PARKED
+        return EXIT_OK
+
+    @property
+    def outcome(self) -> str:
+        if self.interrupted:
+            return "interrupted"
+        if self.fatal:
+            return "fatal"
+        if self.failures or self.unavailable or self.sources_left_open:
+            return "failed"
+        return "parked" if self.parked else "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        rate = self.bytes_written / self.duration if self.duration > 0 else 0.0
+        return {
+            "job": self.job, "run_id": self.run_id, "outcome": self.outcome,
+            "exit_code": self.exit_code, "started_at": self.started_at, "duration_seconds": round(self.duration, 3),
+            "counts": self.counts(), "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
+            "rate_bytes_per_second": round(rate, 1), "retries": self.retries, "source_resumes": self.resumes,
+            "orphans_deleted": self.orphans_deleted, "unavailable_targets": dict(self.unavailable),
+            "sources_left_open": dict(self.sources_left_open),
+            "journal": {"records": self.journal_records, "seconds": round(self.journal_seconds, 4)},
+            "requests": self.requests.by_region(), "tokens_issued": dict(self.tokens_issued),
+            "fatal": self.fatal, "plan": self.plan.to_json() if self.plan is not None else None,
+            "steps": [s.to_json() for s in self.steps],
+        }  # fmt: skip
+
+    def render(self) -> str:
+        """The human summary printed at the end of a run."""
+        counts = self.counts()
+        rate = self.bytes_written / self.duration if self.duration > 0 else 0.0
+        parts = [f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v]
+        lines = [
+            f"job {self.job}: {self.outcome} (exit {self.exit_code}) in {format_duration(self.duration)}",
+            f"  {', '.join(parts) or 'nothing to do'}",
+            f"  {format_size(self.bytes_read)} read, {format_size(self.bytes_written)} written, "
+            f"{format_rate(rate)}; {self.retries} retries, {self.resumes} source resumes",
+        ]
+        if self.requests.total:
+            kinds: dict[str, int] = {}
+            for (kind, _), n in self.requests.counts.items():
+                kinds[kind] = kinds.get(kind, 0) + n
+            lines.append(
+                f"  {self.requests.total} requests: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+            )
+        if self.orphans_deleted:
+            lines.append(f"  {self.orphans_deleted} leftover copies deleted")
+        lines += [f"  UNAVAILABLE {label}: {reason}" for label, reason in self.unavailable.items()]
+        lines += [f"  SOURCE LEFT OPEN {image_id}: {reason}" for image_id, reason in self.sources_left_open.items()]
+        lines += [f"  FAILED {s.name or s.image_id} -> {s.target}: {s.error}" for s in self.failures]
+        for step in self.steps:
+            lines += [f"  WARNING {step.name or step.image_id} -> {step.target}: {p}" for p in step.problems]
+            if step.pending_members:
+                lines.append(f"  PENDING {step.name or step.image_id} -> {step.target}: members "
+                             f"{', '.join(step.pending_members)} stay pending (no profile to accept)")  # fmt: skip
+        if self.parked:
+            lines.append(f"  max_runtime reached: {self.parked_images} image(s) parked; the next run resumes")
+        if self.interrupted:
+            lines.append(f"  interrupted by {self.interrupted}: state saved; the next run resumes")
+        return "\n".join(lines)

@@ -1,0 +1,259 @@
+"""Discovery before planning: clients for every profile and region, the selected source images, and
+what each target already holds of this job (its copies, their members, the target's read-only fields).
+
+Listing is read-only. A target that cannot be reached is marked unavailable with the reason, so the job
+still runs for the other targets; a source or credential failure is fatal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import anyio
+
+from pipeline.cloud.auth import Auth, PasswordAuth, StaticTokenAuth, TokenCache
+from pipeline.cloud.client import ImageClient
+from pipeline.cloud.cloudconfig import keystone_auth, load_cloud
+from pipeline.cloud.keystone import KeystoneAuth
+from pipeline.cloud.retry import RetryPolicy
+from pipeline.cloud.transport import TransportConfig
+from pipeline.config.spec import AuthProfile, Endpoint, JobSpec
+from pipeline.errors import ApiError, NotFoundError, UsageError
+from pipeline.models import Image, Member, RequestCounts
+from pipeline.plan.planner import select_images
+from pipeline.report.logs import register_secret
+from pipeline.run.metasync import read_only_fields
+from pipeline.state.failpoints import failpoint
+from pipeline.transfer.copies import PROV_JOB, is_own_copy
+
+__all__ = ["Clients", "Inventory", "TargetState", "discover", "retry_policy", "target_labels", "transport_config"]
+
+LIST_CONCURRENCY = 8
+
+
+def transport_config(spec: JobSpec) -> TransportConfig:
+    """Connection settings from the job's ``[transfer]`` and ``[run]`` tables."""
+    transfer = spec.transfer
+    return TransportConfig(
+        connect_timeout=transfer.connect_timeout, read_timeout=transfer.read_timeout,
+        connections_per_region=transfer.connections_per_region,
+        ca_bundle=str(spec.run.ca_bundle) if spec.run.ca_bundle else None, insecure=spec.run.insecure,
+    )  # fmt: skip
+
+
+def retry_policy(spec: JobSpec) -> RetryPolicy:
+    """The low-level retry policy of a job: ``retries = N`` means at most N + 1 tries of a request (within
+    an image x target, its retry budget caps them further; see ``retry.RetryBudget``)."""
+    return RetryPolicy(attempts=spec.transfer.retries + 1)
+
+
+def target_labels(spec: JobSpec) -> dict[str, Endpoint]:
+    """A short, unique name per target: its region, or ``region@profile`` when a region repeats."""
+    regions = [t.region for t in spec.targets]
+    return {(t.region if regions.count(t.region) == 1 else f"{t.region}@{t.auth}"): t for t in spec.targets}
+
+
+class Clients:
+    """One Auth per profile and one ImageClient per (profile, region), over the run's session."""
+
+    def __init__(
+        self, spec: JobSpec, session: aiohttp.ClientSession, retry: RetryPolicy, requests: RequestCounts | None = None
+    ) -> None:
+        self.spec = spec
+        self.session = session
+        self.retry = retry
+        #: Every Image API request of the run, by kind and region (one count shared by all clients).
+        self.requests = requests if requests is not None else RequestCounts()
+        self._auth: dict[str, Auth] = {}
+        self._clients: dict[tuple[str, str], ImageClient] = {}
+
+    def auth(self, name: str) -> Auth:
+        if name not in self._auth:
+            self._auth[name] = _make_auth(self.spec.auth[name], self.retry)
+        return self._auth[name]
+
+    def client(self, profile: str, region: str) -> ImageClient:
+        key = (profile, region)
+        if key not in self._clients:
+            self._clients[key] = ImageClient(self.session, self.auth(profile), region, retry=self.retry,
+                                             requests=self.requests)  # fmt: skip
+        return self._clients[key]
+
+    def tokens_issued(self) -> dict[str, int]:
+        """Tokens each profile obtained so far (a fixed token counts none)."""
+        return {name: auth.issued for name, auth in self._auth.items() if isinstance(auth, TokenCache)}
+
+    async def tenant(self, profile: str) -> str | None:
+        """The profile's tenant: configured, or the one its token names."""
+        configured = self.spec.auth[profile].tenant_id
+        if configured:
+            return configured
+        return (await self.auth(profile).token(self.session)).tenant_id
+
+
+def _make_auth(profile: AuthProfile, retry: RetryPolicy) -> Auth:
+    if profile.kind == "cloud":  # clouds.yaml / OS_*: resolved now, the way openstacksdk resolves it
+        cloud = load_cloud(profile.cloud)
+        auth = keystone_auth(cloud, profile.name, retry)
+        if profile.interface:
+            auth.interface = profile.interface
+        for secret in (cloud.password, cloud.application_credential_secret):
+            if secret is not None:
+                register_secret(secret.reveal())
+        return auth
+    if profile.kind == "keystone":
+        for secret in (profile.password, profile.application_credential_secret):
+            if secret is not None:
+                register_secret(secret.reveal())
+        assert profile.auth_url is not None  # validated with the job file
+        return KeystoneAuth(
+            profile.auth_url, profile.name, username=profile.username, user_id=profile.user_id,
+            user_domain_name=profile.user_domain_name, user_domain_id=profile.user_domain_id,
+            password=profile.password, project_name=profile.project_name, project_id=profile.project_id,
+            project_domain_name=profile.project_domain_name, project_domain_id=profile.project_domain_id,
+            application_credential_id=profile.application_credential_id,
+            application_credential_name=profile.application_credential_name,
+            application_credential_secret=profile.application_credential_secret, interface=profile.interface,
+            retry=retry,
+        )  # fmt: skip
+    if profile.endpoint is not None:
+        if profile.token is None:
+            raise UsageError(f"auth profile {profile.name!r}: token_env is not set in the environment")
+        register_secret(profile.token.reveal())
+        return StaticTokenAuth(profile.endpoint, profile.token, profile.tenant_id, profile=profile.name)
+    if profile.password is None or not profile.tenant_id or not profile.username:
+        raise UsageError(f"auth profile {profile.name!r}: password_env is not set in the environment")
+    register_secret(profile.password.reveal())
+    return PasswordAuth(profile.identity_url, profile.tenant_id, profile.username, profile.password, retry=retry,
+                        profile=profile.name)  # fmt: skip
+
+
+@dataclass
+class TargetState:
+    label: str
+    endpoint: Endpoint
+    client: ImageClient
+    tenant_id: str | None = None
+    copies: list[Image] = field(default_factory=list)
+    members: dict[str, list[Member]] = field(default_factory=dict)
+    read_only: frozenset[str] = frozenset()
+    algorithms: frozenset[str] = frozenset()
+    #: Why this target cannot be used in this run (unreachable region), or None.
+    error: str | None = None
+
+
+@dataclass
+class Inventory:
+    source: ImageClient
+    source_tenant: str | None
+    images: list[Image]
+    missing_ids: list[str]
+    source_members: dict[str, list[Member]]
+    targets: dict[str, TargetState]
+    #: Source images whose details could not be read (their steps fail; the others go on).
+    image_errors: dict[str, str] = field(default_factory=dict)
+
+
+async def _list_all(client: ImageClient, filters: Mapping[str, Any]) -> list[Image]:
+    """Every image matching ``filters``, hidden (os_hidden) ones included."""
+    found: dict[str, Image] = {}
+    for hidden in ("false", "true"):
+        async for image in client.list_images({**filters, "os_hidden": hidden}):
+            found.setdefault(image.id, image)
+    return list(found.values())
+
+
+async def _members(
+    client: ImageClient, images: Sequence[Image], errors: dict[str, str] | None = None
+) -> dict[str, list[Member]]:
+    """Members of every shared image; with ``errors``, a failure is recorded per image instead of raised."""
+    limiter = anyio.CapacityLimiter(LIST_CONCURRENCY)
+    out: dict[str, list[Member]] = {}
+
+    async def fetch(image: Image) -> None:
+        async with limiter:
+            try:
+                out[image.id] = await client.list_members(image.id)
+            except ApiError as exc:  # a dead credential is not an ApiError: it stops the job (exit 4)
+                if errors is None:
+                    raise
+                errors[image.id] = f"cannot read the source image's members: {exc}"
+
+    async with anyio.create_task_group() as tg:
+        for image in images:
+            if image.visibility == "shared":
+                tg.start_soon(fetch, image)
+    return out
+
+
+async def _source_images(spec: JobSpec, client: ImageClient, owner: str | None) -> tuple[list[Image], list[str]]:
+    select = spec.select
+    missing: list[str] = []
+    if select.ids:
+        images = []
+        for image_id in select.ids:
+            try:
+                images.append(await client.get_image(image_id))
+            except NotFoundError:
+                missing.append(image_id)
+        return select_images(images, select, owner), missing
+    filters: dict[str, Any] = {"visibility": "all"}
+    if owner:
+        filters["owner"] = owner
+    if select.tags:
+        filters["tag"] = list(select.tags)
+    filters.update(select.properties)
+    return select_images(await _list_all(client, filters), select, owner), missing
+
+
+async def _target_state(
+    spec: JobSpec, clients: Clients, label: str, endpoint: Endpoint, source_algo: str
+) -> TargetState:
+    state = TargetState(label, endpoint, clients.client(endpoint.auth, endpoint.region))
+    try:
+        state.tenant_id = await clients.tenant(endpoint.auth)
+        filters: dict[str, Any] = {PROV_JOB: spec.name, "visibility": "all"}
+        if state.tenant_id:
+            filters["owner"] = state.tenant_id
+        # the filters are re-checked on every image: a server that ignores an unknown property filter
+        # (or the owner filter) must not make another job's images, or anybody's, look like our copies
+        state.copies = [
+            c for c in await _list_all(state.client, filters)
+            if is_own_copy(c, spec.name) and (not state.tenant_id or c.owner == state.tenant_id)
+        ]  # fmt: skip
+        state.members = await _members(state.client, state.copies)
+        try:
+            schema = await state.client.get_schema("image")
+        except ApiError:
+            schema = None  # no schema offered: the built-in read-only set applies
+        state.read_only = read_only_fields(schema)
+        algos = {c.os_hash_algo.lower() for c in state.copies if c.os_hash_algo}
+        state.algorithms = frozenset(algos or {source_algo})
+    except ApiError as exc:  # unreachable or failing region; credential and catalog errors are fatal
+        state.error = f"target {label} is unavailable: {exc}"
+    return state
+
+
+async def discover(spec: JobSpec, clients: Clients) -> Inventory:
+    """Authenticate, list the source selection and every target's copies of this job."""
+    source = clients.client(spec.source.auth, spec.source.region)
+    source_tenant = await clients.tenant(spec.source.auth)
+    owner = spec.select.owner or source_tenant
+    images, missing = await _source_images(spec, source, owner)
+    image_errors: dict[str, str] = {}
+    source_members = await _members(source, images, image_errors)
+    algo = next((i.os_hash_algo.lower() for i in images if i.os_hash_algo), "sha512")
+    targets: dict[str, TargetState] = {}
+
+    async def one(label: str, endpoint: Endpoint) -> None:
+        targets[label] = await _target_state(spec, clients, label, endpoint, algo)
+
+    async with anyio.create_task_group() as tg:
+        for label, endpoint in target_labels(spec).items():
+            tg.start_soon(one, label, endpoint)
+    ordered = {label: targets[label] for label in target_labels(spec)}
+    failpoint("listed")
+    return Inventory(source, source_tenant, images, missing, source_members, ordered, image_errors)

@@ -1,0 +1,120 @@
+"""``imgmig verify``: compare every copy with its source, without changing anything.
+
+For each selected image x target it reports whether a verified copy exists (size and digests equal to
+the source's), and every metadata difference (properties, tags, members, visibility, protection). With
+``deep``, each copy is downloaded and hashed, and the digests are compared with the source's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.cloud.transport import new_session
+from pipeline.config.spec import JobSpec
+from pipeline.errors import ApiError
+from pipeline.plan.intent import Intent
+from pipeline.plan.planner import download_allowed, holds_source_data, skip_reason
+from pipeline.run.inventory import Clients, discover, retry_policy, transport_config
+from pipeline.state.journal import Journal
+from pipeline.transfer.copies import PROV_SOURCE_ID
+from pipeline.transfer.source import read_digests
+
+__all__ = ["Finding", "VerifyReport", "verify_job"]
+
+
+@dataclass
+class Finding:
+    image_id: str
+    name: str | None
+    target: str
+    status: str  # ok, differs, missing, skipped, unavailable
+    target_id: str | None = None
+    details: list[str] = field(default_factory=list)
+    #: What could not be checked, and why (not a difference).
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {"image_id": self.image_id, "name": self.name, "target": self.target, "status": self.status,
+               "target_id": self.target_id, "details": self.details}  # fmt: skip
+        if self.notes:
+            doc["notes"] = self.notes
+        return doc
+
+
+@dataclass
+class VerifyReport:
+    findings: list[Finding] = field(default_factory=list)
+    deep: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(f.status in ("ok", "skipped") for f in self.findings)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.findings:
+            out[f.status] = out.get(f.status, 0) + 1
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "deep": self.deep, "counts": self.counts(),
+                "findings": [f.to_json() for f in self.findings]}  # fmt: skip
+
+
+async def verify_job(spec: JobSpec, *, deep: bool = False) -> VerifyReport:
+    """Compare every selected image with its copies in every target."""
+    report = VerifyReport(deep=deep)
+    state = Journal.read(spec.run.journal_dir, spec.name)
+    retry = retry_policy(spec)
+    async with new_session(transport_config(spec)) as session:
+        inventory = await discover(spec, Clients(spec, session, retry))
+        intent = Intent(spec, inventory, state)
+        for image in inventory.images:
+            for label, target in inventory.targets.items():
+                finding = Finding(image.id, image.name, label, "ok")
+                report.findings.append(finding)
+                reason = skip_reason(image, spec.copy)
+                if reason:
+                    finding.status, finding.details = "skipped", [reason]
+                    continue
+                if target.error:
+                    finding.status, finding.details = "unavailable", [target.error]
+                    continue
+                copies = [c for c in target.copies if c.raw.get(PROV_SOURCE_ID) == image.id]
+                entry = state.target(image.id, label)
+                good = [c for c in copies if c.status == "active" and holds_source_data(c, image, entry)]
+                if not good:
+                    finding.status = "missing"
+                    finding.details = [f"copy {c.id} is {c.status}" + (" with different data" if c.status == "active"
+                                       else "") for c in copies] or ["no copy in this target"]  # fmt: skip
+                    continue
+                copy = good[0]
+                finding.target_id = copy.id
+                if len(copies) > 1:
+                    finding.details.append(f"{len(copies) - 1} extra copies: "
+                                           f"{', '.join(c.id for c in copies if c is not copy)}")  # fmt: skip
+                finding.details += intent.diff(image, label, copy).describe()
+                if deep and not download_allowed(copy):
+                    # NHN serves no data of an image whose nhncloud_allow_download is false, and verify
+                    # changes nothing: the copy's own size and digests were compared above
+                    finding.notes.append("deep read skipped: the copy's nhncloud_allow_download is false (it "
+                                         "carries the source's value), so NHN serves none of its data")  # fmt: skip
+                elif deep:
+                    try:
+                        digests = await read_digests(target.client, copy)
+                    except ApiError as exc:
+                        finding.details.append(f"deep read failed: {exc}")
+                    else:
+                        # a source without a checksum is compared with the md5 journalled for this copy
+                        mine = entry is not None and entry.target_id == copy.id
+                        journalled = (entry.evidence or {}).get("computed", {}) if entry and mine else {}
+                        expected = image.checksum or journalled.get("md5")
+                        if expected and digests.get("md5") != expected:
+                            finding.details.append("data: md5 of the copy's bytes differs from the source checksum")
+                        algo = (image.os_hash_algo or "").lower()
+                        if algo in digests and image.os_hash_value and digests[algo] != image.os_hash_value:
+                            finding.details.append(f"data: {algo} of the copy's bytes differs from the source")
+                if finding.details:
+                    finding.status = "differs"
+    return report

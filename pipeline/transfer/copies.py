@@ -1,0 +1,149 @@
+"""This job's copies in a target region: which images they are, creating one so that sending the request
+twice is harmless, and deleting one only after re-checking that it is ours.
+
+- ``is_own_copy``: an image is this job's copy only when its ``imgmig_job`` property equals the job's name
+  and it names its source (``imgmig_source_id``). Every delete re-checks it on the image itself, whatever a
+  server's list filter returned: a server that ignores an unknown property filter must never make imgmig
+  delete another job's images, or anybody else's.
+- ``create_copy``: the copy's id is chosen here and journalled before the POST. A request whose answer was
+  lost is sent again by the client's retry loop; the second POST then gets 409 "already exists", and the
+  copy is looked up by that id and adopted when it carries the provenance we sent. A 409 for an id that
+  does not exist (it belonged to a deleted image) picks a new id. A cloud that refuses client-chosen ids
+  (400/403 naming ``id``) is remembered per region, and from then on the copy is looked for by its
+  provenance before every POST, which is then never replayed blindly.
+- ``delete_copy``: unprotect when needed, delete; a 404 means it is already gone (a replayed DELETE).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from pipeline.cloud.client import ImageClient
+from pipeline.errors import ApiError, BadRequestError, ConflictError, ForbiddenError, NotFoundError
+from pipeline.models import Image
+
+__all__ = [
+    "PROVENANCE_PREFIX",
+    "PROV_JOB",
+    "PROV_SOURCE_ID",
+    "create_copy",
+    "delete_copy",
+    "is_own_copy",
+    "provenance",
+]
+
+PROVENANCE_PREFIX = "imgmig_"
+PROV_JOB = "imgmig_job"
+PROV_SOURCE_ID = "imgmig_source_id"
+PROV_SOURCE_REGION = "imgmig_source_region"
+PROV_SOURCE_CHECKSUM = "imgmig_source_checksum"
+_ID_REFUSED = re.compile(r"(?:'id'|\bid\b)", re.IGNORECASE)
+
+
+def provenance(job: str, source_region: str, image: Image) -> dict[str, str]:
+    """The namespaced properties that identify a copy as this job's copy of ``image``."""
+    return {
+        PROV_JOB: job,
+        PROV_SOURCE_ID: image.id,
+        PROV_SOURCE_REGION: source_region,
+        PROV_SOURCE_CHECKSUM: image.checksum or "",
+    }
+
+
+def is_own_copy(image: Image, job: str, source_id: str | None = None) -> bool:
+    """Whether ``image`` is this job's copy (of ``source_id``, when given), judged on the image itself."""
+    names = image.raw.get(PROV_SOURCE_ID)
+    if image.raw.get(PROV_JOB) != job or not isinstance(names, str) or not names:
+        return False
+    return source_id is None or names == source_id
+
+
+def _carries(image: Image, fields: Mapping[str, Any]) -> bool:
+    """Whether ``image`` carries every provenance property of ``fields`` (then it is the copy we asked for)."""
+    prov = {k: v for k, v in fields.items() if k.startswith(PROVENANCE_PREFIX)}
+    return bool(prov) and all(image.raw.get(k) == v for k, v in prov.items())
+
+
+async def _lookup(client: ImageClient, image_id: str) -> Image | None:
+    try:
+        return await client.get_image(image_id)
+    except NotFoundError:
+        return None
+
+
+async def _find_queued(client: ImageClient, fields: Mapping[str, Any]) -> Image | None:
+    """A queued image carrying ``fields``' provenance (re-checked here: the server may ignore filters)."""
+    filters: dict[str, Any] = {k: v for k, v in fields.items() if k.startswith(PROVENANCE_PREFIX)}
+    filters["status"] = "queued"
+    if client.auth.tenant_id:
+        filters["owner"] = client.auth.tenant_id
+    async for image in client.list_images(filters):
+        if image.status == "queued" and _carries(image, fields):
+            return image
+    return None
+
+
+def _refuses_id(exc: ApiError) -> bool:
+    return isinstance(exc, BadRequestError | ForbiddenError) and bool(_ID_REFUSED.search(exc.message))
+
+
+async def create_copy(
+    client: ImageClient,
+    fields: Mapping[str, Any],
+    *,
+    journal: Callable[[str], Awaitable[None]],
+    image_id: str | None = None,
+) -> Image:
+    """Create a queued copy with ``fields`` (which carry its provenance), safe against lost answers.
+
+    ``journal(id)`` is awaited with the chosen id before each POST that uses one, so a crash between the
+    POST and its answer still leaves the id in the journal.
+    """
+    while client.client_ids is not False:
+        image_id = image_id or str(uuid.uuid4())
+        await journal(image_id)
+        try:
+            created = await client.create_image({**fields, "id": image_id})
+        except ConflictError:
+            existing = await _lookup(client, image_id)
+            if existing is None:
+                image_id = None  # the id of an image deleted earlier: ids are never reused
+                continue
+            if _carries(existing, fields):
+                return existing  # our own earlier POST took effect; its answer was lost
+            raise
+        except ApiError as exc:
+            if _refuses_id(exc):
+                client.client_ids = False
+                break
+            if exc.retryable:  # retries ran out on an answer we never saw: the image may exist
+                existing = await _lookup(client, image_id)
+                if existing is not None and _carries(existing, fields):
+                    return existing
+            raise
+        client.client_ids = created.id == image_id  # a server that ignores the id is treated as refusing it
+        return created
+
+    async def look_then_create() -> Image:
+        found = await _find_queued(client, fields)
+        return found if found is not None else await client.create_image(fields)
+
+    # Without a client id a POST is never sent twice blindly: before each one, look for the copy first.
+    return await client.retry.call(look_then_create)
+
+
+async def delete_copy(client: ImageClient, image: Image, job: str) -> bool:
+    """Delete this job's copy ``image`` (unprotecting it first); False, touching nothing, when the image
+    does not carry this job's provenance. A 404 counts as deleted (a replayed DELETE)."""
+    if not is_own_copy(image, job):
+        return False
+    try:
+        if image.protected:
+            await client.update_image(image.id, [{"op": "replace", "path": "/protected", "value": False}])
+        await client.delete_image(image.id)
+    except NotFoundError:
+        pass
+    return True
