@@ -11,8 +11,8 @@ from typing import Any
 
 import anyio
 
-from pipeline.config.spec import parse_job
-from pipeline.run.runner import RunOptions, run_job
+from pipeline.config import parse_job
+from pipeline.run.runner import RunControls, run_job
 
 from .common import BENCH_TENANT, admin_post, emulator
 
@@ -36,7 +36,7 @@ def bench_journal(counts: list[int], *, image_size: int = 1024) -> dict[str, Any
             }  # fmt: skip
             spec = parse_job(doc, "bench", {"PW": "bench"})
             start = time.perf_counter()
-            summary = anyio.run(lambda spec=spec: run_job(spec, RunOptions(signals=())))
+            summary = anyio.run(lambda spec=spec: run_job(spec, RunControls(signals=())))
             wall = time.perf_counter() - start
             assert summary.exit_code == 0, summary.render()
             assert summary.counts()["copied"] == 3 * n

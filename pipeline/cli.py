@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(path: Path, *, need_secrets: bool = True) -> Any:
-    from pipeline.config.spec import load_job
+    from pipeline.config import load_job
 
     return load_job(path, os.environ, need_secrets=need_secrets)
 
@@ -197,7 +197,8 @@ def _run_async(fn: Callable[[], Any]) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.run.runner import RunOptions, run_job
+    from pipeline.config import override
+    from pipeline.run.runner import RunControls, run_job
     from pipeline.units import parse_duration
 
     spec = _load(args.job)
@@ -211,13 +212,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _print_plan(spec, as_json=False, dry_run=True)
     reporter = _Reporter(tty=sys.stderr.isatty() and not args.no_progress)
     metrics = _metrics_file(args, spec)
-    options = RunOptions(max_runtime=max_runtime, spool_dir=args.spool_dir, reporter=reporter, metrics=metrics)
+    spec = override(spec, max_runtime=max_runtime, spool_dir=args.spool_dir)
+    controls = RunControls(reporter=reporter, metrics=metrics)
     if metrics is not None:
         from pipeline.report.events import TeeReporter
 
-        options.reporter = TeeReporter(reporter, metrics)
+        controls.reporter = TeeReporter(reporter, metrics)
     try:
-        summary = _run_async(lambda: run_job(spec, options))
+        summary = _run_async(lambda: run_job(spec, controls))
     except ImgmigError as exc:
         if exc.summary is not None:  # a fatal error: still report what was done, then its own exit code
             _finish_run(args, exc.summary, spec, metrics)

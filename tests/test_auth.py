@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.cloud.auth import PasswordAuth, Secret, Token, normalize_endpoint, parse_token_response
+from pipeline.cloud.auth import PasswordAuth, Token, parse_token_response
+from pipeline.config.values import Secret, normalize_endpoint
 from pipeline.errors import ProtocolError
 
 ACCESS = {

@@ -28,7 +28,7 @@ from typing import Any, cast
 
 import pytest
 
-from pipeline.config.spec import parse_job
+from pipeline.config import parse_job
 from pipeline.errors import EXIT_CODES, ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -375,7 +375,7 @@ def test_the_configmap_job_file_is_mounted_where_the_container_reads_it() -> Non
 
 
 def test_the_configmap_job_file_passes_imgmig_validation() -> None:
-    """The embedded job file parses with imgmig's own validator (pipeline.config.spec.parse_job)."""
+    """The embedded job file parses with imgmig's own validator (pipeline.config.parse_job)."""
     doc = _job_file()
     environ = dict.fromkeys(_env_names(doc), "placeholder")
     spec = parse_job(doc, "configmap", environ=environ, need_secrets=False)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pipeline.cloud import ImageClient, PasswordAuth, Secret, new_session
-from pipeline.config.spec import JobSpec
+from pipeline.config import JobSpec
 from pipeline.emulator import Emulator
 from pipeline.errors import ForbiddenError
 from pipeline.state.journal import Journal
@@ -27,7 +27,7 @@ TARGETS = ("KR2", "JP1")
 
 
 def with_enable_download(spec: JobSpec) -> JobSpec:
-    return replace(spec, source=replace(spec.source, enable_download=True))
+    return replace(spec, source=spec.source.model_copy(update={"enable_download": True}))
 
 
 def copies_of(emulator: Emulator, region: str, source_id: str) -> list[Any]:

@@ -235,9 +235,7 @@ async def test_cancel_mid_transfer_reports_each_target(cloud: Cloud, emulator: E
 
     async def count_engine_tasks() -> None:
         await anyio.sleep(0.5)
-        during.append(
-            sum(any("pipeline/transfer/" in f for f in _await_chain(t)) for t in asyncio.all_tasks())
-        )
+        during.append(sum(any("pipeline/transfer/" in f for f in _await_chain(t)) for t in asyncio.all_tasks()))
 
     with anyio.move_on_after(1.0) as scope:
         async with anyio.create_task_group() as tg:

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 from pipeline.cli import main
 from pipeline.cloud import ImageClient, PasswordAuth, Secret, new_session
-from pipeline.config.spec import parse_job
+from pipeline.config import parse_job
 from pipeline.emulator import BodyFault, running_emulator
 from pipeline.errors import ApiError, JobSpecError, JournalCorruptError
-from pipeline.run.runner import RunOptions, run_job
+from pipeline.run.runner import RunControls, run_job
 from pipeline.state.journal import LOG, Journal
 
 from .cloud import FAST_RETRY
@@ -258,7 +258,7 @@ async def test_one_misbehaving_image_does_not_stop_the_job(emulator: Any, tmp_pa
         "transfer": {"images_in_flight": 1, "retries": 2}, "run": {"journal_dir": str(tmp_path / "state")},
     }  # fmt: skip
     spec = parse_job(doc, "t", {"PW": "p"})
-    summary = await run_job(spec, RunOptions(signals=()))
+    summary = await run_job(spec, RunControls(signals=()))
     failed = {s.name for s in summary.steps if s.state == "failed"}
     done = {s.name for s in summary.steps if s.state == "done"}
     assert summary.exit_code in (0, 1)

@@ -16,7 +16,8 @@ import pytest
 from pipeline.emulator import Emulator, StatusFault
 from pipeline.errors import UsageError
 from pipeline.run.htmlreport import MAX_BARS, build_report
-from pipeline.state.journal import Journal, JournalState
+from pipeline.state.journal import Journal
+from pipeline.state.records import JournalState
 
 from .test_metadata import TARGETS, add, job, run
 
@@ -76,7 +77,7 @@ async def two_runs(emulator: Emulator, tmp_path: Path) -> tuple[Path, str, str, 
     add(emulator, tenant, "parked-one").status = "deactivated"
     emulator.faults("JP1").statuses.append(StatusFault(503, op="upload", count=1))
     spec = job(emulator, tmp_path, tenant)
-    first = await run(replace(spec, transfer=replace(spec.transfer, retries=0)))
+    first = await run(replace(spec, transfer=spec.transfer.model_copy(update={"retries": 0})))
     assert first.exit_code == 1
     after_first = Journal.read(spec.run.journal_dir, spec.name)
     errors = [t.error for e in after_first.images.values() for t in e.targets.values() if t.error]

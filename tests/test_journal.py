@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import JournalCorruptError, JournalError, LockHeldError
-from pipeline.state.journal import LOG, SNAPSHOT, JobLock, Journal, JournalState
+from pipeline.state.journal import LOG, SNAPSHOT, Journal
+from pipeline.state.lock import JobLock
+from pipeline.state.records import JournalState
 
 
 def fill(journal: Journal, n: int) -> None:
@@ -156,7 +158,7 @@ def test_lock_of_a_dead_holder_is_taken_over(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import os, sys
         from pathlib import Path
-        from pipeline.state.journal import JobLock
+        from pipeline.state.lock import JobLock
         JobLock(Path({str(tmp_path)!r}), "job").acquire()
         print("locked", flush=True)
         os.kill(os.getpid(), 9)

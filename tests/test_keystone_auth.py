@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from pipeline.cloud import ImageClient, Secret, new_session
-from pipeline.cloud.auth import normalize_endpoint
 from pipeline.cloud.cloudconfig import keystone_auth, load_cloud
 from pipeline.cloud.keystone import KeystoneAuth
+from pipeline.config.values import normalize_endpoint
 from pipeline.errors import ApiError, AuthenticationError, RegionNotFoundError
 from tests.realglance import KeystoneCluster
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from pipeline.config.spec import JobSpec, parse_job
+from pipeline.config import JobSpec, parse_job
 from pipeline.emulator import Emulator
 from pipeline.emulator.store import Caller, ImageRecord, MemberRecord, iso_now
+from pipeline.plan.provenance import PROVENANCE_PREFIX
 from pipeline.report.summary import RunSummary
-from pipeline.run.metasync import PROVENANCE_PREFIX
-from pipeline.run.runner import RunOptions, run_job
+from pipeline.run.runner import RunControls, run_job
 
 TARGETS = ("KR2", "JP1")
 MiB = 1 << 20
@@ -43,7 +43,7 @@ def job(emu: Emulator, tmp_path: Path, tenant: str, *, copy: dict[str, Any] | No
 
 
 async def run(spec: JobSpec) -> RunSummary:
-    return await run_job(spec, RunOptions(signals=()))
+    return await run_job(spec, RunControls(signals=()))
 
 
 def add(emu: Emulator, tenant: str, name: str, *, size: int = 64 * 1024, members: dict[str, str] | None = None,

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config.spec import CopyOptions
+from pipeline.config import CopyOptions
 from pipeline.models import Image, Member
-from pipeline.run.metasync import (
-    PROV_JOB,
-    create_fields,
-    desired_metadata,
-    diff_metadata,
-    provenance,
-    read_only_fields,
-)
+from pipeline.plan.metadiff import create_fields, desired_metadata, diff_metadata, read_only_fields
+from pipeline.plan.provenance import PROV_JOB, provenance
 
 PROV = {PROV_JOB: "job", "imgmig_source_id": "src", "imgmig_source_region": "KR1", "imgmig_source_checksum": "x"}
 

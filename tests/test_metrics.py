@@ -20,8 +20,9 @@ from pipeline.plan.planner import Action, ImagePlan, Plan, Step
 from pipeline.report.events import BytesRead, BytesWritten, SourceResumed, TargetRetrying
 from pipeline.report.metrics import MetricsFile, last_success
 from pipeline.report.summary import RunSummary, StepFinished
-from pipeline.run.runner import RunOptions, run_job
-from pipeline.state.journal import Journal, RunEntry
+from pipeline.run.runner import RunControls, run_job
+from pipeline.state.journal import Journal
+from pipeline.state.records import RunEntry
 
 from .test_metadata import MiB, add, copies, job
 
@@ -264,7 +265,7 @@ async def test_real_run_bytes_written_match_the_emulator(emulator: Emulator, tmp
     path = tmp_path / "textfile" / "imgmig.prom"
     path.parent.mkdir()
     metrics = MetricsFile(path, spec.name, source_region=spec.source.region)
-    s = await run_job(spec, RunOptions(signals=(), reporter=metrics))
+    s = await run_job(spec, RunControls(signals=(), reporter=metrics))
     previous = last_success(Journal.read(spec.run.journal_dir, spec.name).runs)
     metrics.write(s, final=True, last_success=previous)
     samples = parse(path)

@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-from pipeline.config.spec import CopyOptions, Select
+from pipeline.config import CopyOptions, Select
 from pipeline.models import Image
+from pipeline.plan.metadiff import MetaDiff
 from pipeline.plan.planner import Action, plan_job, select_images, skip_reason
-from pipeline.run.metasync import PROV_JOB, PROV_SOURCE_ID, MetaDiff
-from pipeline.state.journal import JournalState
+from pipeline.plan.provenance import PROV_JOB, PROV_SOURCE_ID
+from pipeline.state.records import JournalState
 
 MD5, SHA = "a" * 32, "b" * 128
 

@@ -20,7 +20,7 @@ async def test_retries_zero_gives_one_attempt(emulator: Emulator, tmp_path: Path
     emulator.faults("JP1").statuses.append(StatusFault(503, op="upload", count=1))
     emulator.faults("KR2").statuses.append(StatusFault(503, op="create", count=1))
     spec = job(emulator, tmp_path, tenant)
-    spec = replace(spec, transfer=replace(spec.transfer, retries=0))
+    spec = replace(spec, transfer=spec.transfer.model_copy(update={"retries": 0}))
     summary = await run(spec)
     assert summary.exit_code == 1
     failed = sorted(s.target for s in summary.steps if s.state == "failed")

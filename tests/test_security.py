@@ -15,9 +15,9 @@ import pytest
 import trustme
 
 from pipeline.cloud import ImageClient, PasswordAuth, Secret, new_session
-from pipeline.config.spec import parse_job
+from pipeline.config import parse_job
 from pipeline.emulator import Emulator
-from pipeline.run.runner import RunOptions, run_job
+from pipeline.run.runner import RunControls, run_job
 
 from .jobsetup import PASSWORD, check_invariants, make_source, new_tenants, run_cli, write_job
 from .procs import EmulatorProcess, emulator_process
@@ -159,7 +159,7 @@ async def test_visibility_is_never_widened(emulator: Emulator, tmp_path: Path) -
                           "select": {"ids": [private.id, shared.id, public.id]}, "copy": copy,
                           "run": {"journal_dir": str(tmp_path / uuid.uuid4().hex)}}, "t", {"PW": "p"})  # fmt: skip
 
-    summary = await run_job(spec({}), RunOptions(signals=()))  # type: ignore[arg-type]
+    summary = await run_job(spec({}), RunControls(signals=()))  # type: ignore[arg-type]
     assert {s.reason for s in summary.steps if s.image_id == public.id} == {"public images are never copied"}
     for region in TARGETS:
         images = list(emulator.store(region).images.values())
@@ -169,7 +169,7 @@ async def test_visibility_is_never_widened(emulator: Emulator, tmp_path: Path) -
         assert got[shared.id].visibility == "shared"
         for rec in images:
             emulator.store(region).images.pop(rec.id)  # start the next job from empty targets
-    await run_job(spec({"visibility": False}), RunOptions(signals=()))  # type: ignore[arg-type]
+    await run_job(spec({"visibility": False}), RunControls(signals=()))  # type: ignore[arg-type]
     for region in TARGETS:
         assert {r.visibility for r in emulator.store(region).images.values()} == {"private"}
         assert all(not r.members for r in emulator.store(region).images.values())
@@ -199,7 +199,7 @@ async def test_images_without_provenance_are_never_touched(emulator: Emulator, t
                       "targets": [{"auth": "m", "region": "KR2"}],
                       "run": {"journal_dir": str(tmp_path / "s")}}, "t", {"PW": "p"})  # fmt: skip
     for _ in range(2):
-        assert (await run_job(spec, RunOptions(signals=()))).exit_code == 0
+        assert (await run_job(spec, RunControls(signals=()))).exit_code == 0
     assert (twin.to_json(), other_job.to_json()) == before
     assert len(copies(emulator, "KR2", tenant)) == 0  # copies() looks for job "meta"; ours is "mine"
     ours = [r for r in emulator.store("KR2").images.values() if r.properties.get("imgmig_job") == "mine"]

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cloud.auth import DEFAULT_IDENTITY_URL, Secret
-from pipeline.config.spec import (
+from pipeline.config import (
+    DEFAULT_IDENTITY_URL,
     DEFAULT_JOURNAL_ROOT,
     CopyOptions,
     Endpoint,
     JobSpec,
     RunOptions,
+    Secret,
     Select,
+    Source,
     TransferOptions,
     load_job,
     parse_job,
@@ -81,8 +83,12 @@ def test_full_example_parses() -> None:
     assert fixed.token == Secret(SECRET + "-token")
     assert fixed.password is None
     assert fixed.location == "https://kr2-api-image-infrastructure.example.test"
-    assert spec.source == Endpoint("src", "KR1")
-    assert spec.targets == (Endpoint("dst", "JP1"), Endpoint("src", "KR2"), Endpoint("fixed", "KR2"))
+    assert spec.source == Source(auth="src", region="KR1")
+    assert spec.targets == (
+        Endpoint(auth="dst", region="JP1"),
+        Endpoint(auth="src", region="KR2"),
+        Endpoint(auth="fixed", region="KR2"),
+    )
     assert spec.profile(spec.targets[0]) is spec.auth["dst"]
 
     assert spec.select == Select(
@@ -110,7 +116,8 @@ def test_full_example_parses() -> None:
         accept_members_with=("dst",),
         community="private",
     )
-    assert spec.transfer == TransferOptions(
+    # model_construct: rates in bytes/s, as parsed (a job file must spell a unit)
+    assert spec.transfer == TransferOptions.model_construct(
         images_in_flight=8,
         chunk_size=16 * MiB,
         buffer_depth=2,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pipeline.cloud.auth import DEFAULT_IDENTITY_URL, Auth, PasswordAuth, Secret, StaticTokenAuth, Token
+from pipeline.cloud.auth import Auth, PasswordAuth, StaticTokenAuth, Token
 from pipeline.cloud.client import Download, ImageClient
 from pipeline.cloud.transport import TransportConfig, new_session
+from pipeline.config.values import DEFAULT_IDENTITY_URL, Secret
 
 __all__ = [
     "DEFAULT_IDENTITY_URL",

@@ -20,51 +20,24 @@ import anyio
 
 from pipeline.cloud.retry import RetryPolicy
 from pipeline.cloud.transport import error_from_response, map_aiohttp_errors
+from pipeline.config.values import Secret, normalize_endpoint
 from pipeline.errors import AuthenticationError, ProtocolError, RegionNotFoundError
 
 __all__ = [
-    "DEFAULT_IDENTITY_URL",
     "Auth",
     "PasswordAuth",
-    "Secret",
     "StaticTokenAuth",
     "Token",
     "TokenCache",
-    "normalize_endpoint",
     "parse_time",
     "parse_token_response",
 ]
 
-DEFAULT_IDENTITY_URL = "https://api-identity-infrastructure.nhncloudservice.com/v2.0"
 #: Refresh this long before expiry at most; short-lived tokens refresh at 90% of their life.
 MAX_REFRESH_SKEW = 120.0
 #: A token for a long request (an upload, whose headers leave with its first body chunk, maybe seconds
 #: later) must have this long left at least, or half its life when that is shorter.
 LASTING = 300.0
-
-
-class Secret:
-    """A string that never shows itself in repr, str, logs or tracebacks."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """The secret itself, for the one place that sends it."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,15 +74,6 @@ class Auth(Protocol):
     def invalidate(self, token: Token) -> None: ...
 
     async def endpoint(self, session: aiohttp.ClientSession, region: str) -> str: ...
-
-
-def normalize_endpoint(url: str) -> str:
-    """A catalog URL without trailing slash or version suffix, so ``/v2/...`` can be appended."""
-    url = url.rstrip("/")
-    tail = url.rsplit("/", 1)[-1]
-    if (tail.startswith("v2") and tail[2:].replace(".", "").isdigit()) or tail == "v2":
-        url = url[: -len(tail)].rstrip("/")
-    return url
 
 
 def parse_time(value: Any) -> float | None:

@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped,unused-ignore]  # stubs: types-PyYAML, not installed
 
-from pipeline.cloud.auth import Secret
 from pipeline.cloud.keystone import KeystoneAuth
 from pipeline.cloud.retry import RetryPolicy
+from pipeline.config import Secret
 from pipeline.errors import UsageError
 
 __all__ = ["AUTH_TYPES", "CloudConfig", "config_search_dirs", "keystone_auth", "load_cloud"]

@@ -19,9 +19,10 @@ from typing import Any
 import aiohttp
 import anyio
 
-from pipeline.cloud.auth import Secret, Token, TokenCache, normalize_endpoint, parse_time
+from pipeline.cloud.auth import Token, TokenCache, parse_time
 from pipeline.cloud.retry import RetryPolicy
 from pipeline.cloud.transport import error_from_response, map_aiohttp_errors
+from pipeline.config.values import Secret, normalize_endpoint
 from pipeline.errors import AuthenticationError, ProtocolError, UsageError
 
 __all__ = ["INTERFACES", "KeystoneAuth", "normalize_interface", "parse_v3_token", "v3_url"]

@@ -1,1 +1,35 @@
-"""TODO"""
+"""The job file: its values, the models that are the spec, and loading one (problems reported all at once).
+
+Owns ``jobs/*.toml`` -> ``JobSpec``. Imports only ``pipeline.errors`` and ``pipeline.units`` (and pydantic): no
+network, no journal; ``plan`` and every layer above read the spec from here.
+"""
+
+from pipeline.config.load import load_job, override, parse_job
+from pipeline.config.models import (
+    AuthProfile,
+    CopyOptions,
+    Endpoint,
+    JobSpec,
+    RunOptions,
+    Select,
+    Source,
+    TransferOptions,
+)
+from pipeline.config.values import DEFAULT_IDENTITY_URL, DEFAULT_JOURNAL_ROOT, Secret
+
+__all__ = [
+    "DEFAULT_IDENTITY_URL",
+    "DEFAULT_JOURNAL_ROOT",
+    "AuthProfile",
+    "CopyOptions",
+    "Endpoint",
+    "JobSpec",
+    "RunOptions",
+    "Secret",
+    "Select",
+    "Source",
+    "TransferOptions",
+    "load_job",
+    "override",
+    "parse_job",
+]

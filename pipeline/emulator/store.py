@@ -2,7 +2,8 @@
 
 Image data never lives in memory: uploads stream into ``<data_dir>/<id>.part`` (hashed on the way, md5
 and sha512) and are renamed on success; synthetic images generate their bytes on read. Everything here is
-synchronous; the aiohttp handlers in ``app.py`` call it and run file I/O in worker threads.
+synchronous; the aiohttp handlers in ``app.py`` and ``transfer.py`` call it, the latter running file I/O
+in worker threads.
 """
 
 from __future__ import annotations

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pipeline.config.spec import JobSpec
+from pipeline.config import JobSpec
 from pipeline.models import Image, Member
+from pipeline.plan.metadiff import Desired, MetaDiff, desired_metadata, diff_metadata
 from pipeline.plan.planner import Plan, plan_job
+from pipeline.plan.provenance import provenance
 from pipeline.run.inventory import Inventory
-from pipeline.run.metasync import Desired, MetaDiff, desired_metadata, diff_metadata, provenance
-from pipeline.state.journal import JournalState
+from pipeline.state.records import JournalState
 
 __all__ = ["Intent"]
 

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pipeline.config.spec import CopyOptions, Select
+from pipeline.config import CopyOptions, Select
 from pipeline.models import Image
-from pipeline.run.metasync import PROV_SOURCE_ID, MetaDiff
-from pipeline.state.journal import JournalState, TargetEntry
+from pipeline.plan.metadiff import MetaDiff
+from pipeline.plan.provenance import PROV_SOURCE_ID
+from pipeline.state.records import JournalState, TargetEntry
 
 __all__ = [
     "ALLOW_DOWNLOAD",

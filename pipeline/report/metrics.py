@@ -31,7 +31,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from pipeline.plan.planner import Action
 from pipeline.report.events import BytesRead, BytesWritten
 from pipeline.report.summary import EXIT_OK, RunSummary
-from pipeline.state.journal import RunEntry
+from pipeline.state.records import RunEntry
 
 __all__ = ["OUTCOMES", "MetricsFile", "copies_out_of_sync", "last_success"]
 

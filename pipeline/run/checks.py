@@ -11,7 +11,7 @@ from typing import Any
 from pipeline.cloud.auth import StaticTokenAuth
 from pipeline.cloud.client import ImageClient
 from pipeline.cloud.transport import new_session
-from pipeline.config.spec import JobSpec
+from pipeline.config import JobSpec
 from pipeline.errors import ApiError, AuthenticationError, ImgmigError, RegionNotFoundError
 from pipeline.run.inventory import Clients, retry_policy, target_labels, transport_config
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from pipeline.errors import JournalError, UsageError
 from pipeline.report.summary import DATA_ACTIONS
-from pipeline.state.journal import LOG, SNAPSHOT, JournalState, RunEntry, _load_snapshot, _read_log
+from pipeline.state.journal import LOG, SNAPSHOT, _load_snapshot, _read_log
+from pipeline.state.records import JournalState, RunEntry
 from pipeline.units import format_duration, format_size
 
 __all__ = ["MAX_BARS", "build_report"]

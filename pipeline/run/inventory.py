@@ -20,14 +20,14 @@ from pipeline.cloud.cloudconfig import keystone_auth, load_cloud
 from pipeline.cloud.keystone import KeystoneAuth
 from pipeline.cloud.retry import RetryPolicy
 from pipeline.cloud.transport import TransportConfig
-from pipeline.config.spec import AuthProfile, Endpoint, JobSpec
+from pipeline.config import AuthProfile, Endpoint, JobSpec
 from pipeline.errors import ApiError, NotFoundError, UsageError
 from pipeline.models import Image, Member, RequestCounts
+from pipeline.plan.metadiff import read_only_fields
 from pipeline.plan.planner import select_images
+from pipeline.plan.provenance import PROV_JOB, is_own_copy
 from pipeline.report.logs import register_secret
-from pipeline.run.metasync import read_only_fields
 from pipeline.state.failpoints import failpoint
-from pipeline.transfer.copies import PROV_JOB, is_own_copy
 
 __all__ = ["Clients", "Inventory", "TargetState", "discover", "retry_policy", "target_labels", "transport_config"]
 
@@ -98,7 +98,7 @@ def _make_auth(profile: AuthProfile, retry: RetryPolicy) -> Auth:
     if profile.kind == "cloud":  # clouds.yaml / OS_*: resolved now, the way openstacksdk resolves it
         cloud = load_cloud(profile.cloud)
         auth = keystone_auth(cloud, profile.name, retry)
-        if profile.interface:
+        if "interface" in profile.model_fields_set:  # the job file overrides the cloud's interface
             auth.interface = profile.interface
         for secret in (cloud.password, cloud.application_credential_secret):
             if secret is not None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 import time
 from dataclasses import asdict
 from typing import Any
 
-from pipeline.config.spec import JobSpec
-from pipeline.state.journal import LOCK, Journal
+from pipeline.config import JobSpec
+from pipeline.state.journal import Journal
+from pipeline.state.lock import lock_holder
 from pipeline.units import format_size, format_table
 
 __all__ = ["STATUS_FORMAT", "render_status", "status_view"]
@@ -21,24 +19,7 @@ STATUS_FORMAT = 1
 
 def _running(spec: JobSpec) -> dict[str, Any] | None:
     """The lock holder if a run is in progress right now, else None."""
-    path = spec.run.journal_dir / LOCK
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            except ValueError:
-                holder = {}
-            return holder if isinstance(holder, dict) else {}
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+    return lock_holder(spec.run.journal_dir)
 
 
 def _iso(t: float | None) -> str | None:

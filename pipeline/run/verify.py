@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.cloud.transport import new_session
-from pipeline.config.spec import JobSpec
+from pipeline.config import JobSpec
 from pipeline.errors import ApiError
 from pipeline.plan.intent import Intent
 from pipeline.plan.planner import download_allowed, holds_source_data, skip_reason
+from pipeline.plan.provenance import PROV_SOURCE_ID
 from pipeline.run.inventory import Clients, discover, retry_policy, transport_config
 from pipeline.state.journal import Journal
-from pipeline.transfer.copies import PROV_SOURCE_ID
 from pipeline.transfer.source import read_digests
 
 __all__ = ["Finding", "VerifyReport", "verify_job"]

@@ -1,4 +1,4 @@
-"""The job journal: append-only JSON lines plus periodic atomic snapshots, and the pure state they build.
+"""The job journal file: append-only JSON lines plus periodic atomic snapshots (``state.records`` folds them).
 
 Layout of ``journal_dir`` (0700; every file 0600):
 
@@ -11,7 +11,7 @@ Layout of ``journal_dir`` (0700; every file 0600):
   the old one, then the directory fsynced. Records with ``seq <= S`` are then redundant and the log is
   cut. Snapshots are taken when the log grows past twice the state's size, so the cost per record stays
   flat however big the job (rewriting one JSON file per record would be O(n) each, O(n^2) per job).
-- ``lock``: see ``JobLock``.
+- ``lock``: see ``state.lock``.
 
 The log is fsynced in groups (``flush``, on a timer in the runner), not per record: a process crash
 loses nothing that was written (it is in the OS), a power cut loses at most the last group, and the
@@ -26,184 +26,27 @@ loads cleanly.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import socket
 import time
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from pipeline.errors import JournalCorruptError, JournalError, LockHeldError
+from pipeline.errors import JournalCorruptError, JournalError
 from pipeline.state.failpoints import die, hit
+from pipeline.state.lock import secure_dir
+from pipeline.state.records import JournalState
 
-__all__ = ["ImageEntry", "JobLock", "Journal", "JournalState", "RunEntry", "TargetEntry", "secure_dir"]
+__all__ = ["LOG", "SNAPSHOT", "Journal"]
 
 #: One encoder for every record: json.dumps with options builds a new encoder on each call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 LOG = "journal.jsonl"
 SNAPSHOT = "snapshot.json"
-LOCK = "lock"
-FORMAT = 1
 MIN_SNAPSHOT_RECORDS = 5000
-
-#: Target fields a "target" record may set; anything else in the record is ignored by the state.
-_FINAL_STATES = frozenset({"done", "failed", "skipped", "cancelled"})
-_TARGET_FIELDS = frozenset({"action", "state", "target_id", "bytes", "attempts", "error", "evidence",
-                            "source_checksum", "metadata", "problems", "pending_members", "reason"})  # fmt: skip
-
-
-def secure_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) with mode 0700; tighten it if it already exists."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o700)
-    return path
-
-
-@dataclass
-class TargetEntry:
-    region: str
-    action: str | None = None
-    state: str = "planned"
-    target_id: str | None = None
-    bytes: int = 0
-    attempts: int = 0
-    error: str | None = None
-    evidence: dict[str, Any] | None = None
-    source_checksum: str | None = None
-    metadata: str | None = None
-    problems: list[str] = field(default_factory=list)
-    pending_members: list[str] = field(default_factory=list)
-    reason: str | None = None
-    updated_at: float = 0.0
-    #: Every target image id this job created for this image x target, and which were deleted.
-    created: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    #: The id a create was sent with and not yet confirmed (its answer may have been lost).
-    creating: str | None = None
-
-
-@dataclass
-class ImageEntry:
-    image_id: str
-    name: str | None = None
-    size: int | None = None
-    checksum: str | None = None
-    status: str | None = None
-    skipped: str | None = None
-    targets: dict[str, TargetEntry] = field(default_factory=dict)
-
-
-@dataclass
-class RunEntry:
-    run_id: str
-    pid: int
-    started_at: float
-    finished_at: float | None = None
-    outcome: str | None = None
-    exit_code: int | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class JournalState:
-    """Everything the journal knows, rebuilt by applying records in order. Pure."""
-
-    job: str
-    seq: int = 0
-    images: dict[str, ImageEntry] = field(default_factory=dict)
-    runs: list[RunEntry] = field(default_factory=list)
-    #: Number of image and target entries, kept up to date by ``apply`` (drives the snapshot cadence).
-    entries: int = 0
-    #: Source images whose download permission a run switched on and has not put back yet: image id ->
-    #: the original ``nhncloud_allow_download`` value (None: the attribute was absent).
-    open_sources: dict[str, str | None] = field(default_factory=dict)
-
-    def target(self, image_id: str, region: str) -> TargetEntry | None:
-        image = self.images.get(image_id)
-        return image.targets.get(region) if image else None
-
-    def apply(self, rec: dict[str, Any]) -> None:
-        """Apply one record (unknown kinds are ignored, so newer journals stay readable)."""
-        seq = rec.get("seq", self.seq)
-        if seq > self.seq:
-            self.seq = seq
-        kind, at = rec.get("kind"), rec.get("at", 0.0)
-        if kind == "run_started":
-            self.runs.append(RunEntry(rec["run"], int(rec.get("pid", 0)), at))
-        elif kind == "run_finished":
-            for run in reversed(self.runs):
-                if run.run_id == rec["run"]:
-                    run.finished_at, run.outcome = at, rec.get("outcome")
-                    run.exit_code, run.summary = rec.get("exit_code"), dict(rec.get("summary") or {})
-                    break
-        elif kind == "image":
-            entry = self._image(rec["image_id"])
-            for key in ("name", "size", "checksum", "status", "skipped"):
-                if key in rec:
-                    setattr(entry, key, rec[key])
-            # the plan of every target of this image, in the same record (one write per image)
-            for region, planned in (rec.get("plan") or {}).items():
-                self._target(entry, region, planned, at)
-        elif kind == "target":
-            self._target(self._image(rec["image_id"]), rec["region"], rec, at)
-        elif kind == "source":  # the download permission of a source: opened (intent first), restored
-            if rec.get("download") == "opening":
-                self.open_sources[rec["image_id"]] = rec.get("original")
-            elif rec.get("download") == "restored":
-                self.open_sources.pop(rec["image_id"], None)
-
-    def _target(self, image: ImageEntry, region: str, rec: dict[str, Any], at: float) -> None:
-        target = image.targets.get(region)
-        if target is None:
-            target = image.targets[region] = TargetEntry(region)
-            self.entries += 1
-        if rec.get("state") in _FINAL_STATES:
-            # a final record states its outcome in full; what it leaves out is empty
-            target.error, target.problems, target.pending_members = None, [], []
-        for key, value in rec.items():
-            if key in _TARGET_FIELDS:
-                setattr(target, key, value)
-        target.updated_at = at
-        if rec.get("creating"):
-            target.creating = rec["creating"]
-        if rec.get("created"):
-            target.created.append(rec["created"])
-            target.target_id, target.state = rec["created"], "uploading"
-            target.creating = None
-        if rec.get("deleted"):
-            target.deleted.append(rec["deleted"])
-
-    def _image(self, image_id: str) -> ImageEntry:
-        entry = self.images.get(image_id)
-        if entry is None:
-            entry = self.images[image_id] = ImageEntry(image_id)
-            self.entries += 1
-        return entry
-
-    def to_json(self) -> dict[str, Any]:
-        # plain __dict__ views: dataclasses.asdict deep-copies and costs 5x more on large journals
-        images = {k: {**vars(v), "targets": {r: vars(t) for r, t in v.targets.items()}} for k, v in self.images.items()}
-        return {"format": FORMAT, "job": self.job, "seq": self.seq, "images": images,
-                "runs": [vars(r) for r in self.runs], "open_sources": dict(self.open_sources)}  # fmt: skip
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> JournalState:
-        state = cls(job=str(doc["job"]), seq=int(doc["seq"]))
-        for image_id, raw in doc.get("images", {}).items():
-            targets = {r: TargetEntry(**t) for r, t in raw.pop("targets", {}).items()}
-            state.images[image_id] = ImageEntry(**raw, targets=targets)
-            state.entries += 1 + len(targets)
-        state.runs = [RunEntry(**r) for r in doc.get("runs", [])]
-        state.open_sources = dict(doc.get("open_sources") or {})
-        return state
-
 
 class Journal:
     """One job's journal, opened for appending. Not thread-safe; used from the event loop."""
@@ -458,57 +301,3 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-class JobLock:
-    """One run per job at a time: an flock on ``journal_dir/lock``, released by the OS if we die.
-
-    A second run gets ``LockHeldError`` (exit 3) naming the holder's PID and start time. A lock whose
-    holder has died is simply taken over: the kernel drops an flock with its process.
-    """
-
-    def __init__(self, directory: Path, job: str) -> None:
-        self.path = secure_dir(directory) / LOCK
-        self.job = job
-        self._fd = -1
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise LockHeldError(self.job, holder.get("pid"), holder.get("started"), str(self.path)) from None
-        except OSError:
-            os.close(fd)
-            raise
-        info = {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "host": socket.gethostname()}  # fmt: skip
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = -1
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[JobLock]:
-        self.acquire()
-        try:
-            yield self
-        finally:
-            self.release()
-
-
-def _read_holder(fd: int) -> dict[str, Any]:
-    try:
-        doc = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return doc if isinstance(doc, dict) else {}
-    except (OSError, ValueError):
-        return {}

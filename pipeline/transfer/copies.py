@@ -1,10 +1,6 @@
-"""This job's copies in a target region: which images they are, creating one so that sending the request
-twice is harmless, and deleting one only after re-checking that it is ours.
-
-- ``is_own_copy``: an image is this job's copy only when its ``imgmig_job`` property equals the job's name
-  and it names its source (``imgmig_source_id``). Every delete re-checks it on the image itself, whatever a
-  server's list filter returned: a server that ignores an unknown property filter must never make imgmig
-  delete another job's images, or anybody else's.
+"""This job's copies in a target region: creating one so that sending the request twice is harmless, and
+deleting one only after re-checking that it is ours (``plan.provenance.is_own_copy``, judged on the image
+itself: a server that ignores an unknown property filter must never make imgmig delete anybody else's).
 - ``create_copy``: the copy's id is chosen here and journalled before the POST. A request whose answer was
   lost is sent again by the client's retry loop; the second POST then gets 409 "already exists", and the
   copy is looked up by that id and adopted when it carries the provenance we sent. A 409 for an id that
@@ -24,47 +20,11 @@ from typing import Any
 from pipeline.cloud.client import ImageClient
 from pipeline.errors import ApiError, BadRequestError, ConflictError, ForbiddenError, NotFoundError
 from pipeline.models import Image
+from pipeline.plan.provenance import PROVENANCE_PREFIX, carries, is_own_copy
 
-__all__ = [
-    "PROVENANCE_PREFIX",
-    "PROV_JOB",
-    "PROV_SOURCE_ID",
-    "create_copy",
-    "delete_copy",
-    "is_own_copy",
-    "provenance",
-]
+__all__ = ["create_copy", "delete_copy"]
 
-PROVENANCE_PREFIX = "imgmig_"
-PROV_JOB = "imgmig_job"
-PROV_SOURCE_ID = "imgmig_source_id"
-PROV_SOURCE_REGION = "imgmig_source_region"
-PROV_SOURCE_CHECKSUM = "imgmig_source_checksum"
 _ID_REFUSED = re.compile(r"(?:'id'|\bid\b)", re.IGNORECASE)
-
-
-def provenance(job: str, source_region: str, image: Image) -> dict[str, str]:
-    """The namespaced properties that identify a copy as this job's copy of ``image``."""
-    return {
-        PROV_JOB: job,
-        PROV_SOURCE_ID: image.id,
-        PROV_SOURCE_REGION: source_region,
-        PROV_SOURCE_CHECKSUM: image.checksum or "",
-    }
-
-
-def is_own_copy(image: Image, job: str, source_id: str | None = None) -> bool:
-    """Whether ``image`` is this job's copy (of ``source_id``, when given), judged on the image itself."""
-    names = image.raw.get(PROV_SOURCE_ID)
-    if image.raw.get(PROV_JOB) != job or not isinstance(names, str) or not names:
-        return False
-    return source_id is None or names == source_id
-
-
-def _carries(image: Image, fields: Mapping[str, Any]) -> bool:
-    """Whether ``image`` carries every provenance property of ``fields`` (then it is the copy we asked for)."""
-    prov = {k: v for k, v in fields.items() if k.startswith(PROVENANCE_PREFIX)}
-    return bool(prov) and all(image.raw.get(k) == v for k, v in prov.items())
 
 
 async def _lookup(client: ImageClient, image_id: str) -> Image | None:
@@ -81,7 +41,7 @@ async def _find_queued(client: ImageClient, fields: Mapping[str, Any]) -> Image 
     if client.auth.tenant_id:
         filters["owner"] = client.auth.tenant_id
     async for image in client.list_images(filters):
-        if image.status == "queued" and _carries(image, fields):
+        if image.status == "queued" and carries(image, fields):
             return image
     return None
 
@@ -112,7 +72,7 @@ async def create_copy(
             if existing is None:
                 image_id = None  # the id of an image deleted earlier: ids are never reused
                 continue
-            if _carries(existing, fields):
+            if carries(existing, fields):
                 return existing  # our own earlier POST took effect; its answer was lost
             raise
         except ApiError as exc:
@@ -121,7 +81,7 @@ async def create_copy(
                 break
             if exc.retryable:  # retries ran out on an answer we never saw: the image may exist
                 existing = await _lookup(client, image_id)
-                if existing is not None and _carries(existing, fields):
+                if existing is not None and carries(existing, fields):
                     return existing
             raise
         client.client_ids = created.id == image_id  # a server that ignores the id is treated as refusing it

@@ -1,5 +1,5 @@
-"""Metadata fidelity: what a copy's properties, tags, visibility, members and protection should be, the
-minimal changes to get there (pure), and applying them through the client, one refusal at a time.
+"""Metadata fidelity, the decisions: what a copy's properties, tags, visibility, members and protection
+should be, and the minimal changes to get there. Pure (``run.metadata`` applies them).
 
 Rules:
 - Core attributes (name, min_disk, min_ram, os_hidden) are always copied; disk/container format are set at
@@ -16,41 +16,24 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from pipeline.cloud.client import ImageClient
-from pipeline.config.spec import CopyOptions
-from pipeline.errors import (
-    ApiError,
-    BadRequestError,
-    ConflictError,
-    ForbiddenError,
-    NotFoundError,
-    PayloadTooLargeError,
-)
+from pipeline.config import CopyOptions
 from pipeline.models import READ_ONLY_FIELDS, Image, Member, is_reserved_field
-from pipeline.state.failpoints import failpoint
-from pipeline.transfer.copies import PROV_JOB, PROV_SOURCE_ID, PROVENANCE_PREFIX, provenance
+from pipeline.plan.provenance import PROVENANCE_PREFIX
 
 __all__ = [
-    "PROVENANCE_PREFIX",
-    "PROV_JOB",
-    "PROV_SOURCE_ID",
     "Desired",
     "MetaDiff",
-    "SyncReport",
-    "apply_metadata",
     "create_fields",
     "desired_metadata",
     "diff_metadata",
-    "provenance",
     "read_only_fields",
 ]
 
 #: Core attributes copied with PATCH after the data is verified.
 CORE_COPIED = ("name", "min_disk", "min_ram", "os_hidden")
-_REFUSED = (BadRequestError, ForbiddenError, PayloadTooLargeError, ConflictError)
 
 
 def read_only_fields(schema: Mapping[str, Any] | None) -> frozenset[str]:
@@ -210,152 +193,3 @@ def diff_metadata(
     remove_members = () if additive else tuple(sorted(have - set(desired.members)))
     protect = desired.protected if target.protected != desired.protected else None
     return MetaDiff(tuple(ops), add_tags, remove_tags, add_members, remove_members, protect)
-
-
-@dataclass
-class SyncReport:
-    """What applying metadata did: problems are per-field refusals; the image itself is still fine."""
-
-    changed: bool = False
-    problems: list[str] = field(default_factory=list)
-    pending_members: list[str] = field(default_factory=list)
-    managed: list[str] = field(default_factory=list)
-
-
-def _in_effect(op: Mapping[str, Any], image: Image) -> bool:
-    """Whether ``op`` already holds on ``image`` (a replayed PATCH whose first answer was lost)."""
-    key = op["path"][1:].replace("~1", "/").replace("~0", "~")
-    if op["op"] == "remove":
-        return key not in image.raw
-    return key in image.raw and image.raw[key] == op["value"]
-
-
-async def _patch_each(client: ImageClient, image_id: str, ops: Sequence[dict[str, Any]], report: SyncReport) -> None:
-    """One PATCH for all ops; if the target refuses it, re-read the image and send only what does not hold
-    yet, op by op, reporting each refusal. Re-diffing first makes a replay harmless: when the answer to an
-    earlier PATCH was lost and the client sent it again, a ``remove`` or ``replace`` of what is already
-    gone gets a 409 that is not a refusal at all."""
-    if not ops:
-        return
-    try:
-        await client.update_image(image_id, ops)
-        report.changed = True
-        return
-    except _REFUSED:
-        pass
-    current = await client.get_image(image_id)
-    for op in ops:
-        if _in_effect(op, current):
-            report.changed = True
-            continue
-        try:
-            current = await client.update_image(image_id, [op])
-            report.changed = True
-        except _REFUSED as exc:
-            current = await client.get_image(image_id)
-            if _in_effect(op, current):  # a replay of this very op took effect: not a refusal
-                report.changed = True
-                continue
-            report.problems.append(f"property {op['path'][1:]!r} refused by target: {_short(exc.message, 200)}")
-
-
-async def apply_metadata(
-    client: ImageClient,
-    target: Image,
-    desired: Desired,
-    diff: MetaDiff,
-    *,
-    acceptors: Mapping[str, ImageClient] | None = None,
-) -> SyncReport:
-    """Apply ``diff`` to ``target``: unprotect if needed, properties, tags, members, protection last."""
-    report = SyncReport(managed=sorted(k for k in desired.properties if not k.startswith(PROVENANCE_PREFIX)))
-    if diff.empty and not _accept_needed(desired, acceptors):
-        return report
-    image_id = target.id
-    if target.protected and not diff.empty:
-        # NHN: a protected image cannot be modified; lift protection for the change, restore it last
-        await client.update_image(image_id, [{"op": "replace", "path": "/protected", "value": False}])
-        report.changed = True
-    await _patch_each(client, image_id, diff.ops, report)
-    failpoint("metadata")
-    await _apply_tags(client, image_id, desired, diff, report)
-    await _apply_members(client, image_id, desired, diff, report, acceptors or {})
-    final = desired.protected
-    if final and (target.protected is False or diff.protect is not None or not diff.empty):
-        await client.update_image(image_id, [{"op": "replace", "path": "/protected", "value": True}])
-        report.changed = True
-    elif not final and target.protected:
-        report.changed = True  # lifted above and intentionally not restored
-    return report
-
-
-async def _apply_tags(client: ImageClient, image_id: str, desired: Desired, diff: MetaDiff, report: SyncReport) -> None:
-    if not diff.add_tags and not diff.remove_tags:
-        return
-    current = (await client.get_image(image_id)).tags
-    wanted = [t for t in current if t not in diff.remove_tags] + [t for t in diff.add_tags if t not in current]
-    try:
-        await client.set_tags(image_id, wanted)
-        report.changed = True
-        return
-    except _REFUSED:
-        pass
-    for tag in diff.remove_tags:
-        try:
-            await client.delete_tag(image_id, tag)
-            report.changed = True
-        except NotFoundError:
-            report.changed = True  # already gone: a replayed DELETE whose first answer was lost
-        except ApiError as exc:
-            report.problems.append(f"tag {_short(tag)!r} could not be removed: {_short(exc.message, 200)}")
-    for tag in diff.add_tags:
-        try:
-            await client.add_tag(image_id, tag)
-            report.changed = True
-        except _REFUSED as exc:
-            report.problems.append(f"tag {_short(tag)!r} refused by target: {_short(exc.message, 200)}")
-
-
-def _accept_needed(desired: Desired, acceptors: Mapping[str, ImageClient] | None) -> bool:
-    return bool(acceptors) and any(s == "accepted" and m in (acceptors or {}) for m, s in desired.members.items())
-
-
-async def _apply_members(
-    client: ImageClient, image_id: str, desired: Desired, diff: MetaDiff, report: SyncReport,
-    acceptors: Mapping[str, ImageClient],
-) -> None:  # fmt: skip
-    for member in diff.remove_members:
-        try:
-            await client.delete_member(image_id, member)
-            report.changed = True
-        except NotFoundError:
-            report.changed = True  # already gone: a replayed DELETE whose first answer was lost
-        except ApiError as exc:
-            report.problems.append(f"member {member} could not be removed: {exc.message}")
-    for member in diff.add_members:
-        try:
-            await client.add_member(image_id, member)
-            report.changed = True
-        except ConflictError:
-            report.changed = True  # "already a member": a replayed POST whose first answer was lost
-        except ApiError as exc:
-            report.problems.append(f"member {member} could not be added: {exc.message}")
-    for member, status in sorted(desired.members.items()):
-        if status != "accepted":
-            continue
-        acceptor = acceptors.get(member)
-        if acceptor is None:
-            report.pending_members.append(member)
-            continue
-        try:
-            current = await acceptor.get_member(image_id, member)
-            if current.status != "accepted":
-                await acceptor.update_member_status(image_id, member, "accepted")
-                report.changed = True
-        except ApiError as exc:
-            report.problems.append(f"member {member} could not accept: {exc.message}")
-            report.pending_members.append(member)
-
-
-def _short(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -2,11 +2,12 @@
 
 Three passes, all collecting into one list of (dotted key path, message):
 
-1. structure: each section (and each auth profile and target) goes through its own pydantic model
-   in ``specschema`` (``extra="forbid"``, strict types), so one broken section does not hide the problems of another;
-   sizes, rates and durations are parsed by ``units``;
+1. structure: each section (and each auth profile and target) goes through its own model in ``models``
+   (``extra="forbid"``, strict types), so one broken section does not hide the problems of another; pydantic's
+   errors become short messages here; sizes, rates and durations are parsed by ``units``;
 2. references: auth profile names, duplicate targets, a target that is the source;
-3. secrets: ``password_env`` / ``token_env`` are looked up in the ``environ`` mapping given.
+3. secrets: ``password_env`` / ``token_env`` / ``application_credential_secret_env`` are looked up in the
+   ``environ`` mapping given and put on the profile.
 
 Any problem raises one ``JobSpecError`` (exit 2) listing them all. Validation makes no network calls;
 it touches the file system only to read the job file and to check that ``ca_bundle`` exists.
@@ -15,209 +16,99 @@ Secrets live in ``Secret`` objects, so neither ``repr(spec)`` nor any message sh
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
-from pipeline.cloud.auth import DEFAULT_IDENTITY_URL, Secret, normalize_endpoint
-from pipeline.config.schema import (
-    _NAME,
-    _TOP_LEVEL,
-    DEFAULT_BUFFER_DEPTH,
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_COMMUNITY,
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_CONNECTIONS_PER_REGION,
-    DEFAULT_IMAGES_IN_FLIGHT,
-    DEFAULT_ON_CHANGE,
-    DEFAULT_READ_TIMEOUT,
-    DEFAULT_RETRIES,
-    DEFAULT_VISIBILITY,
-    _dotted,
-    _kind,
-    _Problems,
-    _Raw,
-    _RawAuth,
-    _RawCopy,
-    _RawEndpoint,
-    _RawRun,
-    _RawSelect,
-    _RawSource,
-    _RawTransfer,
-    _unknown_key,
-    _validate,
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from pipeline.config.models import (
+    AuthProfile,
+    CopyOptions,
+    Endpoint,
+    JobSpec,
+    RunOptions,
+    Select,
+    Source,
+    TransferOptions,
 )
+from pipeline.config.values import BARE_KEY, DEFAULT_JOURNAL_ROOT, NAME, Secret, _kind
 from pipeline.errors import JobSpecError
 from pipeline.units import format_size
 
-__all__ = [
-    "DEFAULT_BUFFER_DEPTH",
-    "DEFAULT_CHUNK_SIZE",
-    "DEFAULT_COMMUNITY",
-    "DEFAULT_CONNECTIONS_PER_REGION",
-    "DEFAULT_CONNECT_TIMEOUT",
-    "DEFAULT_IDENTITY_URL",
-    "DEFAULT_IMAGES_IN_FLIGHT",
-    "DEFAULT_JOURNAL_ROOT",
-    "DEFAULT_ON_CHANGE",
-    "DEFAULT_READ_TIMEOUT",
-    "DEFAULT_RETRIES",
-    "DEFAULT_VISIBILITY",
-    "AuthProfile",
-    "CopyOptions",
-    "Endpoint",
-    "JobSpec",
-    "RunOptions",
-    "Select",
-    "TransferOptions",
-    "load_job",
-    "parse_job",
-]
+__all__ = ["load_job", "override", "parse_job"]
 
-#: The journal lives in ``DEFAULT_JOURNAL_ROOT / name`` unless ``run.journal_dir`` says otherwise.
-DEFAULT_JOURNAL_ROOT = Path("state")
+_TOP_LEVEL = ("name", "auth", "source", "targets", "select", "copy", "transfer", "run")
+_EXPECTED = {
+    "int_type": "an integer",
+    "string_type": "a string",
+    "bool_type": "a boolean",
+    "float_type": "a number",
+    "list_type": "an array",
+    "tuple_type": "an array",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+}
+_M = TypeVar("_M", bound=BaseModel)
+_Problems = list[tuple[str, str]]
 
-# === the data model: what every other module reads
+# === turning pydantic's errors into short, human (path, message) pairs
 
 
-@dataclass(frozen=True, slots=True)
-class AuthProfile:
-    """Named credentials, of one ``kind``: ``nhn`` (identity URL + tenant + username + password),
-    ``token`` (a fixed endpoint + token), ``keystone`` (Keystone v3: a password with a project scope, or
-    an application credential) or ``cloud`` (a clouds.yaml cloud, or the OS_* variables)."""
-
-    name: str
-    kind: str = "nhn"
-    identity_url: str = DEFAULT_IDENTITY_URL
-    tenant_id: str | None = None
-    username: str | None = None
-    password_env: str | None = None
-    endpoint: str | None = None
-    token_env: str | None = None
-    password: Secret | None = None
-    token: Secret | None = None
-    auth_url: str | None = None
-    user_id: str | None = None
-    user_domain_name: str | None = None
-    user_domain_id: str | None = None
-    project_name: str | None = None
-    project_id: str | None = None
-    project_domain_name: str | None = None
-    project_domain_id: str | None = None
-    application_credential_id: str | None = None
-    application_credential_name: str | None = None
-    application_credential_secret_env: str | None = None
-    application_credential_secret: Secret | None = None
-    interface: str = "public"
-    cloud: str | None = None
-
-    @property
-    def location(self) -> str:
-        """Where the profile points (its endpoint, identity and project, or cloud); equal means the same place."""
-        if self.kind == "token":
-            return normalize_endpoint(self.endpoint or "")
-        if self.kind == "cloud":
-            return f"cloud {self.cloud}"
-        if self.kind == "keystone":
-            project = self.project_id or f"{self.project_domain_id or self.project_domain_name}/{self.project_name}"
-            who = self.application_credential_id or self.application_credential_name or project
-            return f"{(self.auth_url or '').rstrip('/')} {who}"
-        return f"{self.identity_url.rstrip('/')} tenant {self.tenant_id}"
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    """("targets", 1, "region") -> "targets[1].region"; keys that are not bare TOML keys get quoted."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "[key]":  # pydantic's marker for "the key itself", not a path element
+            key = part if BARE_KEY.fullmatch(part) else json.dumps(part, ensure_ascii=False)
+            out = f"{out}.{key}" if out else key
+    return out
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """One side of the copy: an auth profile name and a region (``enable_download``: the source only)."""
-
-    auth: str
-    region: str
-    #: NHN: switch a gated source's nhncloud_allow_download on while it is read, and back afterwards.
-    enable_download: bool = False
+def _unknown_key(key: object, known: list[str]) -> str:
+    if key in ("password", "token"):
+        return f"unknown key; put the {key} in an environment variable and name it in {key}_env"
+    close = difflib.get_close_matches(str(key), known, n=1)
+    return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
 
 
-@dataclass(frozen=True, slots=True)
-class Select:
-    """Which source images to copy; an image must pass every filter that is set."""
-
-    ids: tuple[str, ...] = ()
-    names: tuple[str, ...] = ()
-    visibility: tuple[str, ...] = DEFAULT_VISIBILITY
-    tags: tuple[str, ...] = ()
-    owner: str | None = None
-    size_min: int | None = None
-    size_max: int | None = None
-    nhncloud_product: str | None = None
-    updated_since: datetime | None = None
-    properties: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class CopyOptions:
-    """What travels with the bytes, and what to do when a target already differs."""
-
-    properties: bool | tuple[str, ...] = True
-    exclude_properties: tuple[str, ...] = ()
-    tags: bool = True
-    members: bool = True
-    visibility: bool = True
-    protected: bool = True
-    on_change: Literal["replace", "keep"] = DEFAULT_ON_CHANGE
-    additive: bool = False
-    member_map: Mapping[str, str] = field(default_factory=dict)
-    accept_members_with: tuple[str, ...] = ()
-    community: Literal["skip", "private", "community"] = DEFAULT_COMMUNITY
+def _message(error: ErrorDetails, known: list[str]) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "missing required key"
+    if kind == "extra_forbidden":
+        return _unknown_key(error["loc"][-1], known)
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {_kind(error['input'])}"
+    if kind == "literal_error":
+        return f"must be {error.get('ctx', {}).get('expected')}, got {error['input']!r}"
+    if kind == "value_error":
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    return error["msg"][:1].lower() + error["msg"][1:]
 
 
-@dataclass(frozen=True, slots=True)
-class TransferOptions:
-    """How hard to push: concurrency, chunking, bandwidth, retries, timeouts (seconds, bytes/s)."""
-
-    images_in_flight: int = DEFAULT_IMAGES_IN_FLIGHT
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    buffer_depth: int = DEFAULT_BUFFER_DEPTH
-    bandwidth: float | None = None
-    region_bandwidth: Mapping[str, float] = field(default_factory=dict)
-    retries: int = DEFAULT_RETRIES
-    connections_per_region: int = DEFAULT_CONNECTIONS_PER_REGION
-    spool_dir: Path | None = None
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    read_timeout: float = DEFAULT_READ_TIMEOUT
-    #: How long the source may send nothing before its stream is reopened; None: ``read_timeout``.
-    source_stall_timeout: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RunOptions:
-    """Where the journal lives, how long a run may take, and TLS settings."""
-
-    journal_dir: Path
-    max_runtime: float | None = None
-    metrics_file: Path | None = None
-    ca_bundle: Path | None = None
-    insecure: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    """A whole validated job file."""
-
-    name: str
-    path: Path | None
-    auth: Mapping[str, AuthProfile]
-    source: Endpoint
-    targets: tuple[Endpoint, ...]
-    select: Select
-    copy: CopyOptions
-    transfer: TransferOptions
-    run: RunOptions
-
-    def profile(self, endpoint: Endpoint) -> AuthProfile:
-        """The auth profile an endpoint names (validation guarantees it exists)."""
-        return self.auth[endpoint.auth]
+def _validate(
+    model: type[_M],
+    value: object,
+    loc: tuple[str | int, ...],
+    problems: _Problems,
+    profiles: list[str] | None,
+) -> _M | None:
+    try:
+        return model.model_validate(value, context={"profiles": profiles})
+    except ValidationError as exc:
+        known = list(model.model_fields)
+        problems.extend((_dotted(loc + tuple(e["loc"])), _message(e, known)) for e in exc.errors())
+        return None
 
 
 # === sections that are more than a model: the name, auth profiles, targets
@@ -228,7 +119,7 @@ def _job_name(value: object, problems: _Problems) -> str | None:
         problems.append(("name", "missing required key"))
     elif not isinstance(value, str):
         problems.append(("name", f"expected a string, got {_kind(value)}"))
-    elif not _NAME.fullmatch(value):
+    elif not NAME.fullmatch(value):
         problems.append(("name", "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"))
     else:
         return value
@@ -289,15 +180,14 @@ def _auth_profile(
     name: str, table: object, env: Mapping[str, str], need_secrets: bool, problems: _Problems
 ) -> AuthProfile | None:
     loc: tuple[str | int, ...] = ("auth", name)
-    raw = _validate(_RawAuth, table, loc, problems, None)
+    raw = _validate(AuthProfile, table, loc, problems, None)
     given = set(table) if isinstance(table, dict) else set()
     if "cloud" in given:  # clouds.yaml or OS_*: read when the job runs (secrets may sit in those files)
         others = given - {"cloud", "interface"}
         problems.extend((_dotted((*loc, k)), "not allowed with cloud (the cloud supplies it)") for k in sorted(others))
         if raw is None or others:
             return None
-        return AuthProfile(name=name, kind="cloud", cloud=raw.cloud,
-                           interface=raw.interface if "interface" in given else "")  # fmt: skip
+        return _named(raw, name)
     if isinstance(table, dict) and table.get("type") == "keystone":
         if not _keystone_form(given, loc, problems) or raw is None:
             return None
@@ -308,28 +198,15 @@ def _auth_profile(
     token_form = _auth_form(given, loc, problems) if isinstance(table, dict) else None
     if raw is None or token_form is None or stray:
         return None
-    env_key = "token_env" if token_form else "password_env"
-    variable = str(getattr(raw, env_key))
-    secret = None
+    profile = _named(raw, name)
     if need_secrets:
-        value = env.get(variable)
-        if value:
-            secret = Secret(value)
-        else:  # the value is never put in a message, even an empty one
-            state = "not set" if value is None else "empty"
-            problems.append((_dotted((*loc, env_key)), f"environment variable {variable} is {state}"))
-    return AuthProfile(
-        name=name,
-        kind="token" if token_form else "nhn",
-        identity_url=raw.identity_url,
-        tenant_id=raw.tenant_id,
-        username=raw.username,
-        password_env=raw.password_env,
-        endpoint=raw.endpoint,
-        token_env=raw.token_env,
-        password=None if token_form else secret,
-        token=secret if token_form else None,
-    )
+        env_key = "token_env" if token_form else "password_env"
+        secret = _secret(getattr(raw, env_key), env, env_key, loc, problems)
+        if token_form:
+            profile._token = secret
+        else:
+            profile._password = secret
+    return profile
 
 
 def _secret(variable: str | None, env: Mapping[str, str], key: str, loc: tuple[str | int, ...],
@@ -347,24 +224,21 @@ def _secret(variable: str | None, env: Mapping[str, str], key: str, loc: tuple[s
 
 
 def _keystone_profile(
-    name: str, raw: _RawAuth, env: Mapping[str, str], need_secrets: bool, loc: tuple[str | int, ...],
+    name: str, raw: AuthProfile, env: Mapping[str, str], need_secrets: bool, loc: tuple[str | int, ...],
     problems: _Problems,
 ) -> AuthProfile:  # fmt: skip
-    password = secret = None
+    profile = _named(raw, name)
     if need_secrets:
-        password = _secret(raw.password_env, env, "password_env", loc, problems)
-        secret = _secret(raw.application_credential_secret_env, env, "application_credential_secret_env", loc,
-                         problems)  # fmt: skip
-    return AuthProfile(
-        name=name, kind="keystone", username=raw.username, password_env=raw.password_env, password=password,
-        auth_url=raw.auth_url, user_id=raw.user_id, user_domain_name=raw.user_domain_name,
-        user_domain_id=raw.user_domain_id, project_name=raw.project_name, project_id=raw.project_id,
-        project_domain_name=raw.project_domain_name, project_domain_id=raw.project_domain_id,
-        application_credential_id=raw.application_credential_id,
-        application_credential_name=raw.application_credential_name,
-        application_credential_secret_env=raw.application_credential_secret_env,
-        application_credential_secret=secret, interface=raw.interface,
-    )  # fmt: skip
+        profile._password = _secret(raw.password_env, env, "password_env", loc, problems)
+        profile._application_credential_secret = _secret(
+            raw.application_credential_secret_env, env, "application_credential_secret_env", loc, problems
+        )
+    return profile
+
+
+def _named(profile: AuthProfile, name: str) -> AuthProfile:
+    profile._name = name
+    return profile
 
 
 def _auth(value: object, env: Mapping[str, str], need_secrets: bool, problems: _Problems) -> dict[str, AuthProfile]:
@@ -380,7 +254,7 @@ def _auth(value: object, env: Mapping[str, str], need_secrets: bool, problems: _
     return {}
 
 
-def _targets(value: object, problems: _Problems, profiles: list[str] | None) -> list[_RawEndpoint | None]:
+def _targets(value: object, problems: _Problems, profiles: list[str] | None) -> list[Endpoint | None]:
     if value is None:
         problems.append(("targets", "missing required key"))
     elif not isinstance(value, list):
@@ -388,7 +262,7 @@ def _targets(value: object, problems: _Problems, profiles: list[str] | None) -> 
     elif not value:
         problems.append(("targets", "at least one target is required"))
     else:
-        return [_validate(_RawEndpoint, item, ("targets", i), problems, profiles) for i, item in enumerate(value)]
+        return [_validate(Endpoint, item, ("targets", i), problems, profiles) for i, item in enumerate(value)]
     return []
 
 
@@ -396,14 +270,14 @@ def _targets(value: object, problems: _Problems, profiles: list[str] | None) -> 
 
 
 def _check_places(
-    source: _RawEndpoint | None,
-    targets: list[_RawEndpoint | None],
+    source: Endpoint | None,
+    targets: list[Endpoint | None],
     profiles: Mapping[str, AuthProfile],
     problems: _Problems,
 ) -> None:
     """A target must differ from the source and from every earlier target (location + region)."""
 
-    def place(end: _RawEndpoint | None) -> tuple[str, str] | None:
+    def place(end: Endpoint | None) -> tuple[str, str] | None:
         if end is None:
             return None
         # A broken profile still has a name: the same name and region is the same place.
@@ -423,11 +297,6 @@ def _check_places(
             problems.append((f"targets[{i}]", f"duplicate target: same location and region as {where}"))
         else:
             seen[key] = i
-
-
-def _fields(raw: _Raw) -> dict[str, Any]:
-    """A raw model's values as dataclass keyword arguments, arrays frozen into tuples."""
-    return {key: tuple(value) if isinstance(value, list) else value for key, value in raw}
 
 
 # === entry points
@@ -457,12 +326,12 @@ def parse_job(
     if "source" not in doc:
         problems.append(("source", "missing required key"))
     else:
-        src = _validate(_RawSource, doc["source"], ("source",), problems, names)
+        src = _validate(Source, doc["source"], ("source",), problems, names)
     targets = _targets(doc.get("targets"), problems, names)
-    select = _validate(_RawSelect, doc.get("select", {}), ("select",), problems, names)
-    copy = _validate(_RawCopy, doc.get("copy", {}), ("copy",), problems, names)
-    transfer = _validate(_RawTransfer, doc.get("transfer", {}), ("transfer",), problems, names)
-    run = _validate(_RawRun, doc.get("run", {}), ("run",), problems, names)
+    select = _validate(Select, doc.get("select", {}), ("select",), problems, names)
+    copy = _validate(CopyOptions, doc.get("copy", {}), ("copy",), problems, names)
+    transfer = _validate(TransferOptions, doc.get("transfer", {}), ("transfer",), problems, names)
+    run = _validate(RunOptions, doc.get("run", {}), ("run",), problems, names)
 
     _check_places(src, targets, profiles, problems)
     if select and select.size_min is not None and select.size_max and select.size_min > select.size_max:
@@ -480,22 +349,10 @@ def parse_job(
     # Without problems every section parsed; the second half only tells the type checker so.
     if problems or not (name and src and targets and select and copy and transfer and run):
         raise JobSpecError(source, problems)
-    return JobSpec(
-        name=name,
-        path=None,
-        auth=profiles,
-        source=Endpoint(src.auth, src.region, enable_download=src.enable_download),
-        targets=tuple(Endpoint(t.auth, t.region) for t in targets if t),
-        select=Select(**{**_fields(select), "size_max": select.size_max or None}),
-        copy=CopyOptions(**_fields(copy)),
-        transfer=TransferOptions(
-            **{
-                **_fields(transfer),
-                "region_bandwidth": {r: bps for r, bps in transfer.region_bandwidth.items() if bps is not None},
-            }
-        ),
-        run=RunOptions(**{**_fields(run), "journal_dir": run.journal_dir or DEFAULT_JOURNAL_ROOT / name}),
-    )
+    if "journal_dir" not in run.model_fields_set:
+        run = run.model_copy(update={"journal_dir": DEFAULT_JOURNAL_ROOT / name})
+    return JobSpec(name=name, path=None, auth=profiles, source=src, targets=tuple(t for t in targets if t),
+                   select=select, copy=copy, transfer=transfer, run=run)  # fmt: skip
 
 
 def load_job(
@@ -513,3 +370,13 @@ def load_job(
     except tomllib.TOMLDecodeError as exc:
         raise JobSpecError(source, [("", f"TOML syntax error: {exc}")]) from exc
     return replace(parse_job(doc, source, environ, need_secrets=need_secrets), path=Path(source))
+
+
+def override(spec: JobSpec, *, max_runtime: float | None = None, spool_dir: Path | None = None) -> JobSpec:
+    """``spec`` with the command line's ``--max-runtime`` / ``--spool-dir`` in place of the file's values."""
+    run, transfer = spec.run, spec.transfer
+    if max_runtime is not None:
+        run = run.model_copy(update={"max_runtime": max_runtime})
+    if spool_dir is not None:
+        transfer = transfer.model_copy(update={"spool_dir": spool_dir})
+    return replace(spec, run=run, transfer=transfer)

@@ -1,0 +1,248 @@
+"""The job file's sections as the spec: pydantic models (``extra="forbid"``, strict types, frozen) that every
+other module reads, and ``JobSpec``, their assembly.
+
+``load`` validates each section through its model separately, so one broken section does not hide the
+problems of another; ``JobSpec`` is therefore a plain frozen dataclass holding the validated sections plus
+what the file alone does not say (its name and path). An auth profile's secrets are never read from the
+file: ``load`` puts them on the profile (private attributes) from the environment variables it names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, field_validator
+
+from pipeline.config.values import (
+    DEFAULT_BUFFER_DEPTH,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_COMMUNITY,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_CONNECTIONS_PER_REGION,
+    DEFAULT_IDENTITY_URL,
+    DEFAULT_IMAGES_IN_FLIGHT,
+    DEFAULT_ON_CHANGE,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_RETRIES,
+    DEFAULT_VISIBILITY,
+    Secret,
+    _AuthRef,
+    _AuthRefs,
+    _aware_datetime,
+    _between,
+    _ChunkSize,
+    _copy_properties,
+    _Duration,
+    _EnvName,
+    _existing_path,
+    _Globs,
+    _PathValue,
+    _product,
+    _Rate,
+    _Size,
+    _Text,
+    _Texts,
+    _Timeout,
+    _Url,
+    _visibility,
+    normalize_endpoint,
+)
+
+__all__ = [
+    "AuthProfile",
+    "CopyOptions",
+    "Endpoint",
+    "JobSpec",
+    "RunOptions",
+    "Select",
+    "Source",
+    "TransferOptions",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class AuthProfile(_Section):
+    #: "nhn" (NHN Cloud's Keystone v2.0-style identity, the default) or "keystone" (Keystone v3).
+    type: Literal["nhn", "keystone"] = "nhn"
+    identity_url: _Url = DEFAULT_IDENTITY_URL
+    tenant_id: _Text | None = None
+    username: _Text | None = None
+    password_env: _EnvName | None = None
+    endpoint: _Url | None = None
+    token_env: _EnvName | None = None
+    # Keystone v3 (type = "keystone")
+    auth_url: _Url | None = None
+    user_id: _Text | None = None
+    user_domain_name: _Text | None = None
+    user_domain_id: _Text | None = None
+    project_name: _Text | None = None
+    project_id: _Text | None = None
+    project_domain_name: _Text | None = None
+    project_domain_id: _Text | None = None
+    application_credential_id: _Text | None = None
+    application_credential_name: _Text | None = None
+    application_credential_secret_env: _EnvName | None = None
+    interface: Literal["public", "internal", "admin"] = "public"
+    #: A cloud of clouds.yaml (found where openstacksdk looks), or "envvars" for the OS_* variables.
+    cloud: _Text | None = None
+
+    # Set by ``load`` (never from the file): the profile's name, and the secrets its *_env keys name.
+    _name: str = PrivateAttr("")
+    _password: Secret | None = PrivateAttr(None)
+    _token: Secret | None = PrivateAttr(None)
+    _application_credential_secret: Secret | None = PrivateAttr(None)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        yield "name", self._name
+        yield from super().__repr_args__()
+        for key in ("password", "token", "application_credential_secret"):  # shown as Secret('***')
+            if (secret := getattr(self, f"_{key}")) is not None:
+                yield key, secret
+
+    @property
+    def password(self) -> Secret | None:
+        return self._password
+
+    @property
+    def token(self) -> Secret | None:
+        return self._token
+
+    @property
+    def application_credential_secret(self) -> Secret | None:
+        return self._application_credential_secret
+
+    @property
+    def kind(self) -> str:
+        """``nhn`` (identity URL + tenant + username + password), ``token`` (a fixed endpoint + token),
+        ``keystone`` (Keystone v3: a password with a project scope, or an application credential) or ``cloud``
+        (a clouds.yaml cloud, or the OS_* variables)."""
+        if self.cloud is not None:
+            return "cloud"
+        if self.type == "keystone":
+            return "keystone"
+        return "token" if self.endpoint is not None or self.token_env is not None else "nhn"
+
+    @property
+    def location(self) -> str:
+        """Where the profile points (its endpoint, identity and project, or cloud); equal means the same place."""
+        if self.kind == "token":
+            return normalize_endpoint(self.endpoint or "")
+        if self.kind == "cloud":
+            return f"cloud {self.cloud}"
+        if self.kind == "keystone":
+            project = self.project_id or f"{self.project_domain_id or self.project_domain_name}/{self.project_name}"
+            who = self.application_credential_id or self.application_credential_name or project
+            return f"{(self.auth_url or '').rstrip('/')} {who}"
+        return f"{self.identity_url.rstrip('/')} tenant {self.tenant_id}"
+
+
+class Endpoint(_Section):
+    """One side of the copy: an auth profile name and a region."""
+
+    auth: _AuthRef
+    region: _Text
+
+
+class Source(Endpoint):
+    #: NHN: switch nhncloud_allow_download on for a gated source while it is read, then back.
+    enable_download: bool = False
+
+
+class Select(_Section):
+    """Which source images to copy; an image must pass every filter that is set."""
+
+    ids: _Texts = ()
+    names: _Globs = ()
+    visibility: Annotated[tuple[str, ...], PlainValidator(_visibility)] = DEFAULT_VISIBILITY
+    tags: _Texts = ()
+    owner: _Text | None = None
+    size_min: _Size | None = None
+    size_max: _Size | None = None
+    nhncloud_product: Annotated[str, PlainValidator(_product)] | None = None
+    updated_since: Annotated[datetime, PlainValidator(_aware_datetime)] | None = None
+    properties: Mapping[str, str] = Field(default_factory=dict)
+
+    @field_validator("size_max")
+    @classmethod
+    def _no_limit(cls, value: int | None) -> int | None:
+        return value or None  # 0: no upper limit
+
+
+class CopyOptions(_Section):
+    """What travels with the bytes, and what to do when a target already differs."""
+
+    properties: Annotated[bool | tuple[str, ...], PlainValidator(_copy_properties)] = True
+    exclude_properties: _Globs = ()
+    tags: bool = True
+    members: bool = True
+    visibility: bool = True
+    protected: bool = True
+    on_change: Literal["replace", "keep"] = DEFAULT_ON_CHANGE
+    additive: bool = False
+    member_map: Mapping[str, _Text] = Field(default_factory=dict)
+    accept_members_with: _AuthRefs = ()
+    community: Literal["skip", "private", "community"] = DEFAULT_COMMUNITY
+
+
+class TransferOptions(_Section):
+    """How hard to push: concurrency, chunking, bandwidth, retries, timeouts (seconds, bytes/s)."""
+
+    images_in_flight: Annotated[int, AfterValidator(_between(1, 64))] = DEFAULT_IMAGES_IN_FLIGHT
+    chunk_size: _ChunkSize = DEFAULT_CHUNK_SIZE
+    buffer_depth: Annotated[int, AfterValidator(_between(1, 64))] = DEFAULT_BUFFER_DEPTH
+    bandwidth: _Rate = None
+    region_bandwidth: Mapping[str, _Rate] = Field(default_factory=dict)
+    retries: Annotated[int, AfterValidator(_between(0, 100))] = DEFAULT_RETRIES
+    connections_per_region: Annotated[int, AfterValidator(_between(1, 256))] = DEFAULT_CONNECTIONS_PER_REGION
+    spool_dir: _PathValue | None = None
+    connect_timeout: _Timeout = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: _Timeout = DEFAULT_READ_TIMEOUT
+    #: How long the source may send nothing before its stream is reopened; None: ``read_timeout``.
+    source_stall_timeout: _Timeout | None = None
+
+    @field_validator("region_bandwidth")
+    @classmethod
+    def _limited_only(cls, value: Mapping[str, float | None]) -> dict[str, float]:
+        return {region: bps for region, bps in value.items() if bps is not None}  # "0": unlimited, no entry
+
+
+class RunOptions(_Section):
+    """Where the journal lives, how long a run may take, metrics, and TLS settings."""
+
+    #: ``load`` fills it in: ``state/<job name>`` unless the file says otherwise.
+    journal_dir: _PathValue = Path()
+    #: A node_exporter textfile (``*.prom``) rewritten atomically every 30 s and at the end of each run.
+    metrics_file: _PathValue | None = None
+    max_runtime: _Duration = None
+    ca_bundle: Annotated[Path, PlainValidator(_existing_path)] | None = None
+    insecure: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A whole validated job file."""
+
+    name: str
+    path: Path | None
+    auth: Mapping[str, AuthProfile]
+    source: Source
+    targets: tuple[Endpoint, ...]
+    select: Select
+    copy: CopyOptions
+    transfer: TransferOptions
+    run: RunOptions
+
+    def profile(self, endpoint: Endpoint) -> AuthProfile:
+        """The auth profile an endpoint names (validation guarantees it exists)."""
+        return self.auth[endpoint.auth]

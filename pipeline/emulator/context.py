@@ -1,0 +1,59 @@
+"""Per-region state the handlers and middlewares share: the region context, its stats and the request keys."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from .faults import FaultPlan
+from .identity import Identity
+from .store import Caller, RegionStore
+
+__all__ = ["CALLER", "CTX", "REQUEST_ID", "RegionContext", "RegionStats", "request_caller"]
+
+
+@dataclass
+class RegionStats:
+    """What one region served, counted at the server (tests prove their scenario with these)."""
+
+    #: Requests by kind (``faults.OPS``), counted before any fault or check.
+    requests: dict[str, int] = field(default_factory=dict)
+    uploads_started: int = 0
+    uploads_completed: int = 0
+    #: Uploads that broke off (client gone, dropped, stalled) before all their bytes arrived.
+    uploads_aborted: int = 0
+    #: Uploads in progress right now, and the bytes they have received so far (>0: one is mid-transfer).
+    uploads_active: int = 0
+    active_upload_bytes: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    #: Requests refused with 401 (a missing, unknown, expired or revoked token).
+    unauthorized: int = 0
+
+    def count(self, op: str) -> None:
+        self.requests[op] = self.requests.get(op, 0) + 1
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RegionContext:
+    """What the handlers of one region need: its name, store, faults and the shared identity."""
+
+    name: str
+    store: RegionStore
+    faults: FaultPlan
+    identity: Identity
+    stats: RegionStats = field(default_factory=RegionStats)
+
+
+CTX: web.AppKey[RegionContext] = web.AppKey("region", RegionContext)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+CALLER: web.RequestKey[Caller] = web.RequestKey("caller", Caller)
+
+
+def request_caller(request: web.Request) -> Caller:
+    return request[CALLER]

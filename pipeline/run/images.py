@@ -1,0 +1,247 @@
+"""One run's work on its images: the plan journalled, the orphan sweep, and each image's copy, metadata and
+final records (``runner`` drives them under the job's lock and limits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+
+from pipeline.cloud.retry import RetryBudget, spending
+from pipeline.config import JobSpec
+from pipeline.errors import ApiError, ImgmigError, first_error
+from pipeline.models import Image
+from pipeline.plan.intent import Intent
+from pipeline.plan.metadiff import Desired, create_fields
+from pipeline.plan.planner import Action, ImagePlan, Plan, Step
+from pipeline.report.summary import RunSummary, StepFinished
+from pipeline.run.gate import download_enabled
+from pipeline.run.inventory import Clients, Inventory
+from pipeline.run.metadata import apply_metadata
+from pipeline.state.failpoints import failpoint
+from pipeline.state.journal import Journal
+from pipeline.transfer.copies import delete_copy
+from pipeline.transfer.engine import Engine, EngineHooks, TargetResult, TargetSpec
+
+if TYPE_CHECKING:
+    from pipeline.run.runner import RunControls
+
+__all__ = ["Running", "image_task", "journal_plan", "sweep"]
+
+log = structlog.get_logger("imgmig")
+
+
+@dataclass
+class Running:
+    spec: JobSpec
+    controls: RunControls
+    journal: Journal
+    clients: Clients
+    engine: Engine
+    summary: RunSummary
+    inventory: Inventory | None = None
+    intent: Intent | None = None
+    work: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    stop: str | None = None  # "parked", "SIGINT", "SIGTERM"
+
+
+def journal_plan(run: Running, plan: Plan, inventory: Inventory) -> None:
+    """One record per image, holding the plan of each of its targets (a write per image, not per step)."""
+    unavailable = {label: t.error for label, t in inventory.targets.items() if t.error is not None}
+    for image_plan in plan.images:
+        image = image_plan.image
+        steps: dict[str, dict[str, Any]] = {}
+        for step in image_plan.steps:
+            steps[step.target] = {"action": step.action.value, "reason": step.reason, "state": "planned"}
+            if step.existing is not None:
+                steps[step.target]["target_id"] = step.existing.id
+        for label, error in unavailable.items():
+            steps[label] = {"action": "copy", "state": "failed", "error": error}
+        run.journal.record("image", image_id=image.id, name=image.name, size=image.size, checksum=image.checksum,
+                           status=image.status, skipped=image_plan.skipped, plan=steps)  # fmt: skip
+    for missing in inventory.missing_ids:
+        run.journal.record("image", image_id=missing, status="missing", skipped="selected id not found in the source")
+
+
+async def sweep(run: Running, plan: Plan, inventory: Inventory) -> None:
+    """Delete duplicate and leftover copies of this job (the orphan sweep); each image's provenance is
+    re-checked on the image itself before it is deleted (``copies.delete_copy``)."""
+    for image_plan, step in plan.steps():
+        for extra in step.extra:
+            target = inventory.targets[step.target]
+            try:
+                deleted = await delete_copy(target.client, extra, run.spec.name)
+            except ApiError as exc:
+                log.warning("orphan_delete_failed", image_id=image_plan.image.id, target=step.target,
+                            target_image=extra.id, error=str(exc))  # fmt: skip
+                continue
+            if not deleted:
+                log.warning(
+                    "orphan_not_ours",
+                    image_id=image_plan.image.id,
+                    target=step.target,
+                    target_image=extra.id,
+                    message="no longer carries this job's provenance; left alone",
+                )
+                continue
+            run.summary.orphans_deleted += 1
+            failpoint("swept")
+            run.journal.record("target", image_id=image_plan.image.id, region=step.target, deleted=extra.id)
+
+
+class _Hooks(EngineHooks):
+    def __init__(self, run: Running, image: Image) -> None:
+        self.run, self.image = run, image
+
+    async def creating(self, region: str, image_id: str) -> None:
+        self.run.journal.record("target", image_id=self.image.id, region=region, creating=image_id)
+
+    async def created(self, region: str, image_id: str) -> None:
+        self.run.journal.record("target", image_id=self.image.id, region=region, created=image_id)
+
+    async def deleted(self, region: str, image_id: str) -> None:
+        self.run.journal.record("target", image_id=self.image.id, region=region, deleted=image_id)
+
+
+async def image_task(run: Running, plan: ImagePlan, limiter: anyio.CapacityLimiter) -> None:
+    assert run.inventory is not None
+    unreadable = run.inventory.image_errors.get(plan.image.id)
+    if unreadable is not None:
+        for step in plan.steps:
+            _record_step(run, plan.image, step, "failed", error=unreadable)
+        return
+    async with limiter:
+        try:
+            await _copy_image(run, plan)
+        except Exception as exc:  # one image's failure is recorded; the job goes on unless it is fatal
+            error = first_error(exc)
+            if isinstance(error, ImgmigError) and error.fatal:
+                raise error from exc
+            if not isinstance(error, ImgmigError):
+                raise
+            finished = {(s.image_id, s.target) for s in run.summary.steps}
+            for step in plan.steps:
+                if (plan.image.id, step.target) not in finished:
+                    _record_step(run, plan.image, step, "failed", error=str(error))
+
+
+async def _copy_image(run: Running, plan: ImagePlan) -> None:
+    inventory, intent = run.inventory, run.intent
+    assert inventory is not None
+    assert intent is not None
+    image = plan.image
+    data_steps = [s for s in plan.steps if s.action.moves_data]
+    results: dict[str, TargetResult] = {}
+    if data_steps:
+        specs = []
+        for step in data_steps:
+            target = inventory.targets[step.target]
+            fields = create_fields(image, intent.desired(image, step.target))
+            entry = run.journal.state.target(image.id, step.target)
+            specs.append(TargetSpec(step.target, target.client, fields, existing=step.existing,
+                                    algorithms=target.algorithms,
+                                    pending_id=entry.creating if entry is not None else None))  # fmt: skip
+        # NHN: a gated source is switched on just for this read, and restored once every target is done
+        gate = download_enabled(inventory.source, run.journal, image) if plan.enable_download else None
+        try:
+            async with gate or contextlib.nullcontext():
+                await run.engine.copy_image(inventory.source, image, specs, hooks=_Hooks(run, image), results=results)
+        except ApiError as exc:  # only opening the gate raises one: the engine reports per target
+            why = f"cannot switch on the source's download permission (nhncloud_allow_download): {exc}"
+            for step in data_steps:
+                results.setdefault(step.target, TargetResult(step.target, state="failed", error=why))
+        finally:
+            # synchronous journal writes: they complete even while the task is being cancelled
+            for step in data_steps:
+                result = results.get(step.target)
+                if result is not None and result.state != "done":
+                    _record_step(run, image, step, result.state, result=result, error=result.error)
+    for step in plan.steps:
+        result = results.get(step.target)
+        if step.action.moves_data and (result is None or result.state != "done"):
+            continue
+        await _finish_step(run, image, step, result)
+
+
+async def _finish_step(run: Running, image: Image, step: Step, result: TargetResult | None) -> None:
+    """Metadata for a verified copy (or a metadata-only step), then the step's final record."""
+    if step.action is Action.SKIP:
+        _record_step(run, image, step, "skipped" if step.reason != "up to date" else "done")
+        return
+    if step.action is Action.BLOCKED:  # nothing was created anywhere; the reason says what to do
+        _record_step(run, image, step, "failed", error=step.reason)
+        return
+    assert run.inventory is not None
+    assert run.intent is not None
+    target = run.inventory.targets[step.target]
+    target_id = result.target_id if result is not None else (step.existing.id if step.existing else None)
+    assert target_id is not None
+    budget = result.budget if result is not None else RetryBudget(run.spec.transfer.retries)
+    try:
+        with spending(budget):  # the metadata step spends the same retry budget as the copy before it
+            copy = await target.client.get_image(target_id)
+            members = await target.client.list_members(target_id) if copy.visibility == "shared" else []
+            desired = run.intent.desired(image, step.target)
+            diff = run.intent.diff(image, step.target, copy, members)
+            acceptors = await _acceptors(run, step.target, desired)
+            report = await apply_metadata(target.client, copy, desired, diff, acceptors=acceptors)
+            failpoint("synced")
+            for stale in step.stale:
+                await delete_copy(target.client, stale, run.spec.name)
+                failpoint("replaced")
+                run.journal.record("target", image_id=image.id, region=step.target, deleted=stale.id)
+    except ApiError as exc:
+        _record_step(run, image, step, "failed", result=result, error=f"metadata: {exc}", target_id=target_id)
+        return
+    _record_step(run, image, step, "done", result=result, target_id=target_id, problems=report.problems,
+                 pending=report.pending_members, managed=report.managed, changed=report.changed)  # fmt: skip
+
+
+async def _acceptors(run: Running, label: str, desired: Desired) -> dict[str, Any]:
+    """Clients able to accept a membership in this target's region: one per profile tenant."""
+    spec = run.spec
+    if not spec.copy.accept_members_with or not desired.members:
+        return {}
+    region = run.inventory.targets[label].endpoint.region if run.inventory else label
+    out = {}
+    for profile in spec.copy.accept_members_with:
+        tenant = await run.clients.tenant(profile)
+        if tenant and tenant in desired.members:
+            out[tenant] = run.clients.client(profile, region)
+    return out
+
+
+def _record_step(
+    run: Running, image: Image, step: Step, state: str, *, result: TargetResult | None = None,
+    error: str | None = None, target_id: str | None = None, problems: list[str] | None = None,
+    pending: list[str] | None = None, managed: list[str] | None = None, changed: bool = False,
+) -> None:  # fmt: skip
+    # a final record: empty fields are left out (the journal state resets them)
+    fields: dict[str, Any] = {"state": state}
+    if error:
+        fields["error"] = error
+    if result is not None:
+        fields["bytes"], fields["attempts"] = result.bytes, result.attempts
+        if result.evidence is not None:
+            fields["evidence"] = result.evidence.to_json()
+        target_id = target_id or result.target_id
+    if target_id:
+        fields["target_id"] = target_id
+    if state == "done":
+        fields["source_checksum"] = image.checksum
+    if problems:
+        fields["problems"] = problems
+    if pending:
+        fields["pending_members"] = pending
+    if managed is not None:
+        fields["metadata"] = ",".join(managed)
+    run.journal.record("target", image_id=image.id, region=step.target, **fields)
+    run.summary.step_finished(StepFinished(
+        image_id=image.id, name=image.name, target=step.target, action=step.action.value, state=state,
+        bytes=result.bytes if result else 0, error=error, reason=step.reason, problems=tuple(problems or ()),
+        pending_members=tuple(pending or ()), changed=changed, target_id=target_id,
+    ))  # fmt: skip
