@@ -367,3 +367,35 @@ async def test_source_without_checksum_converges(emulator: Emulator, tmp_path: P
         assert len([r for r in emulator.store(region).images.values() if r.owner == tenant]) == 1
     report = await verify_job(spec, deep=True)
     assert report.ok, [f.to_json() for f in report.findings]
+
+
+async def test_verify_checks_the_copy_the_run_keeps(emulator: Emulator, tmp_path: Path) -> None:
+    """Two good copies in one target: the run keeps the one the journal names, and verify checks that very
+    copy, whichever of the two the journal names and whatever order the target lists them in."""
+    from pipeline.run.runner import plan_only
+    from pipeline.run.verify import verify_job
+    from pipeline.state.journal import Journal
+
+    tenant = uuid.uuid4().hex
+    src = add(emulator, tenant, "twice", size=MiB)
+    spec = job(emulator, tmp_path, tenant)
+    assert (await run(spec)).exit_code == 0
+    kr2 = emulator.store("KR2")
+    first = copies(emulator, "KR2", tenant)[src.id]
+    assert src.data_path is not None
+    prov = {k: v for k, v in first.properties.items() if k.startswith(PROVENANCE_PREFIX)}
+    fields = {"disk_format": first.disk_format, "container_format": first.container_format}
+    later = kr2.add_bytes(tenant, src.data_path.read_bytes(), {"name": "twice", **fields, **prov})
+    later.created_at = "2999-01-01T00:00:00Z"  # listed first (created_at desc), and the later of the two
+    assert (later.checksum, later.size) == (first.checksum, first.size)  # a second good copy
+    for named in (first.id, later.id):
+        journal = Journal.open(spec.run.journal_dir, spec.name)
+        journal.record("target", image_id=src.id, region="KR2", target_id=named)
+        journal.close()
+        plan, _ = await plan_only(spec)
+        kept = next(step for _, step in plan.steps() if step.target == "KR2")
+        assert kept.existing is not None
+        assert kept.existing.id == named
+        assert {c.id for c in kept.extra} == {first.id, later.id} - {named}
+        finding = next(f for f in (await verify_job(spec)).findings if f.target == "KR2")
+        assert finding.target_id == named

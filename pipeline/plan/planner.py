@@ -40,9 +40,11 @@ __all__ = [
     "Step",
     "download_allowed",
     "holds_source_data",
+    "kept_copy",
     "plan_job",
     "select_images",
     "skip_reason",
+    "verified_copies",
 ]
 
 PARTIAL_STATES = frozenset({"queued", "saving", "killed", "importing", "uploading"})
@@ -226,17 +228,30 @@ def _prefer(candidates: Sequence[Image], journal_id: str | None) -> Image:
     return sorted(candidates, key=lambda i: (i.raw.get("created_at") or "", i.id))[0]
 
 
+def verified_copies(image: Image, copies: Sequence[Image], entry: TargetEntry | None) -> list[Image]:
+    """The active copies (of ``image``, in one target) that hold the source's data."""
+    return [c for c in copies if c.status == "active" and holds_source_data(c, image, entry)]
+
+
+def kept_copy(image: Image, copies: Sequence[Image], entry: TargetEntry | None) -> Image | None:
+    """The copy a run keeps (and ``verify`` checks) among several good ones: the one the journal names, else
+    the oldest. None when no copy holds the source's data."""
+    good = verified_copies(image, copies, entry)
+    return _prefer(good, entry.target_id if entry else None) if good else None
+
+
 def _plan_target(
     image: Image, label: str, copies: Sequence[Image], entry: TargetEntry | None, copy: CopyOptions,
     meta_diff: Callable[[Image, str, Image], MetaDiff],
 ) -> Step:  # fmt: skip
     size = image.size or 0
     journal_id = entry.target_id if entry else None
-    good = [c for c in copies if c.status == "active" and holds_source_data(c, image, entry)]
+    good = verified_copies(image, copies, entry)
     stale = [c for c in copies if c.status == "active" and not holds_source_data(c, image, entry)]
     partial = [c for c in copies if c.status != "active"]
     if good:
-        keep = _prefer(good, journal_id)
+        keep = kept_copy(image, copies, entry)
+        assert keep is not None
         extra = tuple(c for c in copies if c is not keep)
         diff = meta_diff(image, label, keep)
         if diff.empty:

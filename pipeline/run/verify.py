@@ -14,7 +14,7 @@ from pipeline.cloud.transport import new_session
 from pipeline.config import JobSpec
 from pipeline.errors import ApiError
 from pipeline.plan.intent import Intent
-from pipeline.plan.planner import download_allowed, holds_source_data, skip_reason
+from pipeline.plan.planner import download_allowed, kept_copy, skip_reason
 from pipeline.plan.provenance import PROV_SOURCE_ID
 from pipeline.run.inventory import Clients, discover, retry_policy, transport_config
 from pipeline.state.journal import Journal
@@ -83,13 +83,12 @@ async def verify_job(spec: JobSpec, *, deep: bool = False) -> VerifyReport:
                     continue
                 copies = [c for c in target.copies if c.raw.get(PROV_SOURCE_ID) == image.id]
                 entry = state.target(image.id, label)
-                good = [c for c in copies if c.status == "active" and holds_source_data(c, image, entry)]
-                if not good:
+                copy = kept_copy(image, copies, entry)  # the copy the run keeps, nothing else
+                if copy is None:
                     finding.status = "missing"
                     finding.details = [f"copy {c.id} is {c.status}" + (" with different data" if c.status == "active"
                                        else "") for c in copies] or ["no copy in this target"]  # fmt: skip
                     continue
-                copy = good[0]
                 finding.target_id = copy.id
                 if len(copies) > 1:
                     finding.details.append(f"{len(copies) - 1} extra copies: "

@@ -1,0 +1,160 @@
+"""The journal's records folded into state: per image, per target, per run. Pure: no file, no clock.
+
+``JournalState.apply`` folds one record; ``to_json``/``from_json`` are the snapshot's form. Old journals stay
+readable: unknown fields are ignored and missing ones take their defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["FORMAT", "ImageEntry", "JournalState", "RunEntry", "TargetEntry"]
+
+#: The journal's on-disk format (snapshots carry it).
+FORMAT = 1
+
+#: Target fields a "target" record may set; anything else in the record is ignored by the state.
+_FINAL_STATES = frozenset({"done", "failed", "skipped", "cancelled"})
+_TARGET_FIELDS = frozenset({"action", "state", "target_id", "bytes", "attempts", "error", "evidence",
+                            "source_checksum", "metadata", "problems", "pending_members", "reason"})  # fmt: skip
+
+
+
+@dataclass
+class TargetEntry:
+    region: str
+    action: str | None = None
+    state: str = "planned"
+    target_id: str | None = None
+    bytes: int = 0
+    attempts: int = 0
+    error: str | None = None
+    evidence: dict[str, Any] | None = None
+    source_checksum: str | None = None
+    metadata: str | None = None
+    problems: list[str] = field(default_factory=list)
+    pending_members: list[str] = field(default_factory=list)
+    reason: str | None = None
+    updated_at: float = 0.0
+    #: Every target image id this job created for this image x target, and which were deleted.
+    created: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    #: The id a create was sent with and not yet confirmed (its answer may have been lost).
+    creating: str | None = None
+
+
+@dataclass
+class ImageEntry:
+    image_id: str
+    name: str | None = None
+    size: int | None = None
+    checksum: str | None = None
+    status: str | None = None
+    skipped: str | None = None
+    targets: dict[str, TargetEntry] = field(default_factory=dict)
+
+
+@dataclass
+class RunEntry:
+    run_id: str
+    pid: int
+    started_at: float
+    finished_at: float | None = None
+    outcome: str | None = None
+    exit_code: int | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JournalState:
+    """Everything the journal knows, rebuilt by applying records in order. Pure."""
+
+    job: str
+    seq: int = 0
+    images: dict[str, ImageEntry] = field(default_factory=dict)
+    runs: list[RunEntry] = field(default_factory=list)
+    #: Number of image and target entries, kept up to date by ``apply`` (drives the snapshot cadence).
+    entries: int = 0
+    #: Source images whose download permission a run switched on and has not put back yet: image id ->
+    #: the original ``nhncloud_allow_download`` value (None: the attribute was absent).
+    open_sources: dict[str, str | None] = field(default_factory=dict)
+
+    def target(self, image_id: str, region: str) -> TargetEntry | None:
+        image = self.images.get(image_id)
+        return image.targets.get(region) if image else None
+
+    def apply(self, rec: dict[str, Any]) -> None:
+        """Apply one record (unknown kinds are ignored, so newer journals stay readable)."""
+        seq = rec.get("seq", self.seq)
+        if seq > self.seq:
+            self.seq = seq
+        kind, at = rec.get("kind"), rec.get("at", 0.0)
+        if kind == "run_started":
+            self.runs.append(RunEntry(rec["run"], int(rec.get("pid", 0)), at))
+        elif kind == "run_finished":
+            for run in reversed(self.runs):
+                if run.run_id == rec["run"]:
+                    run.finished_at, run.outcome = at, rec.get("outcome")
+                    run.exit_code, run.summary = rec.get("exit_code"), dict(rec.get("summary") or {})
+                    break
+        elif kind == "image":
+            entry = self._image(rec["image_id"])
+            for key in ("name", "size", "checksum", "status", "skipped"):
+                if key in rec:
+                    setattr(entry, key, rec[key])
+            # the plan of every target of this image, in the same record (one write per image)
+            for region, planned in (rec.get("plan") or {}).items():
+                self._target(entry, region, planned, at)
+        elif kind == "target":
+            self._target(self._image(rec["image_id"]), rec["region"], rec, at)
+        elif kind == "source":  # the download permission of a source: opened (intent first), restored
+            if rec.get("download") == "opening":
+                self.open_sources[rec["image_id"]] = rec.get("original")
+            elif rec.get("download") == "restored":
+                self.open_sources.pop(rec["image_id"], None)
+
+    def _target(self, image: ImageEntry, region: str, rec: dict[str, Any], at: float) -> None:
+        target = image.targets.get(region)
+        if target is None:
+            target = image.targets[region] = TargetEntry(region)
+            self.entries += 1
+        if rec.get("state") in _FINAL_STATES:
+            # a final record states its outcome in full; what it leaves out is empty
+            target.error, target.problems, target.pending_members = None, [], []
+        for key, value in rec.items():
+            if key in _TARGET_FIELDS:
+                setattr(target, key, value)
+        target.updated_at = at
+        if rec.get("creating"):
+            target.creating = rec["creating"]
+        if rec.get("created"):
+            target.created.append(rec["created"])
+            target.target_id, target.state = rec["created"], "uploading"
+            target.creating = None
+        if rec.get("deleted"):
+            target.deleted.append(rec["deleted"])
+
+    def _image(self, image_id: str) -> ImageEntry:
+        entry = self.images.get(image_id)
+        if entry is None:
+            entry = self.images[image_id] = ImageEntry(image_id)
+            self.entries += 1
+        return entry
+
+    def to_json(self) -> dict[str, Any]:
+        # plain __dict__ views: dataclasses.asdict deep-copies and costs 5x more on large journals
+        images = {k: {**vars(v), "targets": {r: vars(t) for r, t in v.targets.items()}} for k, v in self.images.items()}
+        return {"format": FORMAT, "job": self.job, "seq": self.seq, "images": images,
+                "runs": [vars(r) for r in self.runs], "open_sources": dict(self.open_sources)}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> JournalState:
+        state = cls(job=str(doc["job"]), seq=int(doc["seq"]))
+        for image_id, raw in doc.get("images", {}).items():
+            targets = {r: TargetEntry(**t) for r, t in raw.pop("targets", {}).items()}
+            state.images[image_id] = ImageEntry(**raw, targets=targets)
+            state.entries += 1 + len(targets)
+        state.runs = [RunEntry(**r) for r in doc.get("runs", [])]
+        state.open_sources = dict(doc.get("open_sources") or {})
+        return state
