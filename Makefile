@@ -24,6 +24,7 @@ fmt: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests bench
 	$(BIN)/ruff format --check pipeline tests bench
+	$(BIN)/lint-imports --no-cache
 
 type: $(STAMP)
 	$(BIN)/mypy

@@ -337,17 +337,10 @@ class ServerError(HTTPStatusError):
 
 
 _STATUS_CLASSES: dict[int, type[HTTPStatusError]] = {
-    400: BadRequestError,
-    401: UnauthorizedError,
-    403: ForbiddenError,
-    404: NotFoundError,
-    408: RequestTimeoutError,
-    409: ConflictError,
-    413: PayloadTooLargeError,
-    415: UnsupportedMediaTypeError,
-    416: RangeNotSatisfiableError,
+    400: BadRequestError, 401: UnauthorizedError, 403: ForbiddenError, 404: NotFoundError, 408: RequestTimeoutError,
+    409: ConflictError, 413: PayloadTooLargeError, 415: UnsupportedMediaTypeError, 416: RangeNotSatisfiableError,
     429: RateLimitedError,
-}
+}  # fmt: skip
 
 
 def error_for_status(status: int) -> type[HTTPStatusError]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.cloud.client import JSON_PATCH
+from pipeline.cloud.wire import JSON_PATCH
 from pipeline.errors import (
     BadRequestError,
     ConflictError,

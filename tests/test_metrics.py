@@ -18,11 +18,11 @@ from pipeline.emulator import Emulator
 from pipeline.models import Image
 from pipeline.plan.planner import Action, ImagePlan, Plan, Step
 from pipeline.report.events import BytesRead, BytesWritten, SourceResumed, TargetRetrying
-from pipeline.report.metrics import MetricsFile, last_success
+from pipeline.report.metrics import MetricsFile
 from pipeline.report.summary import RunSummary, StepFinished
 from pipeline.run.runner import RunControls, run_job
 from pipeline.state.journal import Journal
-from pipeline.state.records import RunEntry
+from pipeline.state.records import RunEntry, last_success
 
 from .test_metadata import MiB, add, copies, job
 

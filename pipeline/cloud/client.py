@@ -12,7 +12,6 @@ import json
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -21,6 +20,16 @@ import aiohttp
 from pipeline.cloud.auth import Auth, Token
 from pipeline.cloud.retry import RetryPolicy
 from pipeline.cloud.transport import error_from_response, map_aiohttp_errors
+from pipeline.cloud.wire import (
+    JSON_PATCH,
+    OCTET_STREAM,
+    Download,
+    parse_content_range,
+    query_value,
+    read_bounded,
+    request_kind,
+    url_safe_tag,
+)
 from pipeline.errors import (
     ApiError,
     AuthenticationError,
@@ -31,19 +40,8 @@ from pipeline.errors import (
 )
 from pipeline.models import Image, Member, RequestCounts
 
-__all__ = [
-    "JSON_PATCH",
-    "Download",
-    "ImageClient",
-    "ListFilters",
-    "parse_content_range",
-    "request_kind",
-]
+__all__ = ["ImageClient", "ListFilters"]
 
-JSON_PATCH = "application/openstack-images-v2.1-json-patch"
-OCTET_STREAM = "application/octet-stream"
-#: Larger JSON bodies are refused as a protocol error instead of filling memory.
-MAX_JSON_BODY = 64 * 1024 * 1024
 #: NHN's current guide: "limit ... Default is 100, up to max 1000"; Glance caps at api_limit_max (1000).
 DEFAULT_PAGE_SIZE = 1000
 #: The page size used once a server refuses the large one (400): NHN's default.
@@ -51,44 +49,6 @@ FALLBACK_PAGE_SIZE = 100
 
 #: Query values: a string, or a list of strings for repeated keys (``tag``).
 ListFilters = Mapping[str, str | int | bool | Sequence[str]]
-
-
-def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    """(first, last, total) from ``bytes first-last/total``, or None when absent or malformed."""
-    if not value or not value.startswith("bytes "):
-        return None
-    span, _, total = value[6:].partition("/")
-    first, _, last = span.partition("-")
-    try:
-        return int(first), int(last), None if total.strip() == "*" else int(total)
-    except ValueError:
-        return None
-
-
-@dataclass(slots=True)
-class Download:
-    """An open image download: status, what the server says about the bytes, and the byte stream."""
-
-    status: int
-    content_length: int | None
-    content_range: tuple[int, int, int | None] | None
-    content_md5: str | None
-    request_id: str | None
-    _response: aiohttp.ClientResponse
-    _context: dict[str, Any]
-
-    @property
-    def has_data(self) -> bool:
-        """False for the 204 Glance sends for an image that has no data (queued)."""
-        return self.status != 204
-
-    async def iter_chunks(self, size: int) -> AsyncIterator[bytes]:
-        """Yield the body in pieces of at most ``size`` bytes as they arrive."""
-        if not self.has_data:
-            return
-        with map_aiohttp_errors(**self._context):
-            async for chunk in self._response.content.iter_chunked(size):
-                yield chunk
 
 
 class ImageClient:
@@ -153,7 +113,7 @@ class ImageClient:
             self.requests.add(request_kind(method, path), self.region)
             with map_aiohttp_errors(**ctx):
                 async with self.session.request(method, url, headers=self._headers(token, extra), **kwargs) as resp:
-                    body = await _read_bounded(resp, ctx)
+                    body = await read_bounded(resp, ctx)
                     status, resp_headers = resp.status, resp.headers
             if status == 401:
                 self.auth.invalidate(token)
@@ -224,9 +184,9 @@ class ImageClient:
         params: list[tuple[str, str]] = [("limit", str(page_size))]
         for key, value in (filters or {}).items():
             if isinstance(value, (list, tuple)):
-                params.extend((key, _query_value(v)) for v in value)
+                params.extend((key, query_value(v)) for v in value)
             else:
-                params.append((key, _query_value(value)))
+                params.append((key, query_value(value)))
         if sort_key:
             params.append(("sort_key", sort_key))
         if sort_dir:
@@ -304,7 +264,7 @@ class ImageClient:
         self.requests.add("upload", self.region)
         with map_aiohttp_errors(**ctx):
             async with self.session.put(url, data=body, headers=self._headers(token, extra)) as resp:
-                raw = await _read_bounded(resp, ctx)
+                raw = await read_bounded(resp, ctx)
                 status, headers = resp.status, resp.headers
         if status == 401:
             self.auth.invalidate(token)
@@ -344,7 +304,7 @@ class ImageClient:
                 if resp.status < 400:
                     return resp
                 try:
-                    raw = await _read_bounded(resp, ctx)
+                    raw = await read_bounded(resp, ctx)
                 finally:
                     resp.release()
                 err = error_from_response(resp.status, resp.headers, raw, **ctx)
@@ -375,7 +335,7 @@ class ImageClient:
 
     async def add_tag(self, image_id: str, tag: str) -> None:
         """Add one tag; non-ASCII tags go through PATCH because Glance mis-decodes them in URL paths."""
-        if _url_safe_tag(tag):
+        if url_safe_tag(tag):
             await self._call("PUT", f"/v2/images/{image_id}/tags/{quote(tag, safe='')}", image_id=image_id)
             return
         image = await self.get_image(image_id)
@@ -384,7 +344,7 @@ class ImageClient:
 
     async def delete_tag(self, image_id: str, tag: str) -> None:
         """Remove one tag (404 if the image does not carry it)."""
-        if _url_safe_tag(tag):
+        if url_safe_tag(tag):
             await self._call("DELETE", f"/v2/images/{image_id}/tags/{quote(tag, safe='')}", image_id=image_id)
             return
         image = await self.get_image(image_id)
@@ -434,40 +394,3 @@ class ImageClient:
         if not isinstance(doc, dict):
             raise ProtocolError(f"schema {name} is not an object", region=self.region)
         return doc
-
-
-def request_kind(method: str, path: str) -> str:
-    """The kind of an Image API request, from its method and path."""
-    parts = [p for p in path.split("?")[0].split("/") if p]
-    if parts[:2] == ["v2", "schemas"]:
-        return "schemas"
-    if len(parts) <= 2:
-        return "create" if method == "POST" else "list"
-    if len(parts) == 3:
-        return {"PATCH": "patch", "DELETE": "delete"}.get(method, "get")
-    if parts[3] == "file":
-        return "upload" if method == "PUT" else "download"
-    return "tags" if parts[3] == "tags" else "members"
-
-
-def _query_value(value: object) -> str:
-    """A filter value as Glance parses it: booleans must be lower-case ('True' gives 400 on protected)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _url_safe_tag(tag: str) -> bool:
-    return tag.isascii() and "/" not in tag and "%" not in tag
-
-
-async def _read_bounded(resp: aiohttp.ClientResponse, ctx: Mapping[str, Any]) -> bytes:
-    """The response body, refusing bodies above MAX_JSON_BODY instead of buffering them."""
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in resp.content.iter_chunked(1 << 20):
-        total += len(chunk)
-        if total > MAX_JSON_BODY:
-            raise ProtocolError(f"response body larger than {MAX_JSON_BODY} bytes", status=resp.status, **ctx)
-        chunks.append(chunk)
-    return b"".join(chunks)

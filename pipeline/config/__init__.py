@@ -1,6 +1,6 @@
 """The job file: its values, the models that are the spec, and loading one (problems reported all at once).
 
-Owns ``jobs/*.toml`` -> ``JobSpec``. Imports only ``pipeline.errors`` and ``pipeline.units`` (and pydantic): no
+Owns ``jobs/*.toml`` -> ``JobSpec``. May import only ``pipeline.errors`` and ``pipeline.units`` (and pydantic): no
 network, no journal; ``plan`` and every layer above read the spec from here.
 """
 

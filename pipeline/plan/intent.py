@@ -4,23 +4,55 @@ keys this job manages (from the journal), metadata diffs, and the plan built fro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from pipeline.config import JobSpec
 from pipeline.models import Image, Member
 from pipeline.plan.metadiff import Desired, MetaDiff, desired_metadata, diff_metadata
 from pipeline.plan.planner import Plan, plan_job
 from pipeline.plan.provenance import provenance
-from pipeline.run.inventory import Inventory
 from pipeline.state.records import JournalState
 
-__all__ = ["Intent"]
+__all__ = ["Discovered", "DiscoveredTarget", "Intent"]
+
+
+class DiscoveredTarget(Protocol):
+    """What discovery found in one target (``run.inventory.TargetState`` is one)."""
+
+    @property
+    def tenant_id(self) -> str | None: ...
+
+    @property
+    def copies(self) -> Sequence[Image]: ...
+
+    @property
+    def members(self) -> Mapping[str, list[Member]]: ...
+
+    @property
+    def read_only(self) -> frozenset[str]: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+
+class Discovered(Protocol):
+    """What discovery found (``run.inventory.Inventory`` is one): read here, never fetched."""
+
+    @property
+    def images(self) -> Sequence[Image]: ...
+
+    @property
+    def source_members(self) -> Mapping[str, list[Member]]: ...
+
+    @property
+    def targets(self) -> Mapping[str, DiscoveredTarget]: ...
 
 
 class Intent:
     """Desired state per image x target, cached; ``plan()`` decides every step."""
 
-    def __init__(self, spec: JobSpec, inventory: Inventory, state: JournalState) -> None:
+    def __init__(self, spec: JobSpec, inventory: Discovered, state: JournalState) -> None:
         self.spec = spec
         self.inventory = inventory
         self.state = state

@@ -137,6 +137,15 @@ class Plan:
     def bytes(self) -> int:
         return sum(step.bytes for _, step in self.steps())
 
+    def open_steps(self) -> Iterable[tuple[str, str]]:
+        """(source image id, target) of every step with something to do (not ``skip``)."""
+        return ((image.image.id, step.target) for image, step in self.steps() if step.action is not Action.SKIP)
+
+    @property
+    def planned_images(self) -> int:
+        """Images not skipped as a whole."""
+        return sum(1 for image in self.images if image.skipped is None)
+
     def to_json(self) -> dict[str, Any]:
         return {"targets": list(self.targets), "counts": self.counts(), "bytes": self.bytes,
                 "images": [i.to_json() for i in self.images], "notes": list(self.notes)}  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -13,6 +14,7 @@ __all__ = [
     "ImageStarted",
     "NullReporter",
     "PlanReady",
+    "PlannedWork",
     "Reporter",
     "SourceResumed",
     "SpoolFailed",
@@ -21,6 +23,20 @@ __all__ = [
     "TargetRetrying",
     "TeeReporter",
 ]
+
+
+class PlannedWork(Protocol):
+    """What reporting reads of a run's plan (``plan.planner.Plan`` is one; reporting never imports it)."""
+
+    @property
+    def targets(self) -> tuple[str, ...]: ...
+
+    @property
+    def planned_images(self) -> int: ...
+
+    def open_steps(self) -> Iterable[tuple[str, str]]: ...
+
+    def to_json(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)

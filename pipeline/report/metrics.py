@@ -21,29 +21,21 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from pipeline.plan.planner import Action
 from pipeline.report.events import BytesRead, BytesWritten
 from pipeline.report.summary import EXIT_OK, RunSummary
-from pipeline.state.records import RunEntry
 
-__all__ = ["OUTCOMES", "MetricsFile", "copies_out_of_sync", "last_success"]
+__all__ = ["OUTCOMES", "MetricsFile", "copies_out_of_sync"]
 
 #: The outcomes of ``RunSummary.counts()`` that are per image x target step (always all exported, 0 included).
 OUTCOMES = ("copied", "metadata", "up_to_date", "skipped", "failed", "cancelled")
 FILE_MODE = 0o644
-
-
-def last_success(runs: Iterable[RunEntry]) -> float | None:
-    """When the newest successful run (finished, exit code 0) finished, as Unix time; None if none has."""
-    times = [r.finished_at for r in runs if r.exit_code == EXIT_OK and r.finished_at is not None]
-    return max(times) if times else None
 
 
 def copies_out_of_sync(summary: RunSummary) -> int | None:
@@ -65,10 +57,8 @@ def copies_out_of_sync(summary: RunSummary) -> int | None:
         return None
     finished = {(s.image_id, s.target) for s in summary.steps}
     bad = sum(1 for s in summary.steps if s.outcome in ("failed", "cancelled"))
-    unfinished = sum(1 for image, step in plan.steps()
-                     if step.action is not Action.SKIP and (image.image.id, step.target) not in finished)  # fmt: skip
-    planned_images = sum(1 for image in plan.images if image.skipped is None)
-    return bad + unfinished + planned_images * len(summary.unavailable)
+    unfinished = sum(1 for key in plan.open_steps() if key not in finished)
+    return bad + unfinished + plan.planned_images * len(summary.unavailable)
 
 
 class _Families:

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.models import RequestCounts
-from pipeline.plan.planner import Plan
-from pipeline.report.events import BytesRead, BytesWritten, Reporter, SourceResumed, TargetRetrying
+from pipeline.report.events import BytesRead, BytesWritten, PlannedWork, Reporter, SourceResumed, TargetRetrying
 from pipeline.units import format_duration, format_rate, format_size
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARKED", "RunSummary", "StepFinished"]
@@ -94,7 +93,7 @@ class RunSummary:
     started_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
-    plan: Plan | None = None
+    plan: PlannedWork | None = None
     steps: list[StepFinished] = field(default_factory=list)
     bytes_written: int = 0
     bytes_read: int = 0

@@ -27,9 +27,9 @@ from pipeline.cloud.transport import new_session
 from pipeline.config import JobSpec
 from pipeline.errors import ImgmigError, JournalError, first_error
 from pipeline.plan.intent import Intent
-from pipeline.plan.planner import Action, Plan
+from pipeline.plan.planner import Plan
 from pipeline.report.events import PlanReady, Reporter
-from pipeline.report.metrics import MetricsFile, last_success
+from pipeline.report.metrics import MetricsFile
 from pipeline.report.summary import EXIT_FAILED, RunSummary
 from pipeline.run.gate import restore_left_open
 from pipeline.run.images import Running, image_task, journal_plan, sweep
@@ -37,6 +37,7 @@ from pipeline.run.inventory import Clients, Inventory, discover, retry_policy, t
 from pipeline.state.failpoints import failpoint
 from pipeline.state.journal import Journal
 from pipeline.state.lock import JobLock
+from pipeline.state.records import last_success
 from pipeline.transfer.engine import Engine, EngineSettings
 from pipeline.transfer.source import Bandwidth
 
@@ -189,10 +190,8 @@ async def _execute(run: Running) -> None:
                     message="max_runtime reached: work in flight parked; the next run resumes")  # fmt: skip
         assert run.summary.plan is not None
         done = {(s.image_id, s.target) for s in run.summary.steps}
-        run.summary.parked_images = sum(
-            1 for p in run.summary.plan.images
-            if any(st.action is not Action.SKIP and (p.image.id, st.target) not in done for st in p.steps)
-        )  # fmt: skip
+        run.summary.parked_images = len({image_id for image_id, target in run.summary.plan.open_steps()
+                                         if (image_id, target) not in done})  # fmt: skip
 
 
 async def _discover_and_copy(run: Running) -> None:

@@ -40,13 +40,14 @@ from pipeline.state.failpoints import die, hit
 from pipeline.state.lock import secure_dir
 from pipeline.state.records import JournalState
 
-__all__ = ["LOG", "SNAPSHOT", "Journal"]
+__all__ = ["LOG", "SNAPSHOT", "Journal", "load_snapshot", "read_log"]
 
 #: One encoder for every record: json.dumps with options builds a new encoder on each call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 LOG = "journal.jsonl"
 SNAPSHOT = "snapshot.json"
 MIN_SNAPSHOT_RECORDS = 5000
+
 
 class Journal:
     """One job's journal, opened for appending. Not thread-safe; used from the event loop."""
@@ -76,9 +77,9 @@ class Journal:
             if not (directory / SNAPSHOT).exists():
                 # a new journal: an empty snapshot records whose journal this is (one small write)
                 _atomic_write(directory / SNAPSHOT, _sealed(_ENCODER.encode(JournalState(job).to_json()).encode()))
-            state = _load_snapshot(directory / SNAPSHOT, job)
+            state = load_snapshot(directory / SNAPSHOT, job)
             log = directory / LOG
-            records, good_length = _read_log(log, state.seq)
+            records, good_length = read_log(log, state.seq)
             for rec in records:
                 state.apply(rec)
             fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -96,8 +97,8 @@ class Journal:
         if not directory.exists():
             return JournalState(job)
         try:
-            state = _load_snapshot(directory / SNAPSHOT, job)
-            records, _ = _read_log(directory / LOG, state.seq)
+            state = load_snapshot(directory / SNAPSHOT, job)
+            records, _ = read_log(directory / LOG, state.seq)
         except OSError as exc:
             raise JournalError(f"cannot read the journal in {directory}: {exc.strerror or exc}") from exc
         for rec in records:
@@ -241,7 +242,7 @@ def _unsealed(line: bytes) -> bytes:
     return body
 
 
-def _load_snapshot(path: Path, job: str) -> JournalState:
+def load_snapshot(path: Path, job: str) -> JournalState:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -260,7 +261,7 @@ def _load_snapshot(path: Path, job: str) -> JournalState:
     return state
 
 
-def _read_log(path: Path, after_seq: int) -> tuple[list[dict[str, Any]], int]:
+def read_log(path: Path, after_seq: int) -> tuple[list[dict[str, Any]], int]:
     """Records with seq > after_seq, and the byte length of the intact part of the file."""
     try:
         data = path.read_bytes()

@@ -6,10 +6,13 @@ readable: unknown fields are ignored and missing ones take their defaults.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FORMAT", "ImageEntry", "JournalState", "RunEntry", "TargetEntry"]
+from pipeline.errors import ExitCode
+
+__all__ = ["FORMAT", "ImageEntry", "JournalState", "RunEntry", "TargetEntry", "last_success"]
 
 #: The journal's on-disk format (snapshots carry it).
 FORMAT = 1
@@ -18,7 +21,6 @@ FORMAT = 1
 _FINAL_STATES = frozenset({"done", "failed", "skipped", "cancelled"})
 _TARGET_FIELDS = frozenset({"action", "state", "target_id", "bytes", "attempts", "error", "evidence",
                             "source_checksum", "metadata", "problems", "pending_members", "reason"})  # fmt: skip
-
 
 
 @dataclass
@@ -158,3 +160,9 @@ class JournalState:
         state.runs = [RunEntry(**r) for r in doc.get("runs", [])]
         state.open_sources = dict(doc.get("open_sources") or {})
         return state
+
+
+def last_success(runs: Iterable[RunEntry]) -> float | None:
+    """When the newest successful run (finished, exit code 0) finished, as Unix time; None if none has."""
+    times = [r.finished_at for r in runs if r.exit_code == ExitCode.OK and r.finished_at is not None]
+    return max(times) if times else None

@@ -1,0 +1,266 @@
+"""The subcommands: each loads the job, calls the layer that does the work, and prints the outcome. Only the
+CLI prints (``print`` is allowed in this package alone)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from pipeline.errors import ImgmigError, UsageError
+from pipeline.units import format_size, format_table
+
+__all__ = ["cmd_check", "cmd_emulate", "cmd_plan", "cmd_report", "cmd_run", "cmd_status", "cmd_verify"]
+
+
+def _load(path: Path, *, need_secrets: bool = True) -> Any:
+    from pipeline.config import load_job
+
+    return load_job(path, os.environ, need_secrets=need_secrets)
+
+
+def _run_async(fn: Callable[[], Any]) -> Any:
+    return anyio.run(fn)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.config import override
+    from pipeline.run.runner import RunControls, run_job
+    from pipeline.units import parse_duration
+
+    spec = _load(args.job)
+    max_runtime = None
+    if args.max_runtime is not None:
+        try:
+            max_runtime = parse_duration(args.max_runtime)
+        except ValueError as exc:
+            raise UsageError(f"--max-runtime {args.max_runtime!r}: {exc}") from exc
+    if args.dry_run:
+        return _print_plan(spec, as_json=False, dry_run=True)
+    reporter = _Reporter(tty=sys.stderr.isatty() and not args.no_progress)
+    metrics = _metrics_file(args, spec)
+    spec = override(spec, max_runtime=max_runtime, spool_dir=args.spool_dir)
+    controls = RunControls(reporter=reporter, metrics=metrics)
+    if metrics is not None:
+        from pipeline.report.events import TeeReporter
+
+        controls.reporter = TeeReporter(reporter, metrics)
+    try:
+        summary = _run_async(lambda: run_job(spec, controls))
+    except ImgmigError as exc:
+        if exc.summary is not None:  # a fatal error: still report what was done, then its own exit code
+            _finish_run(args, exc.summary, spec, metrics)
+        raise
+    finally:
+        reporter.close()
+    _finish_run(args, summary, spec, metrics)
+    code: int = summary.exit_code
+    return code
+
+
+def _metrics_file(args: argparse.Namespace, spec: Any) -> Any:
+    path = args.metrics_file or spec.run.metrics_file
+    if path is None:
+        return None
+    from pipeline.report.metrics import MetricsFile
+
+    return MetricsFile(path, spec.name, source_region=spec.source.region)
+
+
+def _finish_run(args: argparse.Namespace, summary: Any, spec: Any, metrics: Any) -> None:
+    if args.report is not None:
+        _write_private(args.report, json.dumps(summary.to_json(), indent=2, ensure_ascii=False) + "\n")
+    if metrics is not None:
+        from pipeline.state.journal import Journal
+        from pipeline.state.records import last_success
+
+        try:
+            previous = last_success(Journal.read(spec.run.journal_dir, spec.name).runs)
+            metrics.write(summary, final=True, last_success=previous, requests=summary.requests.counts)
+        except (OSError, ImgmigError) as exc:  # the metrics never change the run's exit code
+            print(f"imgmig: warning: cannot write the metrics file {metrics.path}: {exc}", file=sys.stderr)
+    print(summary.render())
+
+
+class _Reporter:
+    """Log lines always; progress bars on a TTY, created once the plan says how many bytes to expect."""
+
+    def __init__(self, *, tty: bool) -> None:
+        from pipeline.report.progress import LogReporter
+
+        self.tty = tty
+        self.bars: Any = None
+        self.log = LogReporter(every=0.0 if tty else 10.0)
+
+    def emit(self, event: Any) -> None:
+        from pipeline.report.events import PlanReady
+
+        if isinstance(event, PlanReady):
+            self.log.total = event.bytes
+            if self.tty and event.bytes:
+                from pipeline.report.progress import TqdmReporter
+
+                self.bars = TqdmReporter(total=event.bytes)
+        if self.bars is not None:
+            self.bars.emit(event)
+        self.log.emit(event)
+
+    def close(self) -> None:
+        if self.bars is not None:
+            self.bars.close()
+
+
+def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
+    from pipeline.run.runner import plan_only
+
+    plan, inventory = _run_async(lambda: plan_only(spec))
+    if as_json:
+        doc = plan.to_json()
+        doc["job"] = spec.name
+        doc["unavailable_targets"] = {k: t.error for k, t in inventory.targets.items() if t.error}
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        return 0
+    rows = [("IMAGE", "NAME", "TARGET", "ACTION", "BYTES", "REASON")]
+    for image_plan, step in plan.steps():
+        name = (image_plan.image.name or "")[:32]
+        rows.append((image_plan.image.id, name, step.target, step.action.value, format_size(step.bytes),
+                     step.reason))  # fmt: skip
+    print(format_table(rows))
+    counts = ", ".join(f"{k} {v}" for k, v in plan.counts().items() if v)
+    prefix = "dry run: " if dry_run else ""
+    print(f"\n{prefix}{len(plan.images)} images x {len(plan.targets)} targets: {counts or 'nothing'}; "
+          f"{format_size(plan.bytes)} to write")  # fmt: skip
+    for label, target in inventory.targets.items():
+        if target.error:
+            print(f"UNAVAILABLE {label}: {target.error}")
+    for note in plan.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    return _print_plan(_load(args.job), as_json=args.json)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.run.status import render_status, status_view
+
+    spec = _load(args.job, need_secrets=False)
+    view = status_view(spec)
+    print(json.dumps(view, indent=2, ensure_ascii=False) if args.json else render_status(view))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.run.verify import verify_job
+
+    spec = _load(args.job)
+    report = _run_async(lambda: verify_job(spec, deep=args.deep))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        rows = [("IMAGE", "NAME", "TARGET", "STATUS", "DETAILS")]
+        rows += [(f.image_id, (f.name or "")[:32], f.target, f.status, "; ".join(f.details + f.notes))
+                 for f in report.findings]  # fmt: skip
+        print(format_table(rows))
+        counts = ", ".join(f"{k} {v}" for k, v in report.counts().items())
+        print(f"\nverify{' --deep' if args.deep else ''}: {counts or 'nothing selected'}")
+    return 0 if report.ok else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.run.htmlreport import build_report
+
+    spec = _load(args.job, need_secrets=False)
+    _write_private(args.html, build_report(spec.run.journal_dir, spec.name, args.run))
+    print(f"wrote {args.html}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from pipeline.run.checks import check_job
+
+    report = _run_async(lambda: check_job(_load(args.job)))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        print(report.render())
+    if report.error is not None:
+        raise report.error  # one paragraph on stderr and its exit code (2 or 4)
+    return 0
+
+
+def cmd_emulate(args: argparse.Namespace) -> int:
+    from pipeline.emulator.identity import load_users
+    from pipeline.emulator.serve import info_line, running_emulator
+
+    regions = [r.strip() for r in args.regions.split(",") if r.strip()]
+    if not regions or len(set(regions)) != len(regions):
+        raise UsageError("--regions needs one or more distinct region names, e.g. KR1,KR2,JP1")
+    users = None
+    if args.users is not None:
+        try:
+            users = load_users(args.users)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"cannot read users file {args.users}: {exc}") from exc
+    if args.data_dir is not None:
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+    tls = _server_tls(args.tls_cert, args.tls_key)
+
+    async def serve() -> None:
+        async with running_emulator(
+            regions,
+            port=args.port,
+            data_dir=args.data_dir,
+            seed=args.seed,
+            token_ttl=args.token_ttl,
+            users=users,
+            tls=tls,
+            download_rule=not args.glance_downloads,
+        ) as emu:
+            print(info_line(emu), flush=True)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    return
+
+    try:
+        anyio.run(serve)
+    except OSError as exc:
+        raise UsageError(f"cannot start the emulator: {exc}") from exc
+    return 0
+
+
+def _server_tls(cert: Path | None, key: Path | None) -> Any:
+    """An HTTPS server context for the emulator, or None."""
+    if (cert is None) != (key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if cert is None:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load --tls-cert/--tls-key: {exc}") from exc
+    return context
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a report readable only by its owner (0600), in a directory only the owner can enter."""
+    try:
+        if path.parent != Path() and not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot write the report {path}: {exc.strerror or exc}") from exc

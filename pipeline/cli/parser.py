@@ -1,0 +1,171 @@
+"""The ``imgmig`` argument parser: one subparser per subcommand, each with a complete ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.cli import commands
+
+__all__ = ["EXIT_CODES_HELP", "build_parser"]
+
+EXIT_CODES_HELP = (
+    "exit codes: 0 all done; 1 some image or target failed (the rest done); 2 usage or job-file error; "
+    "3 another run holds the job's lock; 4 authentication failed; 10 stopped at max_runtime with work left "
+    "(resumable); 130/143 interrupted by SIGINT/SIGTERM (state saved, the next run resumes)"
+)
+JOB_HELP = "job file (TOML), e.g. jobs/demo.toml; secrets come from the environment variables it names"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 2 with a one-paragraph message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"imgmig: error: {message}\n")
+
+
+def _log_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-format", choices=["console", "json"],
+                   help="log format on stderr (default: console on a TTY, JSON lines otherwise)")  # fmt: skip
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="least severe log level shown (default: %(default)s)")  # fmt: skip
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser(
+        "run", help="copy the job's images to every target, verified, resumable",
+        description="Plan, then stream each selected image once from the source and fan it out to every target "
+        "region at the same time, verifying size, md5 and os_hash_value on the fly and against what each "
+        "target reports. Then copy properties, tags, visibility, members and protection. Progress is "
+        "journalled; an interrupted run resumes without duplicates or orphans. " + EXIT_CODES_HELP,
+    )  # fmt: skip
+    p.add_argument("job", type=Path, help=JOB_HELP)
+    p.add_argument("--dry-run", action="store_true", help="plan and print what would happen; change nothing")
+    p.add_argument("--max-runtime", metavar="D",
+                   help="start nothing new after D (e.g. 50m, 2h), park work in flight, exit 10 (resumable); "
+                        "overrides [run] max_runtime")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bars, even on a TTY")
+    p.add_argument("--report", type=Path, metavar="FILE.json", help="also write the summary as JSON to FILE")
+    p.add_argument("--metrics-file", type=Path, metavar="FILE.prom",
+                   help="write Prometheus metrics for node_exporter's textfile collector to FILE (replaced "
+                        "atomically every 30 s and at the end); overrides [run] metrics_file")  # fmt: skip
+    p.add_argument("--spool-dir", type=Path, metavar="DIR",
+                   help="keep a local copy of each image while it transfers so target retries need not read "
+                        "the source again (skipped for an image when DIR lacks free space)")  # fmt: skip
+    _log_options(p)
+    p.set_defaults(func=commands.cmd_run)
+
+
+def _add_plan(sub: Any) -> None:
+    p = sub.add_parser(
+        "plan", help="show what a run would do, per image and target",
+        description="Authenticate, list the source selection and every target's copies, and print the action "
+        "(copy, resume, replace, metadata, skip) and bytes per image x target. Changes nothing. "
+        "Exit 0, or 2/4 on job-file or authentication errors.",
+    )  # fmt: skip
+    p.add_argument("job", type=Path, help=JOB_HELP)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _log_options(p)
+    p.set_defaults(func=commands.cmd_plan)
+
+
+def _add_status(sub: Any) -> None:
+    p = sub.add_parser(
+        "status", help="show the job's journal: runs and the state of each image x target",
+        description="Read the job's journal (no network, no credentials needed) and show the last runs and "
+        "the state of every image x target. --json prints the stable machine-readable view. "
+        "Exit 0, or 2 if the job file is invalid, or 1 if the journal is unreadable.",
+    )  # fmt: skip
+    p.add_argument("job", type=Path, help=JOB_HELP)
+    p.add_argument("--json", action="store_true", help="print the stable JSON view")
+    p.set_defaults(func=commands.cmd_status)
+
+
+def _add_verify(sub: Any) -> None:
+    p = sub.add_parser(
+        "verify", help="compare every copy with its source (metadata; --deep: the bytes too)",
+        description="Re-read every target's copy and compare it with the source image: existence, size, "
+        "checksum and os_hash_value, then properties, tags, members, visibility and protection. With --deep, "
+        "download each copy and hash it. Changes nothing. Exit 0 when everything matches, 1 otherwise.",
+    )  # fmt: skip
+    p.add_argument("job", type=Path, help=JOB_HELP)
+    p.add_argument("--deep", action="store_true", help="download and hash every copy")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    _log_options(p)
+    p.set_defaults(func=commands.cmd_verify)
+
+
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "report", help="write one self-contained HTML page about a run, from the journal",
+        description="Read the job's journal (no network, no credentials) and write one HTML file (inline CSS "
+        "and SVG, nothing fetched from anywhere): the run's totals, a timeline of every image x target (or "
+        "of time buckets for large runs), throughput per target region, failures with their reasons, the "
+        "plan and skipped images. The last run by default. Exit 0, 2 if the job file or the run id is wrong.",
+    )  # fmt: skip
+    p.add_argument("job", type=Path, help=JOB_HELP)
+    p.add_argument("--html", type=Path, metavar="FILE.html", required=True, help="where to write the page (0600)")
+    p.add_argument("--run", metavar="ID", help="the run to show (default: the last one; see imgmig status)")
+    p.set_defaults(func=commands.cmd_report)
+
+
+def _add_check(sub: Any) -> None:
+    p = sub.add_parser(
+        "check", help="authenticate every profile and resolve every region; touch no image",
+        description="Authenticate every [auth.NAME] profile of the job and print, per profile, the identity "
+        "kind, the project, the token's expiry and each region's image endpoint, then whether the source and "
+        "every target region resolve. No image is read or changed. Exit 0 when all is well, 2 for a job-file "
+        "or region problem, 4 when a credential is refused.",
+    )  # fmt: skip
+    p.add_argument("job", type=Path, help=JOB_HELP)
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    _log_options(p)
+    p.set_defaults(func=commands.cmd_check)
+
+
+def _add_emulate(sub: Any) -> None:
+    p = sub.add_parser(
+        "emulate", help="run the embedded multi-region emulator in the foreground",
+        description=(
+            "Run the embedded emulator of NHN Cloud identity and Image API v2 (Glance 33 behaviour) for "
+            "several regions in one process, on loopback. The first line on stdout is one JSON object: "
+            '{"identity_url": ..., "regions": {REGION: URL, ...}}. Any tenant, username and non-empty '
+            "password is accepted unless --users says otherwise. Admin endpoints under "
+            "IDENTITY/_admin/ change fault knobs and token lifetimes at runtime. Stops on SIGINT/SIGTERM (exit 0)."
+        ),
+    )  # fmt: skip
+    p.add_argument("--regions", default="KR1,KR2,KR3,JP1",
+                   help="comma-separated region names (default: %(default)s)")  # fmt: skip
+    p.add_argument("--glance-downloads", action="store_true",
+                   help="serve any image's data like plain Glance, without NHN's download permission "
+                        "(nhncloud_allow_download must be true by default)")  # fmt: skip
+    p.add_argument("--port", type=int, default=0,
+                   help="identity port; regions take the next ports (default 0: ephemeral ports)")  # fmt: skip
+    p.add_argument("--data-dir", type=Path, help="where image data is stored (default: a temporary directory)")
+    p.add_argument("--seed", choices=["demo"], help="load a sample data set into the first region")
+    p.add_argument("--token-ttl", type=float, default=3600.0, help="token lifetime in seconds (default: %(default)s)")
+    p.add_argument("--tls-cert", type=Path, help="serve HTTPS with this PEM certificate chain (with --tls-key)")
+    p.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
+    p.add_argument("--users", type=Path,
+                   help='JSON users file {"users": [{"username", "password", "tenants": [...]}]}')  # fmt: skip
+    p.set_defaults(func=commands.cmd_emulate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, with one subparser per subcommand."""
+    parser = _Parser(
+        prog="imgmig",
+        description="Bulk image migration for NHN Cloud Image API v2 (OpenStack Glance v2): stream each "
+        "image once from a source region to every target region, verified on the fly, resumable.",
+        epilog=EXIT_CODES_HELP,
+    )
+    parser.add_argument("--version", action="version", version=f"imgmig {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for add in (_add_run, _add_plan, _add_status, _add_verify, _add_check, _add_report, _add_emulate):
+        add(sub)
+    return parser

@@ -1,0 +1,63 @@
+"""The package layout as the architecture: the import contracts (import-linter, declared in pyproject.toml)
+hold, breaking one is caught, modules stay small, and the top level holds only the edge and the shared
+vocabulary."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "pipeline"
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+#: The edge (errors, __main__; cli is a package) and the two shared leaf modules every layer reads (models, units).
+TOP_LEVEL = {"__init__.py", "__main__.py", "errors.py", "models.py", "units.py"}
+LAYERS = {"cli", "config", "cloud", "plan", "state", "transfer", "run", "report", "emulator"}
+
+
+def _lint(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(root)}  # the copy under test, not the installed package
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+
+
+def test_import_contracts_hold() -> None:
+    result = _lint(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 kept, 0 broken" in result.stdout
+
+
+def test_breaking_a_layer_is_caught(tmp_path: Path) -> None:
+    """A scratch module in ``plan`` that imports ``cloud`` breaks the layers and the no-I/O contract."""
+    shutil.copytree(PACKAGE, tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / "pipeline" / "plan" / "scratch.py").write_text("import pipeline.cloud\n")
+    result = _lint(tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "2 kept, 2 broken" in result.stdout
+    assert "pipeline.plan is not allowed to import pipeline.cloud" in result.stdout
+
+
+def test_top_level_and_subpackages() -> None:
+    modules = {p.name for p in PACKAGE.glob("*.py")}
+    assert modules == TOP_LEVEL
+    packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert packages == LAYERS
+    for name in LAYERS:
+        doc = (PACKAGE / name / "__init__.py").read_text()
+        assert doc.startswith('"""'), f"{name}/__init__.py has a docstring"
+        assert "import" in doc.split('"""')[1], f"{name}/__init__.py says what it may import"
+
+
+def test_modules_stay_small() -> None:
+    """Each module at most 400 lines; the engine at most 500."""
+    limits = {PACKAGE / "transfer" / "engine.py": 500}
+    too_long = {
+        str(path.relative_to(ROOT)): lines
+        for path in PACKAGE.rglob("*.py")
+        if (lines := len(path.read_text().splitlines())) > limits.get(path, 400)
+    }
+    assert not too_long
