@@ -188,6 +188,22 @@ async def _api_images(identity_url: str, tenant: str, region: str) -> list[Any]:
         return list(found.values())
 
 
+async def _drift(identity_url: str, tenant: str, sources: list[SourceImage], key: str, value: str) -> None:
+    async with new_session() as session:
+        client = ImageClient(session, PasswordAuth(identity_url, tenant, "owner", Secret(PASSWORD)), "KR1")
+        for src in sources:
+            ops = [{"op": "add", "path": f"/{key}", "value": value}]
+            if src.fields.get("protected"):  # a protected image cannot be modified: unprotect around it
+                await client.update_image(src.id, [{"op": "replace", "path": "/protected", "value": False}])
+                ops.append({"op": "replace", "path": "/protected", "value": True})
+            await client.update_image(src.id, ops)
+
+
+def drift_sources(identity_url: str, tenant: str, sources: list[SourceImage], key: str, value: str) -> None:
+    """Set property ``key`` on every source image (through the API, as its owner): every copy drifts."""
+    anyio.run(_drift, identity_url, tenant, sources, key, value)
+
+
 def check_invariants_api(identity_url: str, job: str, sources: list[SourceImage], targets: tuple[str, ...], *,
                          tenant: str, member_status: dict[str, str] | None = None) -> None:  # fmt: skip
     """The same invariants, seen through the Image API as the copying tenant (for real Glance, which has no

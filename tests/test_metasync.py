@@ -56,11 +56,23 @@ def test_visibility_is_never_widened_and_members_follow_the_map() -> None:
 
 
 def test_create_fields_are_private_with_formats_os_type_and_provenance() -> None:
-    """The POST body: name, formats, os_type (NHN requires it), private, and provenance; nothing else."""
+    """The minimal POST body (the fallback when a target refuses the full one): name, formats, os_type (NHN
+    requires it), private, and provenance; nothing else."""
     src = image(disk_format="qcow2", container_format="bare", os_type="linux", os_distro="u", visibility="shared")
-    body = create_fields(src, desired_metadata(src, None, CopyOptions(), PROV))
+    body = create_fields(src, desired_metadata(src, None, CopyOptions(), PROV), minimal=True)
     assert body == {"name": "n", "disk_format": "qcow2", "container_format": "bare", "visibility": "private",
                     "os_type": "linux", **PROV}  # fmt: skip
+
+
+def test_create_fields_carry_what_is_safe_on_a_queued_private_image() -> None:
+    """The full POST body adds the core attributes, the custom properties and the tags, but stays private
+    and unprotected (visibility and protection change only after the data is verified)."""
+    src = image(disk_format="qcow2", container_format="bare", os_type="linux", os_distro="u", visibility="shared",
+                protected=True, tags=["b", "a"], min_disk=2)  # fmt: skip
+    body = create_fields(src, desired_metadata(src, None, CopyOptions(), PROV))
+    assert body == {"name": "n", "disk_format": "qcow2", "container_format": "bare", "visibility": "private",
+                    "os_type": "linux", "os_distro": "u", "min_disk": 2, "min_ram": 0, "tags": ["a", "b"],
+                    **PROV}  # fmt: skip
 
 
 def test_diff_is_minimal_and_removes_only_managed_keys() -> None:

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline.emulator import Emulator, StatusFault
+from pipeline.emulator.store import MemberRecord
 
 from .test_metadata import MiB, add, job, run
 
@@ -43,3 +44,53 @@ async def test_request_counts_match_the_server(emulator: Emulator, tmp_path: Pat
         assert counted[region] == emulator.regions[region].stats.requests, region
     assert counted["KR2"]["upload"] == counted["JP1"]["upload"] == 3
     assert summary.to_json()["requests"] == counted
+
+
+async def test_a_private_copy_costs_three_requests_per_target(emulator: Emulator, tmp_path: Path) -> None:
+    """A private, unprotected image with properties and tags costs create + upload + verification read in each
+    target, counted at the emulator: the properties and tags travel in the create, and the metadata step
+    starts from the verification read. The copies carry every field of their source."""
+    from .test_metadata import assert_same, copies
+
+    tenant = uuid.uuid4().hex
+    sources = [add(emulator, tenant, f"img-{i}", size=MiB, tags=["golden", f"n{i}"], os_distro="ubuntu",
+                   hw_disk_bus="virtio", min_disk=3, min_ram=512) for i in range(4)]  # fmt: skip
+    summary = await run(job(emulator, tmp_path, tenant))
+    assert summary.exit_code == 0
+    for region in ("KR2", "JP1"):
+        per_image = {k: v for k, v in emulator.regions[region].stats.requests.items() if k not in ("list", "schemas")}
+        assert per_image == {"create": 4, "upload": 4, "get": 4}, region
+        made = copies(emulator, region, tenant)
+        for src in sources:
+            assert_same(src, made[src.id])
+
+
+async def test_an_idle_rerun_costs_listings_and_member_lists_only(emulator: Emulator, tmp_path: Path) -> None:
+    """1,000 images x 2 targets, 10 of them shared: once copied, a rerun with nothing to do makes no
+    per-image request but the member lists of shared images (source and copies), counted at the emulator:
+    each region's listing at limit=1000 (two pages for 1,000 images, as Glance ends a full page with an
+    empty one, plus the hidden-image listing), the shared images' member lists, and nothing else; the
+    target schemas the first run read are journalled and not read again."""
+    tenant, member = uuid.uuid4().hex, uuid.uuid4().hex
+    store = emulator.store("KR1")
+    shared = set()
+    for i in range(1000):
+        fields = {"name": f"img-{i:04d}", "os_type": "linux", "disk_format": "raw", "container_format": "bare"}
+        rec = store.add_synthetic(tenant, 1 + i % 7, f"idle-{i}", {**fields, "visibility": "private"})
+        if i % 100 == 0:
+            rec.visibility = "shared"
+            rec.members[member] = MemberRecord(member, "accepted", rec.created_at, rec.created_at)
+            shared.add(rec.id)
+    spec = job(emulator, tmp_path, tenant)
+    spec = replace(spec, transfer=spec.transfer.model_copy(update={"images_in_flight": 16}))
+    first = await run(spec)
+    assert first.exit_code == 0
+    assert first.counts()["copied"] == 2000
+    for region in ("KR1", "KR2", "JP1"):
+        emulator.regions[region].stats.requests.clear()
+    again = await run(spec)
+    assert again.exit_code == 0
+    assert again.counts()["up_to_date"] == 2000
+    assert again.bytes_written == 0
+    for region in ("KR1", "KR2", "JP1"):
+        assert emulator.regions[region].stats.requests == {"list": 3, "members": len(shared)}, region

@@ -110,18 +110,29 @@ def desired_metadata(
     )
 
 
-def create_fields(source: Image, desired: Desired) -> dict[str, Any]:
-    """The POST body of a new copy: formats, the few attributes NHN requires, provenance. Private until
-    verified; everything else is applied after the data (see ``apply_metadata``)."""
+def create_fields(source: Image, desired: Desired, *, minimal: bool = False) -> dict[str, Any]:
+    """The POST body of a new copy: everything that is safe on a queued, private image, so that a private,
+    unprotected copy needs no metadata request after its data: formats, core attributes, custom properties
+    (provenance included) and tags. Visibility stays private and protection off until the data is verified
+    (``apply_metadata`` widens and protects afterwards).
+
+    ``minimal``: formats, the attributes NHN requires and provenance only: the body sent again when a target
+    refuses the full one (the rest then goes through ``apply_metadata``, which reports each refusal)."""
     body: dict[str, Any] = {
         "name": source.name or source.id,
         "disk_format": source.raw.get("disk_format"),
         "container_format": source.raw.get("container_format"),
         "visibility": "private",
     }
-    if "os_type" in desired.properties:
-        body["os_type"] = desired.properties["os_type"]  # NHN: os_type is required on create
-    body.update({k: v for k, v in desired.properties.items() if k.startswith(PROVENANCE_PREFIX)})
+    if minimal:
+        if "os_type" in desired.properties:
+            body["os_type"] = desired.properties["os_type"]  # NHN: os_type is required on create
+        body.update({k: v for k, v in desired.properties.items() if k.startswith(PROVENANCE_PREFIX)})
+        return body
+    body.update(desired.core)
+    body.update(desired.properties)
+    if desired.tags:
+        body["tags"] = sorted(desired.tags)
     return body
 
 

@@ -140,11 +140,12 @@ async def _copy_image(run: Running, plan: ImagePlan) -> None:
         specs = []
         for step in data_steps:
             target = inventory.targets[step.target]
-            fields = create_fields(image, intent.desired(image, step.target))
+            desired = intent.desired(image, step.target)
             entry = run.journal.state.target(image.id, step.target)
-            specs.append(TargetSpec(step.target, target.client, fields, existing=step.existing,
+            specs.append(TargetSpec(step.target, target.client, create_fields(image, desired), existing=step.existing,
                                     algorithms=target.algorithms,
-                                    pending_id=entry.creating if entry is not None else None))  # fmt: skip
+                                    pending_id=entry.creating if entry is not None else None,
+                                    fallback_fields=create_fields(image, desired, minimal=True)))  # fmt: skip
         # NHN: a gated source is switched on just for this read, and restored once every target is done
         gate = download_enabled(inventory.source, run.journal, image) if plan.enable_download else None
         try:
@@ -183,7 +184,9 @@ async def _finish_step(run: Running, image: Image, step: Step, result: TargetRes
     budget = result.budget if result is not None else RetryBudget(run.spec.transfer.retries)
     try:
         with spending(budget):  # the metadata step spends the same retry budget as the copy before it
-            copy = await target.client.get_image(target_id)
+            # the copy as the engine's verification read it (nothing wrote to it since); else read it now
+            copy = result.image if result is not None and result.image is not None else None
+            copy = copy or await target.client.get_image(target_id)
             members = await target.client.list_members(target_id) if copy.visibility == "shared" else []
             desired = run.intent.desired(image, step.target)
             diff = run.intent.diff(image, step.target, copy, members)

@@ -7,6 +7,7 @@ still runs for the other targets; a source or credential failure is fatal.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,16 +23,18 @@ from pipeline.cloud.retry import RetryPolicy
 from pipeline.cloud.transport import TransportConfig
 from pipeline.config import AuthProfile, Endpoint, JobSpec
 from pipeline.errors import ApiError, NotFoundError, UsageError
-from pipeline.models import Image, Member, RequestCounts
+from pipeline.models import READ_ONLY_FIELDS, Image, Member, RequestCounts
 from pipeline.plan.metadiff import read_only_fields
 from pipeline.plan.planner import select_images
-from pipeline.plan.provenance import PROV_JOB, is_own_copy
+from pipeline.plan.provenance import PROV_JOB, PROV_SOURCE_ID, is_own_copy
 from pipeline.report.logs import register_secret
 from pipeline.state.failpoints import failpoint
 
 __all__ = ["Clients", "Inventory", "TargetState", "discover", "retry_policy", "target_labels", "transport_config"]
 
 LIST_CONCURRENCY = 8
+#: A target's image schema read by an earlier run is trusted this long (schemas change with cloud upgrades).
+SCHEMA_MAX_AGE = 7 * 24 * 3600.0
 
 
 def transport_config(spec: JobSpec) -> TransportConfig:
@@ -140,6 +143,8 @@ class TargetState:
     copies: list[Image] = field(default_factory=list)
     members: dict[str, list[Member]] = field(default_factory=dict)
     read_only: frozenset[str] = frozenset()
+    #: The read-only fields learned from the schema read in this discovery (None: a fresh one was known).
+    schema_read: list[str] | None = None
     algorithms: frozenset[str] = frozenset()
     #: Why this target cannot be used in this run (unreachable region), or None.
     error: str | None = None
@@ -194,7 +199,7 @@ async def _source_images(spec: JobSpec, client: ImageClient, owner: str | None) 
     missing: list[str] = []
     if select.ids:
         images = []
-        for image_id in select.ids:
+        for image_id in filter(spec.owns, select.ids):  # a shard looks up only the ids it owns
             try:
                 images.append(await client.get_image(image_id))
             except NotFoundError:
@@ -206,12 +211,14 @@ async def _source_images(spec: JobSpec, client: ImageClient, owner: str | None) 
     if select.tags:
         filters["tag"] = list(select.tags)
     filters.update(select.properties)
-    return select_images(await _list_all(client, filters), select, owner), missing
+    listed = [image for image in await _list_all(client, filters) if spec.owns(image.id)]
+    return select_images(listed, select, owner), missing
 
 
 async def _target_state(
-    spec: JobSpec, clients: Clients, label: str, endpoint: Endpoint, source_algo: str
-) -> TargetState:
+    spec: JobSpec, clients: Clients, label: str, endpoint: Endpoint, source_algo: str,
+    schemas: Mapping[str, Mapping[str, Any]] | None,
+) -> TargetState:  # fmt: skip
     state = TargetState(label, endpoint, clients.client(endpoint.auth, endpoint.region))
     try:
         state.tenant_id = await clients.tenant(endpoint.auth)
@@ -220,16 +227,24 @@ async def _target_state(
             filters["owner"] = state.tenant_id
         # the filters are re-checked on every image: a server that ignores an unknown property filter
         # (or the owner filter) must not make another job's images, or anybody's, look like our copies
+        # a shard sees only the copies of the source images it owns: it never sweeps, reuses or changes
+        # another shard's copy, not even a queued leftover
         state.copies = [
             c for c in await _list_all(state.client, filters)
             if is_own_copy(c, spec.name) and (not state.tenant_id or c.owner == state.tenant_id)
+            and spec.owns(str(c.raw.get(PROV_SOURCE_ID)))
         ]  # fmt: skip
         state.members = await _members(state.client, state.copies)
-        try:
-            schema = await state.client.get_schema("image")
-        except ApiError:
-            schema = None  # no schema offered: the built-in read-only set applies
-        state.read_only = read_only_fields(schema)
+        known = (schemas or {}).get(label)
+        if known is not None and time.time() - known.get("at", 0.0) < SCHEMA_MAX_AGE:
+            state.read_only = READ_ONLY_FIELDS | frozenset(known.get("read_only") or ())
+        else:
+            try:
+                schema = await state.client.get_schema("image")
+            except ApiError:
+                schema = None  # no schema offered: the built-in read-only set applies
+            state.read_only = read_only_fields(schema)
+            state.schema_read = sorted(state.read_only - READ_ONLY_FIELDS)
         algos = {c.os_hash_algo.lower() for c in state.copies if c.os_hash_algo}
         state.algorithms = frozenset(algos or {source_algo})
     except ApiError as exc:  # unreachable or failing region; credential and catalog errors are fatal
@@ -237,8 +252,12 @@ async def _target_state(
     return state
 
 
-async def discover(spec: JobSpec, clients: Clients) -> Inventory:
-    """Authenticate, list the source selection and every target's copies of this job."""
+async def discover(
+    spec: JobSpec, clients: Clients, schemas: Mapping[str, Mapping[str, Any]] | None = None
+) -> Inventory:
+    """Authenticate, list the source selection and every target's copies of this job. ``schemas``: what the
+    journal knows of each target's image schema (``JournalState.schemas``); one fresher than
+    ``SCHEMA_MAX_AGE`` is not read again, so a rerun with nothing to do costs listings only."""
     source = clients.client(spec.source.auth, spec.source.region)
     source_tenant = await clients.tenant(spec.source.auth)
     owner = spec.select.owner or source_tenant
@@ -249,7 +268,7 @@ async def discover(spec: JobSpec, clients: Clients) -> Inventory:
     targets: dict[str, TargetState] = {}
 
     async def one(label: str, endpoint: Endpoint) -> None:
-        targets[label] = await _target_state(spec, clients, label, endpoint, algo)
+        targets[label] = await _target_state(spec, clients, label, endpoint, algo, schemas)
 
     async with anyio.create_task_group() as tg:
         for label, endpoint in target_labels(spec).items():

@@ -199,7 +199,10 @@ async def _discover_and_copy(run: Running) -> None:
     if run.journal.state.open_sources:  # before anything else: what an interrupted run left switched on
         source = run.clients.client(spec.source.auth, spec.source.region)
         summary.sources_left_open.update(await restore_left_open(source, run.journal))
-    inventory = await discover(spec, run.clients)
+    inventory = await discover(spec, run.clients, run.journal.state.schemas)
+    for label, target in inventory.targets.items():
+        if target.schema_read is not None:  # a fresh read: later runs skip it while it stays fresh
+            run.journal.record("schema", region=label, read_only=target.schema_read)
     run.inventory = inventory
     run.intent = Intent(spec, inventory, run.journal.state)
     plan = run.intent.plan()
@@ -225,5 +228,5 @@ async def plan_only(spec: JobSpec) -> tuple[Plan, Inventory]:
     state = Journal.read(spec.run.journal_dir, spec.name)
     config, retry = transport_config(spec), retry_policy(spec)
     async with new_session(config) as session:
-        inventory = await discover(spec, Clients(spec, session, retry))
+        inventory = await discover(spec, Clients(spec, session, retry), state.schemas)
     return Intent(spec, inventory, state).plan(), inventory

@@ -68,7 +68,7 @@ async def verify_job(spec: JobSpec, *, deep: bool = False) -> VerifyReport:
     state = Journal.read(spec.run.journal_dir, spec.name)
     retry = retry_policy(spec)
     async with new_session(transport_config(spec)) as session:
-        inventory = await discover(spec, Clients(spec, session, retry))
+        inventory = await discover(spec, Clients(spec, session, retry), state.schemas)
         intent = Intent(spec, inventory, state)
         for image in inventory.images:
             for label, target in inventory.targets.items():

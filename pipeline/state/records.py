@@ -81,6 +81,9 @@ class JournalState:
     #: Source images whose download permission a run switched on and has not put back yet: image id ->
     #: the original ``nhncloud_allow_download`` value (None: the attribute was absent).
     open_sources: dict[str, str | None] = field(default_factory=dict)
+    #: What each target's ``/v2/schemas/image`` marked read-only, and when it was read: target label ->
+    #: {"at": unix time, "read_only": [field, ...]} (a rerun does not read the schema again while it is fresh).
+    schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def target(self, image_id: str, region: str) -> TargetEntry | None:
         image = self.images.get(image_id)
@@ -115,6 +118,8 @@ class JournalState:
                 self.open_sources[rec["image_id"]] = rec.get("original")
             elif rec.get("download") == "restored":
                 self.open_sources.pop(rec["image_id"], None)
+        elif kind == "schema":
+            self.schemas[rec["region"]] = {"at": at, "read_only": list(rec.get("read_only") or [])}
 
     def _target(self, image: ImageEntry, region: str, rec: dict[str, Any], at: float) -> None:
         target = image.targets.get(region)
@@ -148,7 +153,8 @@ class JournalState:
         # plain __dict__ views: dataclasses.asdict deep-copies and costs 5x more on large journals
         images = {k: {**vars(v), "targets": {r: vars(t) for r, t in v.targets.items()}} for k, v in self.images.items()}
         return {"format": FORMAT, "job": self.job, "seq": self.seq, "images": images,
-                "runs": [vars(r) for r in self.runs], "open_sources": dict(self.open_sources)}  # fmt: skip
+                "runs": [vars(r) for r in self.runs], "open_sources": dict(self.open_sources),
+                "schemas": dict(self.schemas)}  # fmt: skip
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> JournalState:
@@ -159,6 +165,7 @@ class JournalState:
             state.entries += 1 + len(targets)
         state.runs = [RunEntry(**r) for r in doc.get("runs", [])]
         state.open_sources = dict(doc.get("open_sources") or {})
+        state.schemas = dict(doc.get("schemas") or {})
         return state
 
 

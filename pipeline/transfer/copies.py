@@ -17,13 +17,23 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import structlog
+
 from pipeline.cloud.client import ImageClient
-from pipeline.errors import ApiError, BadRequestError, ConflictError, ForbiddenError, NotFoundError
+from pipeline.errors import (
+    ApiError,
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
 from pipeline.models import Image
 from pipeline.plan.provenance import PROVENANCE_PREFIX, carries, is_own_copy
 
 __all__ = ["create_copy", "delete_copy"]
 
+log = structlog.get_logger("imgmig")
 _ID_REFUSED = re.compile(r"(?:'id'|\bid\b)", re.IGNORECASE)
 
 
@@ -51,6 +61,26 @@ def _refuses_id(exc: ApiError) -> bool:
 
 
 async def create_copy(
+    client: ImageClient,
+    fields: Mapping[str, Any],
+    *,
+    journal: Callable[[str], Awaitable[None]],
+    fallback: Mapping[str, Any] | None = None,
+) -> Image:
+    """Create a queued copy with ``fields``; when the target refuses them (400, 403 or 413, not about the id),
+    create it with ``fallback`` instead, and the metadata step after the data applies (or reports) the rest.
+    Both bodies carry the same provenance, so either create is safe against lost answers (``_create``)."""
+    try:
+        return await _create(client, fields, journal=journal)
+    except (BadRequestError, ForbiddenError, PayloadTooLargeError) as exc:
+        if fallback is None or _refuses_id(exc):
+            raise
+        log.warning("create_fields_refused", region=client.region, error=str(exc),
+                    message="created with the minimal body; the metadata step applies the rest")  # fmt: skip
+        return await _create(client, fallback, journal=journal)
+
+
+async def _create(
     client: ImageClient,
     fields: Mapping[str, Any],
     *,

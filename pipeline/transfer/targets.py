@@ -59,6 +59,9 @@ class TargetSpec:
     region: str
     client: ImageClient
     create_fields: Mapping[str, Any]
+    #: The body sent instead when the target refuses ``create_fields`` (what it refused is applied, or
+    #: reported, by the metadata step after the data); None: no fallback.
+    fallback_fields: Mapping[str, Any] | None = None
     #: A copy that already exists (from an interrupted run): reused when queued, checked when active.
     existing: Image | None = None
     #: os_hash_algo values this region is known to use, computed in flight besides md5 + the source's.
@@ -80,6 +83,8 @@ class TargetResult:
     blame: str | None = None
     evidence: Evidence | None = None
     deleted: list[str] = field(default_factory=list)
+    #: The verified copy as the target reported it when it was judged done.
+    image: Image | None = None
     #: The image x target's retry budget; the metadata step after the copy spends from it too.
     budget: RetryBudget = field(default_factory=lambda: RetryBudget(0))
 
@@ -162,6 +167,7 @@ class TargetWork:
             if existing.status == "active" and self._holds_source(existing):
                 evidence = Evidence(existing.size or 0, dict(self.digests), _reported(existing),
                                     not self.image.checksum)  # fmt: skip
+                t.result.image = existing
                 self._finish(t, "done", None, evidence)
                 return False
             await self._delete(t, existing)
@@ -169,7 +175,7 @@ class TargetWork:
         async def journal(image_id: str) -> None:
             await self.hooks.creating(t.region, image_id)
 
-        created = await create_copy(client, t.spec.create_fields, journal=journal)
+        created = await create_copy(client, t.spec.create_fields, journal=journal, fallback=t.spec.fallback_fields)
         failpoint("created")
         result.target_id = created.id
         await self.hooks.created(t.region, created.id)
@@ -308,6 +314,7 @@ class TargetWork:
                                     image_id=self.image.id)  # fmt: skip
         if verdict.ok:
             failpoint("verified")
+            t.result.image = reported  # the metadata step starts from it: no second read
             self._finish(t, "done", None, Evidence(run.size, run.digests, _reported(reported), run.unverified_source))
             return None
         if reported.status == "active":
