@@ -344,14 +344,16 @@ def test_active_deadline_is_above_max_runtime() -> None:
 
 
 def test_each_index_keeps_its_journal_in_its_own_directory() -> None:
-    """journal_dir is a per-index subPathExpr of one RWX claim, with JOB_COMPLETION_INDEX from the annotation."""
+    """journal_dir is one RWX claim mounted whole, and every pod runs with --shards, so imgmig keeps shard I's
+    journal (and lock) in journal_dir/shard-I-of-K/ side by side (tests/test_shards.py runs exactly that);
+    JOB_COMPLETION_INDEX comes from the pod's annotation."""
     journal_dir = _job_file()["run"]["journal_dir"]
     container = _container()
     mounts = [m for m in container["volumeMounts"] if m["mountPath"] == journal_dir]
     assert len(mounts) == 1, f"nothing is mounted at the job file's journal_dir {journal_dir}"
     mount = mounts[0]
-    assert "$(JOB_COMPLETION_INDEX)" in mount.get("subPathExpr", ""), mount
-    assert "subPath" not in mount
+    assert "subPath" not in mount and "subPathExpr" not in mount, mount  # the whole claim: status merges it
+    assert "--shards" in container["args"]
     index_env = [e for e in container["env"] if e["name"] == "JOB_COMPLETION_INDEX"]
     assert len(index_env) == 1
     assert index_env[0]["valueFrom"]["fieldRef"]["fieldPath"] == INDEX_ANNOTATION

@@ -20,10 +20,15 @@ from pipeline.units import format_size, format_table
 __all__ = ["cmd_check", "cmd_emulate", "cmd_plan", "cmd_report", "cmd_run", "cmd_status", "cmd_verify"]
 
 
-def _load(path: Path, *, need_secrets: bool = True) -> Any:
-    from pipeline.config import load_job
+def _load(path: Path, *, need_secrets: bool = True, args: argparse.Namespace | None = None) -> Any:
+    """The job file, as the shard ``--shard``/``--shards`` in ``args`` names (if any)."""
+    from pipeline.config import load_job, override, shard_from_args
 
-    return load_job(path, os.environ, need_secrets=need_secrets)
+    shard = None
+    if args is not None:  # the command line is checked before the file is read
+        shard = shard_from_args(getattr(args, "shard", None), getattr(args, "shards", None), os.environ)
+    spec = load_job(path, os.environ, need_secrets=need_secrets)
+    return override(spec, shard=shard) if shard is not None else spec
 
 
 def _run_async(fn: Callable[[], Any]) -> Any:
@@ -35,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run.runner import RunControls, run_job
     from pipeline.units import parse_duration
 
-    spec = _load(args.job)
+    spec = _load(args.job, args=args)
     max_runtime = None
     if args.max_runtime is not None:
         try:
@@ -71,7 +76,10 @@ def _metrics_file(args: argparse.Namespace, spec: Any) -> Any:
         return None
     from pipeline.report.metrics import MetricsFile
 
-    return MetricsFile(path, spec.name, source_region=spec.source.region)
+    if spec.shard is not None:  # one file per shard (node_exporter reads every *.prom), with a shard label
+        path = path.with_name(f"{path.stem}.{spec.shard.directory}{path.suffix}")
+    shard = str(spec.shard) if spec.shard is not None else None
+    return MetricsFile(path, spec.name, shard, source_region=spec.source.region)
 
 
 def _finish_run(args: argparse.Namespace, summary: Any, spec: Any, metrics: Any) -> None:
@@ -146,13 +154,13 @@ def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    return _print_plan(_load(args.job), as_json=args.json)
+    return _print_plan(_load(args.job, args=args), as_json=args.json)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from pipeline.run.status import render_status, status_view
 
-    spec = _load(args.job, need_secrets=False)
+    spec = _load(args.job, need_secrets=False, args=args)
     view = status_view(spec)
     print(json.dumps(view, indent=2, ensure_ascii=False) if args.json else render_status(view))
     return 0
@@ -161,7 +169,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from pipeline.run.verify import verify_job
 
-    spec = _load(args.job)
+    spec = _load(args.job, args=args)
     report = _run_async(lambda: verify_job(spec, deep=args.deep))
     if args.json:
         print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))

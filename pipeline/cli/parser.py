@@ -35,6 +35,15 @@ def _log_options(p: argparse.ArgumentParser) -> None:
                    help="least severe log level shown (default: %(default)s)")  # fmt: skip
 
 
+def _shard_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shard", metavar="I/K",
+                   help="run shard I (0-based) of K: only the source images whose id hashes to I; its journal is "
+                        "journal_dir/shard-I-of-K/")  # fmt: skip
+    p.add_argument("--shards", type=int, metavar="K",
+                   help="shard I of K, with I from JOB_COMPLETION_INDEX (set by a Kubernetes Indexed Job), so "
+                        "one command line serves every pod")  # fmt: skip
+
+
 def _add_run(sub: Any) -> None:
     p = sub.add_parser(
         "run", help="copy the job's images to every target, verified, resumable",
@@ -56,6 +65,7 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--spool-dir", type=Path, metavar="DIR",
                    help="keep a local copy of each image while it transfers so target retries need not read "
                         "the source again (skipped for an image when DIR lacks free space)")  # fmt: skip
+    _shard_options(p)
     _log_options(p)
     p.set_defaults(func=commands.cmd_run)
 
@@ -69,6 +79,7 @@ def _add_plan(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("job", type=Path, help=JOB_HELP)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _shard_options(p)
     _log_options(p)
     p.set_defaults(func=commands.cmd_plan)
 
@@ -77,11 +88,14 @@ def _add_status(sub: Any) -> None:
     p = sub.add_parser(
         "status", help="show the job's journal: runs and the state of each image x target",
         description="Read the job's journal (no network, no credentials needed) and show the last runs and "
-        "the state of every image x target. --json prints the stable machine-readable view. "
+        "the state of every image x target. --json prints the stable machine-readable view. A sharded job "
+        "(journal_dir/shard-I-of-K/) is shown merged: totals, and per shard whether it is running, done, "
+        "failed or never ran; --shard I/K shows one shard's journal. "
         "Exit 0, or 2 if the job file is invalid, or 1 if the journal is unreadable.",
     )  # fmt: skip
     p.add_argument("job", type=Path, help=JOB_HELP)
     p.add_argument("--json", action="store_true", help="print the stable JSON view")
+    _shard_options(p)
     p.set_defaults(func=commands.cmd_status)
 
 
@@ -95,6 +109,7 @@ def _add_verify(sub: Any) -> None:
     p.add_argument("job", type=Path, help=JOB_HELP)
     p.add_argument("--deep", action="store_true", help="download and hash every copy")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    _shard_options(p)
     _log_options(p)
     p.set_defaults(func=commands.cmd_verify)
 

@@ -15,11 +15,13 @@ from pipeline.config.models import (
     Source,
     TransferOptions,
 )
+from pipeline.config.shard import INDEX_VARIABLE, Shard, shard_from_args
 from pipeline.config.values import DEFAULT_IDENTITY_URL, DEFAULT_JOURNAL_ROOT, Secret
 
 __all__ = [
     "DEFAULT_IDENTITY_URL",
     "DEFAULT_JOURNAL_ROOT",
+    "INDEX_VARIABLE",
     "AuthProfile",
     "CopyOptions",
     "Endpoint",
@@ -27,9 +29,11 @@ __all__ = [
     "RunOptions",
     "Secret",
     "Select",
+    "Shard",
     "Source",
     "TransferOptions",
     "load_job",
     "override",
     "parse_job",
+    "shard_from_args",
 ]

@@ -38,6 +38,7 @@ from pipeline.config.models import (
     Source,
     TransferOptions,
 )
+from pipeline.config.shard import Shard
 from pipeline.config.values import BARE_KEY, DEFAULT_JOURNAL_ROOT, NAME, Secret, _kind
 from pipeline.errors import JobSpecError
 from pipeline.units import format_size
@@ -372,11 +373,16 @@ def load_job(
     return replace(parse_job(doc, source, environ, need_secrets=need_secrets), path=Path(source))
 
 
-def override(spec: JobSpec, *, max_runtime: float | None = None, spool_dir: Path | None = None) -> JobSpec:
-    """``spec`` with the command line's ``--max-runtime`` / ``--spool-dir`` in place of the file's values."""
+def override(
+    spec: JobSpec, *, max_runtime: float | None = None, spool_dir: Path | None = None, shard: Shard | None = None
+) -> JobSpec:
+    """``spec`` with the command line's ``--max-runtime`` / ``--spool-dir`` in place of the file's values,
+    and for ``--shard``/``--shards`` the shard, whose journal lives in ``journal_dir/shard-I-of-K/``."""
     run, transfer = spec.run, spec.transfer
     if max_runtime is not None:
         run = run.model_copy(update={"max_runtime": max_runtime})
     if spool_dir is not None:
         transfer = transfer.model_copy(update={"spool_dir": spool_dir})
-    return replace(spec, run=run, transfer=transfer)
+    if shard is not None:
+        run = run.model_copy(update={"journal_dir": run.journal_dir / shard.directory})
+    return replace(spec, run=run, transfer=transfer, shard=shard or spec.shard)

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, field_validator
 
+from pipeline.config.shard import Shard
 from pipeline.config.values import (
     DEFAULT_BUFFER_DEPTH,
     DEFAULT_CHUNK_SIZE,
@@ -242,6 +243,13 @@ class JobSpec:
     copy: CopyOptions
     transfer: TransferOptions
     run: RunOptions
+    #: The part of the job this process runs (``--shard``/``--shards``); None: all of it. ``run.journal_dir``
+    #: is then the shard's own directory.
+    shard: Shard | None = None
+
+    def owns(self, source_id: str) -> bool:
+        """Whether this process handles source image ``source_id`` (always, unless sharded)."""
+        return self.shard is None or self.shard.owns(source_id)
 
     def profile(self, endpoint: Endpoint) -> AuthProfile:
         """The auth profile an endpoint names (validation guarantees it exists)."""

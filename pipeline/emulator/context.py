@@ -22,6 +22,8 @@ class RegionStats:
     requests: dict[str, int] = field(default_factory=dict)
     uploads_started: int = 0
     uploads_completed: int = 0
+    #: Completed uploads per image id (a test maps them to source images through the copies' properties).
+    completed_by_image: dict[str, int] = field(default_factory=dict)
     #: Uploads that broke off (client gone, dropped, stalled) before all their bytes arrived.
     uploads_aborted: int = 0
     #: Uploads in progress right now, and the bytes they have received so far (>0: one is mid-transfer).

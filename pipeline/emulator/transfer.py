@@ -116,6 +116,7 @@ async def upload_handler(request: web.Request) -> web.StreamResponse:
         stats.active_upload_bytes -= received
         if ok:
             stats.uploads_completed += 1
+            stats.completed_by_image[rec.id] = stats.completed_by_image.get(rec.id, 0) + 1
         else:
             stats.uploads_aborted += 1
         with anyio.CancelScope(shield=True):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
-from pipeline.config import JobSpec
-from pipeline.state.journal import Journal
+from pipeline.config import JobSpec, Shard
+from pipeline.state.journal import LOG, SNAPSHOT, Journal
 from pipeline.state.lock import lock_holder
 from pipeline.units import format_size, format_table
 
@@ -17,18 +18,86 @@ __all__ = ["STATUS_FORMAT", "render_status", "status_view"]
 STATUS_FORMAT = 1
 
 
-def _running(spec: JobSpec) -> dict[str, Any] | None:
-    """The lock holder if a run is in progress right now, else None."""
-    return lock_holder(spec.run.journal_dir)
-
-
 def _iso(t: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else None
 
 
 def status_view(spec: JobSpec) -> dict[str, Any]:
-    """The stable machine-readable view of a job's journal (``imgmig status --json``)."""
-    state = Journal.read(spec.run.journal_dir, spec.name)
+    """The stable machine-readable view of a job's journal (``imgmig status --json``). A job whose
+    ``journal_dir`` holds shard journals (``shard-I-of-K/``) and that is not itself run as one shard is shown
+    merged: every key as for one journal, summed or concatenated over the shards of the newest layout (the K
+    run most recently), plus ``shards`` (one entry per index 0..K-1) and ``other_layouts``."""
+    base = spec.run.journal_dir
+    found = _shard_dirs(base) if spec.shard is None else {}
+    if not found:
+        return _journal_view(spec, base)
+    views = {shard: _journal_view(spec, path) for shard, path in found.items()}
+    newest = max(views, key=lambda s: _last_start(views[s]))
+    count = newest.count
+    current = sorted((s for s in views if s.count == count), key=lambda s: s.index)
+    shards = []
+    for index in range(count):
+        shard = Shard(index, count)
+        view = views.get(shard)
+        entry = {"shard": str(shard), "index": index, "count": count, "journal_dir": str(base / shard.directory),
+                 "state": _shard_state(view), "running": view["running"] if view else None,
+                 "last_run": view["last_run"] if view else None, "counts": view["counts"] if view else {}}  # fmt: skip
+        shards.append(entry)
+    counts: dict[str, int] = {}
+    for shard in current:
+        for key, n in views[shard]["counts"].items():
+            counts[key] = counts.get(key, 0) + n
+    runs = sorted(({**r, "shard": str(s)} for s in current for r in views[s]["runs"]),
+                  key=lambda r: r["started_at"] or "")  # fmt: skip
+    running = next(({**v["running"], "shard": str(s)} for s, v in views.items() if v["running"] is not None), None)
+    older = sorted({s.count for s in views if s.count != count})
+    if (base / LOG).exists() or (base / SNAPSHOT).exists():
+        older.insert(0, 1)  # an unsharded journal in journal_dir itself
+    return {
+        "format": STATUS_FORMAT,
+        "job": spec.name,
+        "journal_dir": str(base),
+        "seq": sum(views[s]["seq"] for s in current),
+        "running": running,
+        "last_run": runs[-1] if runs else None,
+        "runs": runs,
+        "counts": counts,
+        "images": [{**image, "shard": str(s)} for s in current for image in views[s]["images"]],
+        "sources_open": [{**src, "shard": str(s)} for s in current for src in views[s]["sources_open"]],
+        "shards": shards,
+        # journals of other shard counts (1: unsharded runs); the newest layout is the one shown
+        "other_layouts": older,
+    }
+
+
+def _shard_dirs(base: Path) -> dict[Shard, Path]:
+    try:
+        children = list(base.iterdir())
+    except OSError:
+        return {}
+    found = {Shard.from_directory(child.name): child for child in children if child.is_dir()}
+    return {shard: path for shard, path in found.items() if shard is not None}
+
+
+def _last_start(view: dict[str, Any]) -> str:
+    return max((r["started_at"] or "" for r in view["runs"]), default="")
+
+
+def _shard_state(view: dict[str, Any] | None) -> str:
+    """running, never ran, done, failed, parked (max_runtime), interrupted, or unfinished (no end recorded)."""
+    if view is None or view["last_run"] is None:
+        return "never ran"
+    if view["running"] is not None:
+        return "running"
+    code = view["last_run"]["exit_code"]
+    if code is None:
+        return "unfinished"
+    return {0: "done", 10: "parked", 130: "interrupted", 143: "interrupted"}.get(code, "failed")
+
+
+def _journal_view(spec: JobSpec, journal_dir: Path) -> dict[str, Any]:
+    """The view of one journal (the job's, or one shard's)."""
+    state = Journal.read(journal_dir, spec.name)
     counts: dict[str, int] = {}
     images = []
     for entry in state.images.values():
@@ -46,9 +115,9 @@ def status_view(spec: JobSpec) -> dict[str, Any]:
     return {
         "format": STATUS_FORMAT,
         "job": spec.name,
-        "journal_dir": str(spec.run.journal_dir),
+        "journal_dir": str(journal_dir),
         "seq": state.seq,
-        "running": _running(spec),
+        "running": lock_holder(journal_dir),
         "last_run": runs[-1] if runs else None,
         "runs": runs,
         "counts": counts,
@@ -61,9 +130,18 @@ def status_view(spec: JobSpec) -> dict[str, Any]:
 def render_status(view: dict[str, Any]) -> str:
     """The status as a human table."""
     lines = [f"job {view['job']} (journal {view['journal_dir']})"]
+    for shard in view.get("shards", ()):
+        last = shard["last_run"]
+        when = f", last run {last['run_id']} started {last['started_at']}" if last else ""
+        done = ", ".join(f"{k} {v}" for k, v in sorted(shard["counts"].items()))
+        lines.append(f"  shard {shard['shard']}: {shard['state']}{when}" + (f" ({done})" if done else ""))
+    if view.get("other_layouts"):
+        lines.append("  older journals of other shard counts: " + ", ".join(
+            "unsharded" if k == 1 else f"K={k}" for k in view["other_layouts"]))  # fmt: skip
     running = view["running"]
     if running is not None:
-        lines.append(f"  RUNNING now: PID {running.get('pid')} since {running.get('started')}")
+        where = f" (shard {running['shard']})" if running.get("shard") else ""
+        lines.append(f"  RUNNING now{where}: PID {running.get('pid')} since {running.get('started')}")
     last = view["last_run"]
     if last is None:
         lines.append("  no run yet")
@@ -73,7 +151,7 @@ def render_status(view: dict[str, Any]) -> str:
     lines.append("  " + ", ".join(f"{k} {v}" for k, v in sorted(view["counts"].items())))
     lines += [f"  SOURCE LEFT OPEN {src['image_id']}: nhncloud_allow_download switched on by a run that did not "
               f"finish; the next run restores {src['original']!r}" for src in view["sources_open"]]  # fmt: skip
-    rows = [("IMAGE", "NAME", "TARGET", "STATE", "ACTION", "BYTES", "TARGET IMAGE", "NOTE")]
+    rows = [("IMAGE", "NAME", "TARGET", "STATE", "ACTION", "BYTES", "TARGET IMAGE", "NOTE")]  # fmt: skip
     for image in view["images"]:
         for label, t in image["targets"].items():
             note = t.get("error") or image.get("skipped") or ("; ".join(t.get("problems") or []))
