@@ -352,7 +352,8 @@ def test_each_index_keeps_its_journal_in_its_own_directory() -> None:
     mounts = [m for m in container["volumeMounts"] if m["mountPath"] == journal_dir]
     assert len(mounts) == 1, f"nothing is mounted at the job file's journal_dir {journal_dir}"
     mount = mounts[0]
-    assert "subPath" not in mount and "subPathExpr" not in mount, mount  # the whole claim: status merges it
+    assert "subPath" not in mount, mount  # the whole claim: status merges every shard's journal
+    assert "subPathExpr" not in mount, mount
     assert "--shards" in container["args"]
     index_env = [e for e in container["env"] if e["name"] == "JOB_COMPLETION_INDEX"]
     assert len(index_env) == 1

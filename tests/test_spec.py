@@ -566,3 +566,12 @@ def test_parse_job_has_no_path() -> None:
     spec = load_minimal()
     assert spec.path is None
     assert spec.name == "minimal"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "jobs").glob("*.toml")), ids=lambda p: p.name)
+def test_example_jobs_are_valid(path: Path) -> None:
+    """Every example job in jobs/ passes the validator (secrets are not needed to validate)."""
+    spec = load_job(path, {}, need_secrets=False)
+    assert spec.path == path
+    if path.name == "dr-mirror-prune.toml":
+        assert (spec.prune.enabled, spec.prune.max_delete, spec.prune.max_shrink) == (True, 20, 0.3)

@@ -140,6 +140,13 @@ def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
         name = (image_plan.image.name or "")[:32]
         rows.append((image_plan.image.id, name, step.target, step.action.value, format_size(step.bytes),
                      step.reason))  # fmt: skip
+    pruning = plan.prune
+    for deletion, action in [(d, "delete") for d in pruning.deletions] + [(d, "keep") for d in pruning.kept] if (
+            pruning is not None) else []:  # fmt: skip
+        why = f"copy {deletion.copy.id}: its source is no longer selected or gone" + (
+            " (protected; prune_protected = false)" if action == "keep" else "")  # fmt: skip
+        rows.append((deletion.source_id, (deletion.copy.name or "")[:32], deletion.target, f"prune:{action}",
+                     format_size(0), why))  # fmt: skip
     print(format_table(rows))
     counts = ", ".join(f"{k} {v}" for k, v in plan.counts().items() if v)
     prefix = "dry run: " if dry_run else ""
@@ -150,6 +157,8 @@ def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
             print(f"UNAVAILABLE {label}: {target.error}")
     for note in plan.notes:
         print(f"note: {note}")
+    if plan.prune is not None and plan.prune.refused:
+        print(f"PRUNE REFUSED: {plan.prune.refused}")
     return 0
 
 

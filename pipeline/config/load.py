@@ -33,6 +33,7 @@ from pipeline.config.models import (
     CopyOptions,
     Endpoint,
     JobSpec,
+    PruneOptions,
     RunOptions,
     Select,
     Source,
@@ -45,7 +46,7 @@ from pipeline.units import format_size
 
 __all__ = ["load_job", "override", "parse_job"]
 
-_TOP_LEVEL = ("name", "auth", "source", "targets", "select", "copy", "transfer", "run")
+_TOP_LEVEL = ("name", "auth", "source", "targets", "select", "copy", "transfer", "run", "prune")
 _EXPECTED = {
     "int_type": "an integer",
     "string_type": "a string",
@@ -333,6 +334,10 @@ def parse_job(
     copy = _validate(CopyOptions, doc.get("copy", {}), ("copy",), problems, names)
     transfer = _validate(TransferOptions, doc.get("transfer", {}), ("transfer",), problems, names)
     run = _validate(RunOptions, doc.get("run", {}), ("run",), problems, names)
+    prune = _validate(PruneOptions, doc.get("prune", {}), ("prune",), problems, names)
+    if prune and prune.enabled and prune.max_delete is None:
+        problems.append(("prune.max_delete", "required when prune.enabled = true: the most copies one run may "
+                                             "delete (a plan with more deletes nothing)"))  # fmt: skip
 
     _check_places(src, targets, profiles, problems)
     if select and select.size_min is not None and select.size_max and select.size_min > select.size_max:
@@ -348,12 +353,12 @@ def parse_job(
             if region not in regions
         )
     # Without problems every section parsed; the second half only tells the type checker so.
-    if problems or not (name and src and targets and select and copy and transfer and run):
+    if problems or not (name and src and targets and select and copy and transfer and run and prune):
         raise JobSpecError(source, problems)
     if "journal_dir" not in run.model_fields_set:
         run = run.model_copy(update={"journal_dir": DEFAULT_JOURNAL_ROOT / name})
     return JobSpec(name=name, path=None, auth=profiles, source=src, targets=tuple(t for t in targets if t),
-                   select=select, copy=copy, transfer=transfer, run=run)  # fmt: skip
+                   select=select, copy=copy, transfer=transfer, run=run, prune=prune)  # fmt: skip
 
 
 def load_job(

@@ -10,7 +10,7 @@ file: ``load`` puts them on the profile (private attributes) from the environmen
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +40,7 @@ from pipeline.config.values import (
     _Duration,
     _EnvName,
     _existing_path,
+    _fraction,
     _Globs,
     _PathValue,
     _product,
@@ -58,6 +59,7 @@ __all__ = [
     "CopyOptions",
     "Endpoint",
     "JobSpec",
+    "PruneOptions",
     "RunOptions",
     "Select",
     "Source",
@@ -230,6 +232,19 @@ class RunOptions(_Section):
     insecure: bool = False
 
 
+class PruneOptions(_Section):
+    """Mirrors: delete this job's copies whose source is no longer selected or no longer exists, within limits
+    that keep a broken source or a wrong scope from emptying a DR site."""
+
+    enabled: bool = False
+    #: The most copies one run may delete; a plan with more deletes nothing (required when enabled).
+    max_delete: Annotated[int, AfterValidator(_between(0, 10_000_000))] | None = None
+    #: Refuse to prune when the selection shrank by more than this share since the last run.
+    max_shrink: Annotated[float, PlainValidator(_fraction)] = 0.5
+    #: Unprotect and delete protected copies too (otherwise they are kept, and the plan says so).
+    prune_protected: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """A whole validated job file."""
@@ -243,6 +258,7 @@ class JobSpec:
     copy: CopyOptions
     transfer: TransferOptions
     run: RunOptions
+    prune: PruneOptions = field(default_factory=PruneOptions)
     #: The part of the job this process runs (``--shard``/``--shards``); None: all of it. ``run.journal_dir``
     #: is then the shard's own directory.
     shard: Shard | None = None

@@ -50,6 +50,7 @@ __all__ = [
     "_between",
     "_copy_properties",
     "_existing_path",
+    "_fraction",
     "_kind",
     "_product",
     "_visibility",
@@ -222,6 +223,22 @@ def _visibility(value: object) -> tuple[str, ...]:
         if item not in _VISIBILITIES:
             raise ValueError(f"unknown visibility {item!r}; expected private, shared or community")
     return tuple(dict.fromkeys(value))
+
+
+def _fraction(value: object) -> float:
+    """A share: "50%" or a number from 0 to 1."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            share = float(value.strip()[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"bad percentage {value!r}: expected something like '50%'") from None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        share = float(value)
+    else:
+        raise ValueError(f"expected a percentage like '50%' or a number from 0 to 1, got {_kind(value)}")
+    if not 0 <= share <= 1:
+        raise ValueError(f"must be between 0% and 100%, got {value!r}")
+    return share
 
 
 def _product(value: object) -> str:

@@ -5,6 +5,7 @@ keys this job manages (from the journal), metadata diffs, and the plan built fro
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from pipeline.config import JobSpec
@@ -12,6 +13,7 @@ from pipeline.models import Image, Member
 from pipeline.plan.metadiff import Desired, MetaDiff, desired_metadata, diff_metadata
 from pipeline.plan.planner import Plan, plan_job
 from pipeline.plan.provenance import provenance
+from pipeline.plan.prune import plan_prune
 from pipeline.state.records import JournalState
 
 __all__ = ["Discovered", "DiscoveredTarget", "Intent"]
@@ -87,6 +89,11 @@ class Intent:
         inventory = self.inventory
         available = [label for label, t in inventory.targets.items() if t.error is None]
         copies = {label: t.copies for label, t in inventory.targets.items() if t.error is None}
-        return plan_job(inventory.images, available, copies, self.state, self.spec.copy,
+        pruning = self.spec.prune.enabled
+        plan = plan_job(inventory.images, available, copies, self.state, self.spec.copy,
                         lambda image, label, copy: self.diff(image, label, copy),
-                        enable_download=self.spec.source.enable_download)  # fmt: skip
+                        enable_download=self.spec.source.enable_download, pruning=pruning)  # fmt: skip
+        if not pruning:
+            return plan
+        selected = {image.id for image in inventory.images}
+        return replace(plan, prune=plan_prune(self.spec.prune, selected, copies, self.state.selected))

@@ -30,6 +30,7 @@ from pipeline.config import CopyOptions, Select
 from pipeline.models import Image
 from pipeline.plan.metadiff import MetaDiff
 from pipeline.plan.provenance import PROV_SOURCE_ID
+from pipeline.plan.prune import PrunePlan
 from pipeline.state.records import JournalState, TargetEntry
 
 __all__ = [
@@ -121,6 +122,8 @@ class Plan:
     images: tuple[ImagePlan, ...]
     targets: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    #: ``[prune] enabled``: the copies to delete, or why none may go.
+    prune: PrunePlan | None = None
 
     def steps(self) -> Iterable[tuple[ImagePlan, Step]]:
         for image in self.images:
@@ -148,7 +151,8 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {"targets": list(self.targets), "counts": self.counts(), "bytes": self.bytes,
-                "images": [i.to_json() for i in self.images], "notes": list(self.notes)}  # fmt: skip
+                "images": [i.to_json() for i in self.images], "notes": list(self.notes),
+                "prune": self.prune.to_json() if self.prune is not None else None}  # fmt: skip
 
 
 def _updated(image: Image) -> datetime | None:
@@ -289,6 +293,7 @@ def plan_job(
     meta_diff: Callable[[Image, str, Image], MetaDiff],
     *,
     enable_download: bool = False,
+    pruning: bool = False,
 ) -> Plan:
     """Decide every image x target from the selected ``images`` and each target's copies of this job."""
     by_source: dict[str, dict[str, list[Image]]] = {t: {} for t in targets}
@@ -316,7 +321,7 @@ def plan_job(
     notes = [
         f"{label}: copy {c.id} of source image {c.raw.get(PROV_SOURCE_ID)} is no longer selected; left in place"
         for label in targets for c in copies.get(label, ()) if c.raw.get(PROV_SOURCE_ID) not in selected
-    ]  # fmt: skip
+    ] if not pruning else []  # fmt: skip
     notes += [
         f"source image {p.image.id} ({p.image.name}): nhncloud_allow_download is switched on while it is read "
         f"and set back to {p.image.raw.get(ALLOW_DOWNLOAD)!r} afterwards ([source] enable_download)"

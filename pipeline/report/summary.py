@@ -100,6 +100,10 @@ class RunSummary:
     retries: int = 0
     resumes: int = 0
     orphans_deleted: int = 0
+    #: ``[prune]``: the copies deleted, why none were (a refusal), and deletes that failed.
+    pruned: list[dict[str, Any]] = field(default_factory=list)
+    prune_refused: str | None = None
+    prune_failed: list[str] = field(default_factory=list)
     parked_images: int = 0
     unavailable: dict[str, str] = field(default_factory=dict)
     #: Sources whose download permission an earlier run left switched on and this run could not restore.
@@ -147,7 +151,7 @@ class RunSummary:
             return EXIT_SIGNAL[self.interrupted]
         if self.fatal:
             return self.fatal_code
-        if self.failures or self.unavailable or self.sources_left_open:
+        if self.failures or self.unavailable or self.sources_left_open or self.prune_refused or self.prune_failed:
             return EXIT_FAILED
         if self.parked:
             return EXIT_PARKED
@@ -159,7 +163,7 @@ class RunSummary:
             return "interrupted"
         if self.fatal:
             return "fatal"
-        if self.failures or self.unavailable or self.sources_left_open:
+        if self.failures or self.unavailable or self.sources_left_open or self.prune_refused or self.prune_failed:
             return "failed"
         return "parked" if self.parked else "ok"
 
@@ -172,6 +176,7 @@ class RunSummary:
             "rate_bytes_per_second": round(rate, 1), "retries": self.retries, "source_resumes": self.resumes,
             "orphans_deleted": self.orphans_deleted, "unavailable_targets": dict(self.unavailable),
             "sources_left_open": dict(self.sources_left_open),
+            "pruned": list(self.pruned), "prune_refused": self.prune_refused, "prune_failed": list(self.prune_failed),
             "journal": {"records": self.journal_records, "seconds": round(self.journal_seconds, 4)},
             "requests": self.requests.by_region(), "tokens_issued": dict(self.tokens_issued),
             "fatal": self.fatal, "plan": self.plan.to_json() if self.plan is not None else None,
@@ -200,6 +205,11 @@ class RunSummary:
             lines.append(f"  {self.orphans_deleted} leftover copies deleted")
         lines += [f"  UNAVAILABLE {label}: {reason}" for label, reason in self.unavailable.items()]
         lines += [f"  SOURCE LEFT OPEN {image_id}: {reason}" for image_id, reason in self.sources_left_open.items()]
+        lines += [f"  PRUNED {p['target']}: copy {p['target_id']} ({p['name']}) of source {p['source_id']}"
+                  for p in self.pruned]  # fmt: skip
+        if self.prune_refused:
+            lines.append(f"  PRUNE REFUSED: {self.prune_refused}")
+        lines += [f"  PRUNE FAILED {failure}" for failure in self.prune_failed]
         lines += [f"  FAILED {s.name or s.image_id} -> {s.target}: {s.error}" for s in self.failures]
         for step in self.steps:
             lines += [f"  WARNING {step.name or step.image_id} -> {step.target}: {p}" for p in step.problems]

@@ -30,7 +30,7 @@ from pipeline.transfer.engine import Engine, EngineHooks, TargetResult, TargetSp
 if TYPE_CHECKING:
     from pipeline.run.runner import RunControls
 
-__all__ = ["Running", "image_task", "journal_plan", "sweep"]
+__all__ = ["Running", "image_task", "journal_plan", "prune", "sweep"]
 
 log = structlog.get_logger("imgmig")
 
@@ -91,6 +91,34 @@ async def sweep(run: Running, plan: Plan, inventory: Inventory) -> None:
             run.summary.orphans_deleted += 1
             failpoint("swept")
             run.journal.record("target", image_id=image_plan.image.id, region=step.target, deleted=extra.id)
+
+
+async def prune(run: Running, plan: Plan, inventory: Inventory) -> None:
+    """``[prune]``: delete the copies the plan marked, or record why none may go. Each delete re-checks the
+    provenance on the image itself (``delete_copy``) and unprotects a protected copy first."""
+    pruning = plan.prune
+    if pruning is None or not (pruning.deletions or pruning.kept):
+        return
+    for kept in pruning.kept:
+        log.warning("prune_kept_protected", target=kept.target, target_image=kept.copy.id, source_id=kept.source_id,
+                    message="protected copy kept ([prune] prune_protected = false)")  # fmt: skip
+    if pruning.refused is not None:
+        run.summary.prune_refused = pruning.refused
+        log.error("prune_refused", job=run.spec.name, reason=pruning.refused)
+        return
+    for deletion in pruning.deletions:
+        target = inventory.targets[deletion.target]
+        where = f"{deletion.target}: copy {deletion.copy.id} of source {deletion.source_id}"
+        try:
+            deleted = await delete_copy(target.client, deletion.copy, run.spec.name)
+        except ApiError as exc:
+            run.summary.prune_failed.append(f"{where}: {exc}")
+            continue
+        if not deleted:
+            continue  # no longer carries this job's provenance: never touched
+        failpoint("pruned")
+        run.journal.record("pruned", image_id=deletion.source_id, region=deletion.target, deleted=deletion.copy.id)
+        run.summary.pruned.append(deletion.to_json())
 
 
 class _Hooks(EngineHooks):

@@ -32,7 +32,7 @@ from pipeline.report.events import PlanReady, Reporter
 from pipeline.report.metrics import MetricsFile
 from pipeline.report.summary import EXIT_FAILED, RunSummary
 from pipeline.run.gate import restore_left_open
-from pipeline.run.images import Running, image_task, journal_plan, sweep
+from pipeline.run.images import Running, image_task, journal_plan, prune, sweep
 from pipeline.run.inventory import Clients, Inventory, discover, retry_policy, transport_config
 from pipeline.state.failpoints import failpoint
 from pipeline.state.journal import Journal
@@ -218,6 +218,11 @@ async def _discover_and_copy(run: Running) -> None:
     async with anyio.create_task_group() as tg:
         for image_plan in plan.images:
             tg.start_soon(image_task, run, image_plan, limiter)
+    await prune(run, plan, inventory)  # after the copies, like rclone's default --delete-after
+    if plan.prune is None or plan.prune.refused is None:
+        # the baseline a later prune compares with: a refused selection never becomes the baseline, so a
+        # broken source keeps being refused night after night until someone raises the limit for a run
+        run.journal.record("selection", count=len(inventory.images))
 
 
 # === plan

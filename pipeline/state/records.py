@@ -84,6 +84,8 @@ class JournalState:
     #: What each target's ``/v2/schemas/image`` marked read-only, and when it was read: target label ->
     #: {"at": unix time, "read_only": [field, ...]} (a rerun does not read the schema again while it is fresh).
     schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: How many source images the last run selected (a prune refuses when the selection shrinks too much).
+    selected: int | None = None
 
     def target(self, image_id: str, region: str) -> TargetEntry | None:
         image = self.images.get(image_id)
@@ -118,6 +120,8 @@ class JournalState:
                 self.open_sources[rec["image_id"]] = rec.get("original")
             elif rec.get("download") == "restored":
                 self.open_sources.pop(rec["image_id"], None)
+        elif kind == "selection":
+            self.selected = int(rec.get("count", 0))
         elif kind == "schema":
             self.schemas[rec["region"]] = {"at": at, "read_only": list(rec.get("read_only") or [])}
 
@@ -154,7 +158,7 @@ class JournalState:
         images = {k: {**vars(v), "targets": {r: vars(t) for r, t in v.targets.items()}} for k, v in self.images.items()}
         return {"format": FORMAT, "job": self.job, "seq": self.seq, "images": images,
                 "runs": [vars(r) for r in self.runs], "open_sources": dict(self.open_sources),
-                "schemas": dict(self.schemas)}  # fmt: skip
+                "schemas": dict(self.schemas), "selected": self.selected}  # fmt: skip
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> JournalState:
@@ -166,6 +170,7 @@ class JournalState:
         state.runs = [RunEntry(**r) for r in doc.get("runs", [])]
         state.open_sources = dict(doc.get("open_sources") or {})
         state.schemas = dict(doc.get("schemas") or {})
+        state.selected = doc.get("selected")
         return state
 
 
