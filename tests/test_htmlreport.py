@@ -4,6 +4,7 @@ escaping, run selection, a partly folded journal, and the size and build time of
 from __future__ import annotations
 
 import html
+import json
 import re
 import time
 import uuid
@@ -194,3 +195,25 @@ def test_partly_folded_run_is_said_and_still_counted(tmp_path: Path) -> None:
     assert card(page, "copied") == 78
     assert card(page, "failed") == 2
     assert_well_formed(page)
+
+
+async def test_phase_times_are_journalled_and_drawn(emulator: Emulator, tmp_path: Path) -> None:
+    """Each final record of a copy carries when its upload, verification and metadata began, in order and
+    within the step; the timeline draws those phases (verification and metadata segments, one per copy)."""
+    tenant = uuid.uuid4().hex
+    for i in range(2):
+        add(emulator, tenant, f"phased-{i}", size=300_000 + i)
+    spec = job(emulator, tmp_path, tenant)
+    summary = await run(spec)
+    assert summary.exit_code == 0
+    finals = [json.loads(line) for line in (spec.run.journal_dir / "journal.jsonl").read_text().splitlines()]
+    finals = [r for r in finals if r["kind"] == "target" and r.get("state") == "done"]
+    assert len(finals) == 2 * len(TARGETS)
+    starts = {r["image_id"]: r["at"] for r in finals}
+    for rec in finals:
+        phases = rec["phases"]
+        assert phases["upload"] <= phases["verify"] <= phases["metadata"] <= rec["at"]
+        assert phases["upload"] <= starts[rec["image_id"]]
+    page = build_report(spec.run.journal_dir, "meta")
+    assert page.count('fill="#78909c"') == len(finals)  # one verification segment per copy
+    assert page.count('fill="#7e57c2"') == len(finals)  # one metadata segment per copy

@@ -27,10 +27,12 @@ _DONE = dict.fromkeys(DATA_ACTIONS, "copied") | {"metadata": "metadata"}  # a do
 OUTCOMES = ("copied", "metadata", "up_to_date", "skipped", "failed", "cancelled", "unavailable", "unfinished")
 COLOURS = {"copied": "#2e7d32", "metadata": "#1565c0", "up_to_date": "#607d8b", "skipped": "#b0bec5",
            "failed": "#c62828", "cancelled": "#ef6c00", "unavailable": "#6d4c41", "unfinished": "#8e24aa"}  # fmt: skip
+#: The phases after the transfer, in the timeline.
+PHASE_COLOURS = {"verify": "#78909c", "metadata": "#7e57c2"}
 REGION_COLOURS = ("#1565c0", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#ad1457", "#5d4037", "#455a64")
 NOT_RECORDED = (
-    "Per-phase times inside a copy: the journal records when a target image was created and when the step "
-    "ended, not when the upload, the verification or the metadata step started or finished.",
+    "Per-phase times in journals written before phases were recorded: there, only when a target image was "
+    "created and when the step ended are known. Phase times are those of the last attempt of each phase.",
     "Per-attempt times: only the number of attempts of the final record is known, not when each retry ran.",
     "When work started for steps that create nothing (resume, metadata, up to date, skipped): their bar runs "
     "from the plan to the final record, so waiting for a slot and working are not told apart.",
@@ -74,6 +76,8 @@ class Bar:
     error: str | None = None
     problems: list[str] = field(default_factory=list)
     unavailable: bool = False
+    #: When the upload, verification and metadata phases began (journals written since phases are recorded).
+    phases: dict[str, float] = field(default_factory=dict)
     folded: bool = False  # known only from the snapshot: its final time, not its start
 
     @property
@@ -195,12 +199,13 @@ def _timeline(run: RunView, bars: list[Bar]) -> list[str]:
     left, width, row, top = 300, 860, 16, 16
     height = top + 22 + row * len(bars)
     out.append('<p class="note">One bar per image x target, from its first record in this run to its final record. '
-               "Grey: planned, waiting for a slot; dark grey: the create call (creating to created); coloured: "
-               "upload, verification and metadata (created to final record), in the colour of the outcome. A bar "
-               "without a create is drawn pale: queueing and work are not told apart. ↻n: n attempts; ✕: "
-               "failed. Hover a bar for its details.</p>")  # fmt: skip
+               "Grey: planned, waiting for a slot; dark grey: the create call (creating to created); in the colour "
+               "of the outcome: the transfer (from the upload's first byte); blue-grey: verification; purple: the "
+               "metadata step. Journals written before phases were recorded show created to final record in the "
+               "outcome's colour. A bar without a create or an upload is drawn pale: queueing and work are not "
+               "told apart. ↻n: n attempts; ✕: failed. Hover a bar for its details.</p>")  # fmt: skip
     out.append(_legend([(k.replace("_", " "), COLOURS[k]) for k in OUTCOMES] + [("waiting", "#e0e0e0"),
-                                                                                  ("create", "#616161")]))  # fmt: skip
+                       ("create", "#616161"), *PHASE_COLOURS.items()]))  # fmt: skip
     svg = _svg("timeline", left + width + 60, height) + _axis(left, width, top, height - 18, span, above=True)
 
     def x(t: float | None) -> float:
@@ -217,7 +222,14 @@ def _timeline(run: RunView, bars: list[Bar]) -> list[str]:
              f"{_e(b.region)}</text>"]  # fmt: skip
         end = b.end if b.end is not None else run.t1
         phases: list[tuple[float | None, float | None, str, str]] = []
-        if b.creating or b.created:
+        if b.phases and (b.creating or b.created or b.phases.get("upload")):
+            upload, verify, meta = b.phases.get("upload"), b.phases.get("verify"), b.phases.get("metadata")
+            begun = b.creating or b.created or upload
+            phases += [(b.start, begun, "#e0e0e0", "1"), (b.creating, b.created, "#616161", "1"),
+                       (upload, verify or meta or end, colour, "1"),
+                       (verify, meta or end, PHASE_COLOURS["verify"], "1"),
+                       (meta, end, PHASE_COLOURS["metadata"], "1")]  # fmt: skip
+        elif b.creating or b.created:
             phases += [(b.start, b.creating or b.created, "#e0e0e0", "1"), (b.creating, b.created, "#616161", "1"),
                        (b.created, end, colour, "1")]  # fmt: skip
         else:

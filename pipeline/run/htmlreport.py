@@ -68,6 +68,10 @@ def _final(bar: Bar, rec: dict[str, Any], at: float) -> None:
     bar.state, bar.end = rec["state"], at
     bar.bytes, bar.attempts = int(rec.get("bytes") or 0), int(rec.get("attempts") or 0)
     bar.error, bar.problems = rec.get("error"), list(rec.get("problems") or [])
+    phases = rec.get("phases")
+    bar.phases = (
+        {k: float(v) for k, v in phases.items() if isinstance(v, int | float)} if isinstance(phases, dict) else {}
+    )
 
 
 def _collect(state: JournalState, records: list[dict[str, Any]], entry: RunEntry) -> RunView:

@@ -5,6 +5,7 @@ final records (``runner`` drives them under the job's lock and limits).
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -210,6 +211,7 @@ async def _finish_step(run: Running, image: Image, step: Step, result: TargetRes
     target_id = result.target_id if result is not None else (step.existing.id if step.existing else None)
     assert target_id is not None
     budget = result.budget if result is not None else RetryBudget(run.spec.transfer.retries)
+    phases = {**(result.phases if result is not None else {}), "metadata": time.time()}
     try:
         with spending(budget):  # the metadata step spends the same retry budget as the copy before it
             # the copy as the engine's verification read it (nothing wrote to it since); else read it now
@@ -226,10 +228,12 @@ async def _finish_step(run: Running, image: Image, step: Step, result: TargetRes
                 failpoint("replaced")
                 run.journal.record("target", image_id=image.id, region=step.target, deleted=stale.id)
     except ApiError as exc:
-        _record_step(run, image, step, "failed", result=result, error=f"metadata: {exc}", target_id=target_id)
+        _record_step(run, image, step, "failed", result=result, error=f"metadata: {exc}", target_id=target_id,
+                     phases=phases)  # fmt: skip
         return
     _record_step(run, image, step, "done", result=result, target_id=target_id, problems=report.problems,
-                 pending=report.pending_members, managed=report.managed, changed=report.changed)  # fmt: skip
+                 pending=report.pending_members, managed=report.managed, changed=report.changed,
+                 phases=phases)  # fmt: skip
 
 
 async def _acceptors(run: Running, label: str, desired: Desired) -> dict[str, Any]:
@@ -250,6 +254,7 @@ def _record_step(
     run: Running, image: Image, step: Step, state: str, *, result: TargetResult | None = None,
     error: str | None = None, target_id: str | None = None, problems: list[str] | None = None,
     pending: list[str] | None = None, managed: list[str] | None = None, changed: bool = False,
+    phases: dict[str, float] | None = None,
 ) -> None:  # fmt: skip
     # a final record: empty fields are left out (the journal state resets them)
     fields: dict[str, Any] = {"state": state}
@@ -270,6 +275,9 @@ def _record_step(
         fields["pending_members"] = pending
     if managed is not None:
         fields["metadata"] = ",".join(managed)
+    phases = phases if phases is not None else (result.phases if result is not None else None)
+    if phases:  # when each phase began: the HTML report's timeline (old journals simply lack it)
+        fields["phases"] = {name: round(at, 3) for name, at in phases.items()}
     run.journal.record("target", image_id=image.id, region=step.target, **fields)
     run.summary.step_finished(StepFinished(
         image_id=image.id, name=image.name, target=step.target, action=step.action.value, state=state,

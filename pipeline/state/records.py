@@ -20,7 +20,8 @@ FORMAT = 1
 #: Target fields a "target" record may set; anything else in the record is ignored by the state.
 _FINAL_STATES = frozenset({"done", "failed", "skipped", "cancelled"})
 _TARGET_FIELDS = frozenset({"action", "state", "target_id", "bytes", "attempts", "error", "evidence",
-                            "source_checksum", "metadata", "problems", "pending_members", "reason"})  # fmt: skip
+                            "source_checksum", "metadata", "problems", "pending_members", "reason",
+                            "phases"})  # fmt: skip
 
 
 @dataclass
@@ -44,6 +45,8 @@ class TargetEntry:
     deleted: list[str] = field(default_factory=list)
     #: The id a create was sent with and not yet confirmed (its answer may have been lost).
     creating: str | None = None
+    #: When the upload, verification and metadata phases began (Unix time); None in older journals.
+    phases: dict[str, float] | None = None
 
 
 @dataclass

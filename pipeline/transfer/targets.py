@@ -5,6 +5,7 @@ with its own stall watchdog, and the read-back that verifies it. ``engine`` sche
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,8 @@ class TargetResult:
     deleted: list[str] = field(default_factory=list)
     #: The verified copy as the target reported it when it was judged done.
     image: Image | None = None
+    #: When each phase last began (Unix time): "upload" (the first attempt's first byte), "verify".
+    phases: dict[str, float] = field(default_factory=dict)
     #: The image x target's retry budget; the metadata step after the copy spends from it too.
     budget: RetryBudget = field(default_factory=lambda: RetryBudget(0))
 
@@ -259,6 +262,7 @@ class TargetWork:
                                        image_id=image_id)  # fmt: skip
 
         assert t.result.target_id is not None
+        t.result.phases.setdefault("upload", time.time())
         error: BaseException | None = None
         t.progress_at, t.owed = anyio.current_time(), False
         with anyio.CancelScope() as scope:
@@ -301,6 +305,7 @@ class TargetWork:
         """GET the target and compare with the digests computed in flight; None when verified."""
         client, target_id = t.spec.client, t.result.target_id
         assert target_id is not None
+        t.result.phases["verify"] = time.time()
         try:
             reported = await self._settle(client, await client.get_image(target_id))
             digests = dict(run.digests)
