@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.cloud import ImageClient, PasswordAuth, Secret, new_session
 from pipeline.config import Shard
@@ -79,11 +80,11 @@ def _sources(identity_url: str, tenant: str, partner: str, other: str, shards: i
 
 
 def _launch(
-    job: Path, shards: int, index: int, report: Path, env: dict[str, str] | None = None
+    job: Path, shards: int, index: int, report: Path, env: dict[str, str] | None = None, *extra: str
 ) -> subprocess.Popen[str]:
     full = {**os.environ, PASSWORD_ENV: PASSWORD, "JOB_COMPLETION_INDEX": str(index), **(env or {})}
     argv = [sys.executable, "-m", "pipeline", "run", str(job), "--shards", str(shards), "--no-progress",
-            "--report", str(report)]  # fmt: skip
+            "--report", str(report), *extra]  # fmt: skip
     return subprocess.Popen(argv, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -203,12 +204,21 @@ def test_three_shards_at_once_then_other_layouts(emu: EmulatorProcess, tmp_path:
     assert all(f"shard {i}/{K}: done" in text for i in range(K))
 
     snapshot = {r: sorted(img["id"] for img in admin_images(emu.admin, r)) for r in TARGETS}
-    procs = [_launch(job, 2, i, tmp_path / f"k2-{i}.json") for i in range(2)]
+    prom = tmp_path / "imgmig.prom"
+    procs = [_launch(job, 2, i, tmp_path / f"k2-{i}.json", None, "--metrics-file", str(prom)) for i in range(2)]
     for i, proc in enumerate(procs):
         code, err = _wait(proc)
         assert code == 0, err[-2000:]
         report = _report(tmp_path / f"k2-{i}.json")
         assert (report["bytes_written"], report["orphans_deleted"]) == (0, 0)
+        # one metrics file per shard, every sample labelled with it
+        families = text_string_to_metric_families((tmp_path / f"imgmig.shard-{i}-of-2.prom").read_text())
+        samples = [s for family in families for s in family.samples]
+        assert samples
+        assert {s.labels.get("shard") for s in samples} == {f"{i}/2"}
+        up_to_date = next(s.value for s in samples if s.name == "imgmig_images" and s.labels["outcome"] == "up_to_date")
+        assert up_to_date == report["counts"]["up_to_date"]
+    assert not prom.exists()
     whole = run_cli("run", str(job), "--no-progress", "--report", str(tmp_path / "whole.json"))
     assert whole.returncode == 0, whole.stderr[-2000:]
     report = _report(tmp_path / "whole.json")
