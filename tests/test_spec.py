@@ -575,3 +575,25 @@ def test_example_jobs_are_valid(path: Path) -> None:
     assert spec.path == path
     if path.name == "dr-mirror-prune.toml":
         assert (spec.prune.enabled, spec.prune.max_delete, spec.prune.max_shrink) == (True, 20, 0.3)
+
+
+def test_from_env_is_the_envvars_cloud(tmp_path: Path) -> None:
+    """``from_env = true`` (openstacksdk's spelling) is ``cloud = "envvars"``: the OS_* variables."""
+    spec = load_job(write(tmp_path, job(auth='\n[auth.src]\nfrom_env = true\ninterface = "internal"\n')), ENV)
+    profile = spec.auth["src"]
+    assert (profile.kind, profile.cloud, profile.interface) == ("cloud", "envvars", "internal")
+
+
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [
+        ('from_env = true\ncloud = "onprem"', "auth.src: use either cloud"),
+        ('from_env = "yes"', "auth.src.from_env: expected a boolean, got a string"),
+        ("from_env = false", "auth.src: needs tenant_id, username and password_env"),
+        ('from_env = true\nusername = "u"', "auth.src.username: not allowed with cloud"),
+    ],
+)
+def test_bad_from_env(tmp_path: Path, auth: str, expected: str) -> None:
+    with pytest.raises(JobSpecError) as caught:
+        load_job(write(tmp_path, job(auth=f"\n[auth.src]\n{auth}\n")), ENV)
+    assert expected in str(caught.value)

@@ -178,10 +178,26 @@ def _auth_form(given: set[str], loc: tuple[str | int, ...], problems: _Problems)
     return None if missing else token_form
 
 
+def _from_env(table: dict[str, Any], loc: tuple[str | int, ...], problems: _Problems) -> dict[str, Any] | None:
+    """``from_env = true`` is ``cloud = "envvars"`` (the OS_* variables); ``false`` means nothing."""
+    value, rest = table["from_env"], {k: v for k, v in table.items() if k != "from_env"}
+    if not isinstance(value, bool):
+        problems.append((_dotted((*loc, "from_env")), f"expected a boolean, got {_kind(value)}"))
+        return None
+    if value and "cloud" in rest:
+        problems.append((_dotted(loc), 'use either cloud = "NAME" or from_env = true, not both'))
+        return None
+    return {**rest, "cloud": "envvars"} if value else rest
+
+
 def _auth_profile(
     name: str, table: object, env: Mapping[str, str], need_secrets: bool, problems: _Problems
 ) -> AuthProfile | None:
     loc: tuple[str | int, ...] = ("auth", name)
+    if isinstance(table, dict) and "from_env" in table:  # openstacksdk's spelling of cloud = "envvars"
+        table = _from_env(table, loc, problems)
+        if table is None:
+            return None
     raw = _validate(AuthProfile, table, loc, problems, None)
     given = set(table) if isinstance(table, dict) else set()
     if "cloud" in given:  # clouds.yaml or OS_*: read when the job runs (secrets may sit in those files)
