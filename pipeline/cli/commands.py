@@ -210,7 +210,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         print(report.render())
     if report.error is not None:
-        raise report.error  # one paragraph on stderr and its exit code (2 or 4)
+        raise report.error  # one paragraph on stderr and its exit code (1 unreachable, 2 region, 4 refused)
     return 0
 
 

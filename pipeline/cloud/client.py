@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -63,8 +64,10 @@ class ImageClient:
         retry: RetryPolicy | None = None,
         on_retry: Callable[[str, int, BaseException, float], None] | None = None,
         requests: RequestCounts | None = None,
+        tls: ssl.SSLContext | bool | None = None,
     ) -> None:
         self.session = session
+        self._tls: dict[str, Any] = {} if tls is None else {"ssl": tls}  # a cloud's own verify/cacert
         self.auth = auth
         self.region = region
         self.retry = retry or RetryPolicy()
@@ -112,7 +115,8 @@ class ImageClient:
             url = await self.endpoint() + path
             self.requests.add(request_kind(method, path), self.region)
             with map_aiohttp_errors(**ctx):
-                async with self.session.request(method, url, headers=self._headers(token, extra), **kwargs) as resp:
+                async with self.session.request(method, url, headers=self._headers(token, extra), **self._tls,
+                                                **kwargs) as resp:  # fmt: skip
                     body = await read_bounded(resp, ctx)
                     status, resp_headers = resp.status, resp.headers
             if status == 401:
@@ -300,7 +304,7 @@ class ImageClient:
                 url = await self.endpoint() + path
                 self.requests.add("download", self.region)
                 with map_aiohttp_errors(**ctx):
-                    resp = await self.session.get(url, headers=self._headers(token, extra), **options)
+                    resp = await self.session.get(url, headers=self._headers(token, extra), **self._tls, **options)
                 if resp.status < 400:
                     return resp
                 try:

@@ -26,6 +26,7 @@ import yaml  # type: ignore[import-untyped,unused-ignore]  # stubs: types-PyYAML
 
 from pipeline.cloud.keystone import KeystoneAuth
 from pipeline.cloud.retry import RetryPolicy
+from pipeline.cloud.transport import tls_for
 from pipeline.config import Secret
 from pipeline.errors import UsageError
 
@@ -336,7 +337,7 @@ def keystone_auth(cloud: CloudConfig, profile_name: str, retry: RetryPolicy | No
             application_credential_id=cloud.application_credential_id if app_cred else None,
             application_credential_name=cloud.application_credential_name if app_cred else None,
             application_credential_secret=cloud.application_credential_secret if app_cred else None,
-            interface=cloud.interface, retry=retry or RetryPolicy(),
+            interface=cloud.interface, retry=retry or RetryPolicy(), tls=tls_for(cloud.verify, cloud.cacert),
         )  # fmt: skip
     except UsageError as exc:
         hint = "" if app_cred else " (for an application credential set auth_type: v3applicationcredential)"

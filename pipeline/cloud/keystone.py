@@ -11,6 +11,7 @@ as ``AuthenticationError`` without another request; 5xx and connection errors go
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,6 +116,8 @@ class KeystoneAuth(TokenCache):
     application_credential_secret: Secret | None = None
     interface: str = "public"
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: TLS for this cloud's connections (clouds.yaml verify/cacert); None: the session's.
+    tls: ssl.SSLContext | bool | None = None
     clock: Callable[[], float] = field(default=time.time, repr=False)
     _token: Token | None = field(default=None, init=False, repr=False)
     _project: str | None = field(default=None, init=False, repr=False)
@@ -218,7 +221,8 @@ class KeystoneAuth(TokenCache):
         url = self.auth_url + "/auth/tokens"
         ctx: dict[str, Any] = {"method": "POST", "path": url}
         with map_aiohttp_errors(**ctx):
-            async with session.post(url, json=self._body(), headers={"Accept": "application/json"}) as resp:
+            tls: dict[str, Any] = {} if self.tls is None else {"ssl": self.tls}
+            async with session.post(url, json=self._body(), headers={"Accept": "application/json"}, **tls) as resp:
                 raw = await resp.read()
                 status, headers = resp.status, resp.headers
         if status in REFUSED:

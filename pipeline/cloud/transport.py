@@ -38,6 +38,7 @@ __all__ = [
     "map_aiohttp_errors",
     "new_session",
     "server_message",
+    "tls_for",
 ]
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
@@ -57,6 +58,14 @@ class TransportConfig:
     connections_total: int = DEFAULT_CONNECTIONS_TOTAL
     ca_bundle: str | None = None
     insecure: bool = False
+
+
+def tls_for(verify: bool, cacert: str | None) -> ssl.SSLContext | bool | None:
+    """Per-request TLS for one cloud (clouds.yaml ``verify``/``cacert``): False switches verification off, a CA
+    bundle gives its own context; None leaves the session's (the job's ``[run]``) setting."""
+    if not verify:
+        return False
+    return ssl.create_default_context(cafile=cacert) if cacert else None
 
 
 def new_session(config: TransportConfig | None = None) -> aiohttp.ClientSession:

@@ -92,6 +92,11 @@ async def check_job(spec: JobSpec) -> CheckReport:
                 found.error, report.error = str(exc), report.error or exc
                 refused.add(name)
                 continue
+            except ApiError as exc:  # the identity service cannot be reached (refused, TLS, DNS): exit 1
+                found.error = f"auth profile {name!r}: cannot reach its identity service: {exc}"
+                report.error = report.error or ApiError(found.error)
+                refused.add(name)
+                continue
             found.project = token.tenant_id or profile.tenant_id
             found.expires_at = _iso(token.expires_at)
             found.endpoints = dict(token.endpoints)

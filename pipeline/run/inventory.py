@@ -81,8 +81,9 @@ class Clients:
     def client(self, profile: str, region: str) -> ImageClient:
         key = (profile, region)
         if key not in self._clients:
-            self._clients[key] = ImageClient(self.session, self.auth(profile), region, retry=self.retry,
-                                             requests=self.requests)  # fmt: skip
+            auth = self.auth(profile)  # a clouds.yaml cloud's verify/cacert cover its image endpoints too
+            self._clients[key] = ImageClient(self.session, auth, region, retry=self.retry, requests=self.requests,
+                                             tls=auth.tls if isinstance(auth, KeystoneAuth) else None)  # fmt: skip
         return self._clients[key]
 
     def tokens_issued(self) -> dict[str, int]:
