@@ -204,6 +204,12 @@ def drift_sources(identity_url: str, tenant: str, sources: list[SourceImage], ke
     anyio.run(_drift, identity_url, tenant, sources, key, value)
 
 
+def api_images(identity_url: str, tenant: str, region: str) -> list[dict[str, Any]]:
+    """Every image of ``tenant`` in ``region`` as the Image API shows it (with ``_members``)."""
+    images: list[dict[str, Any]] = anyio.run(_api_images, identity_url, tenant, region)
+    return images
+
+
 def check_invariants_api(identity_url: str, job: str, sources: list[SourceImage], targets: tuple[str, ...], *,
                          tenant: str, member_status: dict[str, str] | None = None) -> None:  # fmt: skip
     """The same invariants, seen through the Image API as the copying tenant (for real Glance, which has no
