@@ -2,7 +2,8 @@
 
 Environment knobs (for a quicker look): IMGMIG_BENCH_SIZE_MIB (default 1024 for (a)), IMGMIG_BENCH_WAN_MIB
 (default 512 for (b)), IMGMIG_BENCH_BIG_MIB (default 4096 for (c)), IMGMIG_BENCH_IMAGES (default
-"1000,10000" for (d)), IMGMIG_BENCH_ONLY (e.g. "a,c").
+"1000,10000" for (d)), IMGMIG_BENCH_SMALL_IMAGES (default 200 for (e)), IMGMIG_BENCH_SHARD_MIB (default 16,
+the image size of (f)), IMGMIG_BENCH_ONLY (e.g. "a,c").
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ import sys
 import time
 
 from .journal_cost import bench_journal
+from .shards import bench_shards
+from .small import bench_small
 from .transfer import bench_memory, bench_relay_ratio, bench_wan
 
 MiB = 1 << 20
 
 
 def main() -> int:
-    only = set(os.environ.get("IMGMIG_BENCH_ONLY", "a,b,c,d").split(","))
+    only = set(os.environ.get("IMGMIG_BENCH_ONLY", "a,b,c,d,e,f").split(","))
     size = int(os.environ.get("IMGMIG_BENCH_SIZE_MIB", "1024")) * MiB
     wan = int(os.environ.get("IMGMIG_BENCH_WAN_MIB", "512")) * MiB
     big = int(os.environ.get("IMGMIG_BENCH_BIG_MIB", "4096")) * MiB
     images = [int(n) for n in os.environ.get("IMGMIG_BENCH_IMAGES", "1000,10000").split(",")]
+    small_images = int(os.environ.get("IMGMIG_BENCH_SMALL_IMAGES", "200"))
     results: dict[str, object] = {}
     ok = True
     start = time.perf_counter()
@@ -74,6 +78,55 @@ def main() -> int:
                 f"{row['us_per_record']:.1f} us/record"
             )
             ok &= row["journal_share"] < 0.05
+    if "e" in only:
+        e_start = time.perf_counter()
+        e = bench_small(small_images)
+        results["e_small_images"] = e
+        print(
+            f"(e) {small_images} small images (1-4 MiB, {e['source_mib']:.0f} MiB) to 2 targets, images_in_flight "
+            f"{e['in_flight']} (target >= 0.9x the concurrent relay at 0 and 30 ms, >= 8x sequential at 30 ms)"
+        )
+        for key in ("0ms", "30ms"):
+            row = e[key]
+            print(
+                f"    {key:>4} per request: imgmig {row['imgmig_s']:.2f} s, concurrent relay {row['relay_s']:.2f} s "
+                f"(ratio {row['ratio']:.2f}), sequential openstacksdk {row['sequential_s']:.1f} s "
+                f"(speedup {row['speedup']:.1f}x)"
+            )
+            print(
+                f"          CPU s per run, client / emulator: imgmig {row['imgmig_client_cpu_s']:.2f} / "
+                f"{row['imgmig_emulator_cpu_s']:.2f}, relay {row['relay_client_cpu_s']:.2f} / "
+                f"{row['relay_emulator_cpu_s']:.2f}; a relay that also hashes md5 + sha512 (diagnostic): "
+                f"{row['relay_hashing_s']:.2f} s (ratio {row['ratio_vs_hashing_relay']:.2f}), CPU "
+                f"{row['relay_hashing_client_cpu_s']:.2f} / {row['relay_hashing_emulator_cpu_s']:.2f}"
+            )
+            ok &= row["ratio"] >= 0.9
+        ok &= e["30ms"]["speedup"] >= 8
+        idle = e["30ms"]["idle"]
+        print(
+            f"    requests: {e['30ms']['copy_requests_per_image_target']:.2f} per image x target in the copy "
+            f"({e['30ms']['requests_per_image']:.2f} per image in all); idle rerun {idle['requests_per_image']:.2f} "
+            f"per image ({idle['wall_s']:.2f} s)"
+        )
+        sweep = ", ".join(
+            f"{n}: {row['wall_s']:.2f} s ({row['wall_s_connections_n']:.2f} s)" for n, row in e["sweep_30ms"].items()
+        )
+        print(
+            f"    images_in_flight at 30 ms, {e['connections_per_region']} connections per region "
+            f"(connections = images_in_flight): {sweep}"
+        )
+        print(f"    (e) took {time.perf_counter() - e_start:.0f} s")
+    if "f" in only:
+        f = bench_shards(int(os.environ.get("IMGMIG_BENCH_SHARD_MIB", "16")))
+        results["f_shards"] = f
+        print(f"(f) K shard processes, each limited to {f['bandwidth_mib_s']} MiB/s from the source (one host's "
+              f"network card), {f['images']} images of {f['size_mib']} MiB to 2 targets (target K = 2 >= 1.8x, "
+              "K = 4 >= 3.4x the single shard)")  # fmt: skip
+        for k, row in f["rows"].items():
+            print(f"    K = {k}: {row['wall_s']:.1f} s from launch to the last exit, {row['read_mib_s']:.1f} MiB/s "
+                  f"aggregate ({row['speedup']:.2f}x the single shard, {100 * row['efficiency']:.0f}% of K x); "
+                  f"each shard's own run: {', '.join(f'{s:.1f} s' for s in row['per_shard_s'])}")  # fmt: skip
+        ok &= f["rows"]["2"]["speedup"] >= 1.8 and f["rows"]["4"]["speedup"] >= 3.4
     print(f"\nbench finished in {time.perf_counter() - start:.0f} s; all targets met: {ok}")
     print(json.dumps(results, default=str), file=sys.stderr)
     return 0

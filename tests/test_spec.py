@@ -146,7 +146,7 @@ def test_minimal_job_gets_every_default() -> None:
     assert spec.copy.community == "skip"
     assert spec.transfer == TransferOptions()
     assert (spec.transfer.images_in_flight, spec.transfer.chunk_size, spec.transfer.buffer_depth) == (
-        4,
+        8,
         8 * MiB,
         4,
     )
