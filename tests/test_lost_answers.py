@@ -9,7 +9,6 @@ shim loses the answers there), with the lost answers counted at the server."""
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .chaos import set_faults
+from .chaos import set_faults, state
 from .jobsetup import (
     admin_images,
     api_images,
@@ -46,12 +45,6 @@ def emu() -> Iterator[EmulatorProcess]:
     """One `imgmig emulate` for the module; each test uses its own tenants and clears its faults."""
     with emulator_process("--regions", "KR1,KR2,JP1") as proc:
         yield proc
-
-
-def _state(admin: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{admin}/state", timeout=10) as resp:
-        doc: dict[str, Any] = json.loads(resp.read())
-        return doc
 
 
 def _job(identity_url: str, tmp_path: Path, name: str) -> tuple[str, str, list[Any], Path]:
@@ -107,9 +100,9 @@ def test_one_run_through_lost_answers(emu: EmulatorProcess, tmp_path: Path, clie
     for region in TARGETS:
         set_faults(emu.admin, region, knobs)
     try:
-        before = _state(emu.admin)["faults_fired"]
+        before = state(emu.admin)["faults_fired"]
         result = run_cli("run", str(job), "--no-progress", "--report", str(tmp_path / "first.json"))
-        fired = _state(emu.admin)["faults_fired"]
+        fired = state(emu.admin)["faults_fired"]
     finally:
         for region in TARGETS:
             set_faults(emu.admin, region, {})
@@ -129,9 +122,9 @@ def test_one_run_through_lost_answers(emu: EmulatorProcess, tmp_path: Path, clie
     for region in TARGETS:
         set_faults(emu.admin, region, {"lose_response": LOSE_FIRST, "refuse_client_ids": client_ids == "refused"})
     try:
-        before = _state(emu.admin)["faults_fired"]
+        before = state(emu.admin)["faults_fired"]
         drift = run_cli("run", str(job), "--no-progress", "--report", str(tmp_path / "drift.json"))
-        fired = _state(emu.admin)["faults_fired"]
+        fired = state(emu.admin)["faults_fired"]
     finally:
         for region in TARGETS:
             set_faults(emu.admin, region, {})

@@ -27,6 +27,7 @@ from pipeline.config.shard import partition
 from pipeline.state.journal import Journal
 from pipeline.state.lock import JobLock
 
+from .chaos import state
 from .jobsetup import (
     PASSWORD,
     PASSWORD_ENV,
@@ -53,14 +54,6 @@ ACCEPT = '[copy]\naccept_members_with = ["partner"]\n'
 def emu() -> Iterator[EmulatorProcess]:
     with emulator_process("--regions", "KR1,KR2,JP1") as proc:
         yield proc
-
-
-def _state(admin: str) -> dict[str, Any]:
-    import urllib.request
-
-    with urllib.request.urlopen(f"{admin}/state", timeout=10) as resp:
-        doc: dict[str, Any] = json.loads(resp.read())
-        return doc
 
 
 def _sources(identity_url: str, tenant: str, partner: str, other: str, shards: int) -> list[SourceImage]:
@@ -161,7 +154,7 @@ def test_three_shards_at_once_then_other_layouts(emu: EmulatorProcess, tmp_path:
                     journal=tmp_path / "state", partner=partner, extra=ACCEPT)  # fmt: skip
     mine = [s for s in sources if partition(s.id, K) == 1]
     leftover = _queued_leftover(emu.identity_url, tenant, "sharded", mine[0], "KR2")
-    before = _state(emu.admin)["stats"]
+    before = state(emu.admin)["stats"]
 
     procs = [_launch(job, K, i, tmp_path / f"shard{i}.json",
                      {"IMGMIG_FAILPOINTS": "uploading@2"} if i == 1 else None) for i in range(K)]  # fmt: skip
@@ -184,7 +177,7 @@ def test_three_shards_at_once_then_other_layouts(emu: EmulatorProcess, tmp_path:
            if img.get("imgmig_job") == "sharded"}  # fmt: skip
     assert kr2[mine[0].id] == leftover  # reused by its own shard, never deleted by another
 
-    after = _state(emu.admin)["stats"]
+    after = state(emu.admin)["stats"]
     for region in TARGETS:
         completed = after[region]["completed_by_image"]
         new = {i: n - before[region]["completed_by_image"].get(i, 0) for i, n in completed.items()}
