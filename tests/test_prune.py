@@ -168,9 +168,14 @@ async def test_protected_copies_follow_prune_protected(emulator: Emulator, tmp_p
 
 
 async def test_a_shard_prunes_only_its_partition(emulator: Emulator, tmp_path: Path) -> None:
-    """Two sources gone, owned by different shards of 2: each shard deletes only the copies of its own."""
+    """Two sources gone, owned by different shards of 2 (each shard owns three or more, so neither selection
+    is empty): each shard deletes only the copies of its own."""
     tenant = uuid.uuid4().hex
-    srcs = _sources(emulator, tenant, 12)
+    srcs = _sources(emulator, tenant, 6)
+    for extra in range(20):  # ids are random: add images until each shard owns three (bounded)
+        if min(sum(Shard(i, 2).owns(s.id) for s in srcs) for i in (0, 1)) >= 3:
+            break
+        srcs.append(add(emulator, tenant, f"mirror-extra-{extra}", size=MiB // 4))
     assert (await run(job(emulator, tmp_path, tenant))).exit_code == 0
     owner = {s.id: 0 if Shard(0, 2).owns(s.id) else 1 for s in srcs}
     gone = [next(s for s in srcs if owner[s.id] == i) for i in (0, 1)]
