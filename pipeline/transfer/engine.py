@@ -57,7 +57,18 @@ from pipeline.transfer.targets import (
     TargetWork,
 )
 
-__all__ = ["Engine", "EngineHooks", "EngineSettings", "TargetResult", "TargetSpec"]
+__all__ = ["Engine", "EngineHooks", "EngineSettings", "TargetResult", "TargetSpec", "stream_unit"]
+
+#: The smallest unit a small image is cut into (see ``stream_unit``).
+MIN_UNIT = 256 * 1024
+
+
+def stream_unit(chunk_size: int, size: int) -> int:
+    """The unit an image travels to its targets in: ``chunk_size``, or for an image smaller than four chunks a
+    quarter of it (at least ``MIN_UNIT``). The held-back last unit is what keeps an unjudged stream from
+    completing an upload; with a whole small image as one chunk, its upload could start only after its
+    download ended, so a many-small-images job would download and upload one after the other."""
+    return min(chunk_size, max(MIN_UNIT, size // 4))
 
 
 class Engine:
@@ -242,7 +253,7 @@ class _ImageCopy(TargetWork):
 
     async def _produce(self, pieces: AsyncIterator[bytes], fan: Fanout, hasher: MultiHasher, run: Pass) -> Any:
         """Chunk, hash and broadcast; hold the last chunk back until the whole stream is judged."""
-        chunk_size = self.settings.chunk_size
+        chunk_size = stream_unit(self.settings.chunk_size, self.size)
         parts: list[bytes] = []
         have = 0
         held: bytes | None = None
