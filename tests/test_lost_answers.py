@@ -89,6 +89,40 @@ def _assert_rerun_idle(job: Path, tmp_path: Path, sources: list[Any]) -> None:
     assert doc["counts"]["up_to_date"] == len(sources) * len(TARGETS)
 
 
+def _run_losing_on_emulator(emu: EmulatorProcess, job: Path, report: Path, knobs: dict[str, Any]) -> tuple[Any, Any]:
+    """``imgmig run`` with ``knobs`` set in every target; the answers lost per target region and op, as the
+    emulator counted them."""
+    for region in TARGETS:
+        set_faults(emu.admin, region, knobs)
+    try:
+        before = state(emu.admin)["faults_fired"]
+        result = run_cli("run", str(job), "--no-progress", "--report", str(report))
+        fired = state(emu.admin)["faults_fired"]
+    finally:
+        for region in TARGETS:
+            set_faults(emu.admin, region, {})
+    prefix = "lose_response_"
+    lost = {region: {k.removeprefix(prefix): v - before[region].get(k, 0) for k, v in fired[region].items()
+                     if k.startswith(prefix)} for region in TARGETS}  # fmt: skip
+    return result, lost
+
+
+def _run_losing_on_glance(cluster: GlanceCluster, job: Path, report: Path) -> tuple[Any, Any]:
+    """``imgmig run`` with LOSE_FIRST in every target; the answers lost per target region and op, as the
+    shim in front of real Glance counted them."""
+    before = cluster.state()["lost_by_op"]
+    for region in TARGETS:
+        cluster.lose_responses(region, LOSE_FIRST)
+    try:
+        result = run_cli("run", str(job), "--no-progress", "--report", str(report))
+        after = cluster.state()["lost_by_op"]
+    finally:
+        for region in TARGETS:
+            cluster.lose_responses(region, [])
+    lost = {region: {k: v - before[region].get(k, 0) for k, v in after[region].items()} for region in TARGETS}
+    return result, lost
+
+
 @pytest.mark.parametrize("client_ids", ["accepted", "refused"])
 def test_one_run_through_lost_answers(emu: EmulatorProcess, tmp_path: Path, client_ids: str) -> None:
     """Every first create/upload/PATCH/tag/member write per image is lost after it took effect: exit 0,
@@ -97,40 +131,22 @@ def test_one_run_through_lost_answers(emu: EmulatorProcess, tmp_path: Path, clie
     name = f"lost-{client_ids}"
     tenant, _partner, sources, job = _job(emu.identity_url, tmp_path, name)
     knobs: dict[str, Any] = {"lose_response": LOSE_FIRST, "refuse_client_ids": client_ids == "refused"}
-    for region in TARGETS:
-        set_faults(emu.admin, region, knobs)
-    try:
-        before = state(emu.admin)["faults_fired"]
-        result = run_cli("run", str(job), "--no-progress", "--report", str(tmp_path / "first.json"))
-        fired = state(emu.admin)["faults_fired"]
-    finally:
-        for region in TARGETS:
-            set_faults(emu.admin, region, {})
-    for region in TARGETS:
-        lost = {k: v - before[region].get(k, 0) for k, v in fired[region].items() if k.startswith("lose_response_")}
+    result, lost_by_region = _run_losing_on_emulator(emu, job, tmp_path / "first.json", knobs)
+    for region, lost in lost_by_region.items():
         # the scenario happened: every image's create and upload answer was lost, and PATCH and member writes
-        assert lost.get("lose_response_create") == len(sources), (region, lost)
-        assert lost.get("lose_response_upload") == len(sources), (region, lost)
+        assert lost.get("create") == len(sources), (region, lost)
+        assert lost.get("upload") == len(sources), (region, lost)
         patched = _patched_after_data(admin_images(emu.admin, "KR1"), sources)
-        assert lost.get("lose_response_patch", 0) == patched, (region, lost)
-        assert lost.get("lose_response_members", 0) >= 2, (region, lost)  # the owner's add, the partner's accept
+        assert lost.get("patch", 0) == patched, (region, lost)
+        assert lost.get("members", 0) >= 2, (region, lost)  # the owner's add, the partner's accept
     _assert_clean_run(tmp_path, result, sources)
     check_invariants(emu.admin, name, sources, TARGETS, tenant=tenant)
     _assert_rerun_idle(job, tmp_path, sources)
     # every copy drifts; each copy's PATCH answer is lost after it took effect
     drift_sources(emu.identity_url, tenant, sources, "lost_answer_drift", "1")
-    for region in TARGETS:
-        set_faults(emu.admin, region, {"lose_response": LOSE_FIRST, "refuse_client_ids": client_ids == "refused"})
-    try:
-        before = state(emu.admin)["faults_fired"]
-        drift = run_cli("run", str(job), "--no-progress", "--report", str(tmp_path / "drift.json"))
-        fired = state(emu.admin)["faults_fired"]
-    finally:
-        for region in TARGETS:
-            set_faults(emu.admin, region, {})
-    for region in TARGETS:
-        lost = {k: v - before[region].get(k, 0) for k, v in fired[region].items() if k.startswith("lose_response_")}
-        assert lost.get("lose_response_patch", 0) == len(sources), (region, lost)
+    drift, lost_by_region = _run_losing_on_emulator(emu, job, tmp_path / "drift.json", knobs)
+    for region, lost in lost_by_region.items():
+        assert lost.get("patch", 0) == len(sources), (region, lost)
     _assert_drift_synced(drift, tmp_path / "drift.json", sources)
     sources = [replace(s, fields={**s.fields, "lost_answer_drift": "1"}) for s in sources]
     check_invariants(emu.admin, name, sources, TARGETS, tenant=tenant)
@@ -141,20 +157,11 @@ def test_one_run_through_lost_answers_on_real_glance(glance_cluster: GlanceClust
     """The same lost answers on real Glance 33 (the shim lets each request reach Glance, then drops the
     connection): exit 0, one verified copy each, nothing extra, no problem; the rerun moves 0 bytes."""
     tenant, partner, sources, job = _job(glance_cluster.identity_url, tmp_path, "glance-lost")
-    before = glance_cluster.state()["lost_by_op"]
-    for region in TARGETS:
-        glance_cluster.lose_responses(region, LOSE_FIRST)
-    try:
-        result = run_cli("run", str(job), "--no-progress", "--report", str(tmp_path / "first.json"))
-        after = glance_cluster.state()["lost_by_op"]
-    finally:
-        for region in TARGETS:
-            glance_cluster.lose_responses(region, [])
-    for region in TARGETS:
-        lost = {k: v - before[region].get(k, 0) for k, v in after[region].items()}
+    result, lost_by_region = _run_losing_on_glance(glance_cluster, job, tmp_path / "first.json")
+    shown = api_images(glance_cluster.identity_url, tenant, "KR1")
+    for region, lost in lost_by_region.items():
         assert lost.get("create") == len(sources), (region, lost)
         assert lost.get("upload") == len(sources), (region, lost)
-        shown = api_images(glance_cluster.identity_url, tenant, "KR1")
         assert lost.get("patch", 0) == _patched_after_data(shown, sources), (region, lost)
         assert lost.get("members", 0) >= 2, (region, lost)
     _assert_clean_run(tmp_path, result, sources)
@@ -162,17 +169,8 @@ def test_one_run_through_lost_answers_on_real_glance(glance_cluster: GlanceClust
                          member_status={partner: "accepted"})  # fmt: skip
     _assert_rerun_idle(job, tmp_path, sources)
     drift_sources(glance_cluster.identity_url, tenant, sources, "lost_answer_drift", "1")
-    before = glance_cluster.state()["lost_by_op"]
-    for region in TARGETS:
-        glance_cluster.lose_responses(region, LOSE_FIRST)
-    try:
-        drift = run_cli("run", str(job), "--no-progress", "--report", str(tmp_path / "drift.json"))
-        after = glance_cluster.state()["lost_by_op"]
-    finally:
-        for region in TARGETS:
-            glance_cluster.lose_responses(region, [])
-    for region in TARGETS:
-        lost = {k: v - before[region].get(k, 0) for k, v in after[region].items()}
+    drift, lost_by_region = _run_losing_on_glance(glance_cluster, job, tmp_path / "drift.json")
+    for region, lost in lost_by_region.items():
         assert lost.get("patch", 0) == len(sources), (region, lost)
     _assert_drift_synced(drift, tmp_path / "drift.json", sources)
     sources = [replace(s, fields={**s.fields, "lost_answer_drift": "1"}) for s in sources]

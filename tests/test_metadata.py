@@ -21,8 +21,9 @@ MiB = 1 << 20
 
 
 def job(emu: Emulator, tmp_path: Path, tenant: str, *, copy: dict[str, Any] | None = None,
-        profiles: dict[str, str] | None = None) -> JobSpec:  # fmt: skip
-    """A job KR1 -> KR2 + JP1 for ``tenant``; ``profiles`` adds named profiles for other tenants."""
+        profiles: dict[str, str] | None = None, sections: dict[str, Any] | None = None) -> JobSpec:  # fmt: skip
+    """A job KR1 -> KR2 + JP1 for ``tenant``; ``profiles`` adds named profiles for other tenants, ``sections``
+    more tables (``select``, ``prune``, ...)."""
     auth = {"main": {"identity_url": emu.identity_url, "tenant_id": tenant, "username": "u", "password_env": "PW"}}
     for name, other in (profiles or {}).items():
         auth[name] = {
@@ -39,6 +40,7 @@ def job(emu: Emulator, tmp_path: Path, tenant: str, *, copy: dict[str, Any] | No
     }  # fmt: skip
     if copy:
         doc["copy"] = copy
+    doc.update(sections or {})
     return parse_job(doc, "test", {"PW": "pw"})
 
 

@@ -15,32 +15,18 @@ from pipeline.config import JobSpec, Shard, override, parse_job
 from pipeline.emulator import Emulator
 from pipeline.emulator.store import Caller, ImageRecord
 from pipeline.errors import JobSpecError
-from pipeline.report.summary import RunSummary
-from pipeline.run.runner import RunControls, plan_only, run_job
+from pipeline.run.runner import plan_only
 
-from .test_metadata import MiB, add, copies
-
-TARGETS = ("KR2", "JP1")
+from .test_metadata import TARGETS, MiB, add, copies, run
+from .test_metadata import job as metadata_job
 
 
 def job(emu: Emulator, tmp_path: Path, tenant: str, *, names: list[str] | None = None, **prune: Any) -> JobSpec:
-    doc: dict[str, Any] = {
-        "name": "meta",  # copies() of test_metadata reads this job's copies
-        "auth": {"main": {"identity_url": emu.identity_url, "tenant_id": tenant, "username": "u",
-                          "password_env": "PW"}},
-        "source": {"auth": "main", "region": "KR1"},
-        "targets": [{"auth": "main", "region": r} for r in TARGETS],
-        "transfer": {"chunk_size": "1MiB"},
-        "run": {"journal_dir": str(tmp_path / "state")},
-        "prune": {"enabled": True, "max_delete": 100, **prune},
-    }  # fmt: skip
+    """test_metadata's job (named "meta": its ``copies`` reads this job's copies) with prune on."""
+    sections: dict[str, Any] = {"prune": {"enabled": True, "max_delete": 100, **prune}}
     if names is not None:
-        doc["select"] = {"names": names}
-    return parse_job(doc, "test", {"PW": "pw"})
-
-
-async def run(spec: JobSpec) -> RunSummary:
-    return await run_job(spec, RunControls(signals=()))
+        sections["select"] = {"names": names}
+    return metadata_job(emu, tmp_path, tenant, sections=sections)
 
 
 def _sources(emu: Emulator, tenant: str, n: int) -> list[ImageRecord]:
