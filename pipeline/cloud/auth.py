@@ -9,8 +9,9 @@ already hold a token and know their endpoint. Secrets live in ``Secret`` objects
 from __future__ import annotations
 
 import json
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -21,9 +22,10 @@ import anyio
 from pipeline.cloud.retry import RetryPolicy
 from pipeline.cloud.transport import error_from_response, map_aiohttp_errors
 from pipeline.config.values import Secret, normalize_endpoint
-from pipeline.errors import AuthenticationError, ProtocolError, RegionNotFoundError
+from pipeline.errors import ApiError, AuthenticationError, ProtocolError, RegionNotFoundError
 
 __all__ = [
+    "REFUSED",
     "Auth",
     "PasswordAuth",
     "StaticTokenAuth",
@@ -31,6 +33,7 @@ __all__ = [
     "TokenCache",
     "parse_time",
     "parse_token_response",
+    "post_for_token",
 ]
 
 #: Refresh this long before expiry at most; short-lived tokens refresh at 90% of their life.
@@ -200,27 +203,49 @@ class PasswordAuth(TokenCache):
                 "passwordCredentials": {"username": self.username, "password": self.password.reveal()},
             }
         }
-        ctx: dict[str, Any] = {"method": "POST", "path": url}
-        with map_aiohttp_errors(**ctx):
-            async with session.post(url, json=body, headers={"Accept": "application/json"}) as resp:
-                raw = await resp.read()
-                status, headers = resp.status, resp.headers
-        if status in (400, 401, 403, 404):
-            err = error_from_response(status, headers, raw, **ctx)
-            raise AuthenticationError(
-                f"auth profile {self.profile!r}: the identity service refused user {self.username!r} for tenant "
-                f"{self.tenant_id!r}: {err.message}; check the password in its environment variable",
-                status=status,
-                request_id=err.request_id,
-                **ctx,
-            )
-        if status >= 400:
-            raise error_from_response(status, headers, raw, **ctx)
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-        except ValueError as exc:
-            raise ProtocolError("identity response is not JSON", status=status, **ctx) from exc
+
+        def refusal(err: ApiError) -> str:
+            return (f"auth profile {self.profile!r}: the identity service refused user {self.username!r} for tenant "
+                    f"{self.tenant_id!r}: {err.message}; check the password in its environment variable")  # fmt: skip
+
+        doc, _ = await post_for_token(session, url, body, refusal=refusal)
         return parse_token_response(doc, now=self.clock())
+
+
+#: Statuses with which an identity service refuses the credential itself (not a passing failure).
+REFUSED = (400, 401, 403, 404)
+
+
+async def post_for_token(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: Any,
+    *,
+    refusal: Callable[[ApiError], str],
+    scrub: Callable[[str], str] = str,
+    tls: ssl.SSLContext | bool | None = None,
+    what: str = "identity response",
+) -> tuple[Any, Mapping[str, str]]:
+    """POST ``body`` to an identity service's token URL; its parsed JSON answer and its headers. A status in
+    ``REFUSED`` is a refused credential: ``AuthenticationError`` with ``refusal(err)`` as its message. Any other
+    error status is raised as the transport maps it, its message passed through ``scrub`` first."""
+    ctx: dict[str, Any] = {"method": "POST", "path": url}
+    options: dict[str, Any] = {} if tls is None else {"ssl": tls}
+    with map_aiohttp_errors(**ctx):
+        async with session.post(url, json=body, headers={"Accept": "application/json"}, **options) as resp:
+            raw = await resp.read()
+            status, headers = resp.status, resp.headers
+    if status in REFUSED:
+        err = error_from_response(status, headers, raw, **ctx)
+        raise AuthenticationError(refusal(err), status=status, request_id=err.request_id, **ctx)
+    if status >= 400:
+        err = error_from_response(status, headers, raw, **ctx)
+        err.message = scrub(err.message)
+        raise err
+    try:
+        return json.loads(raw.decode("utf-8")), headers
+    except ValueError as exc:
+        raise ProtocolError(f"{what} is not JSON", status=status, **ctx) from exc
 
 
 @dataclass(slots=True)

@@ -10,7 +10,6 @@ as ``AuthenticationError`` without another request; 5xx and connection errors go
 
 from __future__ import annotations
 
-import json
 import ssl
 import time
 from collections.abc import Callable
@@ -20,17 +19,15 @@ from typing import Any
 import aiohttp
 import anyio
 
-from pipeline.cloud.auth import Token, TokenCache, parse_time
+from pipeline.cloud.auth import Token, TokenCache, parse_time, post_for_token
 from pipeline.cloud.retry import RetryPolicy
-from pipeline.cloud.transport import error_from_response, map_aiohttp_errors
 from pipeline.config.values import Secret, normalize_endpoint
-from pipeline.errors import AuthenticationError, ProtocolError, UsageError
+from pipeline.errors import ApiError, AuthenticationError, ProtocolError, UsageError
 
 __all__ = ["INTERFACES", "KeystoneAuth", "normalize_interface", "parse_v3_token", "v3_url"]
 
 INTERFACES = ("public", "internal", "admin")
 #: Keystone's answers to a credential it will not accept: never retried, the job stops (exit 4).
-REFUSED = (400, 401, 403, 404)
 #: A request still has to reach the region and be validated there (keystonemiddleware asks Keystone): a token
 #: is only used while it outlives this margin too (at most a quarter of its life, for very short tokens).
 REQUEST_MARGIN = 1.0
@@ -218,28 +215,10 @@ class KeystoneAuth(TokenCache):
         return text
 
     async def _fetch(self, session: aiohttp.ClientSession) -> Token:
-        url = self.auth_url + "/auth/tokens"
-        ctx: dict[str, Any] = {"method": "POST", "path": url}
-        with map_aiohttp_errors(**ctx):
-            tls: dict[str, Any] = {} if self.tls is None else {"ssl": self.tls}
-            async with session.post(url, json=self._body(), headers={"Accept": "application/json"}, **tls) as resp:
-                raw = await resp.read()
-                status, headers = resp.status, resp.headers
-        if status in REFUSED:
-            err = error_from_response(status, headers, raw, **ctx)
-            raise AuthenticationError(
-                f"auth profile {self.profile!r}: Keystone refused the {self._who()}: {self._scrub(err.message)}; "
-                f"check the {self.kind} (it may be wrong, expired or deleted)",
-                status=status,
-                request_id=err.request_id,
-                **ctx,
-            )
-        if status >= 400:
-            err = error_from_response(status, headers, raw, **ctx)
-            err.message = self._scrub(err.message)
-            raise err
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-        except ValueError as exc:
-            raise ProtocolError("identity v3 response is not JSON", status=status, **ctx) from exc
+        def refusal(err: ApiError) -> str:
+            return (f"auth profile {self.profile!r}: Keystone refused the {self._who()}: {self._scrub(err.message)}; "
+                    f"check the {self.kind} (it may be wrong, expired or deleted)")  # fmt: skip
+
+        doc, headers = await post_for_token(session, self.auth_url + "/auth/tokens", self._body(), refusal=refusal,
+                                            scrub=self._scrub, tls=self.tls, what="identity v3 response")  # fmt: skip
         return parse_v3_token(doc, headers.get("X-Subject-Token"), interface=self.interface, now=self.clock())
