@@ -94,3 +94,23 @@ async def test_an_idle_rerun_costs_listings_and_member_lists_only(emulator: Emul
     assert again.bytes_written == 0
     for region in ("KR1", "KR2", "JP1"):
         assert emulator.regions[region].stats.requests == {"list": 3, "members": len(shared)}, region
+
+
+async def test_a_refused_create_body_falls_back_and_reports(emulator: Emulator, tmp_path: Path) -> None:
+    """A tag NHN refuses makes the full create body fail (400): the copy is created with the minimal body
+    instead (two creates, counted at the emulator, one image), the properties and the accepted tag follow
+    in the metadata step, and the refused tag is reported, not lost silently."""
+    tenant = uuid.uuid4().hex
+    src = add(emulator, tenant, "refused-tag", size=MiB, tags=["golden", "_internal"], os_distro="ubuntu")
+    summary = await run(job(emulator, tmp_path, tenant))
+    assert summary.exit_code == 0
+    for region in ("KR2", "JP1"):
+        assert emulator.regions[region].stats.requests["create"] == 2, region  # refused, then the minimal body
+        made = [r for r in emulator.store(region).images.values() if r.owner == tenant]
+        assert len(made) == 1, region
+        assert made[0].properties["os_distro"] == "ubuntu"
+        assert made[0].tags == ["golden"]
+    problems = [p for step in summary.steps for p in step.problems]
+    assert len(problems) == 2  # the refused tag, once per target
+    assert all("'_internal' refused" in p for p in problems), problems
+    assert src.tags == ["golden", "_internal"]
