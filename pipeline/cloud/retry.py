@@ -141,7 +141,17 @@ class RetryPolicy:
         on_retry: Callable[[int, BaseException, float], None] | None = None,
     ) -> T:
         """Run ``fn`` until it succeeds, raises a non-retryable error, or attempts (or the budget of the
-        image x target it works for, see ``spending``) run out."""
+        image x target it works for, see ``spending``) run out.
+
+        The first attempt runs bare: setting up tenacity costs more CPU than a request on a fast link,
+        and nearly every request succeeds the first time. Only a retryable failure hands over to tenacity,
+        which starts from that failure (replayed, not sent again) exactly as if it had made the attempt."""
+        try:
+            return await fn()
+        except Exception as exc:
+            if not should_retry(exc):
+                raise
+            replay: list[BaseException] = [exc]
         budget = current_budget()
 
         def before_sleep(state: RetryCallState) -> None:
@@ -162,6 +172,8 @@ class RetryPolicy:
         )
 
         async def run() -> T:  # tenacity only awaits callables it recognises as coroutine functions
+            if replay:
+                raise replay.pop()
             return await fn()
 
         result: T = await retrying(run)
