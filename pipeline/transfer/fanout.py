@@ -74,6 +74,14 @@ class Fanout:
         for name, consumer in list(self._consumers.items()):
             if only is not None and name not in only:
                 continue
+            try:
+                consumer.send.send_nowait(chunk)  # room in its buffer: no wait, so no timer either
+                continue
+            except anyio.WouldBlock:
+                pass
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self.detach(name, "consumer closed its stream")
+                continue
             with anyio.move_on_after(self.stall_timeout) as scope:
                 try:
                     await consumer.send.send(chunk)

@@ -353,7 +353,10 @@ class TargetWork:
 async def next_chunk(rx: MemoryObjectReceiveStream[bytes]) -> bytes | None:
     """The next chunk of a target's stream, or None at its end."""
     try:
-        return await rx.receive()
+        try:
+            return rx.receive_nowait()  # one is waiting: no need to yield to the loop for it
+        except anyio.WouldBlock:
+            return await rx.receive()
     except (anyio.EndOfStream, anyio.ClosedResourceError):
         return None
 
