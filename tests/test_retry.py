@@ -105,3 +105,25 @@ async def test_call_stops_after_attempts_and_on_permanent_errors() -> None:
     with pytest.raises(BadRequestError):
         await RetryPolicy(attempts=3, sleep=sleep).call(bad)
     assert calls == 1
+
+
+async def test_a_failed_first_attempt_is_never_sent_twice() -> None:
+    """The first attempt runs outside tenacity; its failure is handed over, not repeated: with one attempt
+    allowed the request is sent once, and with two, twice, with one wait and one on_retry in between."""
+    calls, slept, seen = 0, [], []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+
+    async def failing() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectError("reset")
+
+    with pytest.raises(ConnectError):
+        await RetryPolicy(attempts=1, sleep=sleep).call(failing, on_retry=lambda n, e, w: seen.append(n))
+    assert (calls, slept, seen) == (1, [], [])
+
+    with pytest.raises(ConnectError):
+        await RetryPolicy(attempts=2, sleep=sleep).call(failing, on_retry=lambda n, e, w: seen.append(n))
+    assert (calls, len(slept), seen) == (3, 1, [1])
