@@ -252,6 +252,42 @@ def test_merged_status_names_running_failed_and_missing_shards(tmp_path: Path) -
     assert one["counts"] == {"failed": 1}
 
 
+def test_report_reads_the_journal_of_the_shard_it_is_given(tmp_path: Path) -> None:
+    """`imgmig report` of a sharded job: without a shard, exit 2 naming the shards and --shard; with
+    --shard I/K (or --shards K and JOB_COMPLETION_INDEX), the page of that shard's last run only."""
+    job = write_job(tmp_path / "job.toml", name="reported", identity_url="http://127.0.0.1:9/v2.0", tenant="t",
+                    journal=tmp_path / "state")  # fmt: skip
+    for index in range(2):
+        journal = Journal.open(tmp_path / "state" / f"shard-{index}-of-2", "reported")
+        journal.record("run_started", run=f"run-of-{index}", pid=1)
+        journal.record("image", image_id=f"img{index}", name=f"image-of-shard-{index}",
+                       plan={"KR2": {"action": "copy", "state": "planned"}})  # fmt: skip
+        journal.record("target", image_id=f"img{index}", region="KR2", state="done", target_id=f"copy{index}")
+        journal.record("run_finished", run=f"run-of-{index}", outcome="succeeded", exit_code=0)
+        journal.close()
+    page = tmp_path / "page.html"
+    whole = run_cli("report", str(job), "--html", str(page))
+    assert whole.returncode == 2, whole.stderr
+    assert "runs in shards" in whole.stderr
+    assert "0/2, 1/2" in whole.stderr
+    assert "--shard I/K" in whole.stderr
+    assert "Traceback" not in whole.stderr
+    assert not page.exists()
+
+    one = run_cli("report", str(job), "--html", str(page), "--shard", "1/2")
+    assert one.returncode == 0, one.stderr
+    text = page.read_text()
+    assert "image-of-shard-1" in text
+    assert "run-of-1" in text
+    assert "image-of-shard-0" not in text
+
+    zero = run_cli("report", str(job), "--html", str(page), "--shards", "2", env={"JOB_COMPLETION_INDEX": "0"})
+    assert zero.returncode == 0, zero.stderr
+    text = page.read_text()
+    assert "image-of-shard-0" in text
+    assert "image-of-shard-1" not in text
+
+
 @pytest.mark.real_glance
 def test_three_shards_at_once_on_real_glance(glance_cluster: GlanceCluster, tmp_path: Path) -> None:
     """The same three processes at once against real Glance 33: together they copy every image exactly

@@ -195,7 +195,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pipeline.run.htmlreport import build_report
 
-    spec = _load(args.job, need_secrets=False)
+    spec = _load(args.job, need_secrets=False, args=args)
     _write_private(args.html, build_report(spec.run.journal_dir, spec.name, args.run))
     print(f"wrote {args.html}")
     return 0

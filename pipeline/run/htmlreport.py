@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline.errors import JournalError, UsageError
 from pipeline.run.htmlrender import FINAL_STATES, MAX_BARS, Bar, RunView, render
+from pipeline.run.status import shard_dirs
 from pipeline.state.journal import LOG, SNAPSHOT, load_snapshot, read_log
 from pipeline.state.records import JournalState, RunEntry
 
@@ -22,6 +23,10 @@ __all__ = ["MAX_BARS", "build_report"]
 def build_report(journal_dir: Path, job: str, run_id: str | None = None) -> str:
     """The HTML page for ``run_id`` (default: the last run) of ``job``, from the journal in ``journal_dir``."""
     if not (journal_dir / SNAPSHOT).exists() and not (journal_dir / LOG).exists():
+        shards = sorted(str(shard) for shard in shard_dirs(journal_dir))
+        if shards:
+            raise UsageError(f"job {job!r} runs in shards, each with its own journal under {journal_dir} "
+                             f"(shards {', '.join(shards)}): name one with --shard I/K")  # fmt: skip
         raise UsageError(f"no journal in {journal_dir}: job {job!r} has not run yet")
     try:  # the readers Journal.read uses: no lock, no repair, nothing written
         state = load_snapshot(journal_dir / SNAPSHOT, job)

@@ -12,7 +12,7 @@ from pipeline.state.journal import LOG, SNAPSHOT, Journal
 from pipeline.state.lock import lock_holder
 from pipeline.units import format_size, format_table
 
-__all__ = ["STATUS_FORMAT", "render_status", "status_view"]
+__all__ = ["STATUS_FORMAT", "render_status", "shard_dirs", "status_view"]
 
 #: Bumped only for incompatible changes to the JSON view; new keys may appear at any time.
 STATUS_FORMAT = 1
@@ -28,7 +28,7 @@ def status_view(spec: JobSpec) -> dict[str, Any]:
     merged: every key as for one journal, summed or concatenated over the shards of the newest layout (the K
     run most recently), plus ``shards`` (one entry per index 0..K-1) and ``other_layouts``."""
     base = spec.run.journal_dir
-    found = _shard_dirs(base) if spec.shard is None else {}
+    found = shard_dirs(base) if spec.shard is None else {}
     if not found:
         return _journal_view(spec, base)
     views = {shard: _journal_view(spec, path) for shard, path in found.items()}
@@ -70,7 +70,8 @@ def status_view(spec: JobSpec) -> dict[str, Any]:
     }
 
 
-def _shard_dirs(base: Path) -> dict[Shard, Path]:
+def shard_dirs(base: Path) -> dict[Shard, Path]:
+    """The shard journals under ``base`` (``shard-I-of-K/``), by shard."""
     try:
         children = list(base.iterdir())
     except OSError:
