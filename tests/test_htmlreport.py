@@ -16,12 +16,14 @@ import pytest
 
 from pipeline.emulator import Emulator, StatusFault
 from pipeline.errors import UsageError
+from pipeline.run.htmlrender import Bar, RunView, _throughput
 from pipeline.run.htmlreport import MAX_BARS, build_report
 from pipeline.state.journal import Journal
-from pipeline.state.records import JournalState
+from pipeline.state.records import JournalState, RunEntry
 
 from .test_metadata import TARGETS, add, job, run
 
+MiB = 1 << 20
 TRICKY = 'tricky <b>&"name"</b>'
 VOID = {"meta", "br", "hr", "img", "input", "link", "col", "wbr", "area", "base", "source", "track", "embed"}
 
@@ -217,3 +219,18 @@ async def test_phase_times_are_journalled_and_drawn(emulator: Emulator, tmp_path
     page = build_report(spec.run.journal_dir, "meta")
     assert page.count('fill="#78909c"') == len(finals)  # one verification segment per copy
     assert page.count('fill="#7e57c2"') == len(finals)  # one metadata segment per copy
+
+
+def test_throughput_is_spread_over_the_upload_phase() -> None:
+    """A copy of 60 MiB created at 0 s, uploading from 10 to 20 s, verified and finished at 60 s: 6 MiB/s at
+    the peak (spread from create to final record it would read 1 MiB/s); a journal without phases still
+    spreads from the create to the final record."""
+    entry = RunEntry("r", 1, 1000.0)
+    run = RunView(entry, t0=1000.0, t1=1060.0)
+    phased = Bar("img", "KR2", start=1000.0, creating=1000.0, created=1000.0, end=1060.0, state="done",
+                 bytes=60 * MiB, phases={"upload": 1010.0, "verify": 1020.0, "metadata": 1021.0})  # fmt: skip
+    page = "".join(_throughput(run, [phased]))
+    assert ">6.0 MiB/s</text>" in page, re.findall(r">[^<]*/s</text>", page)
+    old = replace(phased, phases={})
+    page = "".join(_throughput(run, [old]))
+    assert ">1.0 MiB/s</text>" in page, re.findall(r">[^<]*/s</text>", page)

@@ -305,20 +305,21 @@ def _throughput(run: RunView, bars: list[Bar]) -> list[str]:
     for b in bars:
         if not b.bytes or b.end is None:
             continue
-        start = b.created or b.creating or (None if b.folded else b.start)
+        start, end = _transfer_window(b)
         buckets = series[b.region]
-        if start is None or b.end - start <= 0:
-            buckets[_bucket(b.end, run.t0, size)] += b.bytes
+        if start is None or end - start <= 0:
+            buckets[_bucket(end, run.t0, size)] += b.bytes
             continue
-        rate = b.bytes / (b.end - start)
-        for i in range(_bucket(start, run.t0, size), _bucket(b.end, run.t0, size) + 1):
+        rate = b.bytes / (end - start)
+        for i in range(_bucket(start, run.t0, size), _bucket(end, run.t0, size) + 1):
             lo, hi = run.t0 + i * size, run.t0 + (i + 1) * size
-            buckets[i] += rate * max(0.0, min(hi, b.end) - max(lo, start))
+            buckets[i] += rate * max(0.0, min(hi, end) - max(lo, start))
     out = ["<h2>Throughput over time</h2>",
            '<p class="note">Approximation: the journal holds one byte count per image x target (its final record), '
-           "not bytes over time. Those bytes are spread evenly from the target image's create (or its first "
-           f"record) to its final record, then summed per region in {BUCKETS} buckets of "
-           f"{_e(_dur(size))}. Retried bytes are not counted."
+           "not bytes over time. Those bytes are spread evenly over the copy's upload (from its start to the "
+           "start of its verification; in journals written before phases were recorded, from the target "
+           f"image's create, or its first record, to its final record), then summed per region in {BUCKETS} "
+           f"buckets of {_e(_dur(size))}. Retried bytes are not counted."
            + (f" {run.folded} image x target known from the snapshot only count in the bucket of their final "
               "time." if run.folded else "") + "</p>"]  # fmt: skip
     peak = max([v / size for s in series.values() for v in s] + [1.0])
@@ -333,6 +334,16 @@ def _throughput(run: RunView, bars: list[Bar]) -> list[str]:
                        for i, v in enumerate(series[region]))  # fmt: skip
         out.append(f'<polyline points="{pts}" fill="none" stroke="{colours[region]}" stroke-width="2"/>')
     return [*out, "</svg>"]
+
+
+def _transfer_window(b: Bar) -> tuple[float | None, float]:
+    """When a copy's bytes flowed: its upload phase when the journal has it, else from its create (or first
+    record) to its final record. The start is None when unknown (a copy known from the snapshot only)."""
+    assert b.end is not None
+    upload, verify = b.phases.get("upload"), b.phases.get("verify")
+    if upload is not None and verify is not None and upload <= verify <= b.end:
+        return upload, verify
+    return b.created or b.creating or (None if b.folded else b.start), b.end
 
 
 def _rows(head: tuple[str, ...], rows: Sequence[tuple[object, ...]], total: int) -> list[str]:
