@@ -9,14 +9,11 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.cli import commands
+from pipeline.errors import EXIT_CODES
 
 __all__ = ["EXIT_CODES_HELP", "build_parser"]
 
-EXIT_CODES_HELP = (
-    "exit codes: 0 all done; 1 some image or target failed (the rest done); 2 usage or job-file error; "
-    "3 another run holds the job's lock; 4 authentication failed; 10 stopped at max_runtime with work left "
-    "(resumable); 130/143 interrupted by SIGINT/SIGTERM (state saved, the next run resumes)"
-)
+EXIT_CODES_HELP = "exit codes: " + "; ".join(f"{int(code)} {meaning}" for code, meaning in EXIT_CODES.items())
 JOB_HELP = "job file (TOML), e.g. jobs/demo.toml; secrets come from the environment variables it names"
 
 
