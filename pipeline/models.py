@@ -49,16 +49,14 @@ def is_reserved_field(key: str) -> bool:
     return key in READ_ONLY_FIELDS or key.startswith(RESERVED_PREFIXES)
 
 
-def _typed(obj: Mapping[str, Any], key: str, types: tuple[type, ...], *, required: bool = False) -> Any:
-    value = obj.get(key)
-    if value is None:
-        if required:
-            raise ProtocolError(f"image record has no {key!r}")
-        return None
-    # bool is an int subclass; a size of True is as wrong as a size of "x"
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        raise ProtocolError(f"image field {key!r} has the wrong type ({type(value).__name__})")
-    return value
+#: Optional fields imgmig relies on, by the type they must have when present (not null).
+_STRING_FIELDS = ("name", "checksum", "os_hash_algo", "os_hash_value", "visibility", "owner", "disk_format",
+                  "container_format", "updated_at", "created_at")  # fmt: skip
+_COUNT_FIELDS = ("size", "virtual_size", "min_disk", "min_ram")
+
+
+def _wrong_type(key: str, value: Any) -> ProtocolError:
+    return ProtocolError(f"image field {key!r} has the wrong type ({type(value).__name__})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,20 +70,35 @@ class Image:
         """Validate the fields imgmig relies on and wrap the record."""
         if not isinstance(obj, dict):
             raise ProtocolError(f"image record is a {type(obj).__name__}, not an object")
-        _typed(obj, "id", (str,), required=True)
-        _typed(obj, "status", (str,), required=True)
-        for key in ("name", "checksum", "os_hash_algo", "os_hash_value", "visibility", "owner"):
-            _typed(obj, key, (str,))
-        for key in ("disk_format", "container_format", "updated_at", "created_at"):
-            _typed(obj, key, (str,))
-        for key in ("size", "virtual_size", "min_disk", "min_ram"):
-            value = _typed(obj, key, (int,))
-            if value is not None and value < 0:
+        get = obj.get  # every image of every listing passes here: plain loops, no call per field
+        for key in ("id", "status"):
+            value = get(key)
+            if value is None:
+                raise ProtocolError(f"image record has no {key!r}")
+            if not isinstance(value, str):
+                raise _wrong_type(key, value)
+        for key in _STRING_FIELDS:
+            value = get(key)
+            if value is not None and not isinstance(value, str):
+                raise _wrong_type(key, value)
+        for key in _COUNT_FIELDS:
+            value = get(key)
+            if value is None:
+                continue
+            # bool is an int subclass; a size of True is as wrong as a size of "x"
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise _wrong_type(key, value)
+            if value < 0:
                 raise ProtocolError(f"image field {key!r} is negative")
-        _typed(obj, "protected", (bool,))
-        tags = _typed(obj, "tags", (list,))
-        if tags is not None and not all(isinstance(t, str) for t in tags):
-            raise ProtocolError("image field 'tags' holds a non-string")
+        protected = get("protected")
+        if protected is not None and not isinstance(protected, bool):
+            raise _wrong_type("protected", protected)
+        tags = get("tags")
+        if tags is not None:
+            if not isinstance(tags, list):
+                raise _wrong_type("tags", tags)
+            if not all(isinstance(t, str) for t in tags):
+                raise ProtocolError("image field 'tags' holds a non-string")
         return cls(dict(obj))
 
     def _str(self, key: str) -> str | None:
