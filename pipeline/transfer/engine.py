@@ -46,7 +46,7 @@ from pipeline.report.events import (
 from pipeline.state.failpoints import failpoint
 from pipeline.transfer.fanout import Fanout
 from pipeline.transfer.hashing import Expected, MultiHasher, judge_stream
-from pipeline.transfer.source import Bandwidth, Spool, source_pieces, spool_pieces
+from pipeline.transfer.source import PIECE, Bandwidth, Spool, source_pieces, spool_pieces
 from pipeline.transfer.targets import (
     EngineHooks,
     EngineSettings,
@@ -61,10 +61,11 @@ __all__ = ["Engine", "EngineHooks", "EngineSettings", "TargetResult", "TargetSpe
 
 #: The smallest unit a small image is cut into (see ``stream_unit``).
 MIN_UNIT = 256 * 1024
-#: Chunks at least this big are hashed in a worker thread, smaller ones on the event loop. md5 + sha512 of
-#: 1 MiB take about 2.5 ms of CPU; a hop to a worker thread and back costs CPU of its own (measured with
-#: bench (e): at 0 ms, 200 images of 1-4 MiB in quarters cost 0.3 CPU-seconds more through threads than on
-#: the loop), which only a chunk that would hold the loop for milliseconds is worth.
+#: Chunks at least this big (or a whole ``chunk_size``, if that is smaller) are hashed in a worker thread,
+#: smaller ones (a small image's quarters) on the event loop. md5 + sha512 of 1 MiB take about 2.5 ms of
+#: CPU; a hop to a worker thread and back costs CPU of its own (measured with bench (e): at 0 ms, 200 images
+#: of 1-4 MiB in quarters cost 0.3 CPU-seconds more through threads than on the loop), which only a chunk
+#: that would hold the loop for milliseconds is worth.
 HASH_IN_THREAD_FROM = 1 << 20
 
 
@@ -225,7 +226,7 @@ class _ImageCopy(TargetWork):
                         self.source, self.image, may_resume=may_resume, backoff=self.settings.backoff,
                         reporter=self.reporter, bandwidth=self.engine.source_bandwidth,
                         idle_timeout=self.settings.source_stall_timeout,
-                        piece=stream_unit(self.settings.chunk_size, self.size),
+                        piece=min(stream_unit(self.settings.chunk_size, self.size), PIECE),
                     )  # fmt: skip
                 async with contextlib.aclosing(pieces):
                     verdict = await self._produce(pieces, fan, hasher, run)
@@ -295,7 +296,7 @@ class _ImageCopy(TargetWork):
         return verdict
 
     async def _hash(self, hasher: MultiHasher, chunk: bytes) -> None:
-        if self.settings.hash_in_thread and len(chunk) >= HASH_IN_THREAD_FROM:
+        if self.settings.hash_in_thread and len(chunk) >= min(HASH_IN_THREAD_FROM, self.settings.chunk_size):
             await anyio.to_thread.run_sync(hasher.update, chunk)
         else:
             hasher.update(chunk)

@@ -27,8 +27,9 @@ from pipeline.models import Image
 from pipeline.report.events import BytesRead, Reporter, SourceResumed
 from pipeline.transfer.hashing import MultiHasher
 
-__all__ = ["Bandwidth", "Spool", "read_digests", "source_pieces", "spool_pieces"]
+__all__ = ["PIECE", "Bandwidth", "Spool", "read_digests", "source_pieces", "spool_pieces"]
 
+#: The most a source read asks aiohttp for at once; aiohttp lets its read buffer grow to twice that.
 PIECE = 1 << 20
 #: What to do about a refused download (NHN's current guide, Download Image).
 DOWNLOAD_HINT = (
