@@ -223,14 +223,23 @@ async def test_phase_times_are_journalled_and_drawn(emulator: Emulator, tmp_path
 
 def test_throughput_is_spread_over_the_upload_phase() -> None:
     """A copy of 60 MiB created at 0 s, uploading from 10 to 20 s, verified and finished at 60 s: 6 MiB/s at
-    the peak (spread from create to final record it would read 1 MiB/s); a journal without phases still
-    spreads from the create to the final record."""
+    the peak (spread from create to final record it would read 1 MiB/s); a journal without phases, or a copy
+    that did not end done (its last pass may have failed before verifying), still spreads from the create to
+    the final record."""
     entry = RunEntry("r", 1, 1000.0)
     run = RunView(entry, t0=1000.0, t1=1060.0)
     phased = Bar("img", "KR2", start=1000.0, creating=1000.0, created=1000.0, end=1060.0, state="done",
                  bytes=60 * MiB, phases={"upload": 1010.0, "verify": 1020.0, "metadata": 1021.0})  # fmt: skip
     page = "".join(_throughput(run, [phased]))
     assert ">6.0 MiB/s</text>" in page, re.findall(r">[^<]*/s</text>", page)
-    old = replace(phased, phases={})
-    page = "".join(_throughput(run, [old]))
-    assert ">1.0 MiB/s</text>" in page, re.findall(r">[^<]*/s</text>", page)
+    for other in (replace(phased, phases={}), replace(phased, state="failed")):  # no phases; not done
+        page = "".join(_throughput(run, [other]))
+        assert ">1.0 MiB/s</text>" in page, re.findall(r">[^<]*/s</text>", page)
+
+
+def test_a_sharded_journal_dir_names_its_shards_in_order(tmp_path: Path) -> None:
+    """No journal of its own but shard journals: the error names them by count, then index (2 before 10)."""
+    for name in ("shard-10-of-16", "shard-2-of-16", "shard-0-of-1", "notes"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(UsageError, match=r"shards 0/1, 2/16, 10/16\): name one with --shard I/K"):
+        build_report(tmp_path, "j")

@@ -316,10 +316,10 @@ def _throughput(run: RunView, bars: list[Bar]) -> list[str]:
             buckets[i] += rate * max(0.0, min(hi, end) - max(lo, start))
     out = ["<h2>Throughput over time</h2>",
            '<p class="note">Approximation: the journal holds one byte count per image x target (its final record), '
-           "not bytes over time. Those bytes are spread evenly over the copy's upload (from its start to the "
-           "start of its verification; in journals written before phases were recorded, from the target "
-           f"image's create, or its first record, to its final record), then summed per region in {BUCKETS} "
-           f"buckets of {_e(_dur(size))}. Retried bytes are not counted."
+           "not bytes over time. Those bytes are spread evenly over a done copy's upload (from its start to "
+           "the start of its verification; for other copies, and in journals written before phases were "
+           "recorded, from the target image's create, or its first record, to its final record), then summed "
+           f"per region in {BUCKETS} buckets of {_e(_dur(size))}. Retried bytes are not counted."
            + (f" {run.folded} image x target known from the snapshot only count in the bucket of their final "
               "time." if run.folded else "") + "</p>"]  # fmt: skip
     peak = max([v / size for s in series.values() for v in s] + [1.0])
@@ -337,11 +337,13 @@ def _throughput(run: RunView, bars: list[Bar]) -> list[str]:
 
 
 def _transfer_window(b: Bar) -> tuple[float | None, float]:
-    """When a copy's bytes flowed: its upload phase when the journal has it, else from its create (or first
-    record) to its final record. The start is None when unknown (a copy known from the snapshot only)."""
+    """When a copy's bytes flowed: for a done copy, its upload phase when the journal has it (from the first
+    pass's upload to the last verification), else from its create (or first record) to its final record.
+    The start is None when unknown (a copy known from the snapshot only)."""
     assert b.end is not None
     upload, verify = b.phases.get("upload"), b.phases.get("verify")
-    if upload is not None and verify is not None and upload <= verify <= b.end:
+    # a copy that ended otherwise may have failed before the verification of its last pass
+    if b.state == "done" and upload is not None and verify is not None and upload <= verify <= b.end:
         return upload, verify
     return b.created or b.creating or (None if b.folded else b.start), b.end
 

@@ -23,7 +23,7 @@ __all__ = ["MAX_BARS", "build_report"]
 def build_report(journal_dir: Path, job: str, run_id: str | None = None) -> str:
     """The HTML page for ``run_id`` (default: the last run) of ``job``, from the journal in ``journal_dir``."""
     if not (journal_dir / SNAPSHOT).exists() and not (journal_dir / LOG).exists():
-        shards = sorted(str(shard) for shard in shard_dirs(journal_dir))
+        shards = [str(s) for s in sorted(shard_dirs(journal_dir), key=lambda s: (s.count, s.index))]
         if shards:
             raise UsageError(f"job {job!r} runs in shards, each with its own journal under {journal_dir} "
                              f"(shards {', '.join(shards)}): name one with --shard I/K")  # fmt: skip
