@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import JournalError, UsageError
+from pipeline.errors import UsageError
 from pipeline.run.htmlrender import FINAL_STATES, MAX_BARS, Bar, RunView, render
 from pipeline.run.status import shard_dirs
-from pipeline.state.journal import LOG, SNAPSHOT, load_snapshot, read_log
+from pipeline.state.journal import LOG, SNAPSHOT, Journal
 from pipeline.state.records import JournalState, RunEntry
 
 __all__ = ["MAX_BARS", "build_report"]
@@ -28,13 +28,7 @@ def build_report(journal_dir: Path, job: str, run_id: str | None = None) -> str:
             raise UsageError(f"job {job!r} runs in shards, each with its own journal under {journal_dir} "
                              f"(shards {', '.join(shards)}): name one with --shard I/K")  # fmt: skip
         raise UsageError(f"no journal in {journal_dir}: job {job!r} has not run yet")
-    try:  # the readers Journal.read uses: no lock, no repair, nothing written
-        state = load_snapshot(journal_dir / SNAPSHOT, job)
-        records, _ = read_log(journal_dir / LOG, state.seq)
-    except OSError as exc:
-        raise JournalError(f"cannot read the journal in {journal_dir}: {exc.strerror or exc}") from exc
-    for rec in records:
-        state.apply(rec)
+    state, records = Journal.read_with_log(journal_dir, job)  # no lock, no repair, nothing written
     if not state.runs:
         raise UsageError(f"the journal of job {job!r} records no run yet")
     chosen = [r for r in state.runs if r.run_id == run_id] if run_id else state.runs[-1:]

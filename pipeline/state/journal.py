@@ -96,6 +96,12 @@ class Journal:
         """The state, read-only (no lock, no repair): what ``imgmig status`` shows."""
         if not directory.exists():
             return JournalState(job)
+        return Journal.read_with_log(directory, job)[0]
+
+    @staticmethod
+    def read_with_log(directory: Path, job: str) -> tuple[JournalState, list[dict[str, Any]]]:
+        """The state, read-only, and the log records applied on top of the snapshot to make it (with their
+        times, which the snapshot does not keep)."""
         try:
             state = load_snapshot(directory / SNAPSHOT, job)
             records, _ = read_log(directory / LOG, state.seq)
@@ -103,7 +109,7 @@ class Journal:
             raise JournalError(f"cannot read the journal in {directory}: {exc.strerror or exc}") from exc
         for rec in records:
             state.apply(rec)
-        return state
+        return state, records
 
     # === write
 
