@@ -201,6 +201,17 @@ class FaultPlan:
         faults.remove(best)
         return best.at
 
+    def corrupted(self, faults: list[ByteFault], kind: str, image_id: str, data: bytes, start: int) -> bytes:
+        """``data`` (the image's bytes from ``start``) with one byte flipped if one of ``faults`` falls in it
+        (consumed and counted as ``kind``); else ``data`` itself."""
+        at = self.take_byte(faults, image_id, start, start + len(data))
+        if at is None:
+            return data
+        self.record(kind)
+        flipped = bytearray(data)
+        flipped[at - start] ^= 0xFF
+        return bytes(flipped)
+
     def update(self, doc: dict[str, Any]) -> None:
         """Apply a JSON document of knobs (unknown keys raise ValueError)."""
         for key, value in doc.items():

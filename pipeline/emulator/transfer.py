@@ -92,12 +92,7 @@ async def upload_handler(request: web.Request) -> web.StreamResponse:
                         await _stall(request, UPLOAD_STALL_LIMIT)
                     abort_connection(request)
                     return web.Response(status=500)
-            corrupt = FaultPlan.take_byte(plan.corrupt_upload, rec.id, received, end)
-            if corrupt is not None:
-                plan.record("corrupt_upload")
-                flipped = bytearray(chunk)
-                flipped[corrupt - received] ^= 0xFF
-                chunk = bytes(flipped)
+            chunk = plan.corrupted(plan.corrupt_upload, "corrupt_upload", rec.id, chunk, received)
             received = end
             stats.bytes_received += len(chunk)
             stats.active_upload_bytes += len(chunk)
@@ -170,12 +165,7 @@ async def _send_pieces(
         if piece is None:
             break
         stop = pos + len(piece)
-        corrupt = FaultPlan.take_byte(plan.corrupt_download, rec.id, pos, stop)
-        if corrupt is not None:
-            plan.record("corrupt_download")
-            mutable = bytearray(piece)
-            mutable[corrupt - pos] ^= 0xFF
-            piece = bytes(mutable)
+        piece = plan.corrupted(plan.corrupt_download, "corrupt_download", rec.id, piece, pos)
         for faults, kind in ((plan.drop_download, "drop_download"), (plan.stall_download, "stall_download")):
             cut = FaultPlan.take_byte(faults, rec.id, pos, stop)
             if cut is not None:
