@@ -5,7 +5,7 @@ replayed request is harmless), then tags, members (and their acceptance) and pro
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,20 +116,30 @@ async def _apply_tags(client: ImageClient, image_id: str, desired: Desired, diff
         return
     except _REFUSED:
         pass
-    for tag in diff.remove_tags:
+    await _one_by_one(report, diff.remove_tags, lambda tag: client.delete_tag(image_id, tag), already=NotFoundError,
+                      refused=ApiError, problem=lambda tag, why: f"tag {_short(tag)!r} could not be removed: "
+                      f"{_short(why, 200)}")  # fmt: skip
+    await _one_by_one(report, diff.add_tags, lambda tag: client.add_tag(image_id, tag), already=(),
+                      refused=_REFUSED, problem=lambda tag, why: f"tag {_short(tag)!r} refused by target: "
+                      f"{_short(why, 200)}")  # fmt: skip
+
+
+async def _one_by_one(
+    report: SyncReport, items: Iterable[str], change: Callable[[str], Awaitable[object]], *,
+    already: type[ApiError] | tuple[type[ApiError], ...], refused: type[ApiError] | tuple[type[ApiError], ...],
+    problem: Callable[[str, str], str],
+) -> None:  # fmt: skip
+    """Apply ``change`` to each item. ``already`` means the change is in place (a replayed request whose first
+    answer was lost: a DELETE's 404, a member POST's 409); ``refused`` is reported as ``problem(item, why)``."""
+    for item in items:
         try:
-            await client.delete_tag(image_id, tag)
-            report.changed = True
-        except NotFoundError:
-            report.changed = True  # already gone: a replayed DELETE whose first answer was lost
-        except ApiError as exc:
-            report.problems.append(f"tag {_short(tag)!r} could not be removed: {_short(exc.message, 200)}")
-    for tag in diff.add_tags:
-        try:
-            await client.add_tag(image_id, tag)
-            report.changed = True
-        except _REFUSED as exc:
-            report.problems.append(f"tag {_short(tag)!r} refused by target: {_short(exc.message, 200)}")
+            await change(item)
+        except already:
+            pass
+        except refused as exc:
+            report.problems.append(problem(item, exc.message))
+            continue
+        report.changed = True
 
 
 def _accept_needed(desired: Desired, acceptors: Mapping[str, ImageClient] | None) -> bool:
@@ -140,22 +150,12 @@ async def _apply_members(
     client: ImageClient, image_id: str, desired: Desired, diff: MetaDiff, report: SyncReport,
     acceptors: Mapping[str, ImageClient],
 ) -> None:  # fmt: skip
-    for member in diff.remove_members:
-        try:
-            await client.delete_member(image_id, member)
-            report.changed = True
-        except NotFoundError:
-            report.changed = True  # already gone: a replayed DELETE whose first answer was lost
-        except ApiError as exc:
-            report.problems.append(f"member {member} could not be removed: {exc.message}")
-    for member in diff.add_members:
-        try:
-            await client.add_member(image_id, member)
-            report.changed = True
-        except ConflictError:
-            report.changed = True  # "already a member": a replayed POST whose first answer was lost
-        except ApiError as exc:
-            report.problems.append(f"member {member} could not be added: {exc.message}")
+    await _one_by_one(report, diff.remove_members, lambda member: client.delete_member(image_id, member),
+                      already=NotFoundError, refused=ApiError,
+                      problem=lambda member, why: f"member {member} could not be removed: {why}")  # fmt: skip
+    await _one_by_one(report, diff.add_members, lambda member: client.add_member(image_id, member),
+                      already=ConflictError, refused=ApiError,
+                      problem=lambda member, why: f"member {member} could not be added: {why}")  # fmt: skip
     for member, status in sorted(desired.members.items()):
         if status != "accepted":
             continue
