@@ -55,6 +55,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "EXIT_CODES",
+    "OUTCOME_EXIT_CODES",
     "ApiError",
     "AuthenticationError",
     "BadRequestError",
@@ -91,6 +92,7 @@ __all__ = [
     "VerificationError",
     "error_for_status",
     "first_error",
+    "run_state",
 ]
 
 
@@ -118,6 +120,20 @@ EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.SIGINT: "interrupted by SIGINT (state saved, the next run resumes)",
     ExitCode.SIGTERM: "interrupted by SIGTERM (state saved, the next run resumes)",
 }
+
+#: The exit code of a run by its outcome (``RunSummary.outcome``); "interrupted" takes its signal's code
+#: (``ExitCode[name]``) and "fatal" its error's ``exit_code``.
+OUTCOME_EXIT_CODES: dict[str, ExitCode] = {"ok": ExitCode.OK, "failed": ExitCode.FAILED, "parked": ExitCode.PARKED}
+
+
+def run_state(exit_code: int | None) -> str:
+    """How a finished run ended, in one word from its exit code: done, parked (resumable), interrupted, failed;
+    ``unfinished`` without one (the run is going, or it died before recording its end)."""
+    if exit_code is None:
+        return "unfinished"
+    words: dict[int, str] = {ExitCode.OK: "done", ExitCode.PARKED: "parked", ExitCode.SIGINT: "interrupted",
+             ExitCode.SIGTERM: "interrupted"}  # fmt: skip
+    return words.get(exit_code, "failed")
 
 
 class ImgmigError(Exception):

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.cli.parser import EXIT_CODES_HELP, build_parser
-from pipeline.errors import ImgmigError
+from pipeline.errors import ExitCode, ImgmigError
 from pipeline.report.logs import configure_logging
 
 __all__ = ["EXIT_CODES_HELP", "build_parser", "main"]
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("imgmig: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.SIGINT
     return code
 
 

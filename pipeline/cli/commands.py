@@ -271,13 +271,13 @@ def _server_tls(cert: Path | None, key: Path | None) -> Any:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write a report readable only by its owner (0600), in a directory only the owner can enter."""
+    """Write a report readable only by its owner (0600; a new directory only the owner can enter), replaced
+    atomically: a reader, or a job that keeps the last report, never sees half of one."""
+    from pipeline.files import atomic_write
+
     try:
         if path.parent != Path() and not path.parent.exists():
             path.parent.mkdir(mode=0o700, parents=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(path, 0o600)
+        atomic_write(path, text.encode("utf-8"), mode=0o600)
     except OSError as exc:
         raise UsageError(f"cannot write the report {path}: {exc.strerror or exc}") from exc

@@ -2,11 +2,10 @@
 
 ``MetricsFile`` observes the engine's events like a reporter (it only counts bytes per region) and
 ``write`` renders the run summary plus those counts with ``prometheus_client`` (a registry of its own,
-``generate_latest``, text format 0.0.4) into one ``.prom`` file, replaced atomically: a temporary file in the
-same directory (``.<name>.<random>.tmp``, which the collector ignores: it reads ``*.prom`` only), mode 0644,
-written, fsynced, ``os.replace``-d over the old file, then the directory fsynced. A reader sees the old
-file or the new one, never a part. ``prometheus_client.write_to_textfile`` is not used: it renames too but
-neither fsyncs (after a power cut the renamed file may be empty) nor sets the mode (it follows the umask).
+``generate_latest``, text format 0.0.4) into one ``.prom`` file, mode 0644, replaced by ``files.atomic_write``
+(its temporary ``.<name>.<random>.tmp`` is ignored by the collector, which reads ``*.prom`` only). A reader
+sees the old file or the new one, never a part. ``prometheus_client.write_to_textfile`` is not used: it renames
+too but neither fsyncs (after a power cut the renamed file may be empty) nor sets the mode (it follows the umask).
 
 Every sample carries ``imgmig_job`` (the job name; not ``job``, which Prometheus sets itself) and
 ``shard`` when the file belongs to one shard. Values are per run: the counters start from zero at each
@@ -17,9 +16,6 @@ run (Prometheus' ``rate``/``increase`` treat that as a counter reset). A running
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -28,14 +24,17 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from pipeline.errors import EXIT_CODES, ExitCode
+from pipeline.files import atomic_write
+from pipeline.outcomes import OUTCOMES
 from pipeline.report.events import BytesRead, BytesWritten
-from pipeline.report.summary import EXIT_OK, RunSummary
+from pipeline.report.summary import RunSummary
 
-__all__ = ["OUTCOMES", "MetricsFile", "copies_out_of_sync"]
+__all__ = ["MetricsFile", "copies_out_of_sync"]
 
-#: The outcomes of ``RunSummary.counts()`` that are per image x target step (always all exported, 0 included).
-OUTCOMES = ("copied", "metadata", "up_to_date", "skipped", "failed", "cancelled")
 FILE_MODE = 0o644
+#: imgmig_exit_code's help: every code and its meaning.
+_EXIT_HELP = "; ".join(f"{int(code)} {meaning}" for code, meaning in EXIT_CODES.items())
 
 
 def copies_out_of_sync(summary: RunSummary) -> int | None:
@@ -43,20 +42,20 @@ def copies_out_of_sync(summary: RunSummary) -> int | None:
 
     The sum of:
 
-    - steps that finished ``failed`` or ``cancelled`` (summary outcomes ``failed`` and ``cancelled``);
+    - steps that finished with an outcome that is not ``in_sync`` (``outcomes.OUTCOMES``: failed, cancelled);
     - steps of the plan, other than ``skip``, with no final record (parked at max_runtime, or left undone by an
       interruption or a fatal error);
     - for each unavailable target, each planned image that was not skipped as a whole (the runner records
       those image x target pairs as failed, but they are not in ``summary.steps``).
 
-    Not counted: ``done`` steps (copied, metadata, up to date) and ``skipped`` ones (left alone on purpose).
+    Not counted: steps in sync (copied, metadata, up to date) and ``skipped`` ones (left alone on purpose).
     Without a plan (the run stopped before planning) the number is unknown: None.
     """
     plan = summary.plan
     if plan is None:
         return None
     finished = {(s.image_id, s.target) for s in summary.steps}
-    bad = sum(1 for s in summary.steps if s.outcome in ("failed", "cancelled"))
+    bad = sum(1 for s in summary.steps if s.outcome in OUTCOMES and not OUTCOMES[s.outcome].in_sync)
     unfinished = sum(1 for key in plan.open_steps() if key not in finished)
     return bad + unfinished + plan.planned_images * len(summary.unavailable)
 
@@ -135,8 +134,7 @@ class MetricsFile:
 
         counts = summary.counts()
         images = GaugeMetricFamily("imgmig_images", "Image x target steps of this run finished so far, by outcome "
-                                   "(copied, metadata, up_to_date, skipped, failed, cancelled).",
-                                   labels=[*base, "outcome"])  # fmt: skip
+                                   f"({', '.join(OUTCOMES)}).", labels=[*base, "outcome"])  # fmt: skip
         for outcome in OUTCOMES:
             images.add_metric([*values, outcome], counts[outcome])
         families += [
@@ -167,11 +165,10 @@ class MetricsFile:
         success = last_success
         if final:
             end = summary.started_at + summary.duration
-            if summary.exit_code == EXIT_OK:
+            if summary.exit_code == ExitCode.OK:
                 success = end if success is None else max(success, end)
             families += [
-                gauge("imgmig_exit_code", "The exit code of the finished run (0 ok, 1 failed, 2-4 fatal "
-                      "errors, 10 parked at max_runtime, 130/143 interrupted).", summary.exit_code),
+                gauge("imgmig_exit_code", f"The exit code of the finished run: {_EXIT_HELP}.", summary.exit_code),
                 gauge("imgmig_last_run_timestamp_seconds", "When the last run finished (Unix time).", end),
             ]  # fmt: skip
             out_of_sync = copies_out_of_sync(summary)
@@ -190,29 +187,9 @@ class MetricsFile:
     # === writing
 
     def store(self, data: bytes) -> None:
-        """Replace the file with ``data`` atomically (temp file, fsync, rename, directory fsync).
-
-        Raises OSError (the temporary file is removed); the old file is then left as it was.
-        """
-        directory = self.path.parent
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), FILE_MODE)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        with contextlib.suppress(OSError):  # durability of the rename; some filesystems refuse a dir fsync
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        """Replace the file with ``data`` (``files.atomic_write``). Raises OSError; the old file is then left
+        as it was."""
+        atomic_write(self.path, data, mode=FILE_MODE)
 
     def write(self, summary: RunSummary, *, final: bool, last_success: float | None,
               requests: Mapping[tuple[str, str], int] | None = None) -> None:  # fmt: skip

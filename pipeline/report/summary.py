@@ -11,19 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.errors import OUTCOME_EXIT_CODES, ExitCode
 from pipeline.models import RequestCounts
+from pipeline.outcomes import STEP_OUTCOMES, step_outcome
 from pipeline.report.events import BytesRead, BytesWritten, PlannedWork, Reporter, SourceResumed, TargetRetrying
 from pipeline.units import format_duration, format_rate, format_size
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARKED", "RunSummary", "StepFinished"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-#: Stopped at max_runtime with work left (the next run resumes); the same code rclone uses for
-#: --max-duration.
-EXIT_PARKED = 10
-EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
-DATA_ACTIONS = ("copy", "resume", "replace")
+__all__ = ["RunSummary", "StepFinished"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +39,8 @@ class StepFinished:
 
     @property
     def outcome(self) -> str:
-        """copied, metadata, up_to_date, skipped, failed or cancelled."""
-        if self.state == "done":
-            if self.action in DATA_ACTIONS:
-                return "copied"
-            if self.action == "metadata":
-                return "metadata"
-            return "up_to_date"
-        return self.state
+        """One of ``outcomes.OUTCOMES``: copied, metadata, up_to_date, skipped, failed or cancelled."""
+        return step_outcome(self.state, self.action)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"image_id": self.image_id, "name": self.name, "target": self.target,
@@ -112,7 +100,7 @@ class RunSummary:
     parked: bool = False
     fatal: str | None = None
     #: The exit code of the fatal error (4 for authentication, 1 otherwise).
-    fatal_code: int = EXIT_FAILED
+    fatal_code: int = ExitCode.FAILED
     journal_records: int = 0
     journal_seconds: float = 0.0
     downstream: Reporter | None = None
@@ -134,7 +122,7 @@ class RunSummary:
         self.duration = max(0.0, clock() - self.started)
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(("copied", "metadata", "up_to_date", "skipped", "failed", "cancelled"), 0)
+        counts = dict.fromkeys(STEP_OUTCOMES, 0)
         for step in self.steps:
             counts[step.outcome] = counts.get(step.outcome, 0) + 1
         counts["parked_images"] = self.parked_images
@@ -146,19 +134,8 @@ class RunSummary:
         return [s for s in self.steps if s.state == "failed"]
 
     @property
-    def exit_code(self) -> int:
-        if self.interrupted:
-            return EXIT_SIGNAL[self.interrupted]
-        if self.fatal:
-            return self.fatal_code
-        if self.failures or self.unavailable or self.sources_left_open or self.prune_refused or self.prune_failed:
-            return EXIT_FAILED
-        if self.parked:
-            return EXIT_PARKED
-        return EXIT_OK
-
-    @property
     def outcome(self) -> str:
+        """ok, failed (something failed, the rest done), parked (max_runtime), interrupted or fatal."""
         if self.interrupted:
             return "interrupted"
         if self.fatal:
@@ -166,6 +143,16 @@ class RunSummary:
         if self.failures or self.unavailable or self.sources_left_open or self.prune_refused or self.prune_failed:
             return "failed"
         return "parked" if self.parked else "ok"
+
+    @property
+    def exit_code(self) -> int:
+        """The process exit code this run's outcome implies (``errors.ExitCode``)."""
+        outcome = self.outcome
+        if outcome == "interrupted" and self.interrupted is not None:
+            return ExitCode[self.interrupted]  # SIGINT 130, SIGTERM 143
+        if outcome == "fatal":
+            return self.fatal_code
+        return OUTCOME_EXIT_CODES[outcome]
 
     def to_json(self) -> dict[str, Any]:
         rate = self.bytes_written / self.duration if self.duration > 0 else 0.0

@@ -11,22 +11,21 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pipeline.report.summary import DATA_ACTIONS
-from pipeline.state.records import JournalState, RunEntry
+from pipeline.outcomes import REPORT_OUTCOMES, STEP_OUTCOMES, is_final, step_outcome
+from pipeline.state.records import JournalState, RunEntry, TargetEntry
 from pipeline.units import format_duration, format_size
 
-__all__ = ["FINAL_STATES", "MAX_BARS", "Bar", "RunView", "render"]
+__all__ = ["MAX_BARS", "Bar", "RunView", "render"]
 
 
 #: Above this many image x target bars the timeline is aggregated into time buckets.
 MAX_BARS = 300
 BUCKETS = 60
 MAX_ROWS = 200
-FINAL_STATES = frozenset({"done", "failed", "skipped", "cancelled"})
-_DONE = dict.fromkeys(DATA_ACTIONS, "copied") | {"metadata": "metadata"}  # a done step's outcome by its action
-OUTCOMES = ("copied", "metadata", "up_to_date", "skipped", "failed", "cancelled", "unavailable", "unfinished")
 COLOURS = {"copied": "#2e7d32", "metadata": "#1565c0", "up_to_date": "#607d8b", "skipped": "#b0bec5",
            "failed": "#c62828", "cancelled": "#ef6c00", "unavailable": "#6d4c41", "unfinished": "#8e24aa"}  # fmt: skip
+#: The colour of an outcome without one of its own (one a newer imgmig wrote into the journal).
+OTHER_COLOUR = "#9e9e9e"
 #: The phases after the transfer, in the timeline.
 PHASE_COLOURS = {"verify": "#78909c", "metadata": "#7e57c2"}
 REGION_COLOURS = ("#1565c0", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#ad1457", "#5d4037", "#455a64")
@@ -60,33 +59,67 @@ def _e(value: object) -> str:
 
 @dataclass
 class Bar:
-    """One image x target in the run: its records' times and its final outcome."""
+    """One image x target in the run: its records folded (``records.fold_target``, as the journal state folds
+    them), and the times of those records."""
 
     image_id: str
-    region: str
+    target: TargetEntry
     start: float | None = None
     creating: float | None = None
     created: float | None = None
     end: float | None = None
-    state: str | None = None
-    action: str | None = None
-    reason: str = ""
-    bytes: int = 0
-    attempts: int = 0
-    error: str | None = None
-    problems: list[str] = field(default_factory=list)
     unavailable: bool = False
-    #: When the upload, verification and metadata phases began (journals written since phases are recorded).
-    phases: dict[str, float] = field(default_factory=dict)
     folded: bool = False  # known only from the snapshot: its final time, not its start
 
     @property
+    def region(self) -> str:
+        return self.target.region
+
+    @property
+    def state(self) -> str | None:
+        """The final state, or None while the image x target has no final record."""
+        return self.target.state if is_final(self.target.state) else None
+
+    @property
+    def action(self) -> str | None:
+        return self.target.action
+
+    @property
+    def reason(self) -> str:
+        return self.target.reason or ""
+
+    @property
+    def bytes(self) -> int:
+        return int(self.target.bytes or 0)
+
+    @property
+    def attempts(self) -> int:
+        return int(self.target.attempts or 0)
+
+    @property
+    def error(self) -> str | None:
+        return self.target.error
+
+    @property
+    def problems(self) -> list[str]:
+        return list(self.target.problems or [])
+
+    @property
+    def phases(self) -> dict[str, float]:
+        """When the upload, verification and metadata phases began (journals written since phases are recorded)."""
+        phases = self.target.phases if isinstance(self.target.phases, dict) else {}
+        return {k: float(v) for k, v in phases.items() if isinstance(v, int | float)}
+
+    @property
     def outcome(self) -> str:
-        if self.unavailable:
-            return "unavailable"
-        if self.state == "done":
-            return _DONE.get(self.action or "", "up_to_date")
-        return self.state if self.state in FINAL_STATES else "unfinished"
+        """``outcomes.step_outcome``, or unavailable: also an outcome a newer imgmig journalled, as it is."""
+        return "unavailable" if self.unavailable else step_outcome(self.state, self.action)
+
+    @property
+    def failed(self) -> bool:
+        """Not in sync at the end of the run (failed, cancelled, unavailable; an unknown outcome with an error)."""
+        known = REPORT_OUTCOMES.get(self.outcome)
+        return self.error is not None if known is None else not known.in_sync and self.outcome != "unfinished"
 
     @property
     def work_start(self) -> float | None:
@@ -108,11 +141,21 @@ class RunView:
     log_from: float = 0.0  # the first time the log still covers (t0 unless partly folded)
 
 
+def _outcomes(bars: Sequence[Bar]) -> list[str]:
+    """Every outcome the report shows: ``outcomes.REPORT_OUTCOMES``, then any other that a bar has."""
+    return [*REPORT_OUTCOMES, *sorted({b.outcome for b in bars} - set(REPORT_OUTCOMES))]
+
+
+def _colour(outcome: str) -> str:
+    return COLOURS.get(outcome, OTHER_COLOUR)
+
+
 def render(job: str, state: JournalState, run: RunView) -> str:
     r = run.entry
     bars = sorted(run.bars.values(), key=lambda b: (b.work_start or b.end or 0.0, run.names.get(b.image_id, ""),
                                                     b.image_id, b.region))  # fmt: skip
     counts = Counter(b.outcome for b in bars)
+    outcomes = _outcomes(bars)
     duration = format_duration(r.finished_at - r.started_at) if r.finished_at is not None else "not finished"
     header = [("job", job), ("run", r.run_id), ("started", _when(r.started_at)),
               ("finished", _when(r.finished_at) if r.finished_at else "no run_finished record (running or crashed)"),
@@ -128,10 +171,10 @@ def render(job: str, state: JournalState, run: RunView) -> str:
                    "image x target are shown from it with their final time only (no start, no create time); "
                    "records of the run that were overwritten by a later run cannot be shown.</p>")  # fmt: skip
     out.append('<h2>Totals</h2><div class="cards">')
-    out += [f'<div class="card" style="border-left-color:{COLOURS[k]}"><b>{counts[k]}</b>{k.replace("_", " ")}</div>'
-            for k in OUTCOMES if counts[k] or k in OUTCOMES[:6]]  # fmt: skip
+    out += [f'<div class="card" style="border-left-color:{_colour(k)}"><b>{counts[k]}</b>{_e(k.replace("_", " "))}'
+            "</div>" for k in outcomes if counts[k] or k in STEP_OUTCOMES]  # fmt: skip
     copied = sum(b.bytes for b in bars if b.outcome == "copied")
-    partial_bytes = sum(b.bytes for b in bars if b.state in ("failed", "cancelled"))
+    partial_bytes = sum(b.bytes for b in bars if b.failed)
     out.append(f'<div class="card"><b>{_e(format_size(copied))}</b>copied ({copied} bytes)</div><div class="card">'
                f"<b>{_e(format_size(partial_bytes))}</b>in failed/cancelled steps</div></div>")  # fmt: skip
     if r.summary:
@@ -204,7 +247,7 @@ def _timeline(run: RunView, bars: list[Bar]) -> list[str]:
                "metadata step. Journals written before phases were recorded show created to final record in the "
                "outcome's colour. A bar without a create or an upload is drawn pale: queueing and work are not "
                "told apart. ↻n: n attempts; ✕: failed. Hover a bar for its details.</p>")  # fmt: skip
-    out.append(_legend([(k.replace("_", " "), COLOURS[k]) for k in OUTCOMES] + [("waiting", "#e0e0e0"),
+    out.append(_legend([(k.replace("_", " "), _colour(k)) for k in _outcomes(bars)] + [("waiting", "#e0e0e0"),
                        ("create", "#616161"), *PHASE_COLOURS.items()]))  # fmt: skip
     svg = _svg("timeline", left + width + 60, height) + _axis(left, width, top, height - 18, span, above=True)
 
@@ -212,7 +255,7 @@ def _timeline(run: RunView, bars: list[Bar]) -> list[str]:
         return left + width * (max(run.t0, min(t if t is not None else run.t1, run.t1)) - run.t0) / span
 
     for i, b in enumerate(bars):
-        y, colour = top + 4 + i * row, COLOURS[b.outcome]
+        y, colour = top + 4 + i * row, _colour(b.outcome)
         name = run.names.get(b.image_id) or b.image_id
         tip = (f"{name} ({b.image_id}) → {b.region}: {b.action or '?'}, {b.outcome}; bytes {b.bytes}, attempts "
                f"{b.attempts}" + (f"; error: {b.error}" if b.error else "")
@@ -255,7 +298,8 @@ def _bucket(t: float, t0: float, size: float) -> int:
 
 def _aggregated(run: RunView, bars: list[Bar], span: float) -> list[str]:
     size = span / BUCKETS
-    done = {k: [0] * BUCKETS for k in OUTCOMES}
+    outcomes = _outcomes(bars)
+    done = {k: [0] * BUCKETS for k in outcomes}
     active = [0] * (BUCKETS + 1)
     for b in bars:
         if b.end is not None:
@@ -267,7 +311,7 @@ def _aggregated(run: RunView, bars: list[Bar], span: float) -> list[str]:
     for i in range(1, BUCKETS + 1):
         active[i] += active[i - 1]
     left, width, top, height = 60, 1100, 10, 260
-    peak = max([sum(done[k][i] for k in OUTCOMES) for i in range(BUCKETS)] + [1])
+    peak = max([sum(done[k][i] for k in outcomes) for i in range(BUCKETS)] + [1])
     peak_active = max([*active[:BUCKETS], 1])
     out = [f'<p class="note">Aggregated: {len(bars)} image x target bars are more than {MAX_BARS}, so the timeline '
            f"shows {BUCKETS} time buckets of {_e(_dur(size))} each: stacked bars count the final records "
@@ -276,7 +320,7 @@ def _aggregated(run: RunView, bars: list[Bar], span: float) -> list[str]:
            "target are listed one by one below."
            + (f" Creates are known from +{_e(_dur(run.log_from - run.t0))} on only (earlier records are in the "
               "snapshot): the line starts there." if run.partial else "") + "</p>",
-           _legend([(k.replace("_", " "), COLOURS[k]) for k in OUTCOMES] + [("in flight", "#000")]),
+           _legend([(k.replace("_", " "), _colour(k)) for k in outcomes] + [("in flight", "#000")]),
            *_svg("aggregated timeline", left + width + 60, top + height + 24),
            *_axis(left, width, top, top + height, span),
            f'<text x="{left - 6}" y="{top + 10}" font-size="10" text-anchor="end">{peak}</text>',
@@ -284,12 +328,12 @@ def _aggregated(run: RunView, bars: list[Bar], span: float) -> list[str]:
     bw = width / BUCKETS
     for i in range(BUCKETS):
         y = float(top + height)
-        for k in OUTCOMES:
+        for k in outcomes:
             if done[k][i]:
                 h = height * done[k][i] / peak
                 y -= h
                 out.append(f'<rect x="{left + i * bw:.1f}" y="{y:.1f}" width="{bw - 1:.1f}" height="{h:.1f}" '
-                           f'fill="{COLOURS[k]}"><title>{k}: {done[k][i]}</title></rect>')  # fmt: skip
+                           f'fill="{_colour(k)}"><title>{_e(k)}: {done[k][i]}</title></rect>')  # fmt: skip
     first = _bucket(run.log_from, run.t0, size) + 1 if run.partial else 0
     points = " ".join(f"{left + (i + 0.5) * bw:.1f},{top + height - height * active[i] / peak_active:.1f}"
                       for i in range(first, BUCKETS))  # fmt: skip
@@ -305,7 +349,7 @@ def _throughput(run: RunView, bars: list[Bar]) -> list[str]:
     for b in bars:
         if not b.bytes or b.end is None:
             continue
-        start, end = _transfer_window(b)
+        start, end = _transfer_window(b, b.end)
         buckets = series[b.region]
         if start is None or end - start <= 0:
             buckets[_bucket(end, run.t0, size)] += b.bytes
@@ -336,16 +380,15 @@ def _throughput(run: RunView, bars: list[Bar]) -> list[str]:
     return [*out, "</svg>"]
 
 
-def _transfer_window(b: Bar) -> tuple[float | None, float]:
+def _transfer_window(b: Bar, end: float) -> tuple[float | None, float]:
     """When a copy's bytes flowed: for a done copy, its upload phase when the journal has it (from the first
-    pass's upload to the last verification), else from its create (or first record) to its final record.
-    The start is None when unknown (a copy known from the snapshot only)."""
-    assert b.end is not None
+    pass's upload to the last verification), else from its create (or first record) to its final record
+    (``end``). The start is None when unknown (a copy known from the snapshot only)."""
     upload, verify = b.phases.get("upload"), b.phases.get("verify")
     # a copy that ended otherwise may have failed before the verification of its last pass
-    if b.state == "done" and upload is not None and verify is not None and upload <= verify <= b.end:
+    if b.state == "done" and upload is not None and verify is not None and upload <= verify <= end:
         return upload, verify
-    return b.created or b.creating or (None if b.folded else b.start), b.end
+    return b.created or b.creating or (None if b.folded else b.start), end
 
 
 def _rows(head: tuple[str, ...], rows: Sequence[tuple[object, ...]], total: int) -> list[str]:
@@ -360,7 +403,7 @@ def _cls(cell: object) -> str:
 
 
 def _failures(run: RunView, bars: list[Bar]) -> list[str]:
-    failed = [b for b in bars if b.state in ("failed", "cancelled")]
+    failed = [b for b in bars if b.failed]
     out = [f"<h2>Failures ({len(failed)})</h2>"]
     if not failed:
         return [*out, "<p>None.</p>"]

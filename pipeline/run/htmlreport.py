@@ -8,14 +8,16 @@ and the page says when a run is shown partly from the snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UsageError
-from pipeline.run.htmlrender import FINAL_STATES, MAX_BARS, Bar, RunView, render
+from pipeline.outcomes import is_final
+from pipeline.run.htmlrender import MAX_BARS, Bar, RunView, render
 from pipeline.run.status import shard_dirs
 from pipeline.state.journal import LOG, SNAPSHOT, Journal
-from pipeline.state.records import JournalState, RunEntry
+from pipeline.state.records import JournalState, RunEntry, TargetEntry, fold_target
 
 __all__ = ["MAX_BARS", "build_report"]
 
@@ -56,21 +58,18 @@ def _window(records: list[dict[str, Any]], run: RunEntry) -> tuple[list[dict[str
     return records[max(begin, 0) : end], begin < 0
 
 
-def _bar(run: RunView, image_id: str, region: str, at: float) -> Bar:
+def _fold(run: RunView, image_id: str, region: str, rec: dict[str, Any], at: float) -> Bar:
+    """Fold one record into the bar of its image x target (``fold_target``, as the journal state does), noting
+    when its create began and ended and when its final record came."""
     bar = run.bars.get((image_id, region))
     if bar is None:
-        bar = run.bars[image_id, region] = Bar(image_id, region, start=at)
+        bar = run.bars[image_id, region] = Bar(image_id, TargetEntry(region), start=at)
+    fold_target(bar.target, rec, at)
+    bar.creating = bar.creating or (at if rec.get("creating") else None)  # the first create counts
+    bar.created = bar.created or (at if rec.get("created") else None)
+    if is_final(rec.get("state")):
+        bar.end = at
     return bar
-
-
-def _final(bar: Bar, rec: dict[str, Any], at: float) -> None:
-    bar.state, bar.end = rec["state"], at
-    bar.bytes, bar.attempts = int(rec.get("bytes") or 0), int(rec.get("attempts") or 0)
-    bar.error, bar.problems = rec.get("error"), list(rec.get("problems") or [])
-    phases = rec.get("phases")
-    bar.phases = (
-        {k: float(v) for k, v in phases.items() if isinstance(v, int | float)} if isinstance(phases, dict) else {}
-    )
 
 
 def _collect(state: JournalState, records: list[dict[str, Any]], entry: RunEntry) -> RunView:
@@ -84,18 +83,11 @@ def _collect(state: JournalState, records: list[dict[str, Any]], entry: RunEntry
             if rec.get("skipped"):
                 run.skipped.append((image_id, str(rec["skipped"])))
             for region, planned in (rec.get("plan") or {}).items():
-                bar = _bar(run, image_id, region, at)
-                bar.action, bar.reason = planned.get("action"), planned.get("reason") or ""
-                if planned.get("state") in FINAL_STATES:  # a target unavailable for the whole run
-                    _final(bar, planned, at)
-                    bar.unavailable = True
+                bar = _fold(run, image_id, region, planned, at)
+                bar.unavailable = is_final(planned.get("state"))  # a target unavailable for the whole run
         elif kind == "target":
-            bar = _bar(run, rec["image_id"], rec["region"], at)
-            bar.creating = bar.creating or (at if rec.get("creating") else None)  # the first create counts
-            bar.created = bar.created or (at if rec.get("created") else None)
+            _fold(run, rec["image_id"], rec["region"], rec, at)
             run.deleted += bool(rec.get("deleted"))
-            if rec.get("state") in FINAL_STATES:
-                _final(bar, rec, at)
         elif kind == "source":
             run.sources[str(rec.get("download"))] += 1
     last = float(window[-1]["at"]) if window else entry.started_at
@@ -105,11 +97,11 @@ def _collect(state: JournalState, records: list[dict[str, Any]], entry: RunEntry
         run.names.setdefault(image_id, image.name or "")
         for region, target in image.targets.items():
             seen = run.bars.get((image_id, region))
-            if seen is not None:
-                seen.action = seen.action or target.action  # the plan record may be in the snapshot
-            elif partial and target.state in FINAL_STATES and run.t0 <= target.updated_at <= run.t1 + 1e-3:
-                bar = run.bars[image_id, region] = Bar(image_id, region, action=target.action, folded=True)
-                _final(bar, vars(target), target.updated_at)
-                bar.reason = target.reason or ""
+            if seen is not None:  # the plan record may be in the snapshot
+                seen.target.action = seen.target.action or target.action
+                seen.target.reason = seen.target.reason or target.reason
+            elif partial and is_final(target.state) and run.t0 <= target.updated_at <= run.t1 + 1e-3:
+                run.bars[image_id, region] = Bar(image_id, dataclasses.replace(target), end=target.updated_at,
+                                                 folded=True)  # fmt: skip
                 run.folded += 1
     return run

@@ -25,12 +25,12 @@ import structlog
 
 from pipeline.cloud.transport import new_session
 from pipeline.config import JobSpec
-from pipeline.errors import ImgmigError, JournalError, first_error
+from pipeline.errors import ExitCode, ImgmigError, JournalError, first_error
 from pipeline.plan.intent import Intent
 from pipeline.plan.planner import Plan
 from pipeline.report.events import PlanReady, Reporter
 from pipeline.report.metrics import MetricsFile
-from pipeline.report.summary import EXIT_FAILED, RunSummary
+from pipeline.report.summary import RunSummary
 from pipeline.run.gate import restore_left_open
 from pipeline.run.images import Running, image_task, journal_plan, prune, sweep
 from pipeline.run.inventory import Clients, Inventory, discover, retry_policy, transport_config
@@ -84,7 +84,7 @@ async def run_job(spec: JobSpec, controls: RunControls | None = None) -> RunSumm
                 raise error from exc
         except BaseException as exc:
             summary.fatal = summary.fatal or _describe(exc)
-            summary.fatal_code = exc.exit_code if isinstance(exc, ImgmigError) else EXIT_FAILED
+            summary.fatal_code = exc.exit_code if isinstance(exc, ImgmigError) else ExitCode.FAILED
             summary.finish(controls.clock)
             if not isinstance(exc, JournalError):
                 _finish_journal(journal, summary)

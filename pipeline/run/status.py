@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import JobSpec, Shard
+from pipeline.errors import run_state
 from pipeline.state.journal import LOG, SNAPSHOT, Journal
 from pipeline.state.lock import lock_holder
 from pipeline.units import format_size, format_table
@@ -85,15 +86,13 @@ def _last_start(view: dict[str, Any]) -> str:
 
 
 def _shard_state(view: dict[str, Any] | None) -> str:
-    """running, never ran, done, failed, parked (max_runtime), interrupted, or unfinished (no end recorded)."""
+    """running, never ran, or how its last run ended (``errors.run_state``): done, failed, parked (max_runtime),
+    interrupted, or unfinished (no end recorded)."""
     if view is None or view["last_run"] is None:
         return "never ran"
     if view["running"] is not None:
         return "running"
-    code = view["last_run"]["exit_code"]
-    if code is None:
-        return "unfinished"
-    return {0: "done", 10: "parked", 130: "interrupted", 143: "interrupted"}.get(code, "failed")
+    return run_state(view["last_run"]["exit_code"])
 
 
 def _journal_view(spec: JobSpec, journal_dir: Path) -> dict[str, Any]:

@@ -36,9 +36,10 @@ from typing import Any
 import anyio
 
 from pipeline.errors import JournalCorruptError, JournalError
+from pipeline.files import atomic_write
 from pipeline.state.failpoints import die, hit
 from pipeline.state.lock import secure_dir
-from pipeline.state.records import JournalState
+from pipeline.state.records import FORMAT, JournalState
 
 __all__ = ["LOG", "SNAPSHOT", "Journal", "load_snapshot", "read_log"]
 
@@ -76,7 +77,7 @@ class Journal:
             secure_dir(directory)
             if not (directory / SNAPSHOT).exists():
                 # a new journal: an empty snapshot records whose journal this is (one small write)
-                _atomic_write(directory / SNAPSHOT, _sealed(_ENCODER.encode(JournalState(job).to_json()).encode()))
+                atomic_write(directory / SNAPSHOT, _sealed(_ENCODER.encode(JournalState(job).to_json()).encode()))
             state = load_snapshot(directory / SNAPSHOT, job)
             log = directory / LOG
             records, good_length = read_log(log, state.seq)
@@ -198,7 +199,7 @@ class Journal:
             # no fsync of the log first: the snapshot itself is fsynced (file and directory) before the
             # log is cut, and it holds every record of the log
             data = _sealed(_ENCODER.encode(self.state.to_json()).encode())
-            _atomic_write(self.directory / SNAPSHOT, data)
+            atomic_write(self.directory / SNAPSHOT, data)
             os.ftruncate(self._fd, 0)
             self._log_records, self._length, self._unsynced = 0, 0, 0
         except OSError as exc:
@@ -255,8 +256,13 @@ def load_snapshot(path: Path, job: str) -> JournalState:
         return JournalState(job)
     try:
         doc = json.loads(_unsealed(raw.rstrip(b"\n")))
+        newer = doc.get("format", FORMAT) if isinstance(doc, dict) else FORMAT
+        if isinstance(newer, int) and newer > FORMAT:
+            raise JournalError(f"the journal in {path.parent} has format {newer}, written by a newer imgmig; this "
+                               f"imgmig reads format {FORMAT}. Run the newer imgmig, or give this job another "
+                               "journal_dir")  # fmt: skip
         state = JournalState.from_json(doc)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise JournalCorruptError(
             f"the journal snapshot {path} is damaged ({exc}); nothing was changed. Move the journal "
             "directory aside to start over: the next run finds its copies through their provenance"
@@ -290,21 +296,3 @@ def read_log(path: Path, after_seq: int) -> tuple[list[dict[str, Any]], int]:
         if rec["seq"] > after_seq:
             records.append(rec)
     return records, end
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

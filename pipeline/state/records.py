@@ -1,24 +1,26 @@
 """The journal's records folded into state: per image, per target, per run. Pure: no file, no clock.
 
-``JournalState.apply`` folds one record; ``to_json``/``from_json`` are the snapshot's form. Old journals stay
-readable: unknown fields are ignored and missing ones take their defaults.
+``JournalState.apply`` folds one record; ``to_json``/``from_json`` are the snapshot's form. Journals of other
+imgmig versions of the same ``FORMAT`` stay readable both ways: unknown record kinds and unknown fields (in
+records and in snapshots) are ignored, missing fields take their defaults, and unknown values of known fields
+(a state or outcome this version does not know) are kept as they are and shown as such.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from pipeline.errors import ExitCode
+from pipeline.outcomes import is_final
 
-__all__ = ["FORMAT", "ImageEntry", "JournalState", "RunEntry", "TargetEntry", "last_success"]
+__all__ = ["FORMAT", "ImageEntry", "JournalState", "RunEntry", "TargetEntry", "fold_target", "last_success"]
 
 #: The journal's on-disk format (snapshots carry it).
 FORMAT = 1
 
 #: Target fields a "target" record may set; anything else in the record is ignored by the state.
-_FINAL_STATES = frozenset({"done", "failed", "skipped", "cancelled"})
 _TARGET_FIELDS = frozenset({"action", "state", "target_id", "bytes", "attempts", "error", "evidence",
                             "source_checksum", "metadata", "problems", "pending_members", "reason",
                             "phases"})  # fmt: skip
@@ -133,21 +135,7 @@ class JournalState:
         if target is None:
             target = image.targets[region] = TargetEntry(region)
             self.entries += 1
-        if rec.get("state") in _FINAL_STATES:
-            # a final record states its outcome in full; what it leaves out is empty
-            target.error, target.problems, target.pending_members = None, [], []
-        for key, value in rec.items():
-            if key in _TARGET_FIELDS:
-                setattr(target, key, value)
-        target.updated_at = at
-        if rec.get("creating"):
-            target.creating = rec["creating"]
-        if rec.get("created"):
-            target.created.append(rec["created"])
-            target.target_id, target.state = rec["created"], "uploading"
-            target.creating = None
-        if rec.get("deleted"):
-            target.deleted.append(rec["deleted"])
+        fold_target(target, rec, at)
 
     def _image(self, image_id: str) -> ImageEntry:
         entry = self.images.get(image_id)
@@ -165,16 +153,48 @@ class JournalState:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> JournalState:
+        """The state a snapshot holds; fields this version does not know are ignored (see the module doc)."""
         state = cls(job=str(doc["job"]), seq=int(doc["seq"]))
         for image_id, raw in doc.get("images", {}).items():
-            targets = {r: TargetEntry(**t) for r, t in raw.pop("targets", {}).items()}
-            state.images[image_id] = ImageEntry(**raw, targets=targets)
+            targets = {r: _known(TargetEntry, t) for r, t in raw.get("targets", {}).items()}
+            state.images[image_id] = _known(ImageEntry, {**raw, "targets": targets})
             state.entries += 1 + len(targets)
-        state.runs = [RunEntry(**r) for r in doc.get("runs", [])]
+        state.runs = [_known(RunEntry, r) for r in doc.get("runs", [])]
         state.open_sources = dict(doc.get("open_sources") or {})
         state.schemas = dict(doc.get("schemas") or {})
         state.selected = doc.get("selected")
         return state
+
+
+_Entry = TypeVar("_Entry", TargetEntry, ImageEntry, RunEntry)
+_FIELDS: dict[type, frozenset[str]] = {cls: frozenset(f.name for f in fields(cls))
+                                       for cls in (TargetEntry, ImageEntry, RunEntry)}  # fmt: skip
+
+
+def _known(cls: type[_Entry], doc: dict[str, Any]) -> _Entry:
+    """An entry from its snapshot form, ignoring the fields a newer imgmig added."""
+    names = _FIELDS[cls]
+    return cls(**{k: v for k, v in doc.items() if k in names})
+
+
+def fold_target(target: TargetEntry, rec: Mapping[str, Any], at: float) -> None:
+    """Apply one "target" record, or one target's plan in an "image" record, to ``target`` (the journal state and
+    the HTML report's timeline both fold records with this)."""
+    if is_final(rec.get("state")):
+        # a final record states its outcome in full; what it leaves out is empty
+        target.error, target.problems, target.pending_members = None, [], []
+    for key, value in rec.items():
+        if key in _TARGET_FIELDS:
+            setattr(target, key, value)
+    target.updated_at = at
+    if rec.get("creating"):
+        target.creating = rec["creating"]
+    if rec.get("created"):
+        target.created.append(rec["created"])
+        target.target_id, target.state = rec["created"], "uploading"
+        target.creating = None
+    if rec.get("deleted"):
+        target.deleted.append(rec["deleted"])
 
 
 def last_success(runs: Iterable[RunEntry]) -> float | None:

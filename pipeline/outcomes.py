@@ -1,0 +1,79 @@
+"""The states an image x target passes through and the outcomes it ends with: the one list that the journal,
+the run summary, the metrics, ``status`` and the HTML report read. A new outcome is one line in ``OUTCOMES``
+plus its meaning; everything that counts, exports or draws outcomes follows.
+
+A journal written by a newer imgmig may hold a state this list does not know (a new outcome). It is kept and
+shown as it is: every state that is not one of ``IN_PROGRESS`` is final, and a final state other than
+``done`` is its own outcome. No I/O, no imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "DATA_ACTIONS",
+    "FINAL_STATES",
+    "IN_PROGRESS",
+    "OUTCOMES",
+    "REPORT_OUTCOMES",
+    "STEP_OUTCOMES",
+    "Outcome",
+    "is_final",
+    "step_outcome",
+]
+
+#: The planner's actions that move data (the others are metadata, skip, blocked).
+DATA_ACTIONS = frozenset({"copy", "resume", "replace"})
+
+#: States an image x target holds before its final record: planned by a run, or receiving its bytes.
+IN_PROGRESS = frozenset({"planned", "uploading"})
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One way an image x target can end."""
+
+    name: str
+    meaning: str
+    #: False when the copy is not where the job wants it (it counts in ``imgmig_copies_out_of_sync``).
+    in_sync: bool = True
+
+
+#: How an image x target step of a run ends, in display order (the summary's counts, the metrics' labels).
+OUTCOMES: dict[str, Outcome] = {o.name: o for o in (
+    Outcome("copied", "its bytes were copied and verified, then its metadata applied"),
+    Outcome("metadata", "the copy was already there; only its metadata was brought in line"),
+    Outcome("up_to_date", "the copy was already there and in line: nothing was sent"),
+    Outcome("skipped", "left alone on purpose (public, not active, or data changed with on_change = keep)"),
+    Outcome("failed", "the copy could not be made, verified or brought in line", in_sync=False),
+    Outcome("cancelled", "stopped mid-transfer by a signal, max_runtime or a fatal error", in_sync=False),
+)}  # fmt: skip
+
+#: What the HTML report shows besides: an image x target of a target unusable for the whole run, and one that
+#: has no final record (still running, or the run died).
+REPORT_OUTCOMES: dict[str, Outcome] = {**OUTCOMES, **{o.name: o for o in (
+    Outcome("unavailable", "its target could not be used at all in this run", in_sync=False),
+    Outcome("unfinished", "no final record: the run is still going, or it stopped before this step ended",
+            in_sync=False),
+)}}  # fmt: skip
+
+#: The step outcomes as a tuple, for zero-filled counts.
+STEP_OUTCOMES = tuple(OUTCOMES)
+#: The final states this imgmig records (``done`` becomes copied, metadata or up_to_date by its action).
+FINAL_STATES = frozenset({"done", *(name for name in OUTCOMES if name not in ("copied", "metadata", "up_to_date"))})
+
+
+def is_final(state: str | None) -> bool:
+    """Whether a target record with this state ends its image x target (unknown states of newer journals do)."""
+    return state is not None and state not in IN_PROGRESS
+
+
+def step_outcome(state: str | None, action: str | None) -> str:
+    """The outcome of an image x target from its state and planned action: ``done`` by the action (copied,
+    metadata, up_to_date), another final state as it is (also one this imgmig does not know), else unfinished."""
+    if state == "done":
+        if action in DATA_ACTIONS:
+            return "copied"
+        return "metadata" if action == "metadata" else "up_to_date"
+    return state if state is not None and is_final(state) else "unfinished"
