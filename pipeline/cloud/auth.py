@@ -31,6 +31,7 @@ __all__ = [
     "StaticTokenAuth",
     "Token",
     "TokenCache",
+    "catalog_token",
     "parse_time",
     "parse_token_response",
     "post_for_token",
@@ -91,33 +92,52 @@ def parse_time(value: Any) -> float | None:
     return parsed.timestamp()
 
 
-def parse_token_response(doc: Any, *, now: float) -> Token:
-    """Token id, expiry, tenant and image endpoints from a v2.0 ``access`` document."""
-    access = doc.get("access") if isinstance(doc, dict) else None
-    token = access.get("token") if isinstance(access, dict) else None
-    if not isinstance(token, dict) or not isinstance(token.get("id"), str) or not token["id"]:
-        raise ProtocolError("identity response has no access.token.id")
-    expires = parse_time(token.get("expires"))
+def catalog_token(
+    token_id: str | None, token: Mapping[str, Any], catalog: Any, endpoint: Callable[[Mapping[str, Any]], Any], *,
+    expires_key: str, scope_key: str, now: float, what: str,
+) -> Token:  # fmt: skip
+    """The token an identity service issued, from the parts both identity versions share: its expiry (``expires_key``;
+    its lifetime measured on the server's clock, from ``issued_at``, and applied to ours: immune to clock skew),
+    its tenant or project (``scope_key``'s ``id``) and the image service's endpoints of ``catalog`` (a list of
+    services; ``endpoint(ep)`` gives ``(region, url)`` for an endpoint to use, or None to pass it over)."""
+    if not token_id:
+        raise ProtocolError(f"{what} has no token id")
+    expires = parse_time(token.get(expires_key))
     if expires is None:
-        raise ProtocolError("identity response has no valid access.token.expires")
-    tenant = token.get("tenant")
-    tenant_id = tenant.get("id") if isinstance(tenant, dict) and isinstance(tenant.get("id"), str) else None
+        raise ProtocolError(f"{what} has no valid token {expires_key}")
+    scope = token.get(scope_key)
+    tenant_id = scope.get("id") if isinstance(scope, dict) and isinstance(scope.get("id"), str) else None
     endpoints: dict[str, str] = {}
-    catalog = access.get("serviceCatalog") if isinstance(access, dict) else None
     for service in catalog if isinstance(catalog, list) else []:
         if not isinstance(service, dict) or service.get("type") != "image":
             continue
         for ep in service.get("endpoints") or []:
-            if not isinstance(ep, dict):
-                continue
-            if isinstance(ep.get("region"), str) and isinstance(ep.get("publicURL"), str):
-                endpoints[ep["region"]] = normalize_endpoint(ep["publicURL"])
+            found = endpoint(ep) if isinstance(ep, dict) else None
+            if found is not None:
+                endpoints[found[0]] = normalize_endpoint(found[1])
     issued = parse_time(token.get("issued_at"))
     if issued is not None and issued <= expires:
-        # measure the lifetime on the server's clock and apply it to ours: immune to clock skew
-        expires = now + (expires - issued)
-    return Token(id=Secret(token["id"]), expires_at=expires, tenant_id=tenant_id, endpoints=endpoints,
-                 issued_at=now)  # fmt: skip
+        # Keystone (fernet tokens) states issued_at and expires_at in whole seconds, truncated, so a token may die
+        # up to 1 s sooner than issued + life on our clock: count that second off
+        life = expires - issued
+        expires = now + (max(0.0, life - 1.0) if issued.is_integer() and life > 1.0 else life)
+    return Token(id=Secret(token_id), expires_at=expires, tenant_id=tenant_id, endpoints=endpoints, issued_at=now)
+
+
+def parse_token_response(doc: Any, *, now: float) -> Token:
+    """Token id, expiry, tenant and image endpoints (``publicURL``) from a v2.0 ``access`` document."""
+    access = doc.get("access") if isinstance(doc, dict) else None
+    token = access.get("token") if isinstance(access, dict) else None
+    if not isinstance(access, dict) or not isinstance(token, dict):
+        raise ProtocolError("identity response has no access.token")
+
+    def public(ep: Mapping[str, Any]) -> tuple[str, str] | None:
+        region, url = ep.get("region"), ep.get("publicURL")
+        return (region, url) if isinstance(region, str) and isinstance(url, str) else None
+
+    token_id = token.get("id") if isinstance(token.get("id"), str) else None
+    return catalog_token(token_id, token, access.get("serviceCatalog"), public, expires_key="expires",
+                         scope_key="tenant", now=now, what="identity response")  # fmt: skip
 
 
 class TokenCache:

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import anyio
 
-from pipeline.cloud.auth import Token, TokenCache, parse_time, post_for_token
+from pipeline.cloud.auth import Token, TokenCache, catalog_token, post_for_token
 from pipeline.cloud.retry import RetryPolicy
-from pipeline.config.values import Secret, normalize_endpoint
+from pipeline.config.values import Secret
 from pipeline.errors import ApiError, AuthenticationError, ProtocolError, UsageError
 
 __all__ = ["INTERFACES", "KeystoneAuth", "normalize_interface", "parse_v3_token", "v3_url"]
@@ -56,36 +56,21 @@ def v3_url(auth_url: str) -> str:
 
 
 def parse_v3_token(doc: Any, token_id: str | None, *, interface: str, now: float) -> Token:
-    """Token, expiry, project and the image endpoints for ``interface`` from a v3 ``token`` document."""
+    """Token (its id from the X-Subject-Token header), expiry, project and the image endpoints for ``interface``
+    from a v3 ``token`` document."""
     token = doc.get("token") if isinstance(doc, dict) else None
     if not isinstance(token, dict):
         raise ProtocolError("identity v3 response has no token object")
     if not token_id:
         raise ProtocolError("identity v3 response has no X-Subject-Token header")
-    expires = parse_time(token.get("expires_at"))
-    if expires is None:
-        raise ProtocolError("identity v3 response has no valid token.expires_at")
-    project = token.get("project")
-    project_id = project.get("id") if isinstance(project, dict) and isinstance(project.get("id"), str) else None
-    endpoints: dict[str, str] = {}
-    catalog = token.get("catalog")
-    for service in catalog if isinstance(catalog, list) else []:
-        if not isinstance(service, dict) or service.get("type") != "image":
-            continue
-        for ep in service.get("endpoints") or []:
-            if not isinstance(ep, dict) or ep.get("interface") != interface or not isinstance(ep.get("url"), str):
-                continue
-            region = ep.get("region_id") or ep.get("region")
-            if isinstance(region, str) and region:
-                endpoints[region] = normalize_endpoint(ep["url"])
-    issued = parse_time(token.get("issued_at"))
-    if issued is not None and issued <= expires:
-        # measure the lifetime on the server's clock and apply it to ours: immune to clock skew. Keystone's fernet
-        # tokens state issued_at and expires_at in whole seconds (truncated), so a token may die up to 1 s sooner
-        # than issued + life on our clock: count that second off.
-        life = expires - issued
-        expires = now + (max(0.0, life - 1.0) if issued.is_integer() and life > 1.0 else life)
-    return Token(id=Secret(token_id), expires_at=expires, tenant_id=project_id, endpoints=endpoints, issued_at=now)
+
+    def of_interface(ep: Mapping[str, Any]) -> tuple[str, str] | None:
+        region, url = ep.get("region_id") or ep.get("region"), ep.get("url")
+        ok = ep.get("interface") == interface and isinstance(url, str) and isinstance(region, str) and region
+        return (region, url) if ok else None  # type: ignore[return-value]
+
+    return catalog_token(token_id, token, token.get("catalog"), of_interface, expires_key="expires_at",
+                         scope_key="project", now=now, what="identity v3 response")  # fmt: skip
 
 
 @dataclass(slots=True)
