@@ -1,13 +1,19 @@
-"""Plain data shared by every layer: images and members as the Image API returns them. No I/O.
+"""Plain data shared by every layer: images and members as the Image API returns them, and the one rule that
+says whether a copy holds an image's bytes. No I/O.
 
 ``Image.from_api`` checks the types of the fields imgmig relies on, so a malformed answer becomes a
 ``ProtocolError`` for that call instead of a ``KeyError`` deep in the engine.
+
+``Content`` is what is known of a run of bytes (its size and digests). ``Content.held_by`` is the digest rule:
+the planner (is a copy good), the engine (the stream at EOF, a target after upload, a copy found mid-run),
+``verify`` and ``verify --deep`` all decide with it, and ``source_content`` says what a copy must hold.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import ProtocolError
@@ -16,10 +22,14 @@ __all__ = [
     "CORE_FIELDS",
     "READ_ONLY_FIELDS",
     "RESERVED_PREFIXES",
+    "Content",
     "Image",
     "Member",
     "RequestCounts",
+    "Verdict",
+    "Verification",
     "is_reserved_field",
+    "source_content",
 ]
 
 #: Fields every Glance v2 image has; anything else at the top level is a custom property.
@@ -162,26 +172,91 @@ class Image:
         """Whether the image states any digest of its bytes (md5 ``checksum`` or ``os_hash_value``)."""
         return bool(self.checksum or (self.os_hash_algo and self.os_hash_value))
 
-    def same_data_as(self, source: Image) -> bool:
-        """Whether this image holds ``source``'s bytes, judged by the size and the digests both publish
-        (False when they share none: see ``planner.holds_source_data`` for sources without digests)."""
-        if self.size != source.size:
-            return False
-        matched = False
-        if source.checksum:
-            if self.checksum != source.checksum:
-                return False
-            matched = True
-        algo = (source.os_hash_algo or "").lower()
-        if algo and source.os_hash_value and (self.os_hash_algo or "").lower() == algo:
-            if self.os_hash_value != source.os_hash_value:
-                return False
-            matched = True
-        return matched
+    @property
+    def content(self) -> Content:
+        """What the image states of its bytes (``Content.stated``)."""
+        return Content.stated(self.raw)
 
     def properties(self) -> dict[str, Any]:
         """Custom (non-core) properties, e.g. os_type, hw_*, imgmig_source_id."""
         return {k: v for k, v in self.raw.items() if k not in CORE_FIELDS}
+
+
+class Verdict(enum.Enum):
+    OK = "ok"
+    MISMATCH = "mismatch"
+    INCOMPLETE = "incomplete"
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    verdict: Verdict
+    reason: str = ""
+    #: True when nothing could be compared but the size (no digest known): the computed ones are unchecked.
+    unverified_source: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict is Verdict.OK
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """What is known of a run of bytes: its size and its digests by (lower-case) algorithm, md5 included."""
+
+    size: int | None
+    digests: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def stated(cls, record: Mapping[str, Any]) -> Content:
+        """What an image record states of its bytes: its size, ``checksum`` (md5) and ``os_hash_algo``'s
+        ``os_hash_value``."""
+        digests: dict[str, str] = {}
+        checksum, algo, value = record.get("checksum"), record.get("os_hash_algo"), record.get("os_hash_value")
+        if isinstance(checksum, str) and checksum:
+            digests["md5"] = checksum
+        if isinstance(algo, str) and algo and isinstance(value, str) and value:
+            digests[algo.lower()] = value
+        size = record.get("size")
+        return cls(size if isinstance(size, int) and not isinstance(size, bool) else None, digests)
+
+    def held_by(self, other: Content, *, complete: bool = False) -> Verification:
+        """The digest rule: does ``other`` (a copy, a stream, bytes read back) hold the bytes described here?
+
+        - mismatch: the sizes differ, or a digest both know differs;
+        - incomplete: they know no digest in common (with ``complete``: ``other`` states a digest not known
+          here, as a target may hash with an algorithm the stream was not hashed with);
+        - ok: the size is the same and every digest both know is equal, at least one of them. When nothing is
+          known here but the size (a source that states no digest, with nothing computed from it), the size
+          decides, and the verdict says the bytes were not verified (``unverified_source``).
+        """
+        if self.size is not None and other.size != self.size:
+            return Verification(Verdict.MISMATCH, f"size {other.size} != {self.size}")
+        common = [algo for algo in other.digests if algo in self.digests]
+        for algo in common:
+            if other.digests[algo] != self.digests[algo]:
+                name = "checksum (md5)" if algo == "md5" else algo
+                mismatch = f"{name} {other.digests[algo]} does not match {self.digests[algo]}"
+                return Verification(Verdict.MISMATCH, mismatch)
+        unknown = [algo for algo in other.digests if algo not in self.digests]
+        if complete and unknown:
+            return Verification(Verdict.INCOMPLETE, f"{', '.join(unknown)} was not computed from the bytes sent")
+        if not common:
+            if not self.digests:
+                return Verification(Verdict.OK, unverified_source=True)
+            return Verification(Verdict.INCOMPLETE, f"no digest in common (known: {', '.join(self.digests)}; "
+                                                    f"stated: {', '.join(other.digests) or 'none'})")  # fmt: skip
+        return Verification(Verdict.OK)
+
+
+def source_content(image: Image, computed: Mapping[str, str] | None = None) -> Content:
+    """What a copy of ``image`` must hold: the size and digests it states. For a source that states no digest,
+    the digests ``computed`` from its bytes (this run's verified stream, or those journalled when the copy was
+    made) stand in; with neither, the size alone decides (``Content.held_by``)."""
+    stated = image.content
+    if stated.digests or not computed:
+        return stated
+    return Content(stated.size, {algo.lower(): value for algo, value in computed.items()})
 
 
 @dataclass(frozen=True, slots=True)

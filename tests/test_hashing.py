@@ -6,11 +6,14 @@ import hashlib
 
 import pytest
 
-from pipeline.transfer.hashing import Expected, MultiHasher, Verdict, judge_stream, judge_target
+from pipeline.models import Content, Verdict
+from pipeline.transfer.hashing import MultiHasher, judge_stream, judge_target
 
 DATA = b"imgmig" * 1000
 MD5 = hashlib.md5(DATA).hexdigest()
 SHA = hashlib.sha512(DATA).hexdigest()
+#: What a source states of DATA: its size, checksum and sha512.
+SOURCE = Content.stated({"size": len(DATA), "checksum": MD5, "os_hash_algo": "sha512", "os_hash_value": SHA})
 
 
 def test_multihasher_computes_every_algorithm_in_one_pass() -> None:
@@ -25,38 +28,23 @@ def test_multihasher_computes_every_algorithm_in_one_pass() -> None:
 @pytest.mark.parametrize(
     ("expected", "received", "digests", "verdict"),
     [
-        (Expected(len(DATA), MD5, "sha512", SHA), len(DATA), {"md5": MD5, "sha512": SHA}, Verdict.OK),
-        (
-            Expected(len(DATA), MD5, "sha512", SHA),
-            len(DATA) - 1,
-            {"md5": MD5, "sha512": SHA},
-            Verdict.INCOMPLETE,
-        ),
-        (
-            Expected(len(DATA), MD5, "sha512", SHA),
-            len(DATA) + 1,
-            {"md5": MD5, "sha512": SHA},
-            Verdict.MISMATCH,
-        ),
-        (
-            Expected(len(DATA), MD5, "sha512", SHA),
-            len(DATA),
-            {"md5": "0" * 32, "sha512": SHA},
-            Verdict.MISMATCH,
-        ),
-        (Expected(len(DATA), MD5, "sha512", SHA), len(DATA), {"md5": MD5, "sha512": "0"}, Verdict.MISMATCH),
-        (Expected(len(DATA), None, None, None), len(DATA), {"md5": MD5}, Verdict.OK),
+        (SOURCE, len(DATA), {"md5": MD5, "sha512": SHA}, Verdict.OK),
+        (SOURCE, len(DATA) - 1, {"md5": MD5, "sha512": SHA}, Verdict.INCOMPLETE),
+        (SOURCE, len(DATA) + 1, {"md5": MD5, "sha512": SHA}, Verdict.MISMATCH),
+        (SOURCE, len(DATA), {"md5": "0" * 32, "sha512": SHA}, Verdict.MISMATCH),
+        (SOURCE, len(DATA), {"md5": MD5, "sha512": "0"}, Verdict.MISMATCH),
+        (Content(len(DATA)), len(DATA), {"md5": MD5}, Verdict.OK),
     ],
     ids=["ok", "short", "long", "md5", "sha512", "no-source-digest"],
 )
-def test_judge_stream(expected: Expected, received: int, digests: dict[str, str], verdict: Verdict) -> None:
+def test_judge_stream(expected: Content, received: int, digests: dict[str, str], verdict: Verdict) -> None:
     """The EOF verdict compares size, md5 and the source's os_hash against what was computed."""
-    assert judge_stream(expected, received, digests).verdict is verdict
+    assert judge_stream(expected, Content(received, digests)).verdict is verdict
 
 
 def test_source_without_digests_is_marked_unverified() -> None:
     """A source that publishes no checksum yields ok, flagged as an unverified source."""
-    result = judge_stream(Expected(10, None, None, None), 10, {"md5": "x"})
+    result = judge_stream(Content(10), Content(10, {"md5": "x"}))
     assert result.ok
     assert result.unverified_source
 
@@ -78,4 +66,39 @@ def test_source_without_digests_is_marked_unverified() -> None:
 )  # fmt: skip
 def test_judge_target(reported: dict[str, object], verdict: Verdict) -> None:
     """A target is verified only when active and its size, checksum and os_hash match what was sent."""
-    assert judge_target(reported, len(DATA), {"md5": MD5, "sha512": SHA}).verdict is verdict
+    assert judge_target(reported, Content(len(DATA), {"md5": MD5, "sha512": SHA})).verdict is verdict
+
+
+@pytest.mark.parametrize(
+    ("copy", "verdict"),
+    [
+        ({"size": len(DATA), "checksum": MD5, "os_hash_algo": "sha512", "os_hash_value": SHA}, Verdict.OK),
+        ({"size": len(DATA), "checksum": MD5, "os_hash_algo": "sha256", "os_hash_value": "0"}, Verdict.OK),
+        ({"size": len(DATA), "checksum": MD5}, Verdict.OK),
+        ({"size": len(DATA), "os_hash_algo": "SHA512", "os_hash_value": SHA}, Verdict.OK),
+        ({"size": len(DATA) + 1, "checksum": MD5}, Verdict.MISMATCH),
+        ({"size": len(DATA), "checksum": MD5, "os_hash_algo": "sha512", "os_hash_value": "0"}, Verdict.MISMATCH),
+        ({"size": len(DATA), "checksum": None}, Verdict.INCOMPLETE),
+        ({"size": len(DATA), "os_hash_algo": "sha256", "os_hash_value": "0"}, Verdict.INCOMPLETE),
+    ],
+    ids=["both", "other-algo", "md5-only", "algo-case", "size", "sha512", "no-digest", "nothing-in-common"],
+)  # fmt: skip
+def test_the_digest_rule_for_a_copy(copy: dict[str, object], verdict: Verdict) -> None:
+    """``Content.held_by``, the one digest rule: a copy holds the source's bytes when the sizes are equal and every
+    digest both state is equal, at least one; one that differs is a mismatch; none in common is incomplete."""
+    assert SOURCE.held_by(Content.stated(copy)).verdict is verdict
+
+
+def test_a_source_without_digests_is_judged_by_what_was_computed_else_by_size() -> None:
+    """``source_content``: a source that states no digest is judged by the digests computed from its bytes (this
+    run's, or journalled) when there are any, else by its size alone, flagged unverified."""
+    from pipeline.models import Image, source_content
+
+    bare = Image.from_api({"id": "s", "status": "active", "size": len(DATA)})
+    copy = Content.stated({"size": len(DATA), "checksum": MD5})
+    by_size = source_content(bare).held_by(copy)
+    assert by_size.ok
+    assert by_size.unverified_source
+    assert source_content(bare, {"md5": MD5}).held_by(copy).ok
+    assert source_content(bare, {"MD5": "0" * 32}).held_by(copy).verdict is Verdict.MISMATCH
+    assert source_content(bare).held_by(Content(len(DATA) - 1)).verdict is Verdict.MISMATCH

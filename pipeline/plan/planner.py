@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from pipeline.config import CopyOptions, Select
-from pipeline.models import Image
+from pipeline.models import Content, Image, source_content
 from pipeline.plan.metadiff import MetaDiff
 from pipeline.plan.provenance import PROV_SOURCE_ID
 from pipeline.plan.prune import PrunePlan
@@ -40,6 +40,7 @@ __all__ = [
     "Plan",
     "Step",
     "download_allowed",
+    "expected_content",
     "holds_source_data",
     "kept_copy",
     "plan_job",
@@ -221,17 +222,26 @@ def skip_reason(image: Image, copy: CopyOptions) -> str | None:
     return None
 
 
+def journalled_digests(entry: TargetEntry | None, copy_id: str) -> dict[str, str]:
+    """The digests this job computed from the bytes it sent when it made the copy ``copy_id`` (its journal
+    evidence), or none: what stands in for the digests of a source that publishes none."""
+    evidence = entry.evidence if entry is not None and entry.target_id == copy_id else None
+    computed = evidence.get("computed") if isinstance(evidence, dict) else None
+    return {str(k): str(v) for k, v in computed.items()} if isinstance(computed, dict) else {}
+
+
+def expected_content(image: Image, copy_id: str, entry: TargetEntry | None) -> Content:
+    """What the copy ``copy_id`` of ``image`` must hold (``models.source_content``, with the digests journalled
+    for that copy standing in for those of a source that publishes none)."""
+    return source_content(image, journalled_digests(entry, copy_id))
+
+
 def holds_source_data(copy: Image, image: Image, entry: TargetEntry | None = None) -> bool:
-    """Whether the active ``copy`` holds ``image``'s bytes: by the digests the source publishes; for a
-    source that publishes none, by size plus the digests this job journalled when it made that copy (size
-    alone when nothing was journalled). Never "changed" for ever: such a source cannot loop on replace."""
-    if image.publishes_digest:
-        return copy.same_data_as(image)
-    if copy.size != image.size:
-        return False
-    evidence = entry.evidence if entry is not None and entry.target_id == copy.id else None
-    computed = (evidence or {}).get("computed") or {}
-    return not computed.get("md5") or computed["md5"] == copy.checksum
+    """Whether the active ``copy`` holds ``image``'s bytes (``Content.held_by``): by the digests the source
+    publishes; for a source that publishes none, by size plus the digests this job journalled when it made that
+    copy (size alone when nothing was journalled). Never "changed" for ever: such a source cannot loop on
+    replace."""
+    return expected_content(image, copy.id, entry).held_by(copy.content).ok
 
 
 def _prefer(candidates: Sequence[Image], journal_id: str | None) -> Image:

@@ -13,8 +13,9 @@ from typing import Any
 from pipeline.cloud.transport import new_session
 from pipeline.config import JobSpec
 from pipeline.errors import ApiError
+from pipeline.models import Verdict
 from pipeline.plan.intent import Intent
-from pipeline.plan.planner import download_allowed, kept_copy, skip_reason
+from pipeline.plan.planner import download_allowed, expected_content, kept_copy, skip_reason
 from pipeline.plan.provenance import PROV_SOURCE_ID
 from pipeline.run.inventory import Clients, discover, retry_policy, transport_config
 from pipeline.state.journal import Journal
@@ -101,19 +102,15 @@ async def verify_job(spec: JobSpec, *, deep: bool = False) -> VerifyReport:
                                          "carries the source's value), so NHN serves none of its data")  # fmt: skip
                 elif deep:
                     try:
-                        digests = await read_digests(target.client, copy)
+                        read = await read_digests(target.client, copy, also=[image.os_hash_algo])
                     except ApiError as exc:
                         finding.details.append(f"deep read failed: {exc}")
                     else:
-                        # a source without a checksum is compared with the md5 journalled for this copy
-                        mine = entry is not None and entry.target_id == copy.id
-                        journalled = (entry.evidence or {}).get("computed", {}) if entry and mine else {}
-                        expected = image.checksum or journalled.get("md5")
-                        if expected and digests.get("md5") != expected:
-                            finding.details.append("data: md5 of the copy's bytes differs from the source checksum")
-                        algo = (image.os_hash_algo or "").lower()
-                        if algo in digests and image.os_hash_value and digests[algo] != image.os_hash_value:
-                            finding.details.append(f"data: {algo} of the copy's bytes differs from the source")
+                        # the bytes read back, judged as the planner judges the copy's own record (a source
+                        # without a checksum is compared with the digests journalled for this copy)
+                        verdict = expected_content(image, copy.id, entry).held_by(read)
+                        if verdict.verdict is Verdict.MISMATCH:
+                            finding.details.append(f"data: the copy's bytes differ from the source's: {verdict.reason}")
                 if finding.details:
                     finding.status = "differs"
     return report

@@ -33,7 +33,7 @@ from pipeline.errors import (
     TransferError,
     VerificationError,
 )
-from pipeline.models import Image
+from pipeline.models import Content, Image
 from pipeline.report.events import (
     ImageFinished,
     ImageStarted,
@@ -45,16 +45,16 @@ from pipeline.report.events import (
 )
 from pipeline.state.failpoints import failpoint
 from pipeline.transfer.fanout import Fanout
-from pipeline.transfer.hashing import Expected, MultiHasher, judge_stream
+from pipeline.transfer.hashing import MultiHasher, judge_stream
 from pipeline.transfer.source import PIECE, Bandwidth, Spool, source_pieces, spool_pieces
 from pipeline.transfer.targets import (
     EngineHooks,
     EngineSettings,
+    ImageContext,
     Pass,
-    Target,
+    TargetCopy,
     TargetResult,
     TargetSpec,
-    TargetWork,
 )
 
 __all__ = ["Engine", "EngineHooks", "EngineSettings", "TargetResult", "TargetSpec", "stream_unit"]
@@ -97,89 +97,87 @@ class Engine:
         self,
         source: ImageClient,
         image: Image,
-        targets: Sequence[TargetSpec],
+        specs: Sequence[TargetSpec],
         *,
         hooks: EngineHooks | None = None,
         results: dict[str, TargetResult] | None = None,
     ) -> dict[str, TargetResult]:
         """Copy ``image`` to every target; returns one TargetResult per region (also filled on cancel)."""
         results = results if results is not None else {}
-        copy = _ImageCopy(self, source, image, hooks or EngineHooks())
-        for spec in targets:
+        shared = ImageContext(self.settings, self.reporter, image, hooks or EngineHooks())
+        targets = []
+        for spec in specs:
             known = spec.existing.id if spec.existing else spec.pending_id
             results[spec.region] = TargetResult(spec.region, target_id=known,
                                                 budget=RetryBudget(self.settings.retries))  # fmt: skip
-            copy.targets.append(Target(spec, results[spec.region]))
-        await copy.run()
+            targets.append(TargetCopy(spec, results[spec.region], shared, self.region_bandwidth.get(spec.region)))
+        self.reporter.emit(ImageStarted(image.id, image.name, shared.size, tuple(t.region for t in targets)))
+        spool = Spool.open(self.settings.spool_dir, image.id, shared.size)
+        try:
+            async with anyio.create_task_group() as tg:
+                copy = _ImageCopy(self, source, shared, targets, spool, tg)
+                ready = await copy.prepare_all()
+                if ready:
+                    tg.start_soon(copy.take_pass, ready)
+        except BaseException:
+            for t in targets:  # synchronous: reported even while being cancelled
+                if t.result.state == "pending":
+                    t.finish("cancelled", "cancelled mid-transfer")
+            raise
+        finally:
+            if spool is not None:
+                spool.remove()
+        self.reporter.emit(ImageFinished(image.id, all(t.result.done for t in targets)))
         return results
 
 
-class _ImageCopy(TargetWork):
-    """The copy of one image: its passes, uploads and retries, all inside one task group."""
+class _ImageCopy:
+    """The copy of one image to its targets: its passes (one source read each, fanned out) and its retries, all
+    inside the task group of ``Engine.copy_image``. Each target's own work is its ``TargetCopy``'s."""
 
-    def __init__(self, engine: Engine, source: ImageClient, image: Image, hooks: EngineHooks) -> None:
+    def __init__(self, engine: Engine, source: ImageClient, shared: ImageContext, targets: list[TargetCopy],
+                 spool: Spool | None, tg: TaskGroup) -> None:  # fmt: skip
         self.engine = engine
-        self.region_bandwidth = engine.region_bandwidth
         self.settings = engine.settings
         self.reporter = engine.reporter
         self.source = source
-        self.image = image
-        self.size = image.size or 0
-        self.hooks = hooks
-        self.targets: list[Target] = []
-        self.spool: Spool | None = None
-        #: The digests of the last stream that verified: what a copy of this image must hold.
-        self.digests: dict[str, str] = {}
-        self._tg: TaskGroup | None = None
-
-    @property
-    def tg(self) -> TaskGroup:
-        assert self._tg is not None
-        return self._tg
-
-    async def run(self) -> None:
-        image = self.image
-        self.reporter.emit(ImageStarted(image.id, image.name, self.size, tuple(t.region for t in self.targets)))
-        self.spool = Spool.open(self.settings.spool_dir, image.id, self.size)
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                ready = await self._prepare_all()
-                if ready:
-                    tg.start_soon(self._pass, ready)
-        except BaseException:
-            for t in self.targets:  # synchronous: reported even while being cancelled
-                if t.result.state == "pending":
-                    self._finish(t, "cancelled", "cancelled mid-transfer")
-            raise
-        finally:
-            if self.spool is not None:
-                self.spool.remove()
-        self.reporter.emit(ImageFinished(image.id, all(t.result.done for t in self.targets)))
+        self.shared = shared
+        self.image = shared.image
+        self.size = shared.size
+        self.targets = targets
+        #: The spool of this image's verified stream, when ``spool_dir`` is set (retries read it, not the source).
+        self.spool = spool
+        self.tg = tg
 
     # === target preparation
 
-    async def _prepare_all(self) -> list[Target]:
+    async def prepare_all(self) -> list[TargetCopy]:
+        """Give every target its receiving image, at once; the ones ready for the first pass."""
         ready: set[str] = set()
 
-        async def prepare(t: Target) -> None:
-            with spending(t.budget):
-                try:
-                    if await self._prepare(t):
-                        ready.add(t.region)
-                except ApiError as exc:  # e.g. a 5xx storm or a garbled answer: retried like any target failure
-                    t.result.attempts += 1
-                    t.result.error, t.result.blame = f"cannot prepare target image: {exc}", "target"
-                    self.tg.start_soon(self._retry, [t])
+        async def prepare(t: TargetCopy) -> None:
+            if await self._prepared(t):
+                ready.add(t.region)
 
         async with anyio.create_task_group() as tg:
             for t in self.targets:
                 tg.start_soon(prepare, t)
         return [t for t in self.targets if t.region in ready]
 
+    async def _prepared(self, t: TargetCopy) -> bool:
+        """``t.prepare()`` on the target's budget; a failure to prepare is retried like any target failure."""
+        with spending(t.budget):
+            try:
+                return await t.prepare()
+            except ApiError as exc:  # e.g. a 5xx storm or a garbled answer
+                t.result.attempts += 1
+                t.result.error, t.result.blame = f"cannot prepare target image: {exc}", "target"
+                self.tg.start_soon(self._retry, [t])
+                return False
+
     # === passes
 
-    async def _pass(self, targets: list[Target]) -> None:
+    async def take_pass(self, targets: list[TargetCopy]) -> None:
         """One read (source or spool) feeding ``targets``; failures are scheduled for retry."""
         run = Pass(self.size)
         by_region = {t.region: t for t in targets}
@@ -187,15 +185,14 @@ class _ImageCopy(TargetWork):
         def stalled(name: str) -> None:
             # a target that takes no data may be stuck inside a socket write: cancel its upload
             target = by_region.get(name)
-            if target is not None and target.scope is not None:
+            if target is not None:
                 target.scope.cancel()
 
         fan = Fanout(self.settings.buffer_depth, stall_timeout=self.settings.stall_timeout, on_stall=stalled)
         algorithms = {self.image.os_hash_algo or "sha512"}
         for t in targets:
             algorithms |= set(t.spec.algorithms)
-            t.abort, t.sent = None, 0
-            t.result.attempts += 1
+            t.begin_pass()
         hasher = MultiHasher(algorithms)
         spool = self.spool
         if spool is not None and spool.written and not spool.done.is_set():
@@ -210,7 +207,7 @@ class _ImageCopy(TargetWork):
                 return False
             return all(t.budget.take() for t in fed)
 
-        source_failed: list[Target] = []
+        source_failed: list[TargetCopy] = []
         verified = False
         async with anyio.create_task_group() as uploads:
             for t in targets:
@@ -284,13 +281,11 @@ class _ImageCopy(TargetWork):
                 have += len(piece)
         if parts:
             await emit(b"".join(parts))
-        image = self.image
-        expected = Expected(image.size, image.checksum, image.os_hash_algo, image.os_hash_value)
-        verdict = judge_stream(expected, hasher.bytes, hasher.hexdigests())
+        verdict = judge_stream(self.image.content, Content(hasher.bytes, hasher.hexdigests()))
         if verdict.ok:
             run.digests = hasher.hexdigests()
             run.unverified_source = verdict.unverified_source
-            self.digests = dict(run.digests)
+            self.shared.digests = dict(run.digests)
             if held is not None:
                 await fan.send(held)
         return verdict
@@ -304,11 +299,11 @@ class _ImageCopy(TargetWork):
     # === one target's upload
 
     async def _upload(
-        self, t: Target, fan: Fanout, rx: MemoryObjectReceiveStream[bytes], run: Pass,
-        source_failed: list[Target],
+        self, t: TargetCopy, fan: Fanout, rx: MemoryObjectReceiveStream[bytes], run: Pass,
+        source_failed: list[TargetCopy],
     ) -> None:  # fmt: skip
         with spending(t.budget):
-            error = await self._stream(t, fan, rx, run)
+            error: TransferError | ApiError | None = await t.stream(fan, rx, run)
             if t.abort is not None:
                 if isinstance(t.abort, TransferError):  # else the pass is being torn down: not a failure
                     t.result.error, t.result.blame = str(t.abort), "source"
@@ -317,13 +312,13 @@ class _ImageCopy(TargetWork):
                     if t.abort.retryable:
                         source_failed.append(t)
                     else:  # e.g. the source refuses the download: another pass cannot help
-                        self._finish(t, "failed", str(t.abort), blame="source")
+                        t.finish("failed", str(t.abort), blame="source")
                 return
             if error is None or (t.sent == run.size and run.digests):
                 # finished, or every byte went out and only the answer is missing (lost, or the connection
                 # broke after the last byte): the target itself says whether the upload took effect
                 failpoint("uploaded")
-                problem = await self._verify(t, run)
+                problem = await t.verify(run)
                 if problem is None:
                     return
                 error = error or problem
@@ -333,7 +328,7 @@ class _ImageCopy(TargetWork):
 
     # === retries
 
-    async def _retry(self, targets: list[Target]) -> None:
+    async def _retry(self, targets: list[TargetCopy]) -> None:
         """Retry ``targets`` in a new pass: together after a source failure, alone after a target one.
         Each new pass spends one retry of the target's budget."""
         alive = []
@@ -341,7 +336,7 @@ class _ImageCopy(TargetWork):
             if t.budget.take():
                 alive.append(t)
             else:
-                self._finish(t, "failed", t.result.error, blame=t.result.blame)
+                t.finish("failed", t.result.error, blame=t.result.blame)
         if not alive:
             return
         attempt = max(t.result.attempts for t in alive)
@@ -349,15 +344,6 @@ class _ImageCopy(TargetWork):
         for t in alive:
             self.reporter.emit(TargetRetrying(self.image.id, t.region, attempt + 1, t.result.error or "", delay))
         await self.settings.backoff.sleep(delay)
-        ready: list[Target] = []
-        for t in alive:
-            with spending(t.budget):
-                try:
-                    if await self._prepare(t):
-                        ready.append(t)
-                except ApiError as exc:
-                    t.result.attempts += 1
-                    t.result.error, t.result.blame = f"cannot prepare target image: {exc}", "target"
-                    self.tg.start_soon(self._retry, [t])
+        ready = [t for t in alive if await self._prepared(t)]
         if ready:
-            await self._pass(ready)
+            await self.take_pass(ready)

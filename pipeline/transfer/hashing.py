@@ -3,18 +3,19 @@
 One ``MultiHasher`` pass computes md5 (Glance's ``checksum``) plus every ``os_hash_algo`` involved
 (the source's, usually sha512, and any other a target reports). ``judge_stream`` draws the verdict at
 EOF: ok, mismatch or incomplete. ``judge_target`` compares what a target reports after upload with
-what was computed in flight.
+what was computed in flight. Both decide with the one digest rule, ``models.Content.held_by``.
 """
 
 from __future__ import annotations
 
-import enum
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Evidence", "Expected", "MultiHasher", "Verdict", "Verification", "judge_stream", "judge_target"]
+from pipeline.models import Content, Verdict, Verification
+
+__all__ = ["Evidence", "MultiHasher", "judge_stream", "judge_target"]
 
 
 class MultiHasher:
@@ -45,39 +46,6 @@ class MultiHasher:
 
 
 @dataclass(frozen=True, slots=True)
-class Expected:
-    """What the source says about its bytes."""
-
-    size: int | None
-    checksum: str | None
-    hash_algo: str | None
-    hash_value: str | None
-
-    @property
-    def verifiable(self) -> bool:
-        """Whether the source published any digest to check the stream against."""
-        return bool(self.checksum or (self.hash_algo and self.hash_value))
-
-
-class Verdict(enum.Enum):
-    OK = "ok"
-    MISMATCH = "mismatch"
-    INCOMPLETE = "incomplete"
-
-
-@dataclass(frozen=True, slots=True)
-class Verification:
-    verdict: Verdict
-    reason: str = ""
-    #: True when the source published no digest: the computed ones are recorded but unchecked.
-    unverified_source: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.verdict is Verdict.OK
-
-
-@dataclass(frozen=True, slots=True)
 class Evidence:
     """Proof a copy is right: digests computed in flight and those the target reported."""
 
@@ -94,36 +62,18 @@ class Evidence:
         return doc
 
 
-def judge_stream(expected: Expected, received: int, digests: Mapping[str, str]) -> Verification:
-    """The verdict on a finished source stream: did we get exactly the bytes the source describes?"""
-    if expected.size is not None and received < expected.size:
-        return Verification(Verdict.INCOMPLETE, f"received {received} of {expected.size} bytes")
-    if expected.size is not None and received > expected.size:
-        return Verification(Verdict.MISMATCH, f"received {received} bytes, source says {expected.size}")
-    if expected.checksum and digests.get("md5") != expected.checksum:
-        return Verification(
-            Verdict.MISMATCH, f"md5 {digests.get('md5')} does not match source checksum {expected.checksum}"
-        )
-    algo = (expected.hash_algo or "").lower()
-    if algo and expected.hash_value and algo in digests and digests[algo] != expected.hash_value:
-        return Verification(Verdict.MISMATCH, f"{algo} does not match source os_hash_value")
-    return Verification(Verdict.OK, unverified_source=not expected.verifiable)
+def judge_stream(source: Content, received: Content) -> Verification:
+    """The verdict on a finished source stream: did we get exactly the bytes the source describes? A stream cut
+    short is incomplete (another read may finish it); otherwise ``Content.held_by`` decides."""
+    if source.size is not None and received.size is not None and received.size < source.size:
+        return Verification(Verdict.INCOMPLETE, f"received {received.size} of {source.size} bytes")
+    return source.held_by(received)
 
 
-def judge_target(reported: Mapping[str, Any], size: int, digests: Mapping[str, str]) -> Verification:
-    """Does a target's own record (status, size, checksum, os_hash_value) match what we sent?"""
+def judge_target(reported: Mapping[str, Any], sent: Content) -> Verification:
+    """Does a target's own record (status, size, checksum, os_hash_value) match what we sent? Every digest the
+    target states must have been computed from the bytes sent (``held_by(complete=True)``)."""
     status = reported.get("status")
     if status != "active":
         return Verification(Verdict.INCOMPLETE, f"target image is {status}, not active")
-    if reported.get("size") != size:
-        return Verification(Verdict.MISMATCH, f"target size {reported.get('size')} != {size}")
-    if reported.get("checksum") != digests.get("md5"):
-        return Verification(Verdict.MISMATCH, f"target checksum {reported.get('checksum')} != {digests.get('md5')}")
-    algo = str(reported.get("os_hash_algo") or "").lower()
-    value = reported.get("os_hash_value")
-    if algo and value:
-        if algo not in digests:
-            return Verification(Verdict.INCOMPLETE, f"target uses {algo}, which was not computed in flight")
-        if value != digests[algo]:
-            return Verification(Verdict.MISMATCH, f"target {algo} does not match the bytes sent")
-    return Verification(Verdict.OK)
+    return sent.held_by(Content.stated(reported), complete=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from pathlib import Path
 
 import aiofiles
@@ -23,7 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from pipeline.cloud.client import ImageClient
 from pipeline.cloud.retry import RetryPolicy
 from pipeline.errors import ApiError, ForbiddenError, SourceForbiddenError, SourceReadError, TransportError
-from pipeline.models import Image
+from pipeline.models import Content, Image
 from pipeline.report.events import BytesRead, Reporter, SourceResumed
 from pipeline.transfer.hashing import MultiHasher
 
@@ -197,14 +197,16 @@ class Spool:
         self.complete = False
 
 
-async def read_digests(client: ImageClient, image: Image, *, piece: int = 8 * PIECE) -> dict[str, str]:
-    """Download ``image`` and hash it (md5 plus its os_hash_algo, default sha512) in a worker thread:
-    the digests of what a region really stores, for deep verification."""
-    hasher = MultiHasher([image.os_hash_algo or "sha512"])
+async def read_digests(
+    client: ImageClient, image: Image, *, also: Iterable[str | None] = (), piece: int = 8 * PIECE
+) -> Content:
+    """Download ``image`` and hash it (md5, its os_hash_algo, default sha512, and the algorithms ``also`` names)
+    in a worker thread: the size and digests of what a region really stores, for deep verification."""
+    hasher = MultiHasher([image.os_hash_algo or "sha512", *(a for a in also if a)])
     async with client.open_download(image.id) as dl:
         async for chunk in dl.iter_chunks(piece):
             await anyio.to_thread.run_sync(hasher.update, chunk)
-    return hasher.hexdigests()
+    return Content(hasher.bytes, hasher.hexdigests())
 
 
 async def spool_pieces(spool: Spool, piece: int = 8 * PIECE) -> AsyncGenerator[bytes, None]:

@@ -1,6 +1,7 @@
-"""One image's targets, as the engine drives them: the receiving image (created so that a resent request is
-harmless, reused when queued, checked when active, deleted only when ours), one upload fed by the fan-out
-with its own stall watchdog, and the read-back that verifies it. ``engine`` schedules passes and retries.
+"""One copy of an image in one target (``TargetCopy``), as the engine drives it: the receiving image (created so
+that a resent request is harmless, reused when queued, checked when active, deleted only when ours), one upload
+per pass fed by the fan-out with its own stall watchdog, and the read-back that verifies it. The engine is one
+image; a ``TargetCopy`` is one copy. ``engine`` schedules passes and retries.
 """
 
 from __future__ import annotations
@@ -16,17 +17,26 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pipeline.cloud.client import ImageClient
 from pipeline.cloud.retry import RetryBudget, RetryPolicy
-from pipeline.errors import ApiError, ImgmigError, NotFoundError, TargetWriteError, VerificationError
-from pipeline.models import Image
+from pipeline.errors import ApiError, NotFoundError, TargetWriteError, TransferError, VerificationError
+from pipeline.models import Content, Image, Verdict, source_content
 from pipeline.plan.provenance import is_own_copy
 from pipeline.report.events import BytesWritten, Reporter, TargetFinished
 from pipeline.state.failpoints import failpoint
 from pipeline.transfer.copies import create_copy
 from pipeline.transfer.fanout import Fanout
-from pipeline.transfer.hashing import Evidence, Verdict, judge_target
+from pipeline.transfer.hashing import Evidence, judge_target
 from pipeline.transfer.source import Bandwidth, read_digests
 
-__all__ = ["EngineHooks", "EngineSettings", "Pass", "Target", "TargetResult", "TargetSpec", "TargetWork", "next_chunk"]
+__all__ = [
+    "EngineHooks",
+    "EngineSettings",
+    "ImageContext",
+    "Pass",
+    "TargetCopy",
+    "TargetResult",
+    "TargetSpec",
+    "next_chunk",
+]
 
 MiB = 1 << 20
 DELETE_GRACE = 30.0
@@ -110,16 +120,59 @@ class EngineHooks:
 
 
 @dataclass
-class Target:
-    spec: TargetSpec
-    result: TargetResult
-    abort: BaseException | None = None
-    scope: anyio.CancelScope | None = None
-    sent: int = 0
-    #: When the upload last made progress (anyio clock), for the stall watchdog.
-    progress_at: float = 0.0
-    #: True while the upload owes data to the target (a chunk in hand or waiting): only then can it stall.
-    owed: bool = False
+class Pass:
+    """One read of the source feeding a group of targets."""
+
+    size: int
+    digests: dict[str, str] = field(default_factory=dict)
+    unverified_source: bool = False
+
+    @property
+    def content(self) -> Content:
+        """What this pass sent: its size and the digests computed from its stream (once it verified)."""
+        return Content(self.size, self.digests)
+
+
+@dataclass(slots=True)
+class ImageContext:
+    """What every copy of one image shares: the run's settings and reporter, the image, the journal hooks, and the
+    digests of the last stream that verified (what a copy of this image must hold)."""
+
+    settings: EngineSettings
+    reporter: Reporter
+    image: Image
+    hooks: EngineHooks
+    digests: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.image.size or 0
+
+
+class TargetCopy:
+    """One copy of one image in one target, from its receiving image to its verification. It owns its state: the
+    spec and result, the current pass's abort reason and byte count, and the watchdog's view of its upload. The
+    engine's image copy decides which passes it takes part in and when it is retried."""
+
+    def __init__(self, spec: TargetSpec, result: TargetResult, shared: ImageContext,
+                 bandwidth: Bandwidth | None = None) -> None:  # fmt: skip
+        self.spec = spec
+        self.result = result
+        self.shared = shared
+        self.bandwidth = bandwidth
+        #: Why the current pass's source stream ended early, set by the producer (the upload then aborts).
+        self.abort: BaseException | None = None
+        #: Cancels the current pass's upload (a stall); a fresh one per pass.
+        self.scope = anyio.CancelScope()
+        #: Bytes of the current pass handed to the upload.
+        self.sent = 0
+        #: When the upload last made progress (anyio clock), for the stall watchdog.
+        self.progress_at = 0.0
+        #: True while the upload owes data to the target (a chunk in hand or waiting): only then can it stall.
+        self.owed = False
+
+    def __repr__(self) -> str:
+        return f"TargetCopy({self.region!r}, {self.result.state})"
 
     @property
     def region(self) -> str:
@@ -129,37 +182,20 @@ class Target:
     def budget(self) -> RetryBudget:
         return self.result.budget
 
-
-@dataclass
-class Pass:
-    """One read of the source feeding a group of targets."""
-
-    size: int
-    digests: dict[str, str] = field(default_factory=dict)
-    unverified_source: bool = False
-
-
-class TargetWork:
-    """What the engine does to one target of the image it copies (the engine's image copy inherits it)."""
-
-    settings: EngineSettings
-    reporter: Reporter
-    image: Image
-    size: int
-    hooks: EngineHooks
-    #: The digests of the last stream that verified: what a copy of this image must hold.
-    digests: dict[str, str]
-    region_bandwidth: Mapping[str, Bandwidth]
+    def begin_pass(self) -> None:
+        """Take part in a new pass: a fresh abort reason, byte count and cancel scope, one more attempt."""
+        self.abort, self.sent, self.scope = None, 0, anyio.CancelScope()
+        self.result.attempts += 1
 
     # === the receiving image
 
-    async def _prepare(self, t: Target) -> bool:
+    async def prepare(self) -> bool:
         """Ensure a queued target image exists; False when it already holds a verified copy."""
-        client, result = t.spec.client, t.result
+        client, result = self.spec.client, self.result
         existing: Image | None = None
         if result.target_id is not None:
             try:
-                existing = await self._settle(client, await client.get_image(result.target_id))
+                existing = await self._settle(await client.get_image(result.target_id))
             except NotFoundError:
                 result.target_id = None
         if existing is not None and not self._ours(existing):
@@ -168,184 +204,185 @@ class TargetWork:
             if existing.status == "queued":
                 return True
             if existing.status == "active" and self._holds_source(existing):
-                evidence = Evidence(existing.size or 0, dict(self.digests), _reported(existing),
-                                    not self.image.checksum)  # fmt: skip
-                t.result.image = existing
-                self._finish(t, "done", None, evidence)
+                evidence = Evidence(existing.size or 0, dict(self.shared.digests), _reported(existing),
+                                    not self.shared.image.checksum)  # fmt: skip
+                result.image = existing
+                self.finish("done", None, evidence)
                 return False
-            await self._delete(t, existing)
+            await self.delete(existing)
 
         async def journal(image_id: str) -> None:
-            await self.hooks.creating(t.region, image_id)
+            await self.shared.hooks.creating(self.region, image_id)
 
-        created = await create_copy(client, t.spec.create_fields, journal=journal, fallback=t.spec.fallback_fields)
+        created = await create_copy(client, self.spec.create_fields, journal=journal,
+                                    fallback=self.spec.fallback_fields)  # fmt: skip
         failpoint("created")
         result.target_id = created.id
-        await self.hooks.created(t.region, created.id)
+        await self.shared.hooks.created(self.region, created.id)
         return True
 
     def _ours(self, image: Image) -> bool:
-        job = self.settings.job
-        return job is None or is_own_copy(image, job, self.image.id)
+        job = self.shared.settings.job
+        return job is None or is_own_copy(image, job, self.shared.image.id)
 
     def _holds_source(self, copy: Image) -> bool:
-        """Whether an active copy holds this image's bytes: its published digests, or (for a source that
-        publishes none) the digests of this run's verified stream."""
-        if self.image.publishes_digest:
-            return copy.same_data_as(self.image)
-        return bool(self.digests) and judge_target(copy.raw, self.size, self.digests).ok
+        """Whether an active copy holds this image's bytes (``models.source_content``: its published digests, or
+        for a source that publishes none, the digests of this run's verified stream)."""
+        return source_content(self.shared.image, self.shared.digests).held_by(copy.content).ok
 
-    async def _settle(self, client: ImageClient, image: Image) -> Image:
+    async def _settle(self, image: Image) -> Image:
         """Wait (bounded) for an image caught mid-upload ('saving') to become queued or active."""
         with anyio.move_on_after(SETTLE_TIMEOUT):
             while image.status == "saving":
                 await anyio.sleep(0.5)
-                image = await client.get_image(image.id)
+                image = await self.spec.client.get_image(image.id)
         return image
 
-    async def _delete(self, t: Target, image: Image) -> None:
+    async def delete(self, image: Image) -> None:
         """Delete a bad copy of ours; shielded and bounded so cancellation cannot leave it half-done."""
         with anyio.move_on_after(DELETE_GRACE, shield=True):
             try:
                 if self._ours(image):
-                    await t.spec.client.delete_image(image.id)
+                    await self.spec.client.delete_image(image.id)
             except NotFoundError:
                 pass
             except ApiError as exc:
                 # it carries this job's provenance, so the next run's orphan sweep removes it
-                t.result.error = f"could not delete bad copy {image.id}: {exc}"
+                self.result.error = f"could not delete bad copy {image.id}: {exc}"
                 return
-            t.result.deleted.append(image.id)
-            if t.result.target_id == image.id:
-                t.result.target_id = None
-            await self.hooks.deleted(t.region, image.id)
+            self.result.deleted.append(image.id)
+            if self.result.target_id == image.id:
+                self.result.target_id = None
+            await self.shared.hooks.deleted(self.region, image.id)
 
-    # === one target's upload and its verification
+    # === the upload and its verification
 
-    async def _stream(
-        self, t: Target, fan: Fanout, rx: MemoryObjectReceiveStream[bytes], run: Pass
-    ) -> BaseException | None:
-        """Stream this pass's chunks into the target's queued image; the error, or None."""
-        limiter = self.region_bandwidth.get(t.region)
-        image_id, size = self.image.id, run.size
+    async def stream(
+        self, fan: Fanout, rx: MemoryObjectReceiveStream[bytes], run: Pass
+    ) -> ApiError | TransferError | None:
+        """Stream this pass's chunks into the target's queued image; the error, or None.
+
+        Only what an upload can meet becomes this target's failure: the transport, the API (TLS and a refused
+        token included) and the stream itself. Anything else (a fatal error, a bug) propagates."""
+        target_id, image_id, size = self.result.target_id, self.shared.image.id, run.size
+        if target_id is None:  # prepare() gives every target of a pass its receiving image
+            return TargetWriteError("no receiving image to upload into", region=self.region, image_id=image_id)
         # The request starts only once its first chunk is here: aiohttp sends the headers (and so the
         # token, which the server checks then) with the first body bytes, and a target connection held
         # open while a slow source gets going could hit the server's own idle timeout.
         first = await next_chunk(rx)
-        if first is None and (t.abort is not None or size > 0):
+        if first is None and (self.abort is not None or size > 0):
             rx.close()
-            return None if t.abort is not None else TargetWriteError("the stream ended before any byte",
-                                                                    region=t.region, image_id=image_id)  # fmt: skip
-
-        async def body() -> AsyncIterator[bytes | memoryview]:
-            chunk = first
-            while chunk is not None:
-                if limiter is not None:
-                    await limiter.take(len(chunk))  # our own throttle: not a stall either
-                t.owed, t.progress_at = True, anyio.current_time()
-                # hand the chunk to aiohttp in slices (views, no copies): the socket's write buffer then
-                # never holds a copy of a whole chunk per target
-                with memoryview(chunk) as view:
-                    for i in range(0, len(view), WRITE_SLICE):
-                        yield view[i : i + WRITE_SLICE]
-                        t.progress_at = anyio.current_time()
-                failpoint("uploading")
-                t.sent += len(chunk)
-                t.result.bytes = max(t.result.bytes, t.sent)
-                self.reporter.emit(BytesWritten(image_id, t.region, len(chunk)))
-                t.owed = False  # waiting for the source: not this target's stall
-                chunk = await next_chunk(rx)
-            if t.abort is not None:
-                raise t.abort  # aborting the request leaves the target image queued, never active
-            if t.sent != size:
-                raise TargetWriteError(f"upload stream ended at {t.sent} of {size} bytes", region=t.region,
-                                       image_id=image_id)  # fmt: skip
-
-        assert t.result.target_id is not None
-        t.result.phases.setdefault("upload", time.time())
-        error: BaseException | None = None
-        t.progress_at, t.owed = anyio.current_time(), False
-        with anyio.CancelScope() as scope:
-            t.scope = scope
+            if self.abort is not None:
+                return None
+            return TargetWriteError("the stream ended before any byte", region=self.region, image_id=image_id)
+        self.result.phases.setdefault("upload", time.time())
+        error: ApiError | TransferError | None = None
+        self.progress_at, self.owed = anyio.current_time(), False
+        with self.scope:
             async with anyio.create_task_group() as guard:
-                guard.start_soon(self._watch_progress, t, scope)
+                guard.start_soon(self._watch_progress)
                 try:
-                    await t.spec.client.upload_image(t.result.target_id, body(), size=size)
-                except Exception as exc:
-                    if isinstance(exc, ImgmigError) and exc.fatal:
-                        raise
+                    await self.spec.client.upload_image(target_id, self._body(first, rx, size), size=size)
+                except (ApiError, TransferError) as exc:
                     error = exc
                 finally:
                     rx.close()
                     guard.cancel_scope.cancel()
                     if error is not None:
-                        fan.detach(t.region, f"upload failed: {error}")
-        if scope.cancelled_caught and error is None:
+                        fan.detach(self.region, f"upload failed: {error}")
+        if self.scope.cancelled_caught and error is None:
             error = TargetWriteError("upload stalled: the target took no data for "
-                                     f"{self.settings.stall_timeout:g} s", region=t.region,
+                                     f"{self.shared.settings.stall_timeout:g} s", region=self.region,
                                      image_id=image_id)  # fmt: skip
-            fan.detach(t.region, str(error))
+            fan.detach(self.region, str(error))
         return error
 
-    async def _watch_progress(self, t: Target, scope: anyio.CancelScope) -> None:
+    async def _body(
+        self, first: bytes | None, rx: MemoryObjectReceiveStream[bytes], size: int
+    ) -> AsyncIterator[bytes | memoryview]:
+        """The upload's body: the pass's chunks as they come, sliced for the socket, throttled by the region's
+        bandwidth, timed for the watchdog."""
+        chunk, limiter, image_id = first, self.bandwidth, self.shared.image.id
+        while chunk is not None:
+            if limiter is not None:
+                await limiter.take(len(chunk))  # our own throttle: not a stall either
+            self.owed, self.progress_at = True, anyio.current_time()
+            # hand the chunk to aiohttp in slices (views, no copies): the socket's write buffer then
+            # never holds a copy of a whole chunk per target
+            with memoryview(chunk) as view:
+                for i in range(0, len(view), WRITE_SLICE):
+                    yield view[i : i + WRITE_SLICE]
+                    self.progress_at = anyio.current_time()
+            failpoint("uploading")
+            self.sent += len(chunk)
+            self.result.bytes = max(self.result.bytes, self.sent)
+            self.shared.reporter.emit(BytesWritten(image_id, self.region, len(chunk)))
+            self.owed = False  # waiting for the source: not this target's stall
+            chunk = await next_chunk(rx)
+        if self.abort is not None:
+            raise self.abort  # aborting the request leaves the target image queued, never active
+        if self.sent != size:
+            raise TargetWriteError(f"upload stream ended at {self.sent} of {size} bytes", region=self.region,
+                                   image_id=image_id)  # fmt: skip
+
+    async def _watch_progress(self) -> None:
         """Cancel an upload that owes the target data but moves no byte for the stall timeout: a target
         that stops reading leaves the client blocked in a socket write, where no read timeout applies.
         Time spent waiting for the source (nothing owed) never counts."""
-        limit = self.settings.stall_timeout
+        limit = self.shared.settings.stall_timeout
         while True:
             await anyio.sleep(min(1.0, limit / 4))
             now = anyio.current_time()
-            if not t.owed:
-                t.progress_at = now
-            elif now - t.progress_at > limit:
-                scope.cancel()
+            if not self.owed:
+                self.progress_at = now
+            elif now - self.progress_at > limit:
+                self.scope.cancel()
                 return
 
-    async def _verify(self, t: Target, run: Pass) -> BaseException | None:
+    async def verify(self, run: Pass) -> TransferError | None:
         """GET the target and compare with the digests computed in flight; None when verified."""
-        client, target_id = t.spec.client, t.result.target_id
-        assert target_id is not None
-        t.result.phases["verify"] = time.time()
+        client, target_id, image_id = self.spec.client, self.result.target_id, self.shared.image.id
+        if target_id is None:
+            return TargetWriteError("no target image to verify", region=self.region, image_id=image_id)
+        self.result.phases["verify"] = time.time()
+        sent = run.content
         try:
-            reported = await self._settle(client, await client.get_image(target_id))
-            digests = dict(run.digests)
-            verdict = judge_target(reported.raw, run.size, digests)
+            reported = await self._settle(await client.get_image(target_id))
+            verdict = judge_target(reported.raw, sent)
             if verdict.verdict is Verdict.INCOMPLETE and reported.status == "active":
-                # the target hashes with an algorithm we did not compute: read the copy back and hash it
-                digests.update(await read_digests(client, reported, piece=self.settings.chunk_size))
-                verdict = judge_target(reported.raw, run.size, digests)
+                # the target hashes with an algorithm we did not compute: read the copy back and hash it. What it
+                # stores must be what was sent; then its own digests are judged with the read-back ones too
+                read = await read_digests(client, reported, piece=self.shared.settings.chunk_size)
+                verdict = sent.held_by(read)
+                if verdict.ok:
+                    verdict = judge_target(reported.raw, Content(run.size, {**read.digests, **sent.digests}))
         except (ApiError, OSError) as exc:  # this target's trouble stays this target's
-            return TargetWriteError(f"cannot read back the target image: {exc}", region=t.region,
-                                    image_id=self.image.id)  # fmt: skip
+            return TargetWriteError(f"cannot read back the target image: {exc}", region=self.region,
+                                    image_id=image_id)  # fmt: skip
         if verdict.ok:
             failpoint("verified")
-            t.result.image = reported  # the metadata step starts from it: no second read
-            self._finish(t, "done", None, Evidence(run.size, run.digests, _reported(reported), run.unverified_source))
+            self.result.image = reported  # the metadata step starts from it: no second read
+            self.finish("done", None, Evidence(run.size, run.digests, _reported(reported), run.unverified_source))
             return None
         if reported.status == "active":
-            await self._delete(t, reported)  # wrong content: never leave it behind
-        return VerificationError(f"target verification failed: {verdict.reason}", region=t.region,
-                                 image_id=self.image.id)  # fmt: skip
+            await self.delete(reported)  # wrong content: never leave it behind
+        return VerificationError(f"target verification failed: {verdict.reason}", region=self.region,
+                                 image_id=image_id)  # fmt: skip
 
-    # === outcomes
+    # === outcome
 
-    def _finish(
-        self,
-        t: Target,
-        state: str,
-        error: str | None,
-        evidence: Evidence | None = None,
-        *,
-        blame: str | None = None,
-    ) -> None:
-        result = t.result
+    def finish(self, state: str, error: str | None, evidence: Evidence | None = None, *,
+               blame: str | None = None) -> None:  # fmt: skip
+        """Record this copy's outcome (done, failed or cancelled) and report it."""
+        result = self.result
         result.state, result.error = state, error
         if blame is not None:
             result.blame = blame
         if evidence is not None:
             result.evidence = evidence
-        self.reporter.emit(TargetFinished(
-            self.image.id, t.region, state, result.target_id, result.attempts, result.bytes, error,
+        self.shared.reporter.emit(TargetFinished(
+            self.shared.image.id, self.region, state, result.target_id, result.attempts, result.bytes, error,
             evidence.to_json() if evidence else {},
         ))  # fmt: skip
 
