@@ -1,8 +1,10 @@
 """ImageClient: every call of the Image API v2 guide, for one region, over one shared aiohttp session.
 
-Replayable requests (everything except uploads) go through the low-level ``RetryPolicy`` and get one
-token refresh on a 401. Uploads stream an ``AsyncIterable[bytes]`` and are never retried here. Downloads
-are an async context manager over the open response so the engine controls the pace (backpressure).
+Every request goes through one path (``ImageClient._send``): token, endpoint, request count, the cloud's own
+TLS settings, error mapping and 401 handling are written once. Replayable requests (everything except
+uploads) go through the low-level ``RetryPolicy`` and get one token refresh on a 401. Uploads stream an
+``AsyncIterable[bytes]`` and are never retried here. Downloads are an async context manager over the open
+response so the engine controls the pace (backpressure).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pipeline.errors import (
     BadRequestError,
     NotFoundError,
     ProtocolError,
+    TLSVerificationError,
     TokenRejectedError,
 )
 from pipeline.models import Image, Member, RequestCounts
@@ -106,30 +109,65 @@ class ImageClient:
             status=401, request_id=err.request_id, **ctx,
         )  # fmt: skip
 
-    async def _send_once(
-        self, method: str, path: str, ctx: dict[str, Any], extra: Mapping[str, str] | None, **kwargs: Any
-    ) -> tuple[int, Any, bytes]:
-        """One request with one refresh-and-retry on 401; returns (status, headers, body)."""
-        for refreshed in (False, True):
-            token = await self.auth.token(self.session)
+    async def _send(
+        self, method: str, path: str, ctx: dict[str, Any], *, extra: Mapping[str, str] | None = None,
+        streamed: bool = False, **kwargs: Any,
+    ) -> aiohttp.ClientResponse:  # fmt: skip
+        """The one request path: every call of this client, uploads and downloads included, is sent here.
+
+        It takes a token (for a ``streamed`` body, one with life left: an upload's headers leave with its first
+        body chunk), resolves the endpoint, counts the request, sends it with this cloud's own TLS settings, and
+        maps aiohttp's errors and error statuses to ours. A 401 drops the token; the request is then sent once
+        more with a fresh one, and a 401 again means the credential is dead (``AuthenticationError``, fatal). A
+        streamed body cannot be sent again: the credential is tested with a GET of the image instead, and the
+        upload fails with ``TokenRejectedError`` (its next pass gets a fresh token). Returns the response, still
+        open, for a status below 400; the caller reads and releases it."""
+        refreshed = False
+        while True:
+            token = await self.auth.token(self.session, lasting=streamed)
             url = await self.endpoint() + path
             self.requests.add(request_kind(method, path), self.region)
-            with map_aiohttp_errors(**ctx):
-                async with self.session.request(method, url, headers=self._headers(token, extra), **self._tls,
-                                                **kwargs) as resp:  # fmt: skip
-                    body = await read_bounded(resp, ctx)
-                    status, resp_headers = resp.status, resp.headers
-            if status == 401:
-                self.auth.invalidate(token)
-                if not refreshed:
-                    continue
-            if status >= 400:
-                err = error_from_response(status, resp_headers, body, **ctx)
-                if status == 401:
-                    raise self._refused(err, ctx)
+            try:
+                with map_aiohttp_errors(**ctx):
+                    resp = await self.session.request(method, url, headers=self._headers(token, extra), **self._tls,
+                                                      **kwargs)  # fmt: skip
+                    if resp.status < 400:
+                        return resp
+                    try:
+                        raw = await read_bounded(resp, ctx)
+                    finally:
+                        resp.release()
+            except TLSVerificationError as exc:
+                hint = "trust its CA with the cloud's cacert (clouds.yaml) or the job's [run] ca_bundle"
+                exc.message = f"auth profile {self.auth.profile!r}: region {self.region}: {exc.message}; {hint}"
+                raise
+            err = error_from_response(resp.status, resp.headers, raw, **ctx)
+            if resp.status != 401:
                 raise err
-            return status, resp_headers, body
-        raise AssertionError("unreachable")  # pragma: no cover
+            self.auth.invalidate(token)
+            if streamed:
+                # Test the credential at once with a request that can be sent again (its own refresh-and-retry): a
+                # credential refused even then is fatal (AuthenticationError), not a reason for another upload pass.
+                with contextlib.suppress(ApiError):
+                    await self.get_image(str(ctx["image_id"]))
+                raise TokenRejectedError(f"{request_kind(method, path)} refused the token: {err.message}", status=401,
+                                         request_id=err.request_id, **ctx)  # fmt: skip
+            if refreshed:
+                raise self._refused(err, ctx)
+            refreshed = True
+
+    async def _exchange(
+        self, method: str, path: str, ctx: dict[str, Any], *, extra: Mapping[str, str] | None = None,
+        streamed: bool = False, **kwargs: Any,
+    ) -> tuple[int, Any, bytes]:  # fmt: skip
+        """``_send``, then the whole (bounded) body: (status, headers, body)."""
+        resp = await self._send(method, path, ctx, extra=extra, streamed=streamed, **kwargs)
+        try:
+            with map_aiohttp_errors(**ctx):
+                body = await read_bounded(resp, ctx)
+            return resp.status, resp.headers, body
+        finally:
+            resp.release()
 
     async def _call(
         self,
@@ -149,7 +187,7 @@ class ImageClient:
                 self._on_retry(f"{method} {ctx['path']}", attempt, exc, wait)
 
         async def attempt() -> tuple[int, Any, bytes]:
-            return await self._send_once(method, path, ctx, headers, **kwargs)
+            return await self._exchange(method, path, ctx, extra=headers, **kwargs)
 
         if not replay:
             return await attempt()
@@ -259,29 +297,10 @@ class ImageClient:
         """Stream ``body`` into a queued image (204). Never retried: a stream cannot be replayed."""
         path = f"/v2/images/{image_id}/file"
         ctx: dict[str, Any] = {"region": self.region, "image_id": image_id, "method": "PUT", "path": path}
-        # the headers leave with the first body chunk, which may take a while: a token with life left
-        token = await self.auth.token(self.session, lasting=True)
-        url = await self.endpoint() + path
         extra = {"Content-Type": OCTET_STREAM}
         if size is not None:
             extra["Content-Length"] = str(size)
-        self.requests.add("upload", self.region)
-        with map_aiohttp_errors(**ctx):
-            async with self.session.put(url, data=body, headers=self._headers(token, extra)) as resp:
-                raw = await read_bounded(resp, ctx)
-                status, headers = resp.status, resp.headers
-        if status == 401:
-            self.auth.invalidate(token)
-            err = error_from_response(status, headers, raw, **ctx)
-            # The stream cannot be sent again here, but the credential can be tested at once: a replayable
-            # request gets its own refresh-and-retry, and a credential refused even then is fatal
-            # (AuthenticationError) instead of a reason for another upload pass.
-            with contextlib.suppress(ApiError):
-                await self.get_image(image_id)
-            raise TokenRejectedError(f"upload refused the token: {err.message}", status=401,
-                                     request_id=err.request_id, **ctx)  # fmt: skip
-        if status >= 400:
-            raise error_from_response(status, headers, raw, **ctx)
+        await self._exchange("PUT", path, ctx, extra=extra, streamed=True, data=body)
 
     @asynccontextmanager
     async def open_download(
@@ -299,26 +318,7 @@ class ImageClient:
                                                        sock_read=idle_timeout)  # fmt: skip
 
         async def attempt() -> aiohttp.ClientResponse:
-            for refreshed in (False, True):
-                token = await self.auth.token(self.session)
-                url = await self.endpoint() + path
-                self.requests.add("download", self.region)
-                with map_aiohttp_errors(**ctx):
-                    resp = await self.session.get(url, headers=self._headers(token, extra), **self._tls, **options)
-                if resp.status < 400:
-                    return resp
-                try:
-                    raw = await read_bounded(resp, ctx)
-                finally:
-                    resp.release()
-                err = error_from_response(resp.status, resp.headers, raw, **ctx)
-                if resp.status == 401:
-                    self.auth.invalidate(token)
-                    if not refreshed:
-                        continue
-                    raise self._refused(err, ctx)
-                raise err
-            raise AssertionError("unreachable")  # pragma: no cover
+            return await self._send("GET", path, ctx, extra=extra, **options)
 
         resp = await self.retry.call(attempt)
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import ssl
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from pipeline.errors import (
     ApiError,
     ConnectError,
     ConnectionLostError,
+    ImgmigError,
     ProtocolError,
     ReadTimeoutError,
     TLSVerificationError,
@@ -93,31 +95,66 @@ def new_session(config: TransportConfig | None = None) -> aiohttp.ClientSession:
 
 @contextmanager
 def map_aiohttp_errors(**context: Any) -> Iterator[None]:
-    """Turn aiohttp's exceptions into our TransportError family, most specific first."""
+    """Turn aiohttp's exceptions into our TransportError family, most specific first. An exception that the
+    request's own body raised (aiohttp wraps it as a connection error) surfaces as itself: one of ours (a
+    stream that ended early) keeps its meaning, and a bug stays a bug instead of becoming a retried failure."""
     try:
         yield
     except ApiError:
         raise
-    except aiohttp.ClientConnectorCertificateError as exc:
-        raise TLSVerificationError(f"TLS certificate verification failed: {exc}", **context) from exc
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise ConnectError(f"timed out connecting: {exc or 'no answer'}", **context) from exc
-    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-        raise ReadTimeoutError(f"timed out waiting for the server: {exc or 'no data'}", **context) from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise ConnectError(f"cannot connect: {exc.os_error or exc}", **context) from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-        raise ConnectionLostError(f"connection lost: {exc}", **context) from exc
-    except aiohttp.ClientOSError as exc:
-        raise ConnectionLostError(f"connection error: {exc}", **context) from exc
-    except aiohttp.InvalidURL as exc:
-        raise ConnectError(f"invalid URL: {exc}", **context) from exc
-    except aiohttp.ClientResponseError as exc:
-        raise ProtocolError(f"bad HTTP response: {exc.message}", status=exc.status, **context) from exc
-    except aiohttp.ClientError as exc:
-        raise TransportError(f"HTTP client error: {exc}", **context) from exc
-    except ConnectionError as exc:
-        raise ConnectionLostError(f"connection error: {exc}", **context) from exc
+    except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+        inner = _raised_by_body(exc)
+        if inner is not None:
+            raise inner from exc
+        raise _mapped(exc, context) from exc
+
+
+def _raised_by_body(exc: BaseException) -> BaseException | None:
+    """The exception behind ``exc`` that a request body raised: one of ours, or one raised in imgmig's own code
+    (a bug). What the network or aiohttp's parser raised is left to the mapping."""
+    cause, seen = exc.__cause__, {id(exc)}
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ImgmigError):
+            return cause
+        if not isinstance(cause, aiohttp.ClientError | OSError | TimeoutError) and _raised_in_imgmig(cause):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__
+    return None
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _raised_in_imgmig(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith(_PACKAGE + os.sep):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _mapped(exc: BaseException, context: dict[str, Any]) -> ApiError:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return TLSVerificationError(f"TLS certificate verification failed: {exc}", **context)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ConnectError(f"timed out connecting: {exc or 'no answer'}", **context)
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return ReadTimeoutError(f"timed out waiting for the server: {exc or 'no data'}", **context)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ConnectError(f"cannot connect: {exc.os_error or exc}", **context)
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return ConnectionLostError(f"connection lost: {exc}", **context)
+    if isinstance(exc, aiohttp.ClientOSError):
+        return ConnectionLostError(f"connection error: {exc}", **context)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return ConnectError(f"invalid URL: {exc}", **context)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return ProtocolError(f"bad HTTP response: {exc.message}", status=exc.status, **context)
+    if isinstance(exc, aiohttp.ClientError):
+        return TransportError(f"HTTP client error: {exc}", **context)
+    return ConnectionLostError(f"connection error: {exc}", **context)
 
 
 _TAG = re.compile(r"<[^>]+>")
