@@ -167,7 +167,8 @@ class KeystoneAuth(TokenCache):
                 cred.update(name=self.application_credential_name, user=self._user())
             # the token is scoped to the credential's own project: a scope block is not allowed
             return {"auth": {"identity": {"methods": ["application_credential"], "application_credential": cred}}}
-        assert self.password is not None  # __post_init__
+        if self.password is None:  # __post_init__ refused such a profile already
+            raise UsageError(f"auth profile {self.profile!r} ({self.kind}): missing password")
         user = {**self._user(), "password": self.password.reveal()}
         project = (
             {"id": self.project_id}

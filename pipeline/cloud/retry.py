@@ -157,10 +157,9 @@ class RetryPolicy:
         def before_sleep(state: RetryCallState) -> None:
             if budget is not None:
                 budget.take()  # only now is a retry certain (tenacity checked stop already)
-            if on_retry is not None and state.outcome is not None and state.next_action is not None:
-                exc = state.outcome.exception()
-                assert exc is not None
-                on_retry(state.attempt_number, exc, state.next_action.sleep)
+            failed = state.outcome.exception() if state.outcome is not None else None
+            if on_retry is not None and failed is not None and state.next_action is not None:
+                on_retry(state.attempt_number, failed, state.next_action.sleep)
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(max(1, self.attempts)) | _stop_when_spent(budget),

@@ -186,8 +186,9 @@ def _json_message(text: str) -> str:
     except ValueError:
         return ""
     if isinstance(doc, dict):
-        inner = doc.get("error") if isinstance(doc.get("error"), dict) else doc
-        assert isinstance(inner, dict)
+        inner = doc.get("error")
+        if not isinstance(inner, dict):
+            inner = doc
         msg = inner.get("message") or inner.get("title") or inner.get("detail")
         if isinstance(msg, str):
             return html.unescape(_TAG.sub(" ", _BR.sub("\n", msg)))

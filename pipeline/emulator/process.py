@@ -62,8 +62,7 @@ def emulator_process(args: Sequence[str] = (), *, cwd: Path | None = None) -> It
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=cwd,
     )  # fmt: skip
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
+        line = proc.stdout.readline() if proc.stdout is not None else ""
         if not line:
             raise RuntimeError(f"imgmig emulate exited with {proc.wait(10)} before printing its address")
         yield EmulatorProcess(proc, json.loads(line))

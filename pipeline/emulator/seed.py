@@ -10,12 +10,9 @@ Large images are synthetic (generated on read), small ones are real files.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .store import Caller, MemberRecord, iso_now
-
-if TYPE_CHECKING:
-    from .serve import Emulator
+from .store import Caller, MemberRecord, RegionStore, iso_now
 
 __all__ = ["DEMO_TENANT", "OTHER_TENANT", "PARTNER_TENANT", "PROVIDER_TENANT", "SEEDS", "load_seed"]
 
@@ -39,10 +36,8 @@ def _linux(distro: str, version: str, user: str) -> dict[str, Any]:
             "hypervisor_type": "qemu", "os_architecture": "x86_64"}  # fmt: skip
 
 
-def seed_demo(emu: Emulator) -> None:
-    """The demo data set, in the first region."""
-    region = next(iter(emu.regions))
-    store = emu.store(region)
+def seed_demo(store: RegionStore) -> None:
+    """The demo data set, in ``store`` (the emulator's first region)."""
     synthetic: list[tuple[int, dict[str, Any]]] = [
         (80 * MiB, {"name": "golden-ubuntu-22.04", "disk_format": "qcow2", "tags": ["golden", "dr"],
                     "min_disk": 20, "description": "Ubuntu Server 22.04 LTS golden image",
@@ -94,9 +89,9 @@ def seed_demo(emu: Emulator) -> None:
 SEEDS = {"demo": seed_demo}
 
 
-def load_seed(emu: Emulator, name: str) -> None:
-    """Load the named data set (``demo``); ValueError for an unknown name."""
+def load_seed(store: RegionStore, name: str) -> None:
+    """Load the named data set (``demo``) into ``store``; ValueError for an unknown name."""
     try:
-        SEEDS[name](emu)
+        SEEDS[name](store)
     except KeyError:
         raise ValueError(f"unknown seed {name!r}; known: {', '.join(SEEDS)}") from None

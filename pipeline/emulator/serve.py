@@ -23,6 +23,7 @@ from aiohttp import web
 from .app import RegionContext, build_region_app
 from .faults import FaultPlan
 from .identity import DEFAULT_TOKEN_TTL, Identity, UserEntry, identity_routes
+from .seed import load_seed
 from .store import RegionStore
 
 __all__ = ["DEFAULT_REGIONS", "Emulator", "running_emulator"]
@@ -192,9 +193,7 @@ async def running_emulator(
             emu.urls[name] = await _listen(stack, build_region_app(ctx), port + 1 + i if port else 0, tls)
         identity.catalog.update(emu.urls)
         if seed:
-            from .seed import load_seed
-
-            load_seed(emu, seed)
+            load_seed(emu.store(next(iter(contexts))), seed)
         yield emu
 
 

@@ -364,8 +364,7 @@ class RegionStore:
     def read_chunks(self, rec: ImageRecord, start: int, end: int, chunk: int) -> Generator[bytes]:
         """Bytes [start, end) of an active image, in pieces of at most ``chunk`` (blocking I/O)."""
         if rec.synthetic_seed is not None:
-            assert rec.size is not None
-            for piece in synthetic.synthetic_chunks(rec.synthetic_seed, rec.size, start, end):
+            for piece in synthetic.synthetic_chunks(rec.synthetic_seed, rec.size or 0, start, end):
                 for i in range(0, len(piece), chunk):
                     yield piece[i : i + chunk]
             return

@@ -269,12 +269,10 @@ def _plan_target(
 ) -> Step:  # fmt: skip
     size = image.size or 0
     journal_id = entry.target_id if entry else None
-    good = verified_copies(image, copies, entry)
+    keep = kept_copy(image, copies, entry)
     stale = [c for c in copies if c.status == "active" and not holds_source_data(c, image, entry)]
     partial = [c for c in copies if c.status != "active"]
-    if good:
-        keep = kept_copy(image, copies, entry)
-        assert keep is not None
+    if keep is not None:
         extra = tuple(c for c in copies if c is not keep)
         diff = meta_diff(image, label, keep)
         if diff.empty:

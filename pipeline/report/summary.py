@@ -203,7 +203,10 @@ class RunSummary:
             if step.pending_members:
                 lines.append(f"  PENDING {step.name or step.image_id} -> {step.target}: members "
                              f"{', '.join(step.pending_members)} stay pending (no profile to accept)")  # fmt: skip
-        if self.parked:
+        if self.parked and self.plan is None:
+            lines.append("  max_runtime reached before planning: parked before planning, nothing was copied; the "
+                         "next run resumes")  # fmt: skip
+        elif self.parked:
             lines.append(f"  max_runtime reached: {self.parked_images} image(s) parked; the next run resumes")
         if self.interrupted:
             lines.append(f"  interrupted by {self.interrupted}: state saved; the next run resumes")

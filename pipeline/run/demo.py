@@ -53,7 +53,8 @@ def _cli(*args: str, env: dict[str, str]) -> int:
 
 async def _listing(info: dict[str, object]) -> None:
     regions = info["regions"]
-    assert isinstance(regions, dict)
+    if not isinstance(regions, dict):
+        raise RuntimeError(f"the emulator's info line has no regions: {info}")
     async with new_session() as session:
         auth = PasswordAuth(str(info["identity_url"]), DEMO_TENANT, "demo@example.com", Secret("demo"))
         for region in regions:

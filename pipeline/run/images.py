@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import structlog
@@ -28,30 +28,28 @@ from pipeline.state.journal import Journal
 from pipeline.transfer.copies import delete_copy
 from pipeline.transfer.engine import Engine, EngineHooks, TargetResult, TargetSpec
 
-if TYPE_CHECKING:
-    from pipeline.run.runner import RunControls
-
 __all__ = ["Running", "image_task", "journal_plan", "prune", "sweep"]
 
 log = structlog.get_logger("imgmig")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Running:
+    """One run once discovery is done: what every image's steps need, built whole by the runner."""
+
     spec: JobSpec
-    controls: RunControls
     journal: Journal
     clients: Clients
     engine: Engine
     summary: RunSummary
-    inventory: Inventory | None = None
-    intent: Intent | None = None
-    work: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    stop: str | None = None  # "parked", "SIGINT", "SIGTERM"
+    inventory: Inventory
+    intent: Intent
+    plan: Plan
 
 
-def journal_plan(run: Running, plan: Plan, inventory: Inventory) -> None:
+def journal_plan(run: Running) -> None:
     """One record per image, holding the plan of each of its targets (a write per image, not per step)."""
+    plan, inventory = run.plan, run.inventory
     unavailable = {label: t.error for label, t in inventory.targets.items() if t.error is not None}
     for image_plan in plan.images:
         image = image_plan.image
@@ -68,12 +66,12 @@ def journal_plan(run: Running, plan: Plan, inventory: Inventory) -> None:
         run.journal.record("image", image_id=missing, status="missing", skipped="selected id not found in the source")
 
 
-async def sweep(run: Running, plan: Plan, inventory: Inventory) -> None:
+async def sweep(run: Running) -> None:
     """Delete duplicate and leftover copies of this job (the orphan sweep); each image's provenance is
     re-checked on the image itself before it is deleted (``copies.delete_copy``)."""
-    for image_plan, step in plan.steps():
+    for image_plan, step in run.plan.steps():
         for extra in step.extra:
-            target = inventory.targets[step.target]
+            target = run.inventory.targets[step.target]
             try:
                 deleted = await delete_copy(target.client, extra, run.spec.name)
             except ApiError as exc:
@@ -94,10 +92,10 @@ async def sweep(run: Running, plan: Plan, inventory: Inventory) -> None:
             run.journal.record("target", image_id=image_plan.image.id, region=step.target, deleted=extra.id)
 
 
-async def prune(run: Running, plan: Plan, inventory: Inventory) -> None:
+async def prune(run: Running) -> None:
     """``[prune]``: delete the copies the plan marked, or record why none may go. Each delete re-checks the
     provenance on the image itself (``delete_copy``) and unprotects a protected copy first."""
-    pruning = plan.prune
+    pruning = run.plan.prune
     if pruning is None or not (pruning.deletions or pruning.kept):
         return
     for kept in pruning.kept:
@@ -108,7 +106,7 @@ async def prune(run: Running, plan: Plan, inventory: Inventory) -> None:
         log.error("prune_refused", job=run.spec.name, reason=pruning.refused)
         return
     for deletion in pruning.deletions:
-        target = inventory.targets[deletion.target]
+        target = run.inventory.targets[deletion.target]
         where = f"{deletion.target}: copy {deletion.copy.id} of source {deletion.source_id}"
         try:
             deleted = await delete_copy(target.client, deletion.copy, run.spec.name)
@@ -137,7 +135,8 @@ class _Hooks(EngineHooks):
 
 
 async def image_task(run: Running, plan: ImagePlan, limiter: anyio.CapacityLimiter) -> None:
-    assert run.inventory is not None
+    """One image's steps under the run's capacity limit: its copy, then each target's metadata and final record.
+    A failure of this image is recorded and the run goes on; a fatal error, or a bug, stops the run."""
     unreadable = run.inventory.image_errors.get(plan.image.id)
     if unreadable is not None:
         for step in plan.steps:
@@ -160,8 +159,6 @@ async def image_task(run: Running, plan: ImagePlan, limiter: anyio.CapacityLimit
 
 async def _copy_image(run: Running, plan: ImagePlan) -> None:
     inventory, intent = run.inventory, run.intent
-    assert inventory is not None
-    assert intent is not None
     image = plan.image
     data_steps = [s for s in plan.steps if s.action.moves_data]
     results: dict[str, TargetResult] = {}
@@ -205,11 +202,11 @@ async def _finish_step(run: Running, image: Image, step: Step, result: TargetRes
     if step.action is Action.BLOCKED:  # nothing was created anywhere; the reason says what to do
         _record_step(run, image, step, "failed", error=step.reason)
         return
-    assert run.inventory is not None
-    assert run.intent is not None
     target = run.inventory.targets[step.target]
     target_id = result.target_id if result is not None else (step.existing.id if step.existing else None)
-    assert target_id is not None
+    if target_id is None:  # a verified copy has an id, and so has the copy a metadata step plans for
+        _record_step(run, image, step, "failed", result=result, error="metadata: no copy to apply it to")
+        return
     budget = result.budget if result is not None else RetryBudget(run.spec.transfer.retries)
     phases = {**(result.phases if result is not None else {}), "metadata": time.time()}
     try:
@@ -241,7 +238,7 @@ async def _acceptors(run: Running, label: str, desired: Desired) -> dict[str, An
     spec = run.spec
     if not spec.copy.accept_members_with or not desired.members:
         return {}
-    region = run.inventory.targets[label].endpoint.region if run.inventory else label
+    region = run.inventory.targets[label].endpoint.region
     out = {}
     for profile in spec.copy.accept_members_with:
         tenant = await run.clients.tenant(profile)

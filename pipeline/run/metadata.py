@@ -1,6 +1,10 @@
 """Applying metadata to a copy through the client, one refusal at a time: one PATCH for everything, and when
 the target refuses it, the image is re-read and each change that does not hold yet is sent alone (so a
 replayed request is harmless), then tags, members (and their acceptance) and protection last.
+
+Only a refusal (400, 403, 409, 413: the target will not take this change) becomes a per-item problem on an
+otherwise fine copy. A failing server (5xx, the connection) is retried like any request that can be sent
+again; when that does not help, the error leaves ``apply_metadata`` and the step fails.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pipeline.state.failpoints import failpoint
 
 __all__ = ["SyncReport", "apply_metadata"]
 
+#: A target's answers that refuse one change; anything else (a 5xx, the connection) is not a refusal.
 _REFUSED = (BadRequestError, ForbiddenError, PayloadTooLargeError, ConflictError)
 
 
@@ -117,7 +122,7 @@ async def _apply_tags(client: ImageClient, image_id: str, desired: Desired, diff
     except _REFUSED:
         pass
     await _one_by_one(report, diff.remove_tags, lambda tag: client.delete_tag(image_id, tag), already=NotFoundError,
-                      refused=ApiError, problem=lambda tag, why: f"tag {_short(tag)!r} could not be removed: "
+                      refused=_REFUSED, problem=lambda tag, why: f"tag {_short(tag)!r} could not be removed: "
                       f"{_short(why, 200)}")  # fmt: skip
     await _one_by_one(report, diff.add_tags, lambda tag: client.add_tag(image_id, tag), already=(),
                       refused=_REFUSED, problem=lambda tag, why: f"tag {_short(tag)!r} refused by target: "
@@ -151,10 +156,10 @@ async def _apply_members(
     acceptors: Mapping[str, ImageClient],
 ) -> None:  # fmt: skip
     await _one_by_one(report, diff.remove_members, lambda member: client.delete_member(image_id, member),
-                      already=NotFoundError, refused=ApiError,
+                      already=NotFoundError, refused=_REFUSED,
                       problem=lambda member, why: f"member {member} could not be removed: {why}")  # fmt: skip
     await _one_by_one(report, diff.add_members, lambda member: client.add_member(image_id, member),
-                      already=ConflictError, refused=ApiError,
+                      already=ConflictError, refused=_REFUSED,
                       problem=lambda member, why: f"member {member} could not be added: {why}")  # fmt: skip
     for member, status in sorted(desired.members.items()):
         if status != "accepted":
@@ -168,7 +173,7 @@ async def _apply_members(
             if current.status != "accepted":
                 await acceptor.update_member_status(image_id, member, "accepted")
                 report.changed = True
-        except ApiError as exc:
+        except (*_REFUSED, NotFoundError) as exc:  # the member's tenant may not see or accept it
             report.problems.append(f"member {member} could not accept: {exc.message}")
             report.pending_members.append(member)
 

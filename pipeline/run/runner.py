@@ -18,7 +18,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import structlog
@@ -67,7 +67,8 @@ class RunControls:
 
 
 async def run_job(spec: JobSpec, controls: RunControls | None = None) -> RunSummary:
-    """Run ``spec`` once; returns the summary (its ``exit_code`` is the process exit code)."""
+    """Run ``spec`` once; returns the summary (its ``exit_code`` is the process exit code). A fatal error is raised
+    with the summary attached (``exc.summary``), so the caller still reports what was done."""
     controls = controls or RunControls()
     lock = JobLock(spec.run.journal_dir, spec.name)
     with lock.held():
@@ -82,20 +83,24 @@ async def run_job(spec: JobSpec, controls: RunControls | None = None) -> RunSumm
                 if error is exc:
                     raise
                 raise error from exc
+            summary.finish(controls.clock)
+            # the run's end must be recorded and durable, or the run did not end well: a JournalError here is
+            # the run's fatal error (exit 1), named like any other
+            _finish_journal(journal, summary)
+            journal.close()
         except BaseException as exc:
             summary.fatal = summary.fatal or _describe(exc)
             summary.fatal_code = exc.exit_code if isinstance(exc, ImgmigError) else ExitCode.FAILED
             summary.finish(controls.clock)
             if not isinstance(exc, JournalError):
-                _finish_journal(journal, summary)
+                with contextlib.suppress(JournalError):  # the run already stops with its own error
+                    _finish_journal(journal, summary)
+            with contextlib.suppress(JournalError):
+                journal.close()
             if isinstance(exc, ImgmigError):
                 exc.summary = summary  # the CLI still writes --report and prints what was done
             raise
-        else:
-            summary.finish(controls.clock)
-            _finish_journal(journal, summary)
         finally:
-            _close(journal)
             summary.journal_records, summary.journal_seconds = journal.records, journal.seconds
     return summary
 
@@ -105,14 +110,17 @@ def _describe(exc: BaseException) -> str:
 
 
 def _finish_journal(journal: Journal, summary: RunSummary) -> None:
-    with contextlib.suppress(JournalError):  # an unwritable journal already stopped the run, loudly
-        journal.record("run_finished", run=summary.run_id, outcome=summary.outcome,
-                       exit_code=summary.exit_code, summary=summary.counts())  # fmt: skip
+    journal.record("run_finished", run=summary.run_id, outcome=summary.outcome, exit_code=summary.exit_code,
+                   summary=summary.counts())  # fmt: skip
 
 
-def _close(journal: Journal) -> None:
-    with contextlib.suppress(JournalError):
-        journal.close()
+@dataclass
+class Stop:
+    """What stops the work of a run early: its cancel scope (max_runtime's deadline, a signal), and why."""
+
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    #: "parked" (max_runtime), "SIGINT" or "SIGTERM"; None while the run goes on.
+    reason: str | None = None
 
 
 async def _run(spec: JobSpec, controls: RunControls, journal: Journal, summary: RunSummary) -> None:
@@ -129,22 +137,23 @@ async def _run(spec: JobSpec, controls: RunControls, journal: Journal, summary: 
         spool_dir=transfer.spool_dir, backoff=retry, job=spec.name,
     )  # fmt: skip
     regional = {region: Bandwidth(rate) for region, rate in transfer.region_bandwidth.items()}
+    stop = Stop()
     async with new_session(config) as session:
         engine = Engine(settings, reporter=summary.reporter(controls.reporter),
                         source_bandwidth=Bandwidth(transfer.bandwidth), region_bandwidth=regional)  # fmt: skip
-        run = Running(spec, controls, journal, Clients(spec, session, retry, summary.requests), engine, summary)
+        clients = Clients(spec, session, retry, summary.requests)
         async with anyio.create_task_group() as tg:
             if controls.signals:
-                tg.start_soon(_watch_signals, run, controls.signals)
+                tg.start_soon(_watch_signals, spec, stop, controls.signals)
             tg.start_soon(_group_commit, journal)
             if controls.metrics is not None:
                 tg.start_soon(_write_metrics, controls.metrics, summary, last_success(journal.state.runs))
-            await _execute(run)
+            await _execute(spec, stop, journal, clients, engine, summary)
             tg.cancel_scope.cancel()
-        summary.tokens_issued = run.clients.tokens_issued()
-        if run.stop in ("SIGINT", "SIGTERM"):
-            summary.interrupted = run.stop
-        elif run.stop == "parked":
+        summary.tokens_issued = clients.tokens_issued()
+        if stop.reason in ("SIGINT", "SIGTERM"):
+            summary.interrupted = stop.reason
+        elif stop.reason == "parked":
             summary.parked = True
 
 
@@ -167,62 +176,75 @@ async def _write_metrics(metrics: MetricsFile, summary: RunSummary, previous: fl
         await anyio.sleep(METRICS_EVERY)
 
 
-async def _watch_signals(run: Running, signals: tuple[signal.Signals, ...]) -> None:
+async def _watch_signals(spec: JobSpec, stop: Stop, signals: tuple[signal.Signals, ...]) -> None:
     with anyio.open_signal_receiver(*signals) as received:
         async for signum in received:
-            run.stop = signal.Signals(signum).name
-            log.warning("interrupted", job=run.spec.name, signal=run.stop,
+            stop.reason = signal.Signals(signum).name
+            log.warning("interrupted", job=spec.name, signal=stop.reason,
                         message="stopping: nothing new starts, transfers in flight are cancelled")  # fmt: skip
-            run.work.cancel()
+            stop.scope.cancel()
             return
 
 
-async def _execute(run: Running) -> None:
-    spec = run.spec
-    with run.work:
+async def _execute(spec: JobSpec, stop: Stop, journal: Journal, clients: Clients, engine: Engine,
+                   summary: RunSummary) -> None:  # fmt: skip
+    with stop.scope:
         if spec.run.max_runtime:
             # at the deadline nothing new starts and work in flight is cancelled (parked, resumable)
-            run.work.deadline = anyio.current_time() + spec.run.max_runtime
-        await _discover_and_copy(run)
-    if run.work.cancelled_caught and run.stop is None:
-        run.stop = "parked"
+            stop.scope.deadline = anyio.current_time() + spec.run.max_runtime
+        run = await _discover(spec, journal, clients, engine, summary)
+        await _copy(run)
+    if stop.scope.cancelled_caught and stop.reason is None:
+        stop.reason = "parked"
+        plan = summary.plan
+        if plan is None:  # the deadline came while listing: nothing was planned, so nothing was started
+            log.warning("max_runtime_reached", job=spec.name, parked_before_planning=True,
+                        message="max_runtime reached before planning: parked before planning, nothing was "
+                                "copied; the next run starts with a new listing")  # fmt: skip
+            return
         log.warning("max_runtime_reached", job=spec.name,
                     message="max_runtime reached: work in flight parked; the next run resumes")  # fmt: skip
-        assert run.summary.plan is not None
-        done = {(s.image_id, s.target) for s in run.summary.steps}
-        run.summary.parked_images = len({image_id for image_id, target in run.summary.plan.open_steps()
-                                         if (image_id, target) not in done})  # fmt: skip
+        done = {(s.image_id, s.target) for s in summary.steps}
+        summary.parked_images = len({image_id for image_id, target in plan.open_steps()
+                                     if (image_id, target) not in done})  # fmt: skip
 
 
-async def _discover_and_copy(run: Running) -> None:
-    spec, summary = run.spec, run.summary
-    if run.journal.state.open_sources:  # before anything else: what an interrupted run left switched on
-        source = run.clients.client(spec.source.auth, spec.source.region)
-        summary.sources_left_open.update(await restore_left_open(source, run.journal))
-    inventory = await discover(spec, run.clients, run.journal.state.schemas)
+async def _discover(spec: JobSpec, journal: Journal, clients: Clients, engine: Engine,
+                    summary: RunSummary) -> Running:  # fmt: skip
+    """Restore what an interrupted run left open, discover, plan and journal the plan: the run, built whole."""
+    if journal.state.open_sources:  # before anything else: what an interrupted run left switched on
+        source = clients.client(spec.source.auth, spec.source.region)
+        summary.sources_left_open.update(await restore_left_open(source, journal))
+    inventory = await discover(spec, clients, journal.state.schemas)
     for label, target in inventory.targets.items():
         if target.schema_read is not None:  # a fresh read: later runs skip it while it stays fresh
-            run.journal.record("schema", region=label, read_only=target.schema_read)
-    run.inventory = inventory
-    run.intent = Intent(spec, inventory, run.journal.state)
-    plan = run.intent.plan()
+            journal.record("schema", region=label, read_only=target.schema_read)
+    intent = Intent(spec, inventory, journal.state)
+    plan = intent.plan()
+    run = Running(spec, journal, clients, engine, summary, inventory, intent, plan)
     summary.plan = plan
     if summary.downstream is not None:
         summary.downstream.emit(PlanReady(len(plan.images), sum(1 for _ in plan.steps()), plan.bytes))
     summary.unavailable.update({label: t.error for label, t in inventory.targets.items() if t.error})
-    journal_plan(run, plan, inventory)
-    await run.journal.flush()
+    journal_plan(run)
+    await journal.flush()
     failpoint("planned")
-    await sweep(run, plan, inventory)
+    return run
+
+
+async def _copy(run: Running) -> None:
+    """The orphan sweep, every image's copy and metadata under the capacity limit, then the prune."""
+    plan, spec = run.plan, run.spec
+    await sweep(run)
     limiter = anyio.CapacityLimiter(spec.transfer.images_in_flight)
     async with anyio.create_task_group() as tg:
         for image_plan in plan.images:
             tg.start_soon(image_task, run, image_plan, limiter)
-    await prune(run, plan, inventory)  # after the copies, like rclone's default --delete-after
+    await prune(run)  # after the copies, like rclone's default --delete-after
     if plan.prune is None or plan.prune.refused is None:
         # the baseline a later prune compares with: a refused selection never becomes the baseline, so a
         # broken source keeps being refused night after night until someone raises the limit for a run
-        run.journal.record("selection", count=len(inventory.images))
+        run.journal.record("selection", count=len(run.inventory.images))
 
 
 # === plan

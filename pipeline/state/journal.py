@@ -37,7 +37,7 @@ import anyio
 
 from pipeline.errors import JournalCorruptError, JournalError
 from pipeline.files import atomic_write
-from pipeline.state.failpoints import die, hit
+from pipeline.state.failpoints import die, failpoint, hit
 from pipeline.state.lock import secure_dir
 from pipeline.state.records import FORMAT, JournalState
 
@@ -132,13 +132,12 @@ class Journal:
             if hit("journal_enospc"):
                 os.write(self._fd, line[: len(line) // 2])  # a write cut short by a full disk
                 raise OSError(28, "No space left on device")
+            failpoint(f"record:{kind}")  # one kind of record fails (kill, enospc)
             written = os.write(self._fd, line)
             if written != len(line):
                 raise OSError(28, "short write (disk full?)")
         except OSError as exc:
-            self._break(exc)
-            assert self._broken is not None
-            raise self._broken from exc
+            raise self._break(exc) from exc
         self._length += len(line)
         self.state.apply(rec)
         self._log_records += 1
@@ -148,14 +147,15 @@ class Journal:
         if self._snapshot_due():
             self.snapshot()
 
-    def _break(self, exc: OSError) -> None:
-        """Cut the log back to its last complete record and refuse every later write of this run."""
+    def _break(self, exc: OSError) -> JournalError:
+        """Cut the log back to its last complete record and refuse every later write of this run; the error."""
         with contextlib.suppress(OSError):  # if even that fails, the partial line is a torn tail: ignored
             os.ftruncate(self._fd, self._length)
         self._broken = JournalError(
             f"cannot write the journal in {self.directory}: {exc.strerror or exc}; the job stops here. The "
             "journal holds every record up to the failed one and the next run resumes from it"
         )
+        return self._broken
 
     def _snapshot_due(self) -> bool:
         """A snapshot costs O(state); taking one when the log outgrows twice the state keeps the cost per
@@ -166,6 +166,7 @@ class Journal:
         """fsync the log: everything recorded so far survives a power cut."""
         start = time.perf_counter()
         try:
+            failpoint("journal_sync")
             os.fsync(self._fd)
             self._unsynced = 0
         except OSError as exc:
