@@ -5,23 +5,14 @@ regions on the real harness, verified, with metadata, and a rerun that moves 0 b
 
 from __future__ import annotations
 
-import asyncio
 import json
-import queue
-import ssl
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-import aiohttp
 import anyio
 import pytest
 import trustme
-from aiohttp import web
 
 from pipeline.cloud import ImageClient, new_session
 from pipeline.cloud.keystone import KeystoneAuth
@@ -29,6 +20,7 @@ from pipeline.cloud.keystone import KeystoneAuth
 from .chaos import admin_post, state
 from .jobsetup import PASSWORD, check_invariants_api, run_cli, write_job
 from .procs import emulator_process
+from .proxies import tls_proxy
 
 if TYPE_CHECKING:
     from .realglance import GlanceCluster, KeystoneCluster
@@ -264,54 +256,6 @@ def test_keystone_tokens_expire_mid_job(ks_cluster: GlanceCluster, keystone: Key
     assert keystone.tokens_issued() - before >= report["tokens_issued"]["onprem"]  # Keystone issued them
 
 
-@contextmanager
-def tls_proxy(upstream: str, cert: Any) -> Iterator[str]:
-    """An HTTPS reverse proxy on 127.0.0.1 in front of ``upstream`` (its own thread and event loop), with a
-    certificate from a throwaway CA no trust store knows; yields the proxy's origin. Counts the requests it
-    forwards in ``forwarded``."""
-    origin = "{0.scheme}://{0.netloc}".format(urlsplit(upstream))
-    loop = asyncio.new_event_loop()
-    ready: queue.Queue[Any] = queue.Queue()
-
-    async def handle(request: web.Request) -> web.Response:
-        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept", "x-auth-token")}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(
-                request.method, origin + request.path_qs, headers=headers, data=await request.read()
-            ) as resp,
-        ):
-            body = await resp.read()
-            keep = {k: v for k, v in resp.headers.items() if k.lower() in ("content-type", "x-subject-token")}
-        tls_proxy.forwarded += 1  # type: ignore[attr-defined]
-        return web.Response(status=resp.status, body=body, headers=keep)
-
-    async def serve() -> None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert.configure_cert(context)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        ready.put((runner, port))
-
-    tls_proxy.forwarded = 0  # type: ignore[attr-defined]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(serve(), loop).result(timeout=30)
-    runner, port = ready.get(timeout=30)
-    try:
-        yield f"https://127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=30)
-        loop.close()
-
-
 @pytest.mark.real_keystone
 def test_a_clouds_verify_and_cacert_apply_to_that_cloud(ks_cluster: GlanceCluster, keystone: KeystoneCluster,
                                                         tmp_path: Path) -> None:  # fmt: skip
@@ -322,8 +266,8 @@ def test_a_clouds_verify_and_cacert_apply_to_that_cloud(ks_cluster: GlanceCluste
     ca_file = tmp_path / "private-ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     cred = keystone.application_credential
-    with tls_proxy(keystone.url, ca.issue_cert("127.0.0.1")) as origin:
-        auth_url = origin + urlsplit(keystone.url).path
+    with tls_proxy(keystone.url, ca.issue_cert("127.0.0.1")) as proxy:
+        auth_url = proxy.url
         base = {"auth_type": "v3applicationcredential", "region_name": "KR1",
                 "auth": {"auth_url": auth_url, "application_credential_id": cred.id,
                          "application_credential_secret": cred.secret}}  # fmt: skip
@@ -334,14 +278,14 @@ def test_a_clouds_verify_and_cacert_apply_to_that_cloud(ks_cluster: GlanceCluste
         for name, code in (("with-ca", 0), ("no-verify", 0), ("default", 1)):
             job = keystone_job(tmp_path / f"{name}.toml", keystone, ks_cluster.identity_url, uuid.uuid4().hex,
                                f'cloud = "{name}"')  # fmt: skip
-            before = tls_proxy.forwarded  # type: ignore[attr-defined]
+            before = proxy.forwarded
             result = run_cli("check", str(job), env=env)
             assert result.returncode == code, (name, result.stdout, result.stderr[-2000:])
             assert "Traceback" not in result.stderr
             assert cred.secret not in result.stdout + result.stderr
             if code == 0:
-                assert tls_proxy.forwarded > before, name  # the token came through the HTTPS proxy
+                assert proxy.forwarded > before, name  # the token came through the HTTPS proxy
             else:
-                assert tls_proxy.forwarded == before  # refused at the TLS handshake, nothing forwarded
+                assert proxy.forwarded == before  # refused at the TLS handshake, nothing forwarded
                 assert "auth profile 'onprem'" in result.stderr
                 assert "certificate" in result.stderr.lower()

@@ -22,7 +22,7 @@ import anyio
 from pipeline.cloud.retry import RetryPolicy
 from pipeline.cloud.transport import error_from_response, map_aiohttp_errors
 from pipeline.config.values import Secret, normalize_endpoint
-from pipeline.errors import ApiError, AuthenticationError, ProtocolError, RegionNotFoundError
+from pipeline.errors import ApiError, AuthenticationError, ProtocolError, RegionNotFoundError, TLSVerificationError
 
 __all__ = [
     "REFUSED",
@@ -228,7 +228,7 @@ class PasswordAuth(TokenCache):
             return (f"auth profile {self.profile!r}: the identity service refused user {self.username!r} for tenant "
                     f"{self.tenant_id!r}: {err.message}; check the password in its environment variable")  # fmt: skip
 
-        doc, _ = await post_for_token(session, url, body, refusal=refusal)
+        doc, _ = await post_for_token(session, url, body, refusal=refusal, profile=self.profile)
         return parse_token_response(doc, now=self.clock())
 
 
@@ -242,19 +242,26 @@ async def post_for_token(
     body: Any,
     *,
     refusal: Callable[[ApiError], str],
+    profile: str,
     scrub: Callable[[str], str] = str,
     tls: ssl.SSLContext | bool | None = None,
     what: str = "identity response",
 ) -> tuple[Any, Mapping[str, str]]:
     """POST ``body`` to an identity service's token URL; its parsed JSON answer and its headers. A status in
     ``REFUSED`` is a refused credential: ``AuthenticationError`` with ``refusal(err)`` as its message. Any other
-    error status is raised as the transport maps it, its message passed through ``scrub`` first."""
+    error status is raised as the transport maps it, its message passed through ``scrub`` first. A certificate
+    that does not verify names the auth ``profile`` and where its CA can be trusted."""
     ctx: dict[str, Any] = {"method": "POST", "path": url}
     options: dict[str, Any] = {} if tls is None else {"ssl": tls}
-    with map_aiohttp_errors(**ctx):
-        async with session.post(url, json=body, headers={"Accept": "application/json"}, **options) as resp:
-            raw = await resp.read()
-            status, headers = resp.status, resp.headers
+    try:
+        with map_aiohttp_errors(**ctx):
+            async with session.post(url, json=body, headers={"Accept": "application/json"}, **options) as resp:
+                raw = await resp.read()
+                status, headers = resp.status, resp.headers
+    except TLSVerificationError as exc:
+        hint = "trust its CA with the cloud's cacert (clouds.yaml) or the job's [run] ca_bundle"
+        exc.message = f"auth profile {profile!r}: the identity service: {exc.message}; {hint}"
+        raise
     if status in REFUSED:
         err = error_from_response(status, headers, raw, **ctx)
         raise AuthenticationError(refusal(err), status=status, request_id=err.request_id, **ctx)

@@ -206,5 +206,6 @@ class KeystoneAuth(TokenCache):
                     f"check the {self.kind} (it may be wrong, expired or deleted)")  # fmt: skip
 
         doc, headers = await post_for_token(session, self.auth_url + "/auth/tokens", self._body(), refusal=refusal,
-                                            scrub=self._scrub, tls=self.tls, what="identity v3 response")  # fmt: skip
+                                            profile=self.profile, scrub=self._scrub, tls=self.tls,
+                                            what="identity v3 response")  # fmt: skip
         return parse_v3_token(doc, headers.get("X-Subject-Token"), interface=self.interface, now=self.clock())

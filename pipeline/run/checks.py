@@ -12,7 +12,7 @@ from pipeline.cloud.auth import StaticTokenAuth
 from pipeline.cloud.client import ImageClient
 from pipeline.cloud.transport import new_session
 from pipeline.config import JobSpec
-from pipeline.errors import ApiError, AuthenticationError, ImgmigError, RegionNotFoundError
+from pipeline.errors import ApiError, AuthenticationError, ImgmigError, RegionNotFoundError, TLSVerificationError
 from pipeline.run.inventory import Clients, retry_policy, target_labels, transport_config
 
 __all__ = ["CheckReport", "check_job"]
@@ -93,7 +93,8 @@ async def check_job(spec: JobSpec) -> CheckReport:
                 refused.add(name)
                 continue
             except ApiError as exc:  # the identity service cannot be reached (refused, TLS, DNS): exit 1
-                found.error = f"auth profile {name!r}: cannot reach its identity service: {exc}"
+                named = isinstance(exc, TLSVerificationError)  # its message names the profile already
+                found.error = str(exc) if named else f"auth profile {name!r}: cannot reach its identity service: {exc}"
                 report.error = report.error or ApiError(found.error)
                 refused.add(name)
                 continue

@@ -13,7 +13,8 @@ free loopback port (sqlite, fernet tokens) next to the Glance regions, and to fi
 * an application credential ``imgmig-src`` of ``default/migrator`` on ``default/src-project``;
 * regions and an ``identity`` and an ``image`` service, with ``public``, ``internal`` and ``admin``
   endpoints per region. The image endpoints are three different ports of the same region's uwsgi (so a
-  client's interface choice is visible in the port it talks to).
+  client's interface choice is visible in the port it talks to). ``KeystoneCluster.image_region(url)`` adds
+  one more region for the length of a ``with`` block (an image endpoint elsewhere, e.g. behind an HTTPS proxy).
 
 Users and projects are keyed ``"<domain name>/<name>"``. Everything that goes wrong raises
 ``GlanceHarnessError``. Keystone is slow to import (about 5 s per worker), so the harness starts it before
@@ -34,7 +35,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,44 @@ class KeystoneCluster:
         cred = credential or self.application_credential
         token = self.admin_token()
         _call(self.url, "DELETE", f"/users/{cred.user_id}/application_credentials/{cred.id}", token=token)
+
+    @contextlib.contextmanager
+    def image_region(self, url: str, *, prefix: str = "EXTRA") -> Iterator[str]:
+        """A new catalog region ``<prefix>-<hex>`` whose public, internal and admin ``image`` endpoints are all
+        ``url`` (e.g. an HTTPS proxy in front of a Glance region); yields its id. The endpoints and the region
+        are deleted again on exit, also after a failure: the catalog is shared by the whole session and
+        other tests expect exactly the harness's regions (a failed deletion raises)."""
+        token = self.admin_token()
+        services = _call(self.url, "GET", "/services?type=image", token=token)[2]["services"]
+        if len(services) != 1:
+            raise GlanceHarnessError(f"expected one image service in the catalog, found {len(services)}")
+        region = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        created: list[str] = []
+        made_region = False
+        try:
+            _call(self.url, "POST", "/regions", token=token, body={"region": {"id": region}})
+            made_region = True
+            for interface in INTERFACES:
+                endpoint = {"service_id": services[0]["id"], "interface": interface, "region_id": region, "url": url}
+                doc = _call(self.url, "POST", "/endpoints", token=token, body={"endpoint": endpoint})[2]
+                created.append(doc["endpoint"]["id"])
+            yield region
+        finally:
+            errors: list[str] = []
+            with contextlib.suppress(GlanceHarnessError):  # the first token may have expired by now
+                token = self.admin_token()
+            for endpoint_id in created:
+                try:
+                    _call(self.url, "DELETE", f"/endpoints/{endpoint_id}", token=token)
+                except GlanceHarnessError as exc:
+                    errors.append(str(exc))
+            if made_region:
+                try:
+                    _call(self.url, "DELETE", f"/regions/{region}", token=token)
+                except GlanceHarnessError as exc:
+                    errors.append(str(exc))
+            if errors:
+                raise GlanceHarnessError(f"could not remove region {region} from the catalog: {'; '.join(errors)}")
 
     def set_token_expiration(self, seconds: int) -> None:
         """Give tokens issued from now on a lifetime of ``seconds`` (live tokens keep their expiry)."""
