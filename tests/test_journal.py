@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,83 @@ def test_lock_of_a_dead_holder_is_taken_over(tmp_path: Path) -> None:
     assert holder["pid"] != os.getpid()  # the dead holder's record is still there...
     with JobLock(tmp_path, "job").held():  # ...and the lock is taken over anyway
         pass
+
+
+def _sealed_line(doc: dict) -> bytes:  # type: ignore[type-arg]
+    """One journal line as any imgmig of this format writes it: compact JSON whose last member is the CRC-32 of
+    the JSON before it (the on-disk format the journal module documents)."""
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    return body[:-1] + b',"crc":"%08x"}' % zlib.crc32(body) + b"\n"
+
+
+def _newer_journal(directory: Path, *, fmt: int = 1) -> None:
+    """A journal as a newer imgmig of the same format would leave it: fields this version does not know at every
+    level of the snapshot and in records, an outcome it does not know ("vanished"), and a record kind it does not
+    know ("quota")."""
+    directory.mkdir(mode=0o700, exist_ok=True)
+    target = {"region": "KR2", "action": "copy", "state": "vanished", "target_id": "t-1", "bytes": 5, "attempts": 1,
+              "error": "the source was deleted mid-run", "updated_at": 10.0, "created": ["t-1"], "deleted": ["t-1"],
+              "quarantined_at": 11.0}  # fmt: skip
+    image = {"image_id": "img", "name": "gold", "size": 5, "checksum": "c", "status": "active", "skipped": None,
+             "targets": {"KR2": target}, "kernel_ref": "k-1"}  # fmt: skip
+    snapshot = {"format": fmt, "job": "job", "seq": 2, "images": {"img": image},
+                "runs": [{"run_id": "r1", "pid": 7, "started_at": 1.0, "finished_at": 12.0, "outcome": "failed",
+                          "exit_code": 1, "summary": {"vanished": 1}, "host": "node-3"}],
+                "open_sources": {}, "schemas": {}, "selected": 1, "retired": ["old-1"]}  # fmt: skip
+    (directory / SNAPSHOT).write_bytes(_sealed_line(snapshot))
+    records = [
+        {"seq": 3, "at": 20.0, "kind": "run_started", "run": "r2", "pid": 8, "host": "node-4"},
+        {"seq": 4, "at": 21.0, "kind": "image", "image_id": "img", "name": "gold", "size": 5, "checksum": "c",
+         "status": "active", "plan": {"JP1": {"action": "copy", "reason": "", "state": "planned", "why": "new"}},
+         "format_detected": "raw"},
+        {"seq": 5, "at": 22.0, "kind": "quota", "region": "JP1", "limit": 10},
+        {"seq": 6, "at": 23.0, "kind": "target", "image_id": "img", "region": "JP1", "state": "refused_format",
+         "error": "qcow2 with a backing file", "inspector": {"format": "qcow2"}},
+        {"seq": 7, "at": 24.0, "kind": "run_finished", "run": "r2", "outcome": "failed", "exit_code": 1,
+         "summary": {"refused_format": 1}, "peak_rss": 123},
+    ]  # fmt: skip
+    (directory / LOG).write_bytes(b"".join(_sealed_line(r) for r in records))
+
+
+def test_a_newer_journal_of_the_same_format_loads(tmp_path: Path) -> None:
+    """A snapshot and records written by a newer imgmig of the same format load, read-only and for a run: unknown
+    fields are ignored, unknown outcomes are kept as they are (and shown as such by status and the HTML report),
+    unknown record kinds are ignored. Writing on top of it and reading it back keeps them."""
+    from pipeline.config import parse_job
+    from pipeline.run.htmlreport import build_report
+    from pipeline.run.status import render_status, status_view
+
+    _newer_journal(tmp_path / "j")
+    state = Journal.read(tmp_path / "j", "job")
+    assert state.target("img", "KR2").state == "vanished"  # type: ignore[union-attr]
+    assert state.target("img", "JP1").state == "refused_format"  # type: ignore[union-attr]
+    assert [(r.run_id, r.outcome) for r in state.runs] == [("r1", "failed"), ("r2", "failed")]
+    journal = Journal.open(tmp_path / "j", "job")
+    journal.record("target", image_id="img", region="KR2", note="more")
+    journal.snapshot()
+    journal.close()
+    again = Journal.read(tmp_path / "j", "job")
+    assert again.target("img", "KR2").state == "vanished"  # type: ignore[union-attr]
+    assert again.seq == 8
+
+    auth = {"main": {"identity_url": "http://127.0.0.1:9/v2.0", "tenant_id": "t", "username": "u",
+                     "password_env": "PW"}}  # fmt: skip
+    spec = parse_job({"name": "job", "auth": auth, "source": {"auth": "main", "region": "KR1"},
+                      "targets": [{"auth": "main", "region": "KR2"}, {"auth": "main", "region": "JP1"}],
+                      "run": {"journal_dir": str(tmp_path / "j")}}, "test", {"PW": "x"})  # fmt: skip
+    view = status_view(spec)
+    assert view["counts"] == {"vanished": 1, "refused_format": 1}
+    assert "vanished" in render_status(view)
+    page = build_report(tmp_path / "j", "job", "r2")
+    assert "refused format" in page  # its own card, not "unfinished"
+
+
+def test_a_journal_of_a_newer_format_is_refused_not_called_damaged(tmp_path: Path) -> None:
+    """A snapshot whose format is newer than this imgmig reads is refused with a JournalError that says so (not a
+    JournalCorruptError, which would tell the operator to move the journal aside); nothing is changed."""
+    _newer_journal(tmp_path / "j", fmt=2)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "j").iterdir()}
+    with pytest.raises(JournalError, match="format 2, written by a newer imgmig") as refused:
+        Journal.open(tmp_path / "j", "job")
+    assert not isinstance(refused.value, JournalCorruptError)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "j").iterdir()} == before
