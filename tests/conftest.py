@@ -23,6 +23,10 @@ from .cloud import Cloud
 if TYPE_CHECKING:
     from .realglance import GlanceCluster, KeystoneCluster
 
+# the helpers test modules share assert (assert_same, the invariants): pytest rewrites them as it does tests, so a
+# failure shows the values compared (register before any test module imports jobsetup)
+pytest.register_assert_rewrite("tests.jobsetup")
+
 GLANCE_REGIONS = ("KR1", "KR2", "JP1")
 
 

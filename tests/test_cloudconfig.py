@@ -3,18 +3,20 @@ imgmig's loader and with openstacksdk's own ``OpenStackConfig`` and compares wha
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from pipeline.cloud.cloudconfig import CloudConfig, config_search_dirs, keystone_auth, load_cloud
+from pipeline.cloud.cloudconfig import SYSTEM_CONFIG_DIRS, CloudConfig, config_search_dirs, keystone_auth, load_cloud
 from pipeline.errors import UsageError
 
 KEYS = (
@@ -26,19 +28,34 @@ PW = "pw-S3CRET-value"
 APP_SECRET = "app-S3CRET-value"
 
 
+#: Where each test's stand-in for /etc/openstack lives, under its tmp_path (passed as ``system_dirs``).
+SYSTEM = Path("system", "openstack")
+#: Each test's XDG_CONFIG_DIRS (instead of the default /etc/xdg), under its tmp_path.
+SITE = Path("xdg-site")
+Loader = Callable[..., CloudConfig]
+
+
 @pytest.fixture(autouse=True)
 def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No OS_* variable, home or XDG directory of the machine leaks in; the cwd is an empty directory."""
+    """No OS_* variable, home, XDG or system directory of the machine leaks in: HOME, XDG_CONFIG_DIRS and the
+    stand-in for /etc/openstack (``SYSTEM``, which ``load`` passes as ``system_dirs``) are empty directories
+    under tmp_path, and so is the cwd."""
     for key in list(os.environ):
-        if key.startswith("OS_") or key in ("XDG_CONFIG_HOME", "XDG_CONFIG_DIRS", "SNAP_REAL_HOME"):
+        if key.startswith("OS_") or key in ("XDG_CONFIG_HOME", "SNAP_REAL_HOME"):
             monkeypatch.delenv(key)
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
+    for directory in ("home", "cwd", SITE, SYSTEM):
+        (tmp_path / directory).mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / SITE))
+    monkeypatch.chdir(tmp_path / "cwd")
     return tmp_path
+
+
+@pytest.fixture
+def load(hermetic: Path) -> Loader:
+    """imgmig's ``load_cloud`` searching this test's ``SYSTEM`` directory instead of the host's /etc/openstack, so
+    no call reads a file of the machine (a call that names no secure_files searches the directories too)."""
+    return functools.partial(load_cloud, system_dirs=[str(hermetic / SYSTEM)])
 
 
 def write(path: Path, clouds: dict[str, Any]) -> Path:
@@ -97,6 +114,7 @@ def view(cloud: CloudConfig) -> dict[str, Any]:
 
 
 def same(name: str | None, files: list[Path], secure: list[Path] | None = None, *, envvars: bool = False) -> None:
+    """imgmig and openstacksdk resolve ``name`` alike from exactly these files (neither searches a directory)."""
     mine = view(load_cloud(name, config_files=files, secure_files=secure or [], load_envvars=envvars))
     assert mine == oracle(name, files, secure, envvars=envvars)
 
@@ -114,7 +132,7 @@ PASSWORD_BY_NAMES = {
 }
 
 
-def test_several_clouds_in_one_file_resolve_like_openstacksdk(hermetic: Path) -> None:
+def test_several_clouds_in_one_file_resolve_like_openstacksdk(hermetic: Path, load: Loader) -> None:
     """Three clouds in one file (names+domain names, ids, app credential) each resolve as openstacksdk does."""
     clouds = {
         "by-names": PASSWORD_BY_NAMES,
@@ -134,33 +152,33 @@ def test_several_clouds_in_one_file_resolve_like_openstacksdk(hermetic: Path) ->
     path = write(hermetic / "clouds.yaml", clouds)
     for name in clouds:
         same(name, [path])
-    assert load_cloud("by-names", config_files=[path]).password is not None
-    assert PW not in repr(load_cloud("by-names", config_files=[path]))
+    assert load("by-names", config_files=[path]).password is not None
+    assert PW not in repr(load("by-names", config_files=[path]))
 
 
-def test_os_cloud_selects_the_cloud(hermetic: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_os_cloud_selects_the_cloud(hermetic: Path, monkeypatch: pytest.MonkeyPatch, load: Loader) -> None:
     """OS_CLOUD picks one of several clouds when none is named, for both loaders."""
     other = {**PASSWORD_BY_NAMES, "region_name": "JP1", "interface": "internal"}
     path = write(hermetic / "clouds.yaml", {"a": PASSWORD_BY_NAMES, "b": other})
     monkeypatch.setenv("OS_CLOUD", "b")
     same(None, [path], envvars=True)
-    assert load_cloud(config_files=[path]).region_name == "JP1"
+    assert load(config_files=[path]).region_name == "JP1"
 
 
-def test_secure_yaml_is_merged_over_clouds_yaml(hermetic: Path) -> None:
+def test_secure_yaml_is_merged_over_clouds_yaml(hermetic: Path, load: Loader) -> None:
     """secure.yaml adds the password and overrides a region key by key, auth merged, not replaced."""
     public = {"auth": {k: v for k, v in PASSWORD_BY_NAMES["auth"].items() if k != "password"}, "region_name": "KR1"}
     path = write(hermetic / "clouds.yaml", {"c": public})
     secure = write(hermetic / "secure.yaml", {"c": {"auth": {"password": PW}, "region_name": "KR2"}})
     same("c", [path], [secure])
-    cloud = load_cloud("c", config_files=[path], secure_files=[secure])
+    cloud = load("c", config_files=[path], secure_files=[secure])
     assert cloud.password is not None
     assert cloud.password.reveal() == PW
     assert cloud.username == "migrator"
     assert cloud.region_name == "KR2"
 
 
-def test_regions_list_first_one_is_the_default(hermetic: Path) -> None:
+def test_regions_list_first_one_is_the_default(hermetic: Path, load: Loader) -> None:
     """A regions list (names and a name+values entry) gives all names; the first is region_name."""
     cloud = {**PASSWORD_BY_NAMES, "regions": ["KR1", {"name": "KR2", "values": {"interface": "internal"}}, "JP1"]}
     cloud.pop("region_name")
@@ -168,11 +186,11 @@ def test_regions_list_first_one_is_the_default(hermetic: Path) -> None:
     path = write(hermetic / "clouds.yaml", {"r": cloud, "v": first_with_values})
     same("r", [path])
     same("v", [path])
-    assert load_cloud("r", config_files=[path]).regions == ("KR1", "KR2", "JP1")
-    assert load_cloud("v", config_files=[path]).interface == "admin"
+    assert load("r", config_files=[path]).regions == ("KR1", "KR2", "JP1")
+    assert load("v", config_files=[path]).interface == "admin"
 
 
-def test_interface_and_endpoint_type_spellings(hermetic: Path) -> None:
+def test_interface_and_endpoint_type_spellings(hermetic: Path, load: Loader) -> None:
     """interface, the legacy endpoint_type and image_endpoint_type resolve to the image interface as in openstacksdk."""
     path = write(
         hermetic / "clouds.yaml",
@@ -184,11 +202,11 @@ def test_interface_and_endpoint_type_spellings(hermetic: Path) -> None:
     )
     for name in ("i", "e", "img"):
         same(name, [path])
-    assert load_cloud("img", config_files=[path]).interface == "internal"
-    assert keystone_auth(load_cloud("e", config_files=[path]), "p").interface == "admin"
+    assert load("img", config_files=[path]).interface == "internal"
+    assert keystone_auth(load("e", config_files=[path]), "p").interface == "admin"
 
 
-def test_verify_false_insecure_and_cacert(hermetic: Path) -> None:
+def test_verify_false_insecure_and_cacert(hermetic: Path, load: Loader) -> None:
     """verify: false, insecure: true, a cacert (expanded from ~) and a cacert that verify: false overrides."""
     from openstack import warnings as os_warnings
 
@@ -207,12 +225,12 @@ def test_verify_false_insecure_and_cacert(hermetic: Path) -> None:
         # openstacksdk warns that the cacert is ignored when verify is off: expected, and only here
         warnings.simplefilter("ignore", os_warnings.ConfigurationWarning)
         same("ca-off", [path])
-    ca = load_cloud("ca", config_files=[path])
+    ca = load("ca", config_files=[path])
     assert (ca.verify, ca.cacert) == (True, str(hermetic / "home" / "ca.pem"))
-    assert load_cloud("ca-off", config_files=[path]).verify is False
+    assert load("ca-off", config_files=[path]).verify is False
 
 
-def test_application_credential_by_id_and_by_name_and_user(hermetic: Path) -> None:
+def test_application_credential_by_id_and_by_name_and_user(hermetic: Path, load: Loader) -> None:
     """App credentials by id and by name + user name + domain resolve alike and map to a no-scope KeystoneAuth."""
     by_name = {
         "application_credential_name": "imgmig",
@@ -236,13 +254,13 @@ def test_application_credential_by_id_and_by_name_and_user(hermetic: Path) -> No
     )
     same("name", [path])
     same("id", [path])
-    auth = keystone_auth(load_cloud("id", config_files=[path]), "src")
+    auth = keystone_auth(load("id", config_files=[path]), "src")
     assert auth.kind == "application credential"
     assert auth.project_name is None  # an application credential token carries its own scope
     assert auth.auth_url == "https://id.example.com/v3"
 
 
-def test_domain_ids_names_and_the_domain_shorthand(hermetic: Path) -> None:
+def test_domain_ids_names_and_the_domain_shorthand(hermetic: Path, load: Loader) -> None:
     """Domain ids vs names, and domain_name/domain_id given once for both user and project, as openstacksdk does."""
     base = {"auth_url": "https://id.example.com/v3", "username": "m", "password": PW, "project_name": "p"}
     path = write(
@@ -256,11 +274,11 @@ def test_domain_ids_names_and_the_domain_shorthand(hermetic: Path) -> None:
     )
     for name in ("ids", "short-name", "short-id-top", "unscoped-domain"):
         same(name, [path])
-    short = load_cloud("short-name", config_files=[path])
+    short = load("short-name", config_files=[path])
     assert (short.user_domain_name, short.project_domain_name) == ("other", "other")
 
 
-def test_tenant_and_hyphenated_spellings(hermetic: Path) -> None:
+def test_tenant_and_hyphenated_spellings(hermetic: Path, load: Loader) -> None:
     """tenant-name, user-domain-name and a numeric project id (made a string) resolve as openstacksdk does."""
     path = write(
         hermetic / "clouds.yaml",
@@ -279,11 +297,11 @@ def test_tenant_and_hyphenated_spellings(hermetic: Path) -> None:
         },
     )
     same("old", [path])
-    cloud = load_cloud("old", config_files=[path])
+    cloud = load("old", config_files=[path])
     assert (cloud.project_name, cloud.project_id, cloud.project_domain_id) == ("p", "777", "12345")
 
 
-def test_envvars_cloud_with_password(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_envvars_cloud_with_password(monkeypatch: pytest.MonkeyPatch, load: Loader) -> None:
     """The envvars cloud built from OS_* variables (no file) resolves like openstacksdk's."""
     env = {
         "OS_AUTH_URL": "https://id.example.com/v3",
@@ -299,12 +317,12 @@ def test_envvars_cloud_with_password(monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     same(None, [], envvars=True)
-    cloud = load_cloud()
+    cloud = load()
     assert (cloud.name, cloud.source, cloud.region_name) == ("envvars", "environment", "KR2")
     assert cloud.cacert == env["OS_CACERT"]
 
 
-def test_envvars_cloud_with_application_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_envvars_cloud_with_application_credential(monkeypatch: pytest.MonkeyPatch, load: Loader) -> None:
     """OS_AUTH_TYPE=v3applicationcredential with OS_APPLICATION_CREDENTIAL_ID/SECRET resolves like openstacksdk."""
     env = {
         "OS_AUTH_URL": "https://id.example.com",
@@ -315,27 +333,31 @@ def test_envvars_cloud_with_application_credential(monkeypatch: pytest.MonkeyPat
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     same(None, [], envvars=True)
-    assert keystone_auth(load_cloud(), "env").application_credential_id == "ac1"
+    assert keystone_auth(load(), "env").application_credential_id == "ac1"
 
 
-def test_os_client_config_file_beats_the_current_directory(hermetic: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_os_client_config_file_beats_the_current_directory(
+    hermetic: Path, monkeypatch: pytest.MonkeyPatch, load: Loader
+) -> None:
     """OS_CLIENT_CONFIG_FILE is read before ./clouds.yaml, which is read before ~/.config/openstack/clouds.yaml."""
     cwd = Path.cwd()
     in_cwd = write(cwd / "clouds.yaml", {"x": {**PASSWORD_BY_NAMES, "region_name": "CWD"}})
     in_home = write(hermetic / "home" / ".config" / "openstack" / "clouds.yaml", {"x": PASSWORD_BY_NAMES})
-    assert load_cloud("x").region_name == "CWD"  # the default search path: cwd before home
+    assert load("x").region_name == "CWD"  # the default search path: cwd before home
     same("x", [in_cwd, in_home])
     override = write(hermetic / "elsewhere.yaml", {"x": {**PASSWORD_BY_NAMES, "region_name": "ENV"}})
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(override))
-    cloud = load_cloud("x")
+    cloud = load("x")
     assert (cloud.region_name, cloud.source) == ("ENV", str(override))
     same("x", [in_cwd, in_home], envvars=True)  # openstacksdk puts OS_CLIENT_CONFIG_FILE first as well
     in_cwd.unlink()
-    assert load_cloud("x", load_envvars=False).source == str(in_home)
+    assert load("x", load_envvars=False).source == str(in_home)
 
 
 def test_search_directories_match_openstacksdk(hermetic: Path) -> None:
-    """config_search_dirs gives openstacksdk's CONFIG_SEARCH_PATH for the same HOME, XDG dirs and cwd."""
+    """config_search_dirs gives openstacksdk's CONFIG_SEARCH_PATH for the same HOME, XDG dirs and cwd (whose last
+    entry is /etc/openstack); ``system_dirs`` replaces that last entry and nothing else. Only lists are compared:
+    no file is read."""
     env = {**os.environ, "XDG_CONFIG_HOME": str(hermetic / "xdg"), "XDG_CONFIG_DIRS": str(hermetic / "site")}
     code = "import json; from openstack.config import loader; print(json.dumps(loader.CONFIG_SEARCH_PATH))"
     out = subprocess.run(
@@ -347,50 +369,73 @@ def test_search_directories_match_openstacksdk(hermetic: Path) -> None:
         check=True,
         timeout=120,
     )
-    assert config_search_dirs(env, str(Path.cwd())) == json.loads(out.stdout)
+    theirs = json.loads(out.stdout)
+    assert config_search_dirs(env, str(Path.cwd())) == theirs
+    assert theirs[-1:] == list(SYSTEM_CONFIG_DIRS) == ["/etc/openstack"]
+    system = str(hermetic / SYSTEM)
+    assert config_search_dirs(env, str(Path.cwd()), system_dirs=[system]) == [*theirs[:-1], system]
 
 
-def test_unknown_cloud_and_missing_file_are_usage_errors_without_secrets(hermetic: Path) -> None:
+def test_system_directory_is_searched_last(hermetic: Path, load: Loader) -> None:
+    """The system directory (here the stand-in passed as ``system_dirs``) is read when nothing before it holds a
+    clouds.yaml, its secure.yaml merged in; XDG_CONFIG_DIRS comes before it."""
+    public = {"auth": {k: v for k, v in PASSWORD_BY_NAMES["auth"].items() if k != "password"}, "region_name": "SYS"}
+    system = write(hermetic / SYSTEM / "clouds.yaml", {"s": public})
+    secure = write(hermetic / SYSTEM / "secure.yaml", {"s": {"auth": {"password": PW}}})
+    cloud = load("s")
+    assert (cloud.source, cloud.region_name) == (str(system), "SYS")
+    assert cloud.password is not None
+    assert cloud.password.reveal() == PW
+    same("s", [system], [secure])
+    site = write(hermetic / SITE / "openstack" / "clouds.yaml", {"s": {**PASSWORD_BY_NAMES, "region_name": "SITE"}})
+    cloud = load("s")
+    assert (cloud.source, cloud.region_name) == (str(site), "SITE")
+    same("s", [site, system], [secure])
+
+
+def test_unknown_cloud_and_missing_file_are_usage_errors_without_secrets(hermetic: Path, load: Loader) -> None:
     """An unknown cloud names the file and the clouds; no file at all names the files searched; no secret shows."""
     path = write(hermetic / "clouds.yaml", {"a": PASSWORD_BY_NAMES, "b": PASSWORD_BY_NAMES})
     with pytest.raises(UsageError) as unknown:
-        load_cloud("nope", config_files=[path])
+        load("nope", config_files=[path])
     assert "'nope'" in str(unknown.value)
     assert "a, b" in str(unknown.value)
     assert str(path) in str(unknown.value)
     with pytest.raises(UsageError) as none:
-        load_cloud()
+        load()
     message = str(none.value)
     assert str(Path.cwd() / "clouds.yaml") in message
-    assert "/etc/openstack/clouds.yaml" in message
+    assert str(hermetic / SITE / "openstack" / "clouds.yaml") in message
+    assert message.index(str(hermetic / SITE)) < message.index(str(hermetic / SYSTEM / "clouds.yaml"))
+    assert "/etc/" not in message  # the stand-ins, not the machine's /etc/xdg/openstack and /etc/openstack
     with pytest.raises(UsageError, match="several clouds"):
-        load_cloud(config_files=[path])
+        load(config_files=[path])
     for exc in (unknown.value, none.value):
         assert PW not in str(exc)
 
 
-def test_missing_keys_and_broken_yaml_never_show_secrets(hermetic: Path) -> None:
+def test_missing_keys_and_broken_yaml_never_show_secrets(hermetic: Path, load: Loader) -> None:
     """A cloud without project scope, or a clouds.yaml that does not parse, is a UsageError with no secret in it."""
     no_scope = {"auth": {k: v for k, v in PASSWORD_BY_NAMES["auth"].items() if not k.startswith("project")}}
     path = write(hermetic / "clouds.yaml", {"noscope": no_scope})
     with pytest.raises(UsageError) as missing:
-        keystone_auth(load_cloud("noscope", config_files=[path]), "src")
+        keystone_auth(load("noscope", config_files=[path]), "src")
     assert "project_id, or project_name" in str(missing.value)
     assert "'noscope'" in str(missing.value)
     broken = hermetic / "broken.yaml"
     broken.write_text(f"clouds:\n  x:\n    auth:\n      password: {PW}\n   bad: [\n")
     with pytest.raises(UsageError) as bad:
-        load_cloud("x", config_files=[broken])
+        load("x", config_files=[broken])
     assert str(broken) in str(bad.value)
     for exc in (missing.value, bad.value):
         assert PW not in str(exc)
         assert PW not in repr(exc.args)
 
 
-def test_generic_password_default_domain_fills_both_domains(hermetic: Path) -> None:
+def test_generic_password_default_domain_fills_both_domains(hermetic: Path, load: Loader) -> None:
     """auth_type password with default_domain_id (keystoneauth's generic plugin) gives both domains that id."""
     auth = {k: v for k, v in PASSWORD_BY_NAMES["auth"].items() if "domain" not in k}
     path = write(hermetic / "clouds.yaml", {"g": {"auth": {**auth, "default_domain_id": "dd"}}})
     same("g", [path])
-    ks = keystone_auth(load_cloud("g", config_files=[path]), "g")
+    ks = keystone_auth(load("g", config_files=[path]), "g")
     assert (ks.user_domain_id, ks.project_domain_id) == ("dd", "dd")

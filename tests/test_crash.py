@@ -15,31 +15,10 @@ import pytest
 
 from pipeline.state.journal import Journal
 
-from .jobsetup import check_invariants, make_source, new_tenants, run_cli, write_job
+from .jobsetup import CRASH_POINTS, check_invariants, make_source, new_tenants, run_cli, write_job
 from .procs import EmulatorProcess, emulator_process
 
 TARGETS = ("KR2", "JP1")
-
-#: Where to die: discovery, planning, creation, mid-upload, after upload, verification, metadata,
-#: after metadata, and in the middle of journal writes (a torn line).
-CRASH_POINTS = [
-    "listed",
-    "planned",
-    "created",
-    "created@4",
-    "uploading@2",
-    "uploading@9",
-    "uploaded",
-    "uploaded@5",
-    "verified",
-    "verified@6",
-    "metadata",
-    "metadata@4",
-    "synced@3",
-    "journal_torn@3",
-    "journal_torn@10",
-    "journal_torn@22",
-]
 
 
 @pytest.fixture(scope="module")

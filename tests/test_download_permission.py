@@ -19,9 +19,8 @@ from pipeline.errors import ForbiddenError
 from pipeline.state.journal import Journal
 
 from .chaos import state
-from .jobsetup import run_cli
+from .jobsetup import MiB, add, job, run, run_cli
 from .procs import emulator_process
-from .test_metadata import MiB, add, job, run
 
 TARGETS = ("KR2", "JP1")
 

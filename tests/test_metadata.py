@@ -13,74 +13,8 @@ from pipeline.config import JobSpec, parse_job
 from pipeline.emulator import Emulator
 from pipeline.emulator.store import Caller, ImageRecord, MemberRecord, iso_now
 from pipeline.plan.provenance import PROVENANCE_PREFIX
-from pipeline.report.summary import RunSummary
-from pipeline.run.runner import RunControls, run_job
 
-TARGETS = ("KR2", "JP1")
-MiB = 1 << 20
-
-
-def job(emu: Emulator, tmp_path: Path, tenant: str, *, copy: dict[str, Any] | None = None,
-        profiles: dict[str, str] | None = None, sections: dict[str, Any] | None = None) -> JobSpec:  # fmt: skip
-    """A job KR1 -> KR2 + JP1 for ``tenant``; ``profiles`` adds named profiles for other tenants, ``sections``
-    more tables (``select``, ``prune``, ...)."""
-    auth = {"main": {"identity_url": emu.identity_url, "tenant_id": tenant, "username": "u", "password_env": "PW"}}
-    for name, other in (profiles or {}).items():
-        auth[name] = {
-            "identity_url": emu.identity_url,
-            "tenant_id": other,
-            "username": name,
-            "password_env": "PW",
-        }
-    doc: dict[str, Any] = {
-        "name": "meta", "auth": auth, "source": {"auth": "main", "region": "KR1"},
-        "targets": [{"auth": "main", "region": r} for r in TARGETS],
-        "transfer": {"chunk_size": "1MiB", "images_in_flight": 6},
-        "run": {"journal_dir": str(tmp_path / "state")},
-    }  # fmt: skip
-    if copy:
-        doc["copy"] = copy
-    doc.update(sections or {})
-    return parse_job(doc, "test", {"PW": "pw"})
-
-
-async def run(spec: JobSpec) -> RunSummary:
-    return await run_job(spec, RunControls(signals=()))
-
-
-def add(emu: Emulator, tenant: str, name: str, *, size: int = 64 * 1024, members: dict[str, str] | None = None,
-        tags: list[str] | None = None, **fields: Any) -> ImageRecord:  # fmt: skip
-    """An active source image; tags are set directly so a source may carry tags NHN would refuse."""
-    store = emu.store("KR1")
-    rec = store.add_bytes(tenant, (name.encode() * (size // max(len(name.encode()), 1) + 1))[:size],
-                          {"name": name, **fields})  # fmt: skip
-    rec.tags = list(tags or [])
-    now = iso_now()
-    for member, status in (members or {}).items():
-        rec.members[member] = MemberRecord(member, status, now, now)
-    return rec
-
-
-def copies(emu: Emulator, region: str, tenant: str) -> dict[str, ImageRecord]:
-    return {r.properties["imgmig_source_id"]: r for r in emu.store(region).images.values()
-            if r.owner == tenant and r.properties.get("imgmig_job") == "meta"}  # fmt: skip
-
-
-CORE = ("name", "disk_format", "container_format", "min_disk", "min_ram", "visibility", "protected", "os_hidden",
-        "size", "checksum", "os_hash_value")  # fmt: skip
-
-
-def assert_same(src: ImageRecord, dst: ImageRecord, *, refused_tags: set[str] = frozenset(),  # type: ignore[assignment]
-                member_status: dict[str, str] | None = None) -> None:  # fmt: skip
-    """Field-by-field equality of a copy with its source."""
-    for key in CORE:
-        assert getattr(dst, key) == getattr(src, key), f"{src.name}: {key}"
-    props = {k: v for k, v in dst.properties.items() if not k.startswith(PROVENANCE_PREFIX)}
-    assert props == src.properties, f"{src.name}: properties"
-    assert sorted(dst.tags) == sorted(set(src.tags) - refused_tags), f"{src.name}: tags"
-    assert set(dst.members) == set(src.members), f"{src.name}: members"
-    for member, status in (member_status or {}).items():
-        assert dst.members[member].status == status, f"{src.name}: member {member}"
+from .jobsetup import TARGETS, MiB, add, assert_same, copies, job, run
 
 
 def edge_cases(emu: Emulator, tenant: str, m: dict[str, str]) -> list[ImageRecord]:

@@ -24,7 +24,7 @@ from pipeline.run.runner import RunControls, run_job
 from pipeline.state.journal import Journal
 from pipeline.state.records import RunEntry, last_success
 
-from .test_metadata import MiB, add, copies, job
+from .jobsetup import MiB, add, copies, job
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 T0 = 1_700_000_000.0

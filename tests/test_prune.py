@@ -17,8 +17,8 @@ from pipeline.emulator.store import Caller, ImageRecord
 from pipeline.errors import JobSpecError
 from pipeline.run.runner import plan_only
 
-from .test_metadata import TARGETS, MiB, add, copies, run
-from .test_metadata import job as metadata_job
+from .jobsetup import TARGETS, MiB, add, copies, run
+from .jobsetup import job as metadata_job
 
 
 def job(emu: Emulator, tmp_path: Path, tenant: str, *, names: list[str] | None = None, **prune: Any) -> JobSpec:

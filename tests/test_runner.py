@@ -10,7 +10,7 @@ from pathlib import Path
 from pipeline.emulator import Emulator, StatusFault
 from pipeline.emulator.store import MemberRecord
 
-from .test_metadata import MiB, add, job, run
+from .jobsetup import MiB, add, assert_same, copies, job, run
 
 
 async def test_retries_zero_gives_one_attempt(emulator: Emulator, tmp_path: Path) -> None:
@@ -50,8 +50,6 @@ async def test_a_private_copy_costs_three_requests_per_target(emulator: Emulator
     """A private, unprotected image with properties and tags costs create + upload + verification read in each
     target, counted at the emulator: the properties and tags travel in the create, and the metadata step
     starts from the verification read. The copies carry every field of their source."""
-    from .test_metadata import assert_same, copies
-
     tenant = uuid.uuid4().hex
     sources = [add(emulator, tenant, f"img-{i}", size=MiB, tags=["golden", f"n{i}"], os_distro="ubuntu",
                    hw_disk_bus="virtio", min_disk=3, min_ram=512) for i in range(4)]  # fmt: skip

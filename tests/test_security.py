@@ -19,9 +19,8 @@ from pipeline.config import parse_job
 from pipeline.emulator import Emulator
 from pipeline.run.runner import RunControls, run_job
 
-from .jobsetup import PASSWORD, check_invariants, make_source, new_tenants, run_cli, write_job
+from .jobsetup import PASSWORD, add, check_invariants, copies, make_source, new_tenants, run_cli, write_job
 from .procs import EmulatorProcess, emulator_process
-from .test_metadata import add, copies
 
 TARGETS = ("KR2", "JP1")
 

@@ -109,8 +109,13 @@ def _queued_leftover(identity_url: str, tenant: str, job: str, src: SourceImage,
 
 def test_partition_is_stable_and_spreads() -> None:
     """The partition is a fixed function of the id (not Python's salted hash()), and spreads ids evenly."""
-    assert [partition(f"id-{i}", 3) for i in range(8)] == [partition(f"id-{i}", 3) for i in range(8)]
-    # fixed for every host and run: the first 8 bytes of SHA-256 of the id, big endian, modulo K
+    ids = [f"id-{i}" for i in range(8)]
+    # fixed literals: Python's hash() is salted per process, so it could not give these same values every run
+    assert [partition(image_id, 3) for image_id in ids] == [0, 2, 1, 1, 1, 0, 2, 1]
+    # fixed for every host and run: the first 8 bytes of SHA-256 of the id, big endian, modulo K (computed here)
+    for k in (1, 2, 3, 7, 1024):
+        expected = [int.from_bytes(hashlib.sha256(image_id.encode()).digest()[:8], "big") % k for image_id in ids]
+        assert [partition(image_id, k) for image_id in ids] == expected, k
     assert [partition(f"0b7a4b8e-1111-4a5c-9b7e-00000000000{i}", 3) for i in (1, 2, 3, 4)] == [2, 2, 1, 2]
     assert partition("x", 5) == int.from_bytes(hashlib.sha256(b"x").digest()[:8], "big") % 5
     spread = Counter(partition(str(uuid.UUID(int=i)), 4) for i in range(4000))

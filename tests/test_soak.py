@@ -15,9 +15,8 @@ from typing import Any
 import pytest
 
 from .chaos import audit, fired, set_faults
-from .jobsetup import make_source, new_tenants, run_cli, write_job
+from .jobsetup import CRASH_POINTS, make_source, new_tenants, run_cli, write_job
 from .procs import EmulatorProcess, emulator_process
-from .test_crash import CRASH_POINTS
 
 pytestmark = pytest.mark.chaos
 TARGETS = ("KR2", "JP1")

@@ -30,8 +30,10 @@ from pipeline.cloud.transport import tls_for
 from pipeline.config import Secret
 from pipeline.errors import UsageError
 
-__all__ = ["AUTH_TYPES", "CloudConfig", "config_search_dirs", "keystone_auth", "load_cloud"]
+__all__ = ["AUTH_TYPES", "SYSTEM_CONFIG_DIRS", "CloudConfig", "config_search_dirs", "keystone_auth", "load_cloud"]
 
+#: The system-wide directories openstacksdk searches last; ``system_dirs`` replaces them (tests name their own).
+SYSTEM_CONFIG_DIRS: tuple[str, ...] = ("/etc/openstack",)
 _SUFFIXES = (".yaml", ".yml", ".json")
 _DEFAULTS: dict[str, Any] = {"auth_type": "password", "interface": "public", "verify": True, "cacert": None}
 _SELECTORS = {"OS_CLOUD", "OS_REGION_NAME", "OS_CLIENT_CONFIG_FILE", "OS_CLIENT_SECURE_FILE", "OS_CLOUD_NAME"}
@@ -86,8 +88,11 @@ class CloudConfig:
     cacert: str | None = None  # only when verifying with a CA bundle of one's own
 
 
-def config_search_dirs(environ: Mapping[str, str] | None = None, cwd: str | None = None) -> list[str]:
-    """The directories openstacksdk searches for clouds.yaml and secure.yaml, in its order (on Linux)."""
+def config_search_dirs(
+    environ: Mapping[str, str] | None = None, cwd: str | None = None, *, system_dirs: Sequence[str] | None = None
+) -> list[str]:
+    """The directories openstacksdk searches for clouds.yaml and secure.yaml, in its order (on Linux);
+    ``system_dirs`` stands in for ``SYSTEM_CONFIG_DIRS`` (``/etc/openstack``), the last ones searched."""
     env = os.environ if environ is None else environ
     home = env.get("HOME") or os.path.expanduser("~")
     xdg_home = env.get("XDG_CONFIG_HOME", "")
@@ -97,7 +102,7 @@ def config_search_dirs(environ: Mapping[str, str] | None = None, cwd: str | None
         os.path.join(xdg_home if os.path.isabs(xdg_home) else os.path.join(home, ".config"), "openstack"),
         os.path.join(env.get("SNAP_REAL_HOME") or home, ".config", "openstack"),
         *(os.path.join(p, "openstack") for p in site),
-        "/etc/openstack",
+        *(SYSTEM_CONFIG_DIRS if system_dirs is None else system_dirs),
     ]
 
 
@@ -172,10 +177,12 @@ def load_cloud(
     secure_files: Sequence[str | os.PathLike[str]] | None = None,
     environ: Mapping[str, str] | None = None,
     load_envvars: bool = True,
+    system_dirs: Sequence[str] | None = None,
 ) -> CloudConfig:
-    """Resolve cloud ``name`` (else $OS_CLOUD, the envvars cloud, or the only cloud) as openstacksdk does."""
+    """Resolve cloud ``name`` (else $OS_CLOUD, the envvars cloud, or the only cloud) as openstacksdk does;
+    ``system_dirs`` replaces ``/etc/openstack`` in the search (see ``config_search_dirs``)."""
     env: Mapping[str, str] = (os.environ if environ is None else environ) if load_envvars else {}
-    dirs = config_search_dirs(env or None)
+    dirs = config_search_dirs(env or None, system_dirs=system_dirs)
     files = _candidates(config_files, dirs, "clouds")
     secure = _candidates(secure_files, dirs, "secure")
     if env.get("OS_CLIENT_CONFIG_FILE"):
@@ -318,7 +325,8 @@ def keystone_auth(cloud: CloudConfig, profile_name: str, retry: RetryPolicy | No
     """The ``KeystoneAuth`` for ``cloud`` (password or application credential), errors naming the cloud."""
     app_cred = cloud.auth_type in ("v3applicationcredential", "applicationcredential")
     needed = "application_credential_secret" if app_cred else "password"
-    for key, value in (("auth_url", cloud.auth_url), (needed, getattr(cloud, needed))):
+    auth_url = cloud.auth_url
+    for key, value in (("auth_url", auth_url), (needed, getattr(cloud, needed))):
         if not value:
             raise UsageError(f"cloud {cloud.name!r} ({cloud.source}) has no auth.{key} (auth_type {cloud.auth_type})")
     user_domain = cloud.user_domain_id, cloud.user_domain_name
@@ -326,10 +334,9 @@ def keystone_auth(cloud: CloudConfig, profile_name: str, retry: RetryPolicy | No
     if cloud.auth_type == "password":  # keystoneauth's generic plugin: default_domain_* stand in for both domains
         default = cloud.default_domain_id, cloud.default_domain_name
         user_domain, project_domain = (d if any(d) else default for d in (user_domain, project_domain))
-    assert cloud.auth_url is not None  # checked above
     try:
         return KeystoneAuth(
-            auth_url=cloud.auth_url, profile=profile_name, username=cloud.username, user_id=cloud.user_id,
+            auth_url=auth_url or "", profile=profile_name, username=cloud.username, user_id=cloud.user_id,
             user_domain_id=user_domain[0], user_domain_name=user_domain[1],
             password=None if app_cred else cloud.password,
             project_name=None if app_cred else cloud.project_name, project_id=None if app_cred else cloud.project_id,
