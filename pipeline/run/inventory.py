@@ -113,7 +113,7 @@ def _make_auth(profile: AuthProfile, retry: RetryPolicy) -> Auth:
             if secret is not None:
                 register_secret(secret.reveal())
         if profile.auth_url is None:  # the job file's validation requires it
-            raise UsageError(f"auth profile {profile.name!r}: type = \"keystone\" needs auth_url")
+            raise UsageError(f'auth profile {profile.name!r}: type = "keystone" needs auth_url')
         return KeystoneAuth(
             profile.auth_url, profile.name, username=profile.username, user_id=profile.user_id,
             user_domain_name=profile.user_domain_name, user_domain_id=profile.user_domain_id,
