@@ -14,10 +14,18 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "remove_leftovers"]
 
 #: Filesystems that cannot fsync a directory say so with one of these; the rename is then as durable as it gets.
 _NO_DIR_SYNC = (errno.EINVAL, errno.ENOTSUP, errno.EBADF)
+
+
+def remove_leftovers(path: Path) -> None:
+    """Remove the temporary files that writes of ``path`` cut short by a crash left behind (call it while
+    nobody else writes ``path``, e.g. under the job's lock)."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:

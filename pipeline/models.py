@@ -228,8 +228,11 @@ class Content:
           here, as a target may hash with an algorithm the stream was not hashed with);
         - ok: the size is the same and every digest both know is equal, at least one of them. When nothing is
           known here but the size (a source that states no digest, with nothing computed from it), the size
-          decides, and the verdict says the bytes were not verified (``unverified_source``).
+          decides, and the verdict says the bytes were not verified (``unverified_source``). With neither a size
+          nor a digest known, nothing can be judged: incomplete.
         """
+        if self.size is None and not self.digests:
+            return Verification(Verdict.INCOMPLETE, "neither a size nor a digest is known to compare with")
         if self.size is not None and other.size != self.size:
             return Verification(Verdict.MISMATCH, f"size {other.size} != {self.size}")
         common = [algo for algo in other.digests if algo in self.digests]
@@ -250,13 +253,15 @@ class Content:
 
 
 def source_content(image: Image, computed: Mapping[str, str] | None = None) -> Content:
-    """What a copy of ``image`` must hold: the size and digests it states. For a source that states no digest,
-    the digests ``computed`` from its bytes (this run's verified stream, or those journalled when the copy was
-    made) stand in; with neither, the size alone decides (``Content.held_by``)."""
+    """What a copy of ``image`` must hold: the size and digests it states, plus the digests ``computed`` from
+    its bytes (this run's verified stream, or those journalled when the copy was made) for the algorithms it
+    does not state: a copy that hashes with another algorithm is then judged by it, and a source that states no
+    digest by what was computed. With nothing known but the size, the size decides (``Content.held_by``).
+    Computed digests come only from a stream verified against the digests the source states."""
     stated = image.content
-    if stated.digests or not computed:
+    if not computed:
         return stated
-    return Content(stated.size, {algo.lower(): value for algo, value in computed.items()})
+    return Content(stated.size, {**{algo.lower(): value for algo, value in computed.items()}, **stated.digests})
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 __all__ = [
     "DATA_ACTIONS",
-    "FINAL_STATES",
     "IN_PROGRESS",
+    "OTHER_COLOUR",
     "OUTCOMES",
     "REPORT_OUTCOMES",
     "STEP_OUTCOMES",
     "Outcome",
+    "is_failure",
     "is_final",
     "step_outcome",
 ]
@@ -36,37 +37,51 @@ class Outcome:
 
     name: str
     meaning: str
+    #: The colour the HTML report draws it in.
+    colour: str
     #: False when the copy is not where the job wants it (it counts in ``imgmig_copies_out_of_sync``).
     in_sync: bool = True
+    #: True when it fails the run (exit 1, a FAILED line in the summary, a warning in the log).
+    failure: bool = False
 
 
 #: How an image x target step of a run ends, in display order (the summary's counts, the metrics' labels).
 OUTCOMES: dict[str, Outcome] = {o.name: o for o in (
-    Outcome("copied", "its bytes were copied and verified, then its metadata applied"),
-    Outcome("metadata", "the copy was already there; only its metadata was brought in line"),
-    Outcome("up_to_date", "the copy was already there and in line: nothing was sent"),
-    Outcome("skipped", "left alone on purpose (public, not active, or data changed with on_change = keep)"),
-    Outcome("failed", "the copy could not be made, verified or brought in line", in_sync=False),
-    Outcome("cancelled", "stopped mid-transfer by a signal, max_runtime or a fatal error", in_sync=False),
+    Outcome("copied", "its bytes were copied and verified, then its metadata applied", "#2e7d32"),
+    Outcome("metadata", "the copy was already there; only its metadata was brought in line", "#1565c0"),
+    Outcome("up_to_date", "the copy was already there and in line: nothing was sent", "#607d8b"),
+    Outcome("skipped", "left alone on purpose (public, not active, or data changed with on_change = keep)",
+            "#b0bec5"),
+    Outcome("failed", "the copy could not be made, verified or brought in line", "#c62828", in_sync=False,
+            failure=True),
+    Outcome("cancelled", "stopped mid-transfer by a signal, max_runtime or a fatal error", "#ef6c00",
+            in_sync=False),
 )}  # fmt: skip
 
 #: What the HTML report shows besides: an image x target of a target unusable for the whole run, and one that
 #: has no final record (still running, or the run died).
 REPORT_OUTCOMES: dict[str, Outcome] = {**OUTCOMES, **{o.name: o for o in (
-    Outcome("unavailable", "its target could not be used at all in this run", in_sync=False),
+    Outcome("unavailable", "its target could not be used at all in this run", "#6d4c41", in_sync=False,
+            failure=True),
     Outcome("unfinished", "no final record: the run is still going, or it stopped before this step ended",
-            in_sync=False),
+            "#8e24aa", in_sync=False),
 )}}  # fmt: skip
 
 #: The step outcomes as a tuple, for zero-filled counts.
 STEP_OUTCOMES = tuple(OUTCOMES)
-#: The final states this imgmig records (``done`` becomes copied, metadata or up_to_date by its action).
-FINAL_STATES = frozenset({"done", *(name for name in OUTCOMES if name not in ("copied", "metadata", "up_to_date"))})
+#: How the HTML report draws an outcome this imgmig does not know (one a newer imgmig journalled).
+OTHER_COLOUR = "#9e9e9e"
 
 
 def is_final(state: str | None) -> bool:
     """Whether a target record with this state ends its image x target (unknown states of newer journals do)."""
     return state is not None and state not in IN_PROGRESS
+
+
+def is_failure(outcome: str) -> bool:
+    """Whether an image x target that ended with ``outcome`` fails the run (an unknown outcome does not)."""
+    known = REPORT_OUTCOMES.get(outcome)
+    return known is not None and known.failure
 
 
 def step_outcome(state: str | None, action: str | None) -> str:

@@ -109,6 +109,9 @@ def test_a_run_whose_end_cannot_be_journalled_exits_1(emu: EmulatorProcess, tmp_
     assert f"imgmig: error: {says} {tmp_path / 'state'}" in failed.stderr
     report = json.loads((tmp_path / "r1.json").read_text())
     assert (report["outcome"], report["exit_code"], report["counts"]["copied"]) == ("fatal", 1, 2)
+    # the journal never says that this run ended well: no end at all (the record failed), or its fatal end
+    (run,) = Journal.read(tmp_path / "state", "end").runs
+    assert (run.outcome, run.exit_code) == ((None, None) if point.startswith("record:") else ("fatal", 1))
     check_invariants(emu.admin, "end", sources, ("KR2", "JP1"), tenant=tenant)
     again = run_cli("run", str(path), "--no-progress", "--report", str(tmp_path / "r2.json"))
     assert again.returncode == 0, again.stderr[-3000:]

@@ -61,8 +61,10 @@ def test_source_without_digests_is_marked_unverified() -> None:
          Verdict.MISMATCH),
         ({"status": "active", "size": len(DATA), "checksum": MD5, "os_hash_algo": "sha3_256", "os_hash_value": "0"},
          Verdict.INCOMPLETE),
+        ({"status": "active", "size": len(DATA), "os_hash_algo": "sha512", "os_hash_value": SHA}, Verdict.OK),
+        ({"status": "active", "size": len(DATA)}, Verdict.INCOMPLETE),
     ],
-    ids=["ok", "queued", "size", "checksum", "sha512", "uncomputed-algo"],
+    ids=["ok", "queued", "size", "checksum", "sha512", "uncomputed-algo", "sha512-only", "no-digest"],
 )  # fmt: skip
 def test_judge_target(reported: dict[str, object], verdict: Verdict) -> None:
     """A target is verified only when active and its size, checksum and os_hash match what was sent."""
@@ -102,3 +104,30 @@ def test_a_source_without_digests_is_judged_by_what_was_computed_else_by_size() 
     assert source_content(bare, {"md5": MD5}).held_by(copy).ok
     assert source_content(bare, {"MD5": "0" * 32}).held_by(copy).verdict is Verdict.MISMATCH
     assert source_content(bare).held_by(Content(len(DATA) - 1)).verdict is Verdict.MISMATCH
+
+
+def test_nothing_known_judges_nothing() -> None:
+    """A source that states neither a size nor a digest, with nothing computed: no copy can be judged to hold it
+    (incomplete), whatever the copy states."""
+    from pipeline.models import Image, source_content
+
+    blank = Image.from_api({"id": "s", "status": "active"})
+    for copy in (Content(0), Content(len(DATA), {"md5": MD5})):
+        assert source_content(blank).held_by(copy).verdict is Verdict.INCOMPLETE
+
+
+def test_computed_digests_judge_a_copy_that_hashes_with_another_algorithm() -> None:
+    """A source that states md5 + sha512 and a copy that states only a sha256 (a target hashing otherwise): no
+    digest in common with what the source states, but the sha256 computed from the verified stream (journalled
+    with the copy) judges it, so it is neither replaced on every run nor taken on faith."""
+    from pipeline.models import Image, source_content
+
+    sha256 = hashlib.sha256(DATA).hexdigest()
+    source = Image.from_api({"id": "s", "status": "active", "size": len(DATA), "checksum": MD5,
+                             "os_hash_algo": "sha512", "os_hash_value": SHA})  # fmt: skip
+    copy = Content.stated({"size": len(DATA), "os_hash_algo": "sha256", "os_hash_value": sha256})
+    assert source_content(source).held_by(copy).verdict is Verdict.INCOMPLETE
+    assert source_content(source, {"md5": MD5, "sha256": sha256}).held_by(copy).ok
+    assert source_content(source, {"md5": MD5, "sha256": "0"}).held_by(copy).verdict is Verdict.MISMATCH
+    # what the source states wins over a computed value for the same algorithm
+    assert source_content(source, {"md5": "0" * 32}).digests["md5"] == MD5

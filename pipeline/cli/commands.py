@@ -278,6 +278,11 @@ def _write_private(path: Path, text: str) -> None:
     try:
         if path.parent != Path() and not path.parent.exists():
             path.parent.mkdir(mode=0o700, parents=True)
-        atomic_write(path, text.encode("utf-8"), mode=0o600)
+        target = path.resolve() if path.is_symlink() else path  # a link keeps pointing where it did
+        if target.exists() and not target.is_file():  # /dev/stdout, a FIFO: written through, as they are
+            with target.open("w", encoding="utf-8") as fh:
+                fh.write(text)
+        else:
+            atomic_write(target, text.encode("utf-8"), mode=0o600)
     except OSError as exc:
         raise UsageError(f"cannot write the report {path}: {exc.strerror or exc}") from exc

@@ -20,7 +20,7 @@ import aiohttp
 import anyio
 
 from pipeline.cloud.retry import RetryPolicy
-from pipeline.cloud.transport import error_from_response, map_aiohttp_errors
+from pipeline.cloud.transport import error_from_response, map_aiohttp_errors, name_tls_failure
 from pipeline.config.values import Secret, normalize_endpoint
 from pipeline.errors import ApiError, AuthenticationError, ProtocolError, RegionNotFoundError, TLSVerificationError
 
@@ -259,9 +259,7 @@ async def post_for_token(
                 raw = await resp.read()
                 status, headers = resp.status, resp.headers
     except TLSVerificationError as exc:
-        hint = "trust its CA with the cloud's cacert (clouds.yaml) or the job's [run] ca_bundle"
-        exc.message = f"auth profile {profile!r}: the identity service: {exc.message}; {hint}"
-        raise
+        raise name_tls_failure(exc, profile, "the identity service") from exc.__cause__
     if status in REFUSED:
         err = error_from_response(status, headers, raw, **ctx)
         raise AuthenticationError(refusal(err), status=status, request_id=err.request_id, **ctx)

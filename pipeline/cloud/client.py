@@ -22,7 +22,7 @@ import aiohttp
 
 from pipeline.cloud.auth import Auth, Token
 from pipeline.cloud.retry import RetryPolicy
-from pipeline.cloud.transport import error_from_response, map_aiohttp_errors
+from pipeline.cloud.transport import error_from_response, map_aiohttp_errors, name_tls_failure
 from pipeline.cloud.wire import (
     JSON_PATCH,
     OCTET_STREAM,
@@ -138,9 +138,7 @@ class ImageClient:
                     finally:
                         resp.release()
             except TLSVerificationError as exc:
-                hint = "trust its CA with the cloud's cacert (clouds.yaml) or the job's [run] ca_bundle"
-                exc.message = f"auth profile {self.auth.profile!r}: region {self.region}: {exc.message}; {hint}"
-                raise
+                raise name_tls_failure(exc, self.auth.profile, f"region {self.region}") from exc.__cause__
             err = error_from_response(resp.status, resp.headers, raw, **ctx)
             if resp.status != 401:
                 raise err

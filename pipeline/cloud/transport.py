@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import ssl
 from collections.abc import Iterator
@@ -24,7 +23,6 @@ from pipeline.errors import (
     ApiError,
     ConnectError,
     ConnectionLostError,
-    ImgmigError,
     ProtocolError,
     ReadTimeoutError,
     TLSVerificationError,
@@ -35,9 +33,11 @@ from pipeline.errors import (
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_READ_TIMEOUT",
+    "BodyError",
     "TransportConfig",
     "error_from_response",
     "map_aiohttp_errors",
+    "name_tls_failure",
     "new_session",
     "server_message",
     "tls_for",
@@ -93,46 +93,51 @@ def new_session(config: TransportConfig | None = None) -> aiohttp.ClientSession:
     )
 
 
+class BodyError(Exception):
+    """What a request's own body raised, carried through aiohttp, which wraps whatever a body raises as a
+    connection error: ``map_aiohttp_errors`` raises ``error`` as itself (the caller's stream ending early keeps its
+    meaning, and a bug stays a bug instead of becoming a retried transport failure)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        super().__init__(repr(error))
+
+
 @contextmanager
 def map_aiohttp_errors(**context: Any) -> Iterator[None]:
-    """Turn aiohttp's exceptions into our TransportError family, most specific first. An exception that the
-    request's own body raised (aiohttp wraps it as a connection error) surfaces as itself: one of ours (a
-    stream that ended early) keeps its meaning, and a bug stays a bug instead of becoming a retried failure."""
+    """Turn aiohttp's exceptions into our TransportError family, most specific first; what a request body
+    raised (``BodyError``) is raised as itself."""
     try:
         yield
     except ApiError:
         raise
+    except BodyError as exc:
+        raise exc.error from None
     except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
         inner = _raised_by_body(exc)
         if inner is not None:
-            raise inner from exc
+            exc.__cause__ = None  # aiohttp made the body's error the cause of its own: no cycle back to it
+            raise inner from None
         raise _mapped(exc, context) from exc
 
 
-def _raised_by_body(exc: BaseException) -> BaseException | None:
-    """The exception behind ``exc`` that a request body raised: one of ours, or one raised in imgmig's own code
-    (a bug). What the network or aiohttp's parser raised is left to the mapping."""
+def name_tls_failure(exc: TLSVerificationError, profile: str, where: str) -> TLSVerificationError:
+    """``exc``, its message naming the auth profile whose server did not verify, ``where`` it was, and where its
+    CA can be trusted."""
+    hint = "trust its CA with the cloud's cacert (clouds.yaml) or the job's [run] ca_bundle"
+    exc.message = f"auth profile {profile!r}: {where}: {exc.message}; {hint}"
+    return exc
+
+
+def _raised_by_body(exc: BaseException) -> Exception | None:
+    """The error a request body raised behind ``exc`` (a ``BodyError`` in its chain of causes), or None."""
     cause, seen = exc.__cause__, {id(exc)}
     while cause is not None and id(cause) not in seen:
-        if isinstance(cause, ImgmigError):
-            return cause
-        if not isinstance(cause, aiohttp.ClientError | OSError | TimeoutError) and _raised_in_imgmig(cause):
-            return cause
+        if isinstance(cause, BodyError):
+            return cause.error
         seen.add(id(cause))
         cause = cause.__cause__
     return None
-
-
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _raised_in_imgmig(exc: BaseException) -> bool:
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename.startswith(_PACKAGE + os.sep):
-            return True
-        tb = tb.tb_next
-    return False
 
 
 def _mapped(exc: BaseException, context: dict[str, Any]) -> ApiError:

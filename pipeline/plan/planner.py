@@ -28,6 +28,7 @@ from typing import Any
 
 from pipeline.config import CopyOptions, Select
 from pipeline.models import Content, Image, source_content
+from pipeline.outcomes import DATA_ACTIONS
 from pipeline.plan.metadiff import MetaDiff
 from pipeline.plan.provenance import PROV_SOURCE_ID
 from pipeline.plan.prune import PrunePlan
@@ -62,7 +63,7 @@ class Action(enum.StrEnum):
 
     @property
     def moves_data(self) -> bool:
-        return self in (Action.COPY, Action.RESUME, Action.REPLACE)
+        return self.value in DATA_ACTIONS
 
 
 @dataclass(frozen=True, slots=True)

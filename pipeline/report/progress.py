@@ -15,6 +15,7 @@ from typing import Any, TextIO
 import structlog
 from tqdm import tqdm
 
+from pipeline.outcomes import is_failure
 from pipeline.report.events import (
     BytesWritten,
     ImageFinished,
@@ -44,7 +45,7 @@ class LogReporter:
 
     def emit(self, event: Any) -> None:
         if isinstance(event, StepFinished):
-            level = log.warning if event.state == "failed" else log.info
+            level = log.warning if is_failure(event.outcome) else log.info
             fields = {k: v for k, v in event.to_json().items() if v not in (None, "", [])}
             level("step", **fields)
         elif isinstance(event, SourceResumed):

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.errors import OUTCOME_EXIT_CODES, ExitCode
 from pipeline.models import RequestCounts
-from pipeline.outcomes import STEP_OUTCOMES, step_outcome
+from pipeline.outcomes import STEP_OUTCOMES, is_failure, step_outcome
 from pipeline.report.events import BytesRead, BytesWritten, PlannedWork, Reporter, SourceResumed, TargetRetrying
 from pipeline.units import format_duration, format_rate, format_size
 
@@ -131,7 +131,8 @@ class RunSummary:
 
     @property
     def failures(self) -> list[StepFinished]:
-        return [s for s in self.steps if s.state == "failed"]
+        """The steps whose outcome fails the run (``outcomes.is_failure``)."""
+        return [s for s in self.steps if is_failure(s.outcome)]
 
     @property
     def outcome(self) -> str:

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pipeline.outcomes import REPORT_OUTCOMES, STEP_OUTCOMES, is_final, step_outcome
+from pipeline.outcomes import OTHER_COLOUR, REPORT_OUTCOMES, STEP_OUTCOMES, is_failure, is_final, step_outcome
 from pipeline.state.records import JournalState, RunEntry, TargetEntry
 from pipeline.units import format_duration, format_size
 
@@ -22,10 +22,6 @@ __all__ = ["MAX_BARS", "Bar", "RunView", "render"]
 MAX_BARS = 300
 BUCKETS = 60
 MAX_ROWS = 200
-COLOURS = {"copied": "#2e7d32", "metadata": "#1565c0", "up_to_date": "#607d8b", "skipped": "#b0bec5",
-           "failed": "#c62828", "cancelled": "#ef6c00", "unavailable": "#6d4c41", "unfinished": "#8e24aa"}  # fmt: skip
-#: The colour of an outcome without one of its own (one a newer imgmig wrote into the journal).
-OTHER_COLOUR = "#9e9e9e"
 #: The phases after the transfer, in the timeline.
 PHASE_COLOURS = {"verify": "#78909c", "metadata": "#7e57c2"}
 REGION_COLOURS = ("#1565c0", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#ad1457", "#5d4037", "#455a64")
@@ -147,7 +143,8 @@ def _outcomes(bars: Sequence[Bar]) -> list[str]:
 
 
 def _colour(outcome: str) -> str:
-    return COLOURS.get(outcome, OTHER_COLOUR)
+    known = REPORT_OUTCOMES.get(outcome)
+    return known.colour if known is not None else OTHER_COLOUR
 
 
 def render(job: str, state: JournalState, run: RunView) -> str:
@@ -281,7 +278,7 @@ def _timeline(run: RunView, bars: list[Bar]) -> list[str]:
             if start is not None and stop is not None:
                 g.append(f'<rect x="{x(start):.1f}" y="{y}" width="{max(x(stop) - x(start), 2):.1f}" height="11" '
                          f'fill="{fill}" fill-opacity="{opacity}"/>')  # fmt: skip
-        mark = ("✕ " if b.state == "failed" else "") + (f"↻{b.attempts}" if b.attempts > 1 else "")
+        mark = ("✕ " if is_failure(b.outcome) else "") + (f"↻{b.attempts}" if b.attempts > 1 else "")
         if mark:
             g.append(f'<text x="{x(end) + 4:.1f}" y="{y + 10}" font-size="11" fill="#b71c1c">{mark}</text>')
         svg.append("".join(g) + "</g>")

@@ -84,7 +84,8 @@ def _collect(state: JournalState, records: list[dict[str, Any]], entry: RunEntry
                 run.skipped.append((image_id, str(rec["skipped"])))
             for region, planned in (rec.get("plan") or {}).items():
                 bar = _fold(run, image_id, region, planned, at)
-                bar.unavailable = is_final(planned.get("state"))  # a target unavailable for the whole run
+                # the one final state a plan record holds: a target unavailable for the whole run
+                bar.unavailable = planned.get("state") == "failed"
         elif kind == "target":
             _fold(run, rec["image_id"], rec["region"], rec, at)
             run.deleted += bool(rec.get("deleted"))
@@ -99,7 +100,6 @@ def _collect(state: JournalState, records: list[dict[str, Any]], entry: RunEntry
             seen = run.bars.get((image_id, region))
             if seen is not None:  # the plan record may be in the snapshot
                 seen.target.action = seen.target.action or target.action
-                seen.target.reason = seen.target.reason or target.reason
             elif partial and is_final(target.state) and run.t0 <= target.updated_at <= run.t1 + 1e-3:
                 run.bars[image_id, region] = Bar(image_id, dataclasses.replace(target), end=target.updated_at,
                                                  folded=True)  # fmt: skip

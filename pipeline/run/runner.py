@@ -74,6 +74,7 @@ async def run_job(spec: JobSpec, controls: RunControls | None = None) -> RunSumm
     with lock.held():
         journal = Journal.open(spec.run.journal_dir, spec.name)
         summary = RunSummary(job=spec.name, run_id=uuid.uuid4().hex[:12])
+        ending = False
         try:
             journal.record("run_started", run=summary.run_id, pid=os.getpid())
             try:
@@ -84,23 +85,29 @@ async def run_job(spec: JobSpec, controls: RunControls | None = None) -> RunSumm
                     raise
                 raise error from exc
             summary.finish(controls.clock)
-            # the run's end must be recorded and durable, or the run did not end well: a JournalError here is
-            # the run's fatal error (exit 1), named like any other
+            # The run's end must be durable before it is declared, or the run did not end well: everything
+            # recorded is synced first, then the end is recorded and synced. A JournalError here is the run's
+            # fatal error (exit 1), named like any other, and the journal never says a failed end was a success.
+            ending = True
+            journal.sync()
             _finish_journal(journal, summary)
             journal.close()
         except BaseException as exc:
             summary.fatal = summary.fatal or _describe(exc)
             summary.fatal_code = exc.exit_code if isinstance(exc, ImgmigError) else ExitCode.FAILED
             summary.finish(controls.clock)
-            if not isinstance(exc, JournalError):
+            if not isinstance(exc, JournalError) and not ending:
                 with contextlib.suppress(JournalError):  # the run already stops with its own error
                     _finish_journal(journal, summary)
-            with contextlib.suppress(JournalError):
-                journal.close()
+            elif isinstance(exc, JournalError) and ending and not journal.broken:
+                with contextlib.suppress(JournalError):  # the sync failed, the log still takes records
+                    _finish_journal(journal, summary)
             if isinstance(exc, ImgmigError):
                 exc.summary = summary  # the CLI still writes --report and prints what was done
             raise
         finally:
+            with contextlib.suppress(JournalError):
+                journal.close()
             summary.journal_records, summary.journal_seconds = journal.records, journal.seconds
     return summary
 

@@ -36,7 +36,7 @@ from typing import Any
 import anyio
 
 from pipeline.errors import JournalCorruptError, JournalError
-from pipeline.files import atomic_write
+from pipeline.files import atomic_write, remove_leftovers
 from pipeline.state.failpoints import die, failpoint, hit
 from pipeline.state.lock import secure_dir
 from pipeline.state.records import FORMAT, JournalState
@@ -75,6 +75,7 @@ class Journal:
         """Load the state (snapshot + log), cut a torn tail, and open the log for appending."""
         try:
             secure_dir(directory)
+            remove_leftovers(directory / SNAPSHOT)  # a snapshot a kill -9 cut short (the lock is ours)
             if not (directory / SNAPSHOT).exists():
                 # a new journal: an empty snapshot records whose journal this is (one small write)
                 atomic_write(directory / SNAPSHOT, _sealed(_ENCODER.encode(JournalState(job).to_json()).encode()))
@@ -156,6 +157,11 @@ class Journal:
             "journal holds every record up to the failed one and the next run resumes from it"
         )
         return self._broken
+
+    @property
+    def broken(self) -> bool:
+        """Whether a write failed: this journal then refuses every later write of the run."""
+        return self._broken is not None
 
     def _snapshot_due(self) -> bool:
         """A snapshot costs O(state); taking one when the log outgrows twice the state keeps the cost per

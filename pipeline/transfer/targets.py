@@ -17,6 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pipeline.cloud.client import ImageClient
 from pipeline.cloud.retry import RetryBudget, RetryPolicy
+from pipeline.cloud.transport import BodyError
 from pipeline.errors import ApiError, NotFoundError, TargetWriteError, TransferError, VerificationError
 from pipeline.models import Content, Image, Verdict, source_content
 from pipeline.plan.provenance import is_own_copy
@@ -205,7 +206,7 @@ class TargetCopy:
                 return True
             if existing.status == "active" and self._holds_source(existing):
                 evidence = Evidence(existing.size or 0, dict(self.shared.digests), _reported(existing),
-                                    not self.shared.image.checksum)  # fmt: skip
+                                    not self.shared.image.publishes_digest)  # fmt: skip
                 result.image = existing
                 self.finish("done", None, evidence)
                 return False
@@ -266,7 +267,10 @@ class TargetCopy:
         token included) and the stream itself. Anything else (a fatal error, a bug) propagates."""
         target_id, image_id, size = self.result.target_id, self.shared.image.id, run.size
         if target_id is None:  # prepare() gives every target of a pass its receiving image
-            return TargetWriteError("no receiving image to upload into", region=self.region, image_id=image_id)
+            missing = TargetWriteError("no receiving image to upload into", region=self.region, image_id=image_id)
+            rx.close()
+            fan.detach(self.region, str(missing))
+            return missing
         # The request starts only once its first chunk is here: aiohttp sends the headers (and so the
         # token, which the server checks then) with the first body bytes, and a target connection held
         # open while a slow source gets going could hit the server's own idle timeout.
@@ -301,8 +305,19 @@ class TargetCopy:
     async def _body(
         self, first: bytes | None, rx: MemoryObjectReceiveStream[bytes], size: int
     ) -> AsyncIterator[bytes | memoryview]:
-        """The upload's body: the pass's chunks as they come, sliced for the socket, throttled by the region's
-        bandwidth, timed for the watchdog."""
+        """The upload's body (``_chunks``); what it raises travels through aiohttp as a ``BodyError``, so the
+        upload raises it as itself: the pass's own abort, a stream cut short, or a bug."""
+        try:
+            async for piece in self._chunks(first, rx, size):
+                yield piece
+        except Exception as exc:
+            raise BodyError(exc) from exc
+
+    async def _chunks(
+        self, first: bytes | None, rx: MemoryObjectReceiveStream[bytes], size: int
+    ) -> AsyncIterator[bytes | memoryview]:
+        """The pass's chunks as they come, sliced for the socket, throttled by the region's bandwidth, timed for
+        the watchdog."""
         chunk, limiter, image_id = first, self.bandwidth, self.shared.image.id
         while chunk is not None:
             if limiter is not None:
