@@ -241,6 +241,8 @@ def cmd_emulate(args: argparse.Namespace) -> int:
             users=users,
             tls=tls,
             download_rule=not args.glance_downloads,
+            disk_formats=args.disk_formats,
+            container_formats=args.container_formats,
         ) as emu:
             print(info_line(emu), flush=True)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

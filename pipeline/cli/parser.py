@@ -167,6 +167,12 @@ def _add_emulate(sub: Any) -> None:
     p.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
     p.add_argument("--users", type=Path,
                    help='JSON users file {"users": [{"username", "password", "tenants": [...]}]}')  # fmt: skip
+    p.add_argument("--disk-formats", metavar="LIST",
+                   help="comma-separated disk formats every region accepts, as Glance's [image_format] "
+                        "disk_formats (default: Glance's)")  # fmt: skip
+    p.add_argument("--container-formats", metavar="LIST",
+                   help="comma-separated container formats every region accepts, as Glance's [image_format] "
+                        "container_formats (default: Glance's)")  # fmt: skip
     p.set_defaults(func=commands.cmd_emulate)
 
 

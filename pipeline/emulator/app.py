@@ -28,7 +28,7 @@ from .members import (
 )
 from .middlewares import auth_middleware, fault_middleware, request_id_middleware, stats_middleware
 from .patching import PATCH_TYPES, apply_patch, parse_patch, patch_media_type_error
-from .schemas import SCHEMAS, versions_document
+from .schemas import versions_document
 from .transfer import download_handler, upload_handler
 
 __all__ = ["RegionContext", "RegionStats", "build_region_app"]
@@ -63,7 +63,7 @@ async def healthcheck(request: web.Request) -> web.Response:
 
 
 async def get_schema(request: web.Request) -> web.Response:
-    schema = SCHEMAS.get(request.match_info["name"])
+    schema = request.app[CTX].store.schema(request.match_info["name"])
     if schema is None:
         raise GlanceError(404)
     return _json(schema)
@@ -107,8 +107,8 @@ async def patch_handler(request: web.Request) -> web.Response:
     if ctype not in PATCH_TYPES:
         raise patch_media_type_error(ctype)
     # Glance's deserializer checks the whole patch before the controller looks the image up
-    ops = parse_patch(ctype, await _body_json(request))
     store = request.app[CTX].store
+    ops = parse_patch(ctype, await _body_json(request), store.image_schema())
     rec = store.owned(request.match_info["image_id"], request_caller(request), "modify_image")
     new = apply_patch(rec, ops)
     if ops:

@@ -33,9 +33,14 @@ class RegionStats:
     bytes_sent: int = 0
     #: Requests refused with 401 (a missing, unknown, expired or revoked token).
     unauthorized: int = 0
+    #: Requests refused with 413 for a quota, by limit name (``quotas.LIMITS``).
+    quota_refusals: dict[str, int] = field(default_factory=dict)
 
     def count(self, op: str) -> None:
         self.requests[op] = self.requests.get(op, 0) + 1
+
+    def refused(self, limit: str) -> None:
+        self.quota_refusals[limit] = self.quota_refusals.get(limit, 0) + 1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

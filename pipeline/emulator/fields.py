@@ -14,10 +14,11 @@ from __future__ import annotations
 import html
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .schemas import schema_error_text
+from .schemas import DEFAULT_CONTAINER_FORMATS, DEFAULT_DISK_FORMATS, IMAGE_SCHEMA, schema_error_text
 
 __all__ = [
     "BASE_PROPERTIES",
@@ -39,8 +40,9 @@ __all__ = [
     "validate_tag",
 ]
 
-DISK_FORMATS = (None, "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop")
-CONTAINER_FORMATS = (None, "ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed")
+#: The enums of Glance's default image schema (a region may be configured with other formats).
+DISK_FORMATS = (None, *DEFAULT_DISK_FORMATS)
+CONTAINER_FORMATS = (None, *DEFAULT_CONTAINER_FORMATS)
 MAX_PROPERTIES = 128
 MAX_TAGS = 128
 MAX_MEMBERS = 128
@@ -174,9 +176,10 @@ def is_reserved(key: str) -> bool:
     return key in _RESERVED or key.startswith(_RESERVED_NS)
 
 
-def check_schema(doc: dict[str, Any]) -> None:
-    """400 with jsonschema's wording when ``doc`` (a whole or partial image) fails the image schema."""
-    text = schema_error_text(doc)
+def check_schema(doc: dict[str, Any], schema: dict[str, Any] = IMAGE_SCHEMA) -> None:
+    """400 with jsonschema's wording when ``doc`` (a whole or partial image) fails the image schema (the
+    region's, whose format enums follow its configuration)."""
+    text = schema_error_text(doc, schema)
     if text is not None:
         raise GlanceError(400, text)
 
@@ -224,8 +227,15 @@ _DISALLOWED = ("direct_url", "self", "file", "schema", "stores")
 _READ_ONLY_ON_CREATE = ("created_at", "updated_at", "status", "checksum", "size", "virtual_size")
 
 
-def parse_create(body: Any, tenant: str) -> tuple[dict[str, Any], dict[str, str], list[str]]:
-    """(core fields, custom properties, tags) of a create request, or Glance's error for it."""
+def parse_create(
+    body: Any, tenant: str, *, schema: dict[str, Any] = IMAGE_SCHEMA, admit: Callable[[], None] | None = None
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """(core fields, custom properties, tags) of a create request, or Glance's error for it.
+
+    ``schema`` is the region's image schema; ``admit`` runs where Glance's controller enforces the
+    image_count_total quota: after the request and the add_image policy passed, before the image factory's
+    own checks (read-only attributes, minimums, tag and property quotas).
+    """
     if isinstance(body, list):
         # Glance 33 bug kept on purpose: a JSON array passes the body-type check and crashes later (500)
         raise GlanceError(500)
@@ -234,7 +244,7 @@ def parse_create(body: Any, tenant: str) -> tuple[dict[str, Any], dict[str, str]
     for key in _DISALLOWED:
         if key in body:
             raise GlanceError(403, f"Attribute '{key}' is read-only.")
-    check_schema(body)
+    check_schema(body, schema)
     core = {k: body[k] for k in BASE_PROPERTIES if k in body}
     props = {k: v for k, v in body.items() if k not in core}
     for key in props:
@@ -250,6 +260,8 @@ def parse_create(body: Any, tenant: str) -> tuple[dict[str, Any], dict[str, str]
     if owner is not None and owner != tenant:
         raise GlanceError(403, detail=f"You are not permitted to create images owned by '{owner}'")
     check_visibility(core.get("visibility"))
+    if admit is not None:
+        admit()
     for key in _READ_ONLY_ON_CREATE:
         if key in core:
             raise GlanceError(403, f"Attribute '{key}' is read-only.")

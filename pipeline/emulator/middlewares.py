@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .context import CALLER, CTX, REQUEST_ID
 from .fields import GlanceError
+from .quotas import LimitExceeded
 from .transfer import abort_connection
 
 __all__ = [
@@ -59,7 +60,7 @@ def _error_response(err: GlanceError, request: web.Request) -> web.Response:
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Echo or mint x-openstack-request-id; render every error the way Glance does."""
+    """Echo or mint x-openstack-request-id; render every error the way Glance does (counting quota refusals)."""
     sent = request.headers.get("X-Openstack-Request-ID")
     if sent is not None and len(sent) > MAX_REQUEST_ID:
         # Glance 33 bug kept on purpose: an over-long request id gives a bare 500 without an id
@@ -70,6 +71,8 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     try:
         resp = await handler(request)
     except GlanceError as err:
+        if isinstance(err, LimitExceeded):
+            request.app[CTX].stats.refused(err.resource)
         resp = _error_response(err, request)
     except web.HTTPMethodNotAllowed as exc:
         allow = ", ".join(m for m in _METHOD_ORDER if m in exc.allowed_methods)

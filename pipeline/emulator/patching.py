@@ -25,6 +25,7 @@ from .fields import (
     properties_quota_error,
     tags_quota_error,
 )
+from .schemas import IMAGE_SCHEMA
 from .store import ImageRecord
 
 __all__ = ["PATCH_TYPES", "PatchOp", "apply_patch", "parse_patch", "patch_media_type_error"]
@@ -95,8 +96,9 @@ def _op(item: dict[str, Any], legacy: bool) -> tuple[str, Any]:
     return op, item["path"]
 
 
-def parse_patch(content_type: str, doc: Any) -> list[PatchOp]:
-    """Every operation of the request, validated as Glance's deserializer does; 400/403 otherwise."""
+def parse_patch(content_type: str, doc: Any, schema: dict[str, Any] = IMAGE_SCHEMA) -> list[PatchOp]:
+    """Every operation of the request, validated as Glance's deserializer does (against the region's image
+    ``schema``); 400/403 otherwise."""
     if not isinstance(doc, list):
         raise GlanceError(400, "Request body must be a JSON array of operation objects.")
     legacy = content_type == PATCH_V20
@@ -118,7 +120,7 @@ def parse_patch(content_type: str, doc: Any) -> list[PatchOp]:
         if is_reserved(root):
             raise GlanceError(403, f"Attribute '{root}' is reserved.")
         if op != "remove":
-            check_schema({root: value} if len(path) == 1 else {root: [value]})
+            check_schema({root: value} if len(path) == 1 else {root: [value]}, schema)
         ops.append(PatchOp(op, path, value, legacy))
     return ops
 

@@ -3,7 +3,8 @@
 The four schemas are Glance 33's own ``/v2/schemas/{image,images,member,members}`` documents, key order
 included, because Glance prints the failing sub-schema in its 400 messages and the emulator prints the
 same text (``jsonschema``'s ``ValidationError.__str__``: message, schema path, pretty-printed sub-schema,
-instance path, pretty-printed value).
+instance path, pretty-printed value). The enums of ``disk_format`` and ``container_format`` follow the
+region's accepted formats (Glance's ``[image_format]`` options): ``schema_documents`` builds them.
 """
 
 from __future__ import annotations
@@ -11,10 +12,20 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Iterator
+from functools import lru_cache
 from pprint import pformat
 from typing import Any
 
-__all__ = ["IMAGE_SCHEMA", "SCHEMAS", "schema_error_text", "versions_document"]
+__all__ = [
+    "DEFAULT_CONTAINER_FORMATS",
+    "DEFAULT_DISK_FORMATS",
+    "IMAGE_SCHEMA",
+    "SCHEMAS",
+    "format_list",
+    "schema_documents",
+    "schema_error_text",
+    "versions_document",
+]
 
 _VERSIONS = ["v2.18", "v2.17", "v2.16", "v2.15", "v2.14", "v2.13", "v2.12", "v2.11", "v2.10", "v2.9",
              "v2.8", "v2.7", "v2.6", "v2.5", "v2.4", "v2.3", "v2.2", "v2.1", "v2.0"]  # fmt: skip
@@ -30,6 +41,11 @@ def versions_document(base: str) -> dict[str, Any]:
         ]
     }  # fmt: skip
 
+
+#: Glance's ``[image_format] container_formats`` and ``disk_formats`` defaults (a region's accepted formats
+#: unless configured otherwise; the schema's enum is ``[None] + the list``, as ``get_base_properties`` builds it).
+DEFAULT_CONTAINER_FORMATS = ("ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed")
+DEFAULT_DISK_FORMATS = ("ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop")
 
 UUID_PATTERN = "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"
 _NULL_STR = ["null", "string"]
@@ -64,10 +80,8 @@ _IMAGE_PROPERTIES: dict[str, Any] = {
     "virtual_size": {"type": ["null", "integer"], "readOnly": True,
                      "description": "Virtual size of image in bytes"},
     "container_format": {"type": _NULL_STR, "description": "Format of the container",
-                         "enum": [None, "ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed"]},
-    "disk_format": {"type": _NULL_STR, "description": "Format of the disk",
-                    "enum": [None, "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso",
-                             "ploop"]},
+                         "enum": [None, *DEFAULT_CONTAINER_FORMATS]},
+    "disk_format": {"type": _NULL_STR, "description": "Format of the disk", "enum": [None, *DEFAULT_DISK_FORMATS]},
     "created_at": {"type": "string", "readOnly": True, "description": "Date and time of image registration"},
     "updated_at": {"type": "string", "readOnly": True,
                    "description": "Date and time of the last image modification"},
@@ -124,22 +138,62 @@ _MEMBER_SCHEMA: dict[str, Any] = {
     },
 }  # fmt: skip
 
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "image": IMAGE_SCHEMA,
-    "images": {
-        "name": "images",
-        "properties": {"images": {"type": "array", "items": IMAGE_SCHEMA},
-                       "first": {"type": "string"}, "next": {"type": "string"}, "schema": {"type": "string"}},
-        "links": [{"rel": "first", "href": "{first}"}, {"rel": "next", "href": "{next}"},
-                  {"rel": "describedby", "href": "{schema}"}],
-    },
-    "member": _MEMBER_SCHEMA,
-    "members": {
-        "name": "members",
-        "properties": {"members": {"type": "array", "items": _MEMBER_SCHEMA}, "schema": {"type": "string"}},
-        "links": [{"rel": "describedby", "href": "{schema}"}],
-    },
-}  # fmt: skip
+
+def _documents(image: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The four ``/v2/schemas/{name}`` documents around one image schema."""
+    return {
+        "image": image,
+        "images": {
+            "name": "images",
+            "properties": {"images": {"type": "array", "items": image},
+                           "first": {"type": "string"}, "next": {"type": "string"}, "schema": {"type": "string"}},
+            "links": [{"rel": "first", "href": "{first}"}, {"rel": "next", "href": "{next}"},
+                      {"rel": "describedby", "href": "{schema}"}],
+        },
+        "member": _MEMBER_SCHEMA,
+        "members": {
+            "name": "members",
+            "properties": {"members": {"type": "array", "items": _MEMBER_SCHEMA}, "schema": {"type": "string"}},
+            "links": [{"rel": "describedby", "href": "{schema}"}],
+        },
+    }  # fmt: skip
+
+
+#: The documents of a region with Glance's default formats.
+SCHEMAS: dict[str, dict[str, Any]] = _documents(IMAGE_SCHEMA)
+
+
+@lru_cache(maxsize=64)
+def schema_documents(disk_formats: tuple[str, ...], container_formats: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The schema documents of a region that accepts these formats (shared: never mutate them).
+
+    Glance builds the image schema once from ``[image_format]``: the two enums are ``[None] + the list``,
+    everything else (key order included) stays as in the default schema.
+    """
+    if (disk_formats, container_formats) == (DEFAULT_DISK_FORMATS, DEFAULT_CONTAINER_FORMATS):
+        return SCHEMAS
+    properties = dict(_IMAGE_PROPERTIES)
+    properties["container_format"] = {**_IMAGE_PROPERTIES["container_format"], "enum": [None, *container_formats]}
+    properties["disk_format"] = {**_IMAGE_PROPERTIES["disk_format"], "enum": [None, *disk_formats]}
+    return _documents({**IMAGE_SCHEMA, "properties": properties})
+
+
+def format_list(value: Any, option: str) -> tuple[str, ...]:
+    """A list of formats as a region accepts it (``[image_format] <option>``), or ValueError.
+
+    Like oslo.config's ListOpt, a comma-separated string is split and its items stripped; a list must
+    hold non-empty strings.
+    """
+    if isinstance(value, str):
+        items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ValueError(f"{option}: a list of formats, not {value!r}")
+    for item in items:
+        if not isinstance(item, str) or not item or "," in item:
+            raise ValueError(f"{option}: every format is a non-empty string without commas, not {item!r}")
+    return tuple(items)
 
 
 # === validation (the subset of JSON Schema the image schema uses), worded like jsonschema 4
@@ -206,16 +260,29 @@ def _pretty(thing: Any) -> str:
     return textwrap.indent(pformat(thing, width=72, sort_dicts=False), "    ")
 
 
+def _relevance(failure: _Failure) -> tuple[Any, ...]:
+    """jsonschema 4's ``relevance`` key (``best_match`` takes the first maximum): the shallowest instance
+    path, then the greatest one among siblings (so disk_format's failure beats container_format's), then a
+    failure whose instance does not even match the sub-schema's type."""
+    _, _, _, sub, ipath, value = failure
+    kinds = sub.get("type")
+    if kinds is None:
+        matches_type = False
+    else:
+        matches_type = any(_TYPES[k](value) for k in (kinds if isinstance(kinds, list) else [kinds]))
+    return (-len(ipath), ipath, True, False, not matches_type)
+
+
 def schema_error_text(doc: dict[str, Any], schema: dict[str, Any] = IMAGE_SCHEMA) -> str | None:
     """Glance's text for the best failure of ``doc`` ("Provided object does not match ..."), or None.
 
-    Like ``jsonschema.best_match``, the failure nearest the top of the document wins, and among equals
-    the first one found.
+    The failure is chosen as ``jsonschema.best_match`` chooses it (see ``_relevance``); among equals, the
+    first one found.
     """
     failures = list(_check(schema, doc, [], []))
     if not failures:
         return None
-    message, keyword, spath, sub, ipath, value = min(failures, key=lambda f: len(f[4]))
+    message, keyword, spath, sub, ipath, value = max(failures, key=_relevance)
     text = (f"{message}\n\nFailed validating {keyword!r} in {_index('schema', spath)}:\n{_pretty(sub)}\n\n"
             f"On {_index('instance', ipath)}:\n{_pretty(value)}")  # fmt: skip
     return f"Provided object does not match schema '{schema['name']}': {text}"

@@ -2,8 +2,9 @@
 
 ``running_emulator()`` is the async context manager that tests, the bench and ``imgmig emulate`` use. It
 stops every server it started, also when start-up fails half-way. The identity port also serves the
-admin endpoints (``/_admin/...``) that change fault knobs and token lifetimes at runtime, and give a
-view of every image in a region regardless of tenant (for invariant checks). Bind to loopback only.
+admin endpoints (``/_admin/...``) that change fault knobs, quotas, accepted formats and token lifetimes
+at runtime, and give a view of every image in a region regardless of tenant (for invariant checks). Bind
+to loopback only.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from aiohttp import web
 from .app import RegionContext, build_region_app
 from .faults import FaultPlan
 from .identity import DEFAULT_TOKEN_TTL, Identity, UserEntry, identity_routes
+from .quotas import parse_limits
+from .schemas import DEFAULT_CONTAINER_FORMATS, DEFAULT_DISK_FORMATS, format_list
 from .seed import load_seed
 from .store import RegionStore
 
@@ -72,6 +75,37 @@ class Emulator:
                 return web.json_response({"error": str(exc)}, status=400)
         return web.json_response(plan.to_json())
 
+    async def _limits(self, request: web.Request) -> web.Response:
+        """A region's quotas: POST replaces them (``{"image_count_total": 2, ...}``), DELETE removes them all;
+        every answer is ``{"limits": {...}, "usage": {project: {limit: usage}}}``."""
+        store = self._region(request).store
+        if request.method == "DELETE":
+            store.limits = {}
+        elif request.method == "POST":
+            try:
+                store.limits = parse_limits(await request.json())
+            except ValueError as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"limits": dict(store.limits), "usage": store.usage()})
+
+    async def _formats(self, request: web.Request) -> web.Response:
+        """A region's accepted formats: POST sets the lists it names (``{"disk_formats": [...],
+        "container_formats": [...]}``), DELETE restores Glance's defaults; every answer shows both lists."""
+        store = self._region(request).store
+        if request.method == "DELETE":
+            store.disk_formats, store.container_formats = DEFAULT_DISK_FORMATS, DEFAULT_CONTAINER_FORMATS
+        elif request.method == "POST":
+            try:
+                doc = await request.json()
+                if not isinstance(doc, dict) or set(doc) - {"disk_formats", "container_formats"}:
+                    raise ValueError("formats are a JSON object with disk_formats and/or container_formats lists")
+                disk = format_list(doc.get("disk_formats", store.disk_formats), "disk_formats")
+                container = format_list(doc.get("container_formats", store.container_formats), "container_formats")
+            except (ValueError, TypeError) as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+            store.disk_formats, store.container_formats = disk, container
+        return web.json_response(_formats_json(store))
+
     async def _token_ttl(self, request: web.Request) -> web.Response:
         doc = await request.json()
         self.identity.token_ttl = float(doc["seconds"])
@@ -111,7 +145,9 @@ class Emulator:
         state = {**self.info(), "tokens_issued": self.identity.issued, "faults_fired": fired,
                  "tokens_issued_by_tenant": self.identity.issued_by_tenant,
                  "authentications_refused": self.identity.refused,
-                 "stats": {r: ctx.stats.to_json() for r, ctx in self.regions.items()}}  # fmt: skip
+                 "stats": {r: ctx.stats.to_json() for r, ctx in self.regions.items()},
+                 "limits": {r: dict(ctx.store.limits) for r, ctx in self.regions.items()},
+                 "formats": {r: _formats_json(ctx.store) for r, ctx in self.regions.items()}}  # fmt: skip
         return web.json_response(state)
 
     async def _password(self, request: web.Request) -> web.Response:
@@ -129,11 +165,17 @@ class Emulator:
             web.post("/_admin/expire-tokens", self._expire_tokens),
             web.post("/_admin/password", self._password),
             web.route("*", "/_admin/faults/{region}", self._faults),
+            web.route("*", "/_admin/limits/{region}", self._limits),
+            web.route("*", "/_admin/formats/{region}", self._formats),
             web.post("/_admin/regions/{region}/synthetic", self._synthetic),
             web.get("/_admin/regions/{region}/images", self._all_images, allow_head=False),
             web.get("/_admin/tokens", self._tokens, allow_head=False),
         ])  # fmt: skip
         return app
+
+
+def _formats_json(store: RegionStore) -> dict[str, list[str]]:
+    return {"disk_formats": list(store.disk_formats), "container_formats": list(store.container_formats)}
 
 
 async def _listen(stack: AsyncExitStack, app: web.Application, port: int, tls: ssl.SSLContext | None = None) -> str:
@@ -159,6 +201,8 @@ async def running_emulator(
     require_format_match: bool = False,
     tls: ssl.SSLContext | None = None,
     download_rule: bool = True,
+    disk_formats: Sequence[str] | None = None,
+    container_formats: Sequence[str] | None = None,
 ) -> AsyncIterator[Emulator]:
     """Start the identity endpoint and every region; stop them all on exit (also on failure).
 
@@ -168,6 +212,8 @@ async def running_emulator(
     that do not match a bare image's disk_format); it is off by default, as in Glance releases before 33.
     ``tls`` serves every endpoint over HTTPS with that server context. ``download_rule`` applies NHN's
     download permission (``nhncloud_allow_download``); off, any image with data can be downloaded (Glance).
+    ``disk_formats`` / ``container_formats`` are every region's accepted formats (Glance's ``[image_format]``
+    options; default: Glance's defaults).
     """
     async with AsyncExitStack() as stack:
         if data_dir is None:
@@ -186,6 +232,11 @@ async def running_emulator(
             )
             for name in regions
         }
+        for ctx in contexts.values():
+            if disk_formats is not None:
+                ctx.store.disk_formats = format_list(disk_formats, "disk_formats")
+            if container_formats is not None:
+                ctx.store.container_formats = format_list(container_formats, "container_formats")
         emu = Emulator(identity=identity, regions=contexts, data_dir=data_dir)
         emu.identity_url = await _listen(stack, emu.identity_app(), port, tls) + "/v2.0"
         identity.url = emu.identity_url

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import synthetic
+from . import quotas, synthetic
 from .fields import CORE_WRITABLE, MAX_TAGS, GlanceError, parse_create, tags_quota_error, validate_tag
 from .formats import HEAD_BYTES, judge_format
+from .schemas import DEFAULT_CONTAINER_FORMATS, DEFAULT_DISK_FORMATS, schema_documents
 
 __all__ = [
     "ALLOW_DOWNLOAD",
@@ -166,6 +167,11 @@ class RegionStore:
     ``require_format_match`` switches on Glance 33's upload inspection (415 when the bytes do not match a
     bare image's disk_format); it is off by default, like older Glance releases, and on in the contract
     tests, like the real-Glance harness.
+
+    Region configuration, plain data that tests set directly (or through the admin endpoints): ``limits``
+    (Glance's unified limits for every project, see ``quotas``; empty: no quota) and ``disk_formats`` /
+    ``container_formats`` (Glance's ``[image_format]`` lists: the schema's enums, checked on create and
+    PATCH).
     """
 
     def __init__(
@@ -182,7 +188,30 @@ class RegionStore:
         self.download_rule = download_rule
         #: Glance's ``hashing_algorithm`` for this region (``os_hash_algo`` of what is uploaded here).
         self.hashing_algorithm = "sha512"
+        #: Limit name -> limit (``quotas.LIMITS``), for every project; an absent name is unlimited.
+        self.limits: dict[str, int] = {}
+        #: The formats this region accepts (Glance's ``[image_format] disk_formats`` / ``container_formats``).
+        self.disk_formats: tuple[str, ...] = DEFAULT_DISK_FORMATS
+        self.container_formats: tuple[str, ...] = DEFAULT_CONTAINER_FORMATS
         self._seq = itertools.count()
+
+    # === configuration
+
+    def schema(self, name: str = "image") -> dict[str, Any] | None:
+        """The region's ``/v2/schemas/{name}`` document (its format enums follow the configuration)."""
+        return schema_documents(tuple(self.disk_formats), tuple(self.container_formats)).get(name)
+
+    def image_schema(self) -> dict[str, Any]:
+        return schema_documents(tuple(self.disk_formats), tuple(self.container_formats))["image"]
+
+    def enforce_quota(self, resource: str, project: str, delta: int = 0) -> None:
+        """quotas.LimitExceeded (413) when ``project``'s usage of ``resource`` plus ``delta`` is over its limit."""
+        quotas.enforce(self.limits, self.images.values(), project, resource, delta)
+
+    def usage(self) -> dict[str, dict[str, int]]:
+        """Every project's current usage of each limit (projects that own images here)."""
+        return {owner: quotas.usage(self.images.values(), owner)
+                for owner in sorted({rec.owner for rec in self.images.values()})}  # fmt: skip
 
     # === lookup and permissions
 
@@ -208,9 +237,18 @@ class RegionStore:
 
     # === create / delete
 
-    def create(self, body: Any, caller: Caller) -> ImageRecord:
-        """POST /v2/images: validate every field first, then create a queued image."""
-        core, props, tags = parse_create(body, caller.tenant_id)
+    def create(self, body: Any, caller: Caller, *, existing: bool = False) -> ImageRecord:
+        """POST /v2/images: validate every field first, with the region's formats and image_count_total quota,
+        then create a queued image. ``existing`` (seeding: an image that is already there) skips the quota
+        and accepts Glance's default formats whatever the region's configuration."""
+
+        def admit() -> None:
+            self.enforce_quota(quotas.IMAGE_COUNT_TOTAL, caller.tenant_id, delta=1)
+
+        if existing:
+            core, props, tags = parse_create(body, caller.tenant_id)
+        else:
+            core, props, tags = parse_create(body, caller.tenant_id, schema=self.image_schema(), admit=admit)
         image_id = core.pop("id", None) or str(uuid.uuid4())
         if image_id in self.images or image_id in self.deleted_ids:
             raise GlanceError(409, f"Image ID {image_id} already exists!")
@@ -274,18 +312,31 @@ class RegionStore:
 
     # === data
 
-    def begin_upload(self, image_id: str, caller: Caller, *, discard: bool = False) -> tuple[ImageRecord, UploadWriter]:
+    def begin_upload(
+        self, image_id: str, caller: Caller, *, discard: bool = False, size: int | None = None
+    ) -> tuple[ImageRecord, UploadWriter]:
+        """Glance's upload up to the data: the image_size_total quota for the announced ``size`` (before the
+        image is even looked up), the move to saving, then the image_count_uploading quota (which puts the
+        image back to queued when it refuses)."""
+        self.enforce_quota(quotas.IMAGE_SIZE_TOTAL, caller.tenant_id, delta=0 if size is None else size // quotas.MIB)
         rec = self.owned(image_id, caller, "upload_image")
         if rec.status != "queued":
             raise GlanceError(409, f"Image status transition from {rec.status} to saving is not allowed")
         if not rec.disk_format or not rec.container_format:
             raise GlanceError(400, "Properties disk_format, container_format must be set prior to saving "
                                    "data.")  # fmt: skip
+        rec.status = "saving"
+        try:
+            self.enforce_quota(quotas.IMAGE_COUNT_UPLOADING, caller.tenant_id)
+        except quotas.LimitExceeded:
+            rec.status = "queued"  # image_data.py's _restore
+            self.touch(rec)
+            raise
         if rec.orphan_path is not None:
             # Glance 33 quirk kept on purpose: the rejected upload's file is still in the store, so
             # glance_store refuses the new one (Duplicate) and Glance answers a bare 500
+            rec.status = "queued"
             raise GlanceError(500)
-        rec.status = "saving"
         self.touch(rec)
         return rec, UploadWriter(self.data_dir / rec.id, discard=discard, algorithm=self.hashing_algorithm)
 
@@ -322,7 +373,7 @@ class RegionStore:
                 **fields}  # fmt: skip
         visibility = body.pop("visibility", "private")
         protected = body.pop("protected", False)
-        rec = self.create(body, Caller(owner))
+        rec = self.create(body, Caller(owner), existing=True)
         rec.visibility = visibility  # seeding may create public images, which users cannot
         rec.protected = protected
         return rec

@@ -69,14 +69,26 @@ def _hang_up(request: web.Request) -> None:
 _GONE = (ConnectionError, ClientConnectionResetError)
 
 
+def _announced_size(request: web.Request) -> int | None:
+    """The upload's size as Glance's deserializer reads it: x-openstack-image-size, else Content-Length."""
+    header = request.headers.get("x-openstack-image-size")
+    if header is None:
+        return request.content_length or None
+    try:
+        return int(header)
+    except ValueError:
+        raise GlanceError(400, "Invalid or missing image size in request headers.") from None
+
+
 async def upload_handler(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     ctype = request.headers.get("Content-Type")
     if (ctype or "").split(";")[0].strip() != "application/octet-stream":
         raise GlanceError(415, detail=f"Invalid content type {ctype}")
+    size = _announced_size(request)
     plan, ok, stats = ctx.faults, False, ctx.stats
     rec, writer = ctx.store.begin_upload(request.match_info["image_id"], request_caller(request),
-                                         discard=plan.discard_uploads)  # fmt: skip
+                                         discard=plan.discard_uploads, size=size)  # fmt: skip
     pacer = _Pacer(plan.bandwidth)
     received = 0
     buf = bytearray()
