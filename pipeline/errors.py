@@ -35,7 +35,8 @@
     │       └── ServerError              5xx (retryable, honours Retry-After)
     └── TransferError                    a copy of one image to one target failed
         ├── SourceReadError              blame the source: the download broke or lied
-        │   └── SourceForbiddenError     not retryable: the source refused the download (403)
+        │   ├── SourceForbiddenError     not retryable: the source refused the download (403)
+        │   └── SourceVanishedError      not retryable: the source image was deleted during the run
         ├── TargetWriteError             blame the target: the upload or its verification failed
         └── VerificationError            bytes or digests do not match (never marked done)
 
@@ -51,6 +52,7 @@ messages are built from response bodies and request paths, never from headers or
 from __future__ import annotations
 
 import enum
+import re
 from typing import Any, ClassVar
 
 __all__ = [
@@ -81,6 +83,7 @@ __all__ = [
     "ServerError",
     "SourceForbiddenError",
     "SourceReadError",
+    "SourceVanishedError",
     "TLSVerificationError",
     "TargetWriteError",
     "TokenRejectedError",
@@ -92,6 +95,7 @@ __all__ = [
     "VerificationError",
     "error_for_status",
     "first_error",
+    "quota_resource",
     "run_state",
 ]
 
@@ -387,12 +391,36 @@ class SourceForbiddenError(SourceReadError):
     retryable: ClassVar[bool] = False
 
 
+class SourceVanishedError(SourceReadError):
+    """The source image no longer exists (a 404, confirmed by a GET): deleted during the run. Nothing to retry."""
+
+    retryable: ClassVar[bool] = False
+
+
 class TargetWriteError(TransferError):
     """A target's upload failed, or the target reported digests that do not match."""
 
 
 class VerificationError(TransferError):
     """Bytes or digests do not match; the copy is never marked done."""
+
+
+#: What Glance names in a 413 of a full quota: its unified limits ("Project ... is over a limit for [Resource
+#: image_count_total is over limit of ..."), and the legacy storage quota ("... exceeds the quota", "Image exceeds
+#: the storage quota"). Any other 413 (128 properties or tags, an image size cap) concerns one image only.
+_QUOTA_RESOURCE = re.compile(r"\b(image_count_total|image_count_uploading|image_size_total|image_stage_total)\b")
+_STORAGE_QUOTA = re.compile(r"exceeds the (?:storage )?quota", re.IGNORECASE)
+
+
+def quota_resource(exc: BaseException) -> str | None:
+    """The quota a 413 says is full (``image_count_total``, ..., or ``storage quota``), or None when ``exc`` is not
+    a quota refusal: a full quota stops a whole target, any other 413 one image."""
+    if not isinstance(exc, PayloadTooLargeError):
+        return None
+    found = _QUOTA_RESOURCE.search(exc.message)
+    if found is not None:
+        return found.group(1)
+    return "storage quota" if _STORAGE_QUOTA.search(exc.message) else None
 
 
 def first_error(exc: BaseException) -> BaseException:

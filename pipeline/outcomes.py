@@ -56,6 +56,11 @@ OUTCOMES: dict[str, Outcome] = {o.name: o for o in (
             failure=True),
     Outcome("cancelled", "stopped mid-transfer by a signal, max_runtime or a fatal error", "#ef6c00",
             in_sync=False),
+    Outcome("vanished", "the source image was deleted during the run: no copy of it is left in the target (not a "
+            "failure: the next run would not select it)", "#9575cd"),
+    Outcome("not_portable", "its data does not live in the Image API (a volume-backed snapshot: a "
+            "block_device_mapping that names a block-storage snapshot or volume): no copy was made", "#795548",
+            in_sync=False, failure=True),
 )}  # fmt: skip
 
 #: What the HTML report shows besides: an image x target of a target unusable for the whole run, and one that

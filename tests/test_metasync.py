@@ -56,10 +56,10 @@ def test_visibility_is_never_widened_and_members_follow_the_map() -> None:
 
 
 def test_create_fields_are_private_with_formats_os_type_and_provenance() -> None:
-    """The minimal POST body (the fallback when a target refuses the full one): name, formats, os_type (NHN
-    requires it), private, and provenance; nothing else."""
+    """The minimal POST body (the fallback when a target refuses the full one): name, formats, the properties the
+    target requires (NHN: os_type), private, and provenance; nothing else."""
     src = image(disk_format="qcow2", container_format="bare", os_type="linux", os_distro="u", visibility="shared")
-    body = create_fields(src, desired_metadata(src, None, CopyOptions(), PROV), minimal=True)
+    body = create_fields(src, desired_metadata(src, None, CopyOptions(), PROV, required=("os_type",)), minimal=True)
     assert body == {"name": "n", "disk_format": "qcow2", "container_format": "bare", "visibility": "private",
                     "os_type": "linux", **PROV}  # fmt: skip
 

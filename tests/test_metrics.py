@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.emulator import Emulator
 from pipeline.models import Image
+from pipeline.outcomes import OUTCOMES
 from pipeline.plan.planner import Action, ImagePlan, Plan, Step
 from pipeline.report.events import BytesRead, BytesWritten, SourceResumed, TargetRetrying
 from pipeline.report.metrics import MetricsFile
@@ -101,10 +102,10 @@ def test_final_file_matches_the_summary(tmp_path: Path) -> None:
         key("imgmig_bytes_read_total", region="KR1"): report["bytes_read"],
         key("imgmig_bytes_written_total", region="KR2"): 130,
         key("imgmig_bytes_written_total", region="JP1"): 60,
-        **{key("imgmig_images", outcome=o): counts[o]
-           for o in ("copied", "metadata", "up_to_date", "skipped", "failed", "cancelled")},
+        **{key("imgmig_images", outcome=o): counts[o] for o in OUTCOMES},
         key("imgmig_parked_images"): counts["parked_images"],
-        key("imgmig_unavailable_targets"): counts["unavailable_targets"],
+        key("imgmig_unavailable_targets", reason="unreachable"): counts["unavailable_targets"],
+        key("imgmig_unavailable_targets", reason="quota_full"): counts["quota_full_targets"],
         key("imgmig_retries_total"): report["retries"],
         key("imgmig_source_resumes_total"): report["source_resumes"],
         key("imgmig_orphans_deleted_total"): report["orphans_deleted"],

@@ -13,12 +13,12 @@ from pipeline.config import (
     DEFAULT_IDENTITY_URL,
     DEFAULT_JOURNAL_ROOT,
     CopyOptions,
-    Endpoint,
     JobSpec,
     RunOptions,
     Secret,
     Select,
     Source,
+    Target,
     TransferOptions,
     load_job,
     parse_job,
@@ -85,9 +85,9 @@ def test_full_example_parses() -> None:
     assert fixed.location == "https://kr2-api-image-infrastructure.example.test"
     assert spec.source == Source(auth="src", region="KR1")
     assert spec.targets == (
-        Endpoint(auth="dst", region="JP1"),
-        Endpoint(auth="src", region="KR2"),
-        Endpoint(auth="fixed", region="KR2"),
+        Target(auth="dst", region="JP1"),
+        Target(auth="src", region="KR2"),
+        Target(auth="fixed", region="KR2"),
     )
     assert spec.profile(spec.targets[0]) is spec.auth["dst"]
 

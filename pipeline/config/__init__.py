@@ -14,6 +14,7 @@ from pipeline.config.models import (
     RunOptions,
     Select,
     Source,
+    Target,
     TransferOptions,
 )
 from pipeline.config.shard import INDEX_VARIABLE, Shard, shard_from_args
@@ -33,6 +34,7 @@ __all__ = [
     "Select",
     "Shard",
     "Source",
+    "Target",
     "TransferOptions",
     "load_job",
     "override",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from pipeline.config.models import (
     RunOptions,
     Select,
     Source,
+    Target,
     TransferOptions,
 )
 from pipeline.config.problems import Problems, dotted, unknown_key, validate
@@ -59,7 +60,7 @@ def _job_name(value: object, problems: Problems) -> str | None:
     return None
 
 
-def _targets(value: object, problems: Problems, profiles: list[str] | None) -> list[Endpoint | None]:
+def _targets(value: object, problems: Problems, profiles: list[str] | None) -> list[Target | None]:
     if value is None:
         problems.append(("targets", "missing required key"))
     elif not isinstance(value, list):
@@ -67,7 +68,7 @@ def _targets(value: object, problems: Problems, profiles: list[str] | None) -> l
     elif not value:
         problems.append(("targets", "at least one target is required"))
     else:
-        return [validate(Endpoint, item, ("targets", i), problems, profiles) for i, item in enumerate(value)]
+        return [validate(Target, item, ("targets", i), problems, profiles) for i, item in enumerate(value)]
     return []
 
 
@@ -76,7 +77,7 @@ def _targets(value: object, problems: Problems, profiles: list[str] | None) -> l
 
 def _check_places(
     source: Endpoint | None,
-    targets: list[Endpoint | None],
+    targets: Sequence[Endpoint | None],
     profiles: Mapping[str, AuthProfile],
     problems: Problems,
 ) -> None:

@@ -63,6 +63,7 @@ __all__ = [
     "RunOptions",
     "Select",
     "Source",
+    "Target",
     "TransferOptions",
 ]
 
@@ -162,6 +163,19 @@ class Source(Endpoint):
     enable_download: bool = False
 
 
+#: The properties NHN Cloud's Create Image requires (its guide: ``os_type`` is a required request field).
+NHN_REQUIRED_PROPERTIES = ("os_type",)
+
+
+class Target(Endpoint):
+    """A target: where copies go, and the target's own rules for creating them."""
+
+    #: Properties a create must carry; None: NHN's (``os_type``) for an NHN profile, none for any other.
+    required_properties: _Texts | None = None
+    #: Values for required properties that a source lacks (over ``[copy] defaults``).
+    defaults: Mapping[str, _Text] = Field(default_factory=dict)
+
+
 class Select(_Section):
     """Which source images to copy; an image must pass every filter that is set."""
 
@@ -170,6 +184,9 @@ class Select(_Section):
     visibility: Annotated[tuple[str, ...], PlainValidator(_visibility)] = DEFAULT_VISIBILITY
     tags: _Texts = ()
     owner: _Text | None = None
+    #: A volume-backed snapshot (its data is a block-storage snapshot, not in the Image API): "block" fails it
+    #: with the reason (exit 1), "skip" lists it as skipped.
+    volume_backed: Literal["block", "skip"] = "block"
     size_min: _Size | None = None
     size_max: _Size | None = None
     nhncloud_product: Annotated[str, PlainValidator(_product)] | None = None
@@ -196,6 +213,10 @@ class CopyOptions(_Section):
     member_map: Mapping[str, _Text] = Field(default_factory=dict)
     accept_members_with: _AuthRefs = ()
     community: Literal["skip", "private", "community"] = DEFAULT_COMMUNITY
+    #: Values for properties a target requires and a source lacks (a target's own ``defaults`` win).
+    defaults: Mapping[str, _Text] = Field(default_factory=dict)
+    #: Properties that name another image of the source region: rewritten in each target to that image's copy.
+    reference_properties: _Texts = ("kernel_id", "ramdisk_id")
 
 
 class TransferOptions(_Section):
@@ -253,7 +274,7 @@ class JobSpec:
     path: Path | None
     auth: Mapping[str, AuthProfile]
     source: Source
-    targets: tuple[Endpoint, ...]
+    targets: tuple[Target, ...]
     select: Select
     copy: CopyOptions
     transfer: TransferOptions
@@ -270,3 +291,19 @@ class JobSpec:
     def profile(self, endpoint: Endpoint) -> AuthProfile:
         """The auth profile an endpoint names (validation guarantees it exists)."""
         return self.auth[endpoint.auth]
+
+    def labelled_targets(self) -> dict[str, Target]:
+        """A short, unique name per target: its region, or ``region@profile`` when a region repeats."""
+        regions = [t.region for t in self.targets]
+        return {(t.region if regions.count(t.region) == 1 else f"{t.region}@{t.auth}"): t for t in self.targets}
+
+    def required_properties(self, target: Target) -> tuple[str, ...]:
+        """The properties a create in ``target`` must carry: its own list, else NHN's for an NHN profile."""
+        if target.required_properties is not None:
+            return target.required_properties
+        profile = self.profile(target)
+        return NHN_REQUIRED_PROPERTIES if profile.type == "nhn" and profile.cloud is None else ()
+
+    def defaults(self, target: Target) -> dict[str, str]:
+        """The values a copy in ``target`` takes for required properties its source lacks."""
+        return {**self.copy.defaults, **target.defaults}

@@ -35,6 +35,12 @@ class DiscoveredTarget(Protocol):
     def read_only(self) -> frozenset[str]: ...
 
     @property
+    def disk_formats(self) -> frozenset[str] | None: ...
+
+    @property
+    def container_formats(self) -> frozenset[str] | None: ...
+
+    @property
     def error(self) -> str | None: ...
 
 
@@ -50,6 +56,9 @@ class Discovered(Protocol):
     @property
     def targets(self) -> Mapping[str, DiscoveredTarget]: ...
 
+    @property
+    def vanished_sources(self) -> frozenset[str]: ...
+
 
 class Intent:
     """Desired state per image x target, cached; ``plan()`` decides every step."""
@@ -59,17 +68,37 @@ class Intent:
         self.inventory = inventory
         self.state = state
         self._desired: dict[tuple[str, str], Desired] = {}
+        self._targets = spec.labelled_targets()
 
     def desired(self, image: Image, label: str) -> Desired:
         key = (image.id, label)
         if key not in self._desired:
-            target = self.inventory.targets[label]
+            target, rules = self.inventory.targets[label], self._targets[label]
             prov = provenance(self.spec.name, self.spec.source.region, image)
             self._desired[key] = desired_metadata(
                 image, self.inventory.source_members.get(image.id), self.spec.copy, prov,
                 target.read_only or frozenset(), target_tenant=target.tenant_id,
+                required=self.spec.required_properties(rules), defaults=self.spec.defaults(rules),
             )  # fmt: skip
         return self._desired[key]
+
+    def refusal(self, image: Image, label: str) -> str | None:
+        """Why ``label`` cannot take a new copy of ``image`` by its own rules, before any byte moves: a property it
+        requires that the source lacks and no default gives, or a format its schema does not list."""
+        missing = self.desired(image, label).missing
+        if missing:
+            names = ", ".join(missing)
+            example = ", ".join(f'{key} = "..."' for key in missing)
+            return (f"target {label} requires {names} on create, and the source image has no value for it: set "
+                    f"[copy] defaults = {{ {example} }} (or [[targets]] defaults for this target) to give its copies "
+                    "one")  # fmt: skip
+        target = self.inventory.targets[label]
+        for field, allowed in (("disk_format", target.disk_formats), ("container_format", target.container_formats)):
+            value = image.raw.get(field)
+            if allowed is not None and isinstance(value, str) and value not in allowed:
+                return (f"target {label} does not accept {field} {value!r} (its image schema lists "
+                        f"{', '.join(sorted(allowed))})")  # fmt: skip
+        return None
 
     def managed(self, image: Image, label: str) -> list[str]:
         """Property keys this job set on that copy before (only those may be removed)."""
@@ -92,7 +121,9 @@ class Intent:
         pruning = self.spec.prune.enabled
         plan = plan_job(inventory.images, available, copies, self.state, self.spec.copy,
                         lambda image, label, copy: self.diff(image, label, copy),
-                        enable_download=self.spec.source.enable_download, pruning=pruning)  # fmt: skip
+                        enable_download=self.spec.source.enable_download, pruning=pruning,
+                        vanished=inventory.vanished_sources, refusal=self.refusal,
+                        volume_backed=self.spec.select.volume_backed)  # fmt: skip
         if not pruning:
             return plan
         selected = {image.id for image in inventory.images}

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.config import CopyOptions
 from pipeline.models import READ_ONLY_FIELDS, Image, Member, is_reserved_field
-from pipeline.plan.provenance import PROVENANCE_PREFIX
+from pipeline.plan.provenance import PROV_DEFAULTED, PROVENANCE_PREFIX
 
 __all__ = [
     "Desired",
@@ -30,10 +30,24 @@ __all__ = [
     "desired_metadata",
     "diff_metadata",
     "read_only_fields",
+    "schema_formats",
 ]
 
 #: Core attributes copied with PATCH after the data is verified.
 CORE_COPIED = ("name", "min_disk", "min_ram", "os_hidden")
+
+
+def schema_formats(schema: Mapping[str, Any] | None) -> tuple[list[str] | None, list[str] | None]:
+    """The disk and container formats an image schema allows (its ``enum``s, as Glance builds them from its
+    ``[image_format]`` config); None for either when the schema does not say."""
+    props = (schema or {}).get("properties")
+
+    def enum(name: str) -> list[str] | None:
+        field = props.get(name) if isinstance(props, Mapping) else None
+        values = field.get("enum") if isinstance(field, Mapping) else None
+        return sorted(v for v in values if isinstance(v, str)) if isinstance(values, list) else None
+
+    return enum("disk_format"), enum("container_format")
 
 
 def read_only_fields(schema: Mapping[str, Any] | None) -> frozenset[str]:
@@ -57,6 +71,10 @@ class Desired:
     #: member tenant on the target -> status on the source
     members: Mapping[str, str]
     notes: tuple[str, ...] = ()
+    #: Properties the target requires on create (sent in the minimal body too).
+    required: tuple[str, ...] = ()
+    #: Properties the target requires that neither the source nor a default gives: no copy can be created.
+    missing: tuple[str, ...] = ()
 
 
 def _wanted(key: str, copy: CopyOptions, read_only: frozenset[str]) -> bool:
@@ -78,12 +96,21 @@ def desired_metadata(
     read_only: frozenset[str] = READ_ONLY_FIELDS,
     *,
     target_tenant: str | None = None,
+    required: Sequence[str] = (),
+    defaults: Mapping[str, str] | None = None,
 ) -> Desired:
-    """The target metadata for a copy of ``source``, from the job's ``[copy]`` rules."""
+    """The target metadata for a copy of ``source``, from the job's ``[copy]`` rules. A property the target
+    ``required`` that the source lacks takes its value from ``defaults`` (the copy names it in
+    ``imgmig_defaulted``, and it is kept, not removed as drift); without a default it is ``missing``."""
     notes: list[str] = []
     core = {k: source.raw[k] for k in CORE_COPIED if k in source.raw and source.raw[k] is not None}
     props = {k: v for k, v in source.properties().items() if isinstance(v, str) and _wanted(k, copy, read_only)}
+    lacking = [key for key in required if not props.get(key)]
+    defaulted = sorted(key for key in lacking if (defaults or {}).get(key))
+    props.update({key: (defaults or {})[key] for key in defaulted})
     props.update(prov)
+    if defaulted:
+        props[PROV_DEFAULTED] = ",".join(defaulted)
     visibility = "private"
     if copy.visibility:
         if source.visibility in ("private", "shared"):
@@ -107,6 +134,8 @@ def desired_metadata(
         protected=source.protected if copy.protected else False,
         members=wanted_members,
         notes=tuple(notes),
+        required=tuple(required),
+        missing=tuple(key for key in lacking if key not in defaulted),
     )
 
 
@@ -116,8 +145,8 @@ def create_fields(source: Image, desired: Desired, *, minimal: bool = False) -> 
     (provenance included) and tags. Visibility stays private and protection off until the data is verified
     (``apply_metadata`` widens and protects afterwards).
 
-    ``minimal``: formats, the attributes NHN requires and provenance only: the body sent again when a target
-    refuses the full one (the rest then goes through ``apply_metadata``, which reports each refusal)."""
+    ``minimal``: formats, the properties the target requires and provenance only: the body sent again when a
+    target refuses the full one (the rest then goes through ``apply_metadata``, which reports each refusal)."""
     body: dict[str, Any] = {
         "name": source.name or source.id,
         "disk_format": source.raw.get("disk_format"),
@@ -125,8 +154,7 @@ def create_fields(source: Image, desired: Desired, *, minimal: bool = False) -> 
         "visibility": "private",
     }
     if minimal:
-        if "os_type" in desired.properties:
-            body["os_type"] = desired.properties["os_type"]  # NHN: os_type is required on create
+        body.update({k: desired.properties[k] for k in desired.required if k in desired.properties})
         body.update({k: v for k, v in desired.properties.items() if k.startswith(PROVENANCE_PREFIX)})
         return body
     body.update(desired.core)
@@ -196,6 +224,8 @@ def diff_metadata(
             for k in dropped
             if k in current and not k.startswith(PROVENANCE_PREFIX)
         ]
+    if PROV_DEFAULTED in current and PROV_DEFAULTED not in desired.properties:
+        ops.append({"op": "remove", "path": _pointer(PROV_DEFAULTED)})  # the source has its own values now
     tags = set(target.tags)
     add_tags = tuple(sorted(desired.tags - tags))
     remove_tags = () if additive else tuple(sorted(tags - desired.tags))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,6 +49,7 @@ __all__ = [
     "select_images",
     "skip_reason",
     "verified_copies",
+    "volume_backed_reason",
 ]
 
 PARTIAL_STATES = frozenset({"queued", "saving", "killed", "importing", "uploading"})
@@ -60,6 +62,8 @@ class Action(enum.StrEnum):
     METADATA = "metadata"
     SKIP = "skip"
     BLOCKED = "blocked"
+    #: The image's data does not live in the Image API (a volume-backed snapshot): nothing is created for it.
+    NOT_PORTABLE = "not_portable"
 
     @property
     def moves_data(self) -> bool:
@@ -126,6 +130,8 @@ class Plan:
     notes: tuple[str, ...] = ()
     #: ``[prune] enabled``: the copies to delete, or why none may go.
     prune: PrunePlan | None = None
+    #: (target, copy) of this job's unfinished copies whose source no longer exists: the sweep deletes them.
+    leftovers: tuple[tuple[str, Image], ...] = ()
 
     def steps(self) -> Iterable[tuple[ImagePlan, Step]]:
         for image in self.images:
@@ -209,6 +215,29 @@ def download_allowed(image: Image) -> bool:
     (clouds without the attribute allow every download)."""
     value = image.raw.get(ALLOW_DOWNLOAD)
     return value is None or str(value).lower() == "true"
+
+
+def volume_backed_reason(image: Image) -> str | None:
+    """Why ``image`` is not portable, or None: a volume-backed snapshot (Nova's snapshot of a volume-backed
+    instance) holds no data of its own; its ``block_device_mapping`` names a block-storage snapshot or volume of
+    the source region, which no target region has, so a copy could never boot."""
+    raw = image.raw.get("block_device_mapping")
+    try:
+        mappings = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return None
+    if not isinstance(mappings, list) or (image.size or 0) > 0:
+        return None
+    for bdm in mappings:
+        if not isinstance(bdm, dict):
+            continue
+        for key, kind in (("snapshot_id", "snapshot"), ("volume_id", "volume")):
+            if bdm.get(key):
+                return (f"volume-backed snapshot: its data is not in the Image API but in the block-storage {kind} "
+                        f"{bdm[key]} of the source region, named by its block_device_mapping, and no target has it. "
+                        "Copy the volume instead (a volume backup or transfer to the other region), or make an "
+                        "image of it with its data uploaded (cinder upload-to-image) and copy that")  # fmt: skip
+    return None
 
 
 def skip_reason(image: Image, copy: CopyOptions) -> str | None:
@@ -303,8 +332,14 @@ def plan_job(
     *,
     enable_download: bool = False,
     pruning: bool = False,
+    vanished: frozenset[str] = frozenset(),
+    refusal: Callable[[Image, str], str | None] | None = None,
+    volume_backed: str = "block",
 ) -> Plan:
-    """Decide every image x target from the selected ``images`` and each target's copies of this job."""
+    """Decide every image x target from the selected ``images`` and each target's copies of this job.
+    ``vanished``: sources that no longer exist; this job's unfinished copies of them are leftovers to delete.
+    ``refusal(image, target)``: why a target cannot take a new copy by its own rules (that step is blocked).
+    ``volume_backed``: "block" (the step fails with the reason) or "skip" for a volume-backed snapshot."""
     by_source: dict[str, dict[str, list[Image]]] = {t: {} for t in targets}
     for label in targets:
         for c in copies.get(label, ()):
@@ -314,13 +349,21 @@ def plan_job(
     planned: list[ImagePlan] = []
     for image in images:
         reason = skip_reason(image, copy)
+        volume = volume_backed_reason(image) if reason is None else None
+        if volume is not None and volume_backed == "skip":
+            reason = f'{volume} ([select] volume_backed = "skip")'
         if reason is not None:
             planned.append(ImagePlan(image, tuple(Step(t, Action.SKIP, reason) for t in targets), reason))
+            continue
+        if volume is not None:
+            planned.append(ImagePlan(image, tuple(Step(t, Action.NOT_PORTABLE, volume) for t in targets)))
             continue
         steps = []
         for label in targets:
             entry = journal.target(image.id, label)
-            steps.append(_plan_target(image, label, by_source[label].get(image.id, []), entry, copy, meta_diff))
+            step = _plan_target(image, label, by_source[label].get(image.id, []), entry, copy, meta_diff)
+            refused = refusal(image, label) if refusal is not None and step.action.moves_data else None
+            steps.append(Step(label, Action.BLOCKED, refused, extra=step.extra) if refused else step)
         gated = not download_allowed(image) and any(s.action.moves_data for s in steps)
         if gated and not enable_download:
             why = BLOCKED_REASON.format(value=image.raw.get(ALLOW_DOWNLOAD))
@@ -341,4 +384,6 @@ def plan_job(
         "journalled when they were made"
         for i in images if i.status == "active" and not i.publishes_digest and skip_reason(i, copy) is None
     ]  # fmt: skip
-    return Plan(tuple(planned), tuple(targets), tuple(notes))
+    leftovers = tuple((label, c) for label in targets for c in copies.get(label, ())
+                      if c.status != "active" and c.raw.get(PROV_SOURCE_ID) in vanished)  # fmt: skip
+    return Plan(tuple(planned), tuple(targets), tuple(notes), leftovers=leftovers)

@@ -14,6 +14,7 @@ from pipeline.models import Image
 
 __all__ = [
     "PROVENANCE_PREFIX",
+    "PROV_DEFAULTED",
     "PROV_JOB",
     "PROV_SOURCE_CHECKSUM",
     "PROV_SOURCE_ID",
@@ -28,6 +29,8 @@ PROV_JOB = "imgmig_job"
 PROV_SOURCE_ID = "imgmig_source_id"
 PROV_SOURCE_REGION = "imgmig_source_region"
 PROV_SOURCE_CHECKSUM = "imgmig_source_checksum"
+#: The properties a copy took from ``defaults`` because its source lacked them (comma-separated names).
+PROV_DEFAULTED = "imgmig_defaulted"
 
 
 def provenance(job: str, source_region: str, image: Image) -> dict[str, str]:

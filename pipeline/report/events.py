@@ -20,6 +20,7 @@ __all__ = [
     "SpoolFailed",
     "TargetFailed",
     "TargetFinished",
+    "TargetQuotaFull",
     "TargetRetrying",
     "TeeReporter",
 ]
@@ -93,6 +94,15 @@ class SpoolFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetQuotaFull:
+    """A target answered with a full quota: nothing more is sent to it in this run (reported once)."""
+
+    region: str
+    resource: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class TargetRetrying:
     image_id: str
     region: str
@@ -134,7 +144,7 @@ class ImageFinished:
 
 Event = (
     PlanReady | ImageStarted | BytesRead | BytesWritten | SourceResumed | SpoolFailed | TargetRetrying | TargetFailed
-    | TargetFinished | ImageFinished
+    | TargetFinished | ImageFinished | TargetQuotaFull
 )  # fmt: skip
 
 

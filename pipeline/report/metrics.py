@@ -137,12 +137,16 @@ class MetricsFile:
                                    f"({', '.join(OUTCOMES)}).", labels=[*base, "outcome"])  # fmt: skip
         for outcome in OUTCOMES:
             images.add_metric([*values, outcome], counts[outcome])
+        unavailable = GaugeMetricFamily("imgmig_unavailable_targets", "Targets this run could not use, by reason: "
+                                        "unreachable for the whole run, or over a quota (quota_full).",
+                                        labels=[*base, "reason"])  # fmt: skip
+        unavailable.add_metric([*values, "unreachable"], counts["unavailable_targets"])
+        unavailable.add_metric([*values, "quota_full"], counts["quota_full_targets"])
         families += [
             images,
             gauge("imgmig_parked_images", "Images left unfinished at max_runtime (the next run resumes them).",
                   counts["parked_images"]),
-            gauge("imgmig_unavailable_targets", "Targets this run could not use at all.",
-                  counts["unavailable_targets"]),
+            unavailable,
             counter("imgmig_retries", "Target upload retries in this run.", summary.retries),
             counter("imgmig_source_resumes", "Source downloads reopened after a broken stream in this run.",
                     summary.resumes),

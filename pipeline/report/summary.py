@@ -14,7 +14,15 @@ from typing import Any
 from pipeline.errors import OUTCOME_EXIT_CODES, ExitCode
 from pipeline.models import RequestCounts
 from pipeline.outcomes import STEP_OUTCOMES, is_failure, step_outcome
-from pipeline.report.events import BytesRead, BytesWritten, PlannedWork, Reporter, SourceResumed, TargetRetrying
+from pipeline.report.events import (
+    BytesRead,
+    BytesWritten,
+    PlannedWork,
+    Reporter,
+    SourceResumed,
+    TargetQuotaFull,
+    TargetRetrying,
+)
 from pipeline.units import format_duration, format_rate, format_size
 
 __all__ = ["RunSummary", "StepFinished"]
@@ -70,6 +78,8 @@ class _Counter:
             self.summary.retries += 1
         elif isinstance(event, SourceResumed):
             self.summary.resumes += 1
+        elif isinstance(event, TargetQuotaFull):
+            self.summary.quota_full.setdefault(event.region, f"{event.resource}: {event.message}")
         if self.downstream is not None:
             self.downstream.emit(event)
 
@@ -94,6 +104,8 @@ class RunSummary:
     prune_failed: list[str] = field(default_factory=list)
     parked_images: int = 0
     unavailable: dict[str, str] = field(default_factory=dict)
+    #: Targets whose quota was full during the run: label -> "resource: the server's message" (reported once).
+    quota_full: dict[str, str] = field(default_factory=dict)
     #: Sources whose download permission an earlier run left switched on and this run could not restore.
     sources_left_open: dict[str, str] = field(default_factory=dict)
     interrupted: str | None = None
@@ -127,6 +139,7 @@ class RunSummary:
             counts[step.outcome] = counts.get(step.outcome, 0) + 1
         counts["parked_images"] = self.parked_images
         counts["unavailable_targets"] = len(self.unavailable)
+        counts["quota_full_targets"] = len(self.quota_full)
         return counts
 
     @property
@@ -141,7 +154,8 @@ class RunSummary:
             return "interrupted"
         if self.fatal:
             return "fatal"
-        if self.failures or self.unavailable or self.sources_left_open or self.prune_refused or self.prune_failed:
+        if (self.failures or self.unavailable or self.quota_full or self.sources_left_open or self.prune_refused
+                or self.prune_failed):  # fmt: skip
             return "failed"
         return "parked" if self.parked else "ok"
 
@@ -155,6 +169,20 @@ class RunSummary:
             return self.fatal_code
         return OUTCOME_EXIT_CODES[outcome]
 
+    def _failure_lines(self) -> list[str]:
+        """One line per failed step; steps of one target that failed with the very same error (a condition of the
+        whole target, such as its full quota) share one line: one message, not one per image."""
+        by_error: dict[tuple[str, str | None], list[StepFinished]] = {}
+        for s in self.failures:
+            by_error.setdefault((s.target, s.error), []).append(s)
+        lines = []
+        for (target, error), steps in by_error.items():
+            if len(steps) == 1:
+                lines.append(f"  FAILED {steps[0].name or steps[0].image_id} -> {target}: {error}")
+            else:
+                lines.append(f"  FAILED {len(steps)} images -> {target}: {error}")
+        return lines
+
     def to_json(self) -> dict[str, Any]:
         rate = self.bytes_written / self.duration if self.duration > 0 else 0.0
         return {
@@ -163,6 +191,7 @@ class RunSummary:
             "counts": self.counts(), "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
             "rate_bytes_per_second": round(rate, 1), "retries": self.retries, "source_resumes": self.resumes,
             "orphans_deleted": self.orphans_deleted, "unavailable_targets": dict(self.unavailable),
+            "quota_full_targets": dict(self.quota_full),
             "sources_left_open": dict(self.sources_left_open),
             "pruned": list(self.pruned), "prune_refused": self.prune_refused, "prune_failed": list(self.prune_failed),
             "journal": {"records": self.journal_records, "seconds": round(self.journal_seconds, 4)},
@@ -192,13 +221,14 @@ class RunSummary:
         if self.orphans_deleted:
             lines.append(f"  {self.orphans_deleted} leftover copies deleted")
         lines += [f"  UNAVAILABLE {label}: {reason}" for label, reason in self.unavailable.items()]
+        lines += [f"  QUOTA FULL {label}: {reason}" for label, reason in self.quota_full.items()]
         lines += [f"  SOURCE LEFT OPEN {image_id}: {reason}" for image_id, reason in self.sources_left_open.items()]
         lines += [f"  PRUNED {p['target']}: copy {p['target_id']} ({p['name']}) of source {p['source_id']}"
                   for p in self.pruned]  # fmt: skip
         if self.prune_refused:
             lines.append(f"  PRUNE REFUSED: {self.prune_refused}")
         lines += [f"  PRUNE FAILED {failure}" for failure in self.prune_failed]
-        lines += [f"  FAILED {s.name or s.image_id} -> {s.target}: {s.error}" for s in self.failures]
+        lines += self._failure_lines()
         for step in self.steps:
             lines += [f"  WARNING {step.name or step.image_id} -> {step.target}: {p}" for p in step.problems]
             if step.pending_members:

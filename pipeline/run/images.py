@@ -19,6 +19,7 @@ from pipeline.models import Image
 from pipeline.plan.intent import Intent
 from pipeline.plan.metadiff import Desired, create_fields
 from pipeline.plan.planner import Action, ImagePlan, Plan, Step
+from pipeline.plan.provenance import PROV_SOURCE_ID
 from pipeline.report.summary import RunSummary, StepFinished
 from pipeline.run.gate import download_enabled
 from pipeline.run.inventory import Clients, Inventory
@@ -67,29 +68,28 @@ def journal_plan(run: Running) -> None:
 
 
 async def sweep(run: Running) -> None:
-    """Delete duplicate and leftover copies of this job (the orphan sweep); each image's provenance is
-    re-checked on the image itself before it is deleted (``copies.delete_copy``)."""
-    for image_plan, step in run.plan.steps():
-        for extra in step.extra:
-            target = run.inventory.targets[step.target]
-            try:
-                deleted = await delete_copy(target.client, extra, run.spec.name)
-            except ApiError as exc:
-                log.warning("orphan_delete_failed", image_id=image_plan.image.id, target=step.target,
-                            target_image=extra.id, error=str(exc))  # fmt: skip
-                continue
-            if not deleted:
-                log.warning(
-                    "orphan_not_ours",
-                    image_id=image_plan.image.id,
-                    target=step.target,
-                    target_image=extra.id,
-                    message="no longer carries this job's provenance; left alone",
-                )
-                continue
-            run.summary.orphans_deleted += 1
-            failpoint("swept")
-            run.journal.record("target", image_id=image_plan.image.id, region=step.target, deleted=extra.id)
+    """Delete duplicate and leftover copies of this job (the orphan sweep), and its unfinished copies of sources
+    that no longer exist; each image's provenance is re-checked on the image itself before it is deleted
+    (``copies.delete_copy``)."""
+    doomed = [
+        (image_plan.image.id, step.target, extra) for image_plan, step in run.plan.steps() for extra in step.extra
+    ]
+    doomed += [(str(copy.raw.get(PROV_SOURCE_ID)), label, copy) for label, copy in run.plan.leftovers]
+    for source_id, label, copy in doomed:
+        target = run.inventory.targets[label]
+        try:
+            deleted = await delete_copy(target.client, copy, run.spec.name)
+        except ApiError as exc:
+            log.warning("orphan_delete_failed", image_id=source_id, target=label, target_image=copy.id,
+                        error=str(exc))  # fmt: skip
+            continue
+        if not deleted:
+            log.warning("orphan_not_ours", image_id=source_id, target=label, target_image=copy.id,
+                        message="no longer carries this job's provenance; left alone")  # fmt: skip
+            continue
+        run.summary.orphans_deleted += 1
+        failpoint("swept")
+        run.journal.record("target", image_id=source_id, region=label, deleted=copy.id)
 
 
 async def prune(run: Running) -> None:
@@ -161,10 +161,16 @@ async def _copy_image(run: Running, plan: ImagePlan) -> None:
     inventory, intent = run.inventory, run.intent
     image = plan.image
     data_steps = [s for s in plan.steps if s.action.moves_data]
-    results: dict[str, TargetResult] = {}
-    if data_steps:
-        specs = []
+    # a target whose quota filled up during the run gets no request: its steps fail with that one reason
+    results = {s.target: TargetResult(s.target, state="failed", error=run.engine.full[s.target])
+               for s in data_steps if s.target in run.engine.full}  # fmt: skip
+    copying = [s for s in data_steps if s.target not in results]
+    if not copying:
         for step in data_steps:
+            _record_step(run, image, step, "failed", result=results[step.target], error=results[step.target].error)
+    else:
+        specs = []
+        for step in copying:
             target = inventory.targets[step.target]
             desired = intent.desired(image, step.target)
             entry = run.journal.state.target(image.id, step.target)
@@ -179,7 +185,7 @@ async def _copy_image(run: Running, plan: ImagePlan) -> None:
                 await run.engine.copy_image(inventory.source, image, specs, hooks=_Hooks(run, image), results=results)
         except ApiError as exc:  # only opening the gate raises one: the engine reports per target
             why = f"cannot switch on the source's download permission (nhncloud_allow_download): {exc}"
-            for step in data_steps:
+            for step in copying:
                 results.setdefault(step.target, TargetResult(step.target, state="failed", error=why))
         finally:
             # synchronous journal writes: they complete even while the task is being cancelled
@@ -201,6 +207,9 @@ async def _finish_step(run: Running, image: Image, step: Step, result: TargetRes
         return
     if step.action is Action.BLOCKED:  # nothing was created anywhere; the reason says what to do
         _record_step(run, image, step, "failed", error=step.reason)
+        return
+    if step.action is Action.NOT_PORTABLE:  # a volume-backed snapshot: nothing to copy, the reason says why
+        _record_step(run, image, step, "not_portable", error=step.reason)
         return
     target = run.inventory.targets[step.target]
     target_id = result.target_id if result is not None else (step.existing.id if step.existing else None)

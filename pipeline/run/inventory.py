@@ -8,7 +8,7 @@ still runs for the other targets; a source or credential failure is fatal.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +21,10 @@ from pipeline.cloud.cloudconfig import keystone_auth, load_cloud
 from pipeline.cloud.keystone import KeystoneAuth
 from pipeline.cloud.retry import RetryPolicy
 from pipeline.cloud.transport import TransportConfig
-from pipeline.config import AuthProfile, Endpoint, JobSpec
+from pipeline.config import AuthProfile, Endpoint, JobSpec, Target
 from pipeline.errors import ApiError, NotFoundError, UsageError
 from pipeline.models import READ_ONLY_FIELDS, Image, Member, RequestCounts
-from pipeline.plan.metadiff import read_only_fields
+from pipeline.plan.metadiff import read_only_fields, schema_formats
 from pipeline.plan.planner import select_images
 from pipeline.plan.provenance import PROV_JOB, PROV_SOURCE_ID, is_own_copy
 from pipeline.report.logs import register_secret
@@ -53,10 +53,9 @@ def retry_policy(spec: JobSpec) -> RetryPolicy:
     return RetryPolicy(attempts=spec.transfer.retries + 1)
 
 
-def target_labels(spec: JobSpec) -> dict[str, Endpoint]:
-    """A short, unique name per target: its region, or ``region@profile`` when a region repeats."""
-    regions = [t.region for t in spec.targets]
-    return {(t.region if regions.count(t.region) == 1 else f"{t.region}@{t.auth}"): t for t in spec.targets}
+def target_labels(spec: JobSpec) -> dict[str, Target]:
+    """A short, unique name per target (``JobSpec.labelled_targets``)."""
+    return spec.labelled_targets()
 
 
 class Clients:
@@ -145,8 +144,12 @@ class TargetState:
     copies: list[Image] = field(default_factory=list)
     members: dict[str, list[Member]] = field(default_factory=dict)
     read_only: frozenset[str] = frozenset()
-    #: The read-only fields learned from the schema read in this discovery (None: a fresh one was known).
-    schema_read: list[str] | None = None
+    #: The disk and container formats the target's schema lists (None: not known, nothing is refused for it).
+    disk_formats: frozenset[str] | None = None
+    container_formats: frozenset[str] | None = None
+    #: What this discovery learned from a schema it read (the journal's "schema" record: read_only, the two
+    #: format lists); None when a fresh one was known.
+    schema_read: dict[str, Any] | None = None
     algorithms: frozenset[str] = frozenset()
     #: Why this target cannot be used in this run (unreachable region), or None.
     error: str | None = None
@@ -162,6 +165,9 @@ class Inventory:
     targets: dict[str, TargetState]
     #: Source images whose details could not be read (their steps fail; the others go on).
     image_errors: dict[str, str] = field(default_factory=dict)
+    #: Sources that no longer exist, of this job's unfinished copies (queued, saving, killed) in some target:
+    #: those copies never held verified data, and the sweep deletes them.
+    vanished_sources: frozenset[str] = frozenset()
 
 
 async def _list_all(client: ImageClient, filters: Mapping[str, Any]) -> list[Image]:
@@ -238,15 +244,17 @@ async def _target_state(
         ]  # fmt: skip
         state.members = await _members(state.client, state.copies)
         known = (schemas or {}).get(label)
-        if known is not None and time.time() - known.get("at", 0.0) < SCHEMA_MAX_AGE:
-            state.read_only = READ_ONLY_FIELDS | frozenset(known.get("read_only") or ())
-        else:
+        if known is None or time.time() - known.get("at", 0.0) >= SCHEMA_MAX_AGE:
             try:
                 schema = await state.client.get_schema("image")
             except ApiError:
                 schema = None  # no schema offered: the built-in read-only set applies
-            state.read_only = read_only_fields(schema)
-            state.schema_read = sorted(state.read_only - READ_ONLY_FIELDS)
+            disk, container = schema_formats(schema)
+            known = state.schema_read = {"read_only": sorted(read_only_fields(schema) - READ_ONLY_FIELDS),
+                                         "disk_formats": disk, "container_formats": container}  # fmt: skip
+        state.read_only = READ_ONLY_FIELDS | frozenset(known.get("read_only") or ())
+        formats = known.get("disk_formats"), known.get("container_formats")
+        state.disk_formats, state.container_formats = (frozenset(f) if f is not None else None for f in formats)
         algos = {c.os_hash_algo.lower() for c in state.copies if c.os_hash_algo}
         state.algorithms = frozenset(algos or {source_algo})
     except ApiError as exc:  # unreachable or failing region; credential and catalog errors are fatal
@@ -276,5 +284,23 @@ async def discover(
         for label, endpoint in target_labels(spec).items():
             tg.start_soon(one, label, endpoint)
     ordered = {label: targets[label] for label in target_labels(spec)}
+    vanished = await _vanished_sources(source, images, ordered.values())
     failpoint("listed")
-    return Inventory(source, source_tenant, images, missing, source_members, ordered, image_errors)
+    return Inventory(source, source_tenant, images, missing, source_members, ordered, image_errors, vanished)
+
+
+async def _vanished_sources(
+    source: ImageClient, images: Sequence[Image], targets: Iterable[TargetState]
+) -> frozenset[str]:
+    """The sources, among those of this job's unfinished copies that no selected image explains, that no longer
+    exist (one GET each: 404). Such a copy is what a run left when its source vanished under it."""
+    selected = {image.id for image in images}
+    orphaned = {str(c.raw.get(PROV_SOURCE_ID)) for t in targets for c in t.copies
+                if c.status != "active" and c.raw.get(PROV_SOURCE_ID) not in selected}  # fmt: skip
+    gone = set()
+    for source_id in sorted(orphaned):
+        try:
+            await source.get_image(source_id)
+        except NotFoundError:
+            gone.add(source_id)
+    return frozenset(gone)

@@ -225,7 +225,7 @@ async def _discover(spec: JobSpec, journal: Journal, clients: Clients, engine: E
     inventory = await discover(spec, clients, journal.state.schemas)
     for label, target in inventory.targets.items():
         if target.schema_read is not None:  # a fresh read: later runs skip it while it stays fresh
-            journal.record("schema", region=label, read_only=target.schema_read)
+            journal.record("schema", region=label, **target.schema_read)
     intent = Intent(spec, inventory, journal.state)
     plan = intent.plan()
     run = Running(spec, journal, clients, engine, summary, inventory, intent, plan)

@@ -86,8 +86,9 @@ class JournalState:
     #: Source images whose download permission a run switched on and has not put back yet: image id ->
     #: the original ``nhncloud_allow_download`` value (None: the attribute was absent).
     open_sources: dict[str, str | None] = field(default_factory=dict)
-    #: What each target's ``/v2/schemas/image`` marked read-only, and when it was read: target label ->
-    #: {"at": unix time, "read_only": [field, ...]} (a rerun does not read the schema again while it is fresh).
+    #: What each target's ``/v2/schemas/image`` marked read-only and the formats it lists, and when it was read:
+    #: target label -> {"at": unix time, "read_only": [field, ...], "disk_formats": [...] | None,
+    #: "container_formats": [...] | None} (a rerun does not read the schema again while it is fresh).
     schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: How many source images the last run selected (a prune refuses when the selection shrinks too much).
     selected: int | None = None
@@ -128,7 +129,9 @@ class JournalState:
         elif kind == "selection":
             self.selected = int(rec.get("count", 0))
         elif kind == "schema":
-            self.schemas[rec["region"]] = {"at": at, "read_only": list(rec.get("read_only") or [])}
+            self.schemas[rec["region"]] = {"at": at, "read_only": list(rec.get("read_only") or []),
+                                           "disk_formats": rec.get("disk_formats"),
+                                           "container_formats": rec.get("container_formats")}  # fmt: skip
 
     def _target(self, image: ImageEntry, region: str, rec: dict[str, Any], at: float) -> None:
         target = image.targets.get(region)

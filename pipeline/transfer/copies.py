@@ -27,6 +27,7 @@ from pipeline.errors import (
     ForbiddenError,
     NotFoundError,
     PayloadTooLargeError,
+    quota_resource,
 )
 from pipeline.models import Image
 from pipeline.plan.provenance import PROVENANCE_PREFIX, carries, is_own_copy
@@ -67,13 +68,13 @@ async def create_copy(
     journal: Callable[[str], Awaitable[None]],
     fallback: Mapping[str, Any] | None = None,
 ) -> Image:
-    """Create a queued copy with ``fields``; when the target refuses them (400, 403 or 413, not about the id),
-    create it with ``fallback`` instead, and the metadata step after the data applies (or reports) the rest.
-    Both bodies carry the same provenance, so either create is safe against lost answers (``_create``)."""
+    """Create a queued copy with ``fields``; when the target refuses them (400, 403 or 413, not about the id, nor
+    a full quota), create it with ``fallback`` instead, and the metadata step after the data applies (or reports)
+    the rest. Both bodies carry the same provenance, so either create is safe against lost answers (``_create``)."""
     try:
         return await _create(client, fields, journal=journal)
     except (BadRequestError, ForbiddenError, PayloadTooLargeError) as exc:
-        if fallback is None or _refuses_id(exc):
+        if fallback is None or _refuses_id(exc) or quota_resource(exc) is not None:
             raise
         log.warning("create_fields_refused", region=client.region, error=str(exc),
                     message="created with the minimal body; the metadata step applies the rest")  # fmt: skip

@@ -29,9 +29,13 @@ from pipeline.cloud.client import ImageClient
 from pipeline.cloud.retry import RetryBudget, spending
 from pipeline.errors import (
     ApiError,
+    ConflictError,
+    NotFoundError,
     SourceReadError,
+    SourceVanishedError,
     TransferError,
     VerificationError,
+    quota_resource,
 )
 from pipeline.models import Content, Image
 from pipeline.report.events import (
@@ -41,6 +45,7 @@ from pipeline.report.events import (
     Reporter,
     SpoolFailed,
     TargetFailed,
+    TargetQuotaFull,
     TargetRetrying,
 )
 from pipeline.state.failpoints import failpoint
@@ -92,6 +97,17 @@ class Engine:
         self.reporter = reporter or NullReporter()
         self.source_bandwidth = source_bandwidth
         self.region_bandwidth = dict(region_bandwidth or {})
+        #: Targets whose quota is full, and why: nothing more is sent to them in this run.
+        self.full: dict[str, str] = {}
+
+    def quota_full(self, region: str, error: BaseException) -> None:
+        """Mark ``region`` full for the rest of the run (reported once, with the server's words)."""
+        if region in self.full:
+            return
+        resource = quota_resource(error) or "quota"
+        message = getattr(error, "message", None) or str(error)
+        self.full[region] = f"target {region} is over its {resource} quota: nothing more is sent to it in this run"
+        self.reporter.emit(TargetQuotaFull(region, resource, message))
 
     async def copy_image(
         self,
@@ -165,15 +181,35 @@ class _ImageCopy:
         return [t for t in self.targets if t.region in ready]
 
     async def _prepared(self, t: TargetCopy) -> bool:
-        """``t.prepare()`` on the target's budget; a failure to prepare is retried like any target failure."""
+        """``t.prepare()`` on the target's budget; a failure to prepare is retried like any target failure, unless
+        retrying cannot help (``_gives_up``). A target whose quota is full is not asked at all."""
+        full = self.engine.full.get(t.region)
+        if full is not None:
+            t.finish("failed", full, blame="target")
+            return False
         with spending(t.budget):
             try:
                 return await t.prepare()
             except ApiError as exc:  # e.g. a 5xx storm or a garbled answer
                 t.result.attempts += 1
                 t.result.error, t.result.blame = f"cannot prepare target image: {exc}", "target"
-                self.tg.start_soon(self._retry, [t])
+                if self._gives_up(t, exc):
+                    t.finish("failed", self.engine.full.get(t.region, t.result.error), blame="target")
+                else:
+                    self.tg.start_soon(self._retry, [t])
                 return False
+
+    def _gives_up(self, t: TargetCopy, error: BaseException) -> bool:
+        """Whether a target failure ends this copy now instead of another pass: a full quota (the whole target,
+        for the rest of the run: ``Engine.quota_full``), or an answer that a new pass would only get again (an
+        invalid request, a refusal, a format the target will not take). A state race (409, 404) and anything
+        retryable get another pass."""
+        if quota_resource(error) is not None:
+            self.engine.quota_full(t.region, error)
+            return True
+        if isinstance(error, ApiError) and not error.retryable:
+            return not isinstance(error, ConflictError | NotFoundError)
+        return False
 
     # === passes
 
@@ -311,6 +347,9 @@ class _ImageCopy:
                                                     "source"))  # fmt: skip
                     if t.abort.retryable:
                         source_failed.append(t)
+                    elif isinstance(t.abort, SourceVanishedError):  # nothing of it may stay behind
+                        await t.discard()
+                        t.finish("vanished", str(t.abort), blame="source")
                     else:  # e.g. the source refuses the download: another pass cannot help
                         t.finish("failed", str(t.abort), blame="source")
                 return
@@ -324,7 +363,13 @@ class _ImageCopy:
                 error = error or problem
             t.result.error, t.result.blame = str(error), "target"
             self.reporter.emit(TargetFailed(self.image.id, t.region, t.result.attempts, str(error), "target"))
-            self.tg.start_soon(self._retry, [t])
+            if not self._gives_up(t, error):
+                self.tg.start_soon(self._retry, [t])
+                return
+            # a queued copy that will not be uploaded again holds nothing: it goes (after a 415, Glance 33 would
+            # answer 500 to every later upload into it anyway)
+            await t.discard()
+            t.finish("failed", self.engine.full.get(t.region, t.result.error), blame="target")
 
     # === retries
 

@@ -22,7 +22,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pipeline.cloud.client import ImageClient
 from pipeline.cloud.retry import RetryPolicy
-from pipeline.errors import ApiError, ForbiddenError, SourceForbiddenError, SourceReadError, TransportError
+from pipeline.errors import (
+    ApiError,
+    ForbiddenError,
+    NotFoundError,
+    SourceForbiddenError,
+    SourceReadError,
+    SourceVanishedError,
+    TransportError,
+)
 from pipeline.models import Content, Image
 from pipeline.report.events import BytesRead, Reporter, SourceResumed
 from pipeline.transfer.hashing import MultiHasher
@@ -121,9 +129,23 @@ async def source_pieces(
         except ForbiddenError as exc:
             raise SourceForbiddenError(f"source download refused: {exc}. {DOWNLOAD_HINT}", region=client.region,
                                        image_id=image.id) from exc  # fmt: skip
+        except NotFoundError as exc:
+            await _vanished(client, image, exc)
+            raise SourceReadError(f"source download failed: {exc}", region=client.region,
+                                  image_id=image.id) from exc  # fmt: skip
         except ApiError as exc:
             raise SourceReadError(f"source download failed: {exc}", region=client.region,
                                   image_id=image.id) from exc  # fmt: skip
+
+
+async def _vanished(client: ImageClient, image: Image, exc: NotFoundError) -> None:
+    """A 404 for the source's data, checked once with a GET of the image: when that says 404 too, the image was
+    deleted (``SourceVanishedError``: nothing to retry); otherwise the 404 was passing."""
+    try:
+        await client.get_image(image.id)
+    except NotFoundError:
+        raise SourceVanishedError(f"the source image {image.id} was deleted during the run ({exc})",
+                                  region=client.region, image_id=image.id) from exc  # fmt: skip
 
 
 class Spool:

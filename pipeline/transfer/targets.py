@@ -239,6 +239,24 @@ class TargetCopy:
                 image = await self.spec.client.get_image(image.id)
         return image
 
+    async def discard(self) -> None:
+        """Delete this copy's receiving image unless it holds a verified copy: a queued image no pass will fill
+        (shielded and bounded; one left behind carries this job's provenance, and a later run's sweep removes
+        it)."""
+        target_id = self.result.target_id
+        if target_id is None or self.result.done:
+            return
+        with anyio.move_on_after(DELETE_GRACE, shield=True):
+            try:
+                image = await self.spec.client.get_image(target_id)
+            except NotFoundError:
+                self.result.target_id = None
+                return
+            except ApiError:
+                return
+            if image.status != "active":
+                await self.delete(image)
+
     async def delete(self, image: Image) -> None:
         """Delete a bad copy of ours; shielded and bounded so cancellation cannot leave it half-done."""
         with anyio.move_on_after(DELETE_GRACE, shield=True):
