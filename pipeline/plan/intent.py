@@ -11,9 +11,10 @@ from typing import Protocol
 from pipeline.config import JobSpec
 from pipeline.models import Image, Member
 from pipeline.plan.metadiff import Desired, MetaDiff, desired_metadata, diff_metadata
-from pipeline.plan.planner import Plan, plan_job
-from pipeline.plan.provenance import provenance
+from pipeline.plan.planner import Plan, kept_copy, link_references, plan_job
+from pipeline.plan.provenance import PROV_SOURCE_ID, provenance
 from pipeline.plan.prune import plan_prune
+from pipeline.plan.references import ReferenceGraph
 from pipeline.state.records import JournalState
 
 __all__ = ["Discovered", "DiscoveredTarget", "Intent"]
@@ -59,6 +60,9 @@ class Discovered(Protocol):
     @property
     def vanished_sources(self) -> frozenset[str]: ...
 
+    @property
+    def references(self) -> ReferenceGraph: ...
+
 
 class Intent:
     """Desired state per image x target, cached; ``plan()`` decides every step."""
@@ -69,6 +73,39 @@ class Intent:
         self.state = state
         self._desired: dict[tuple[str, str], Desired] = {}
         self._targets = spec.labelled_targets()
+        self.references = inventory.references
+        self._dependents = self.references.dependents()
+        #: target label -> source id -> the id of its copy there, for every referenced image: what a reference
+        #: is rewritten to (the kept copies found by discovery, then each copy this run finishes).
+        self._copy_ids = self._kept_copies(set(self._dependents))
+
+    def _kept_copies(self, wanted: set[str]) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {label: {} for label in self.inventory.targets}
+        if not wanted:
+            return out
+        images = [image for image in self.inventory.images if image.id in wanted]
+        for label, target in self.inventory.targets.items():
+            for image in images:
+                mine = [c for c in target.copies if c.raw.get(PROV_SOURCE_ID) == image.id]
+                keep = kept_copy(image, mine, self.state.target(image.id, label))
+                if keep is not None:
+                    out[label][image.id] = keep.id
+        return out
+
+    def copied(self, source_id: str, label: str, copy_id: str) -> None:
+        """``source_id`` now has its copy ``copy_id`` in ``label``: the references to it follow."""
+        if self._copy_ids.setdefault(label, {}).get(source_id) == copy_id:
+            return
+        self._copy_ids[label][source_id] = copy_id
+        for referrer in self._dependents.get(source_id, ()):
+            self._desired.pop((referrer, label), None)
+
+    def missing_references(self, image: Image, label: str) -> list[str]:
+        """The references of ``image`` that name an image without a copy in ``label`` (yet): no copy of it may be
+        created there, it would point into the source region."""
+        refs = self.references.mapped(image.id, self._copy_ids.get(label, {}))
+        return [f"its {prop} names image {self.references.referenced(image.id)[prop]}, which has no copy in {label}"
+                for prop, copy_id in refs.items() if copy_id is None]  # fmt: skip
 
     def desired(self, image: Image, label: str) -> Desired:
         key = (image.id, label)
@@ -79,12 +116,17 @@ class Intent:
                 image, self.inventory.source_members.get(image.id), self.spec.copy, prov,
                 target.read_only or frozenset(), target_tenant=target.tenant_id,
                 required=self.spec.required_properties(rules), defaults=self.spec.defaults(rules),
+                references=self.references.mapped(image.id, self._copy_ids.get(label, {})),
             )  # fmt: skip
         return self._desired[key]
 
     def refusal(self, image: Image, label: str) -> str | None:
         """Why ``label`` cannot take a new copy of ``image`` by its own rules, before any byte moves: a property it
-        requires that the source lacks and no default gives, or a format its schema does not list."""
+        requires that the source lacks and no default gives, or a format its schema does not list; or a reference
+        of the image that cannot be resolved."""
+        unresolved = self.references.unresolved.get(image.id)
+        if unresolved is not None:
+            return unresolved
         missing = self.desired(image, label).missing
         if missing:
             names = ", ".join(missing)
@@ -112,7 +154,8 @@ class Intent:
         if members is None:
             members = self.inventory.targets[label].members.get(copy.id)
         return diff_metadata(self.desired(image, label), copy, members, managed=self.managed(image, label),
-                             additive=self.spec.copy.additive)  # fmt: skip
+                             additive=self.spec.copy.additive,
+                             keep=self.references.referenced(image.id))  # fmt: skip
 
     def plan(self) -> Plan:
         inventory = self.inventory
@@ -124,6 +167,7 @@ class Intent:
                         enable_download=self.spec.source.enable_download, pruning=pruning,
                         vanished=inventory.vanished_sources, refusal=self.refusal,
                         volume_backed=self.spec.select.volume_backed)  # fmt: skip
+        plan = link_references(plan, self.references)
         if not pruning:
             return plan
         selected = {image.id for image in inventory.images}

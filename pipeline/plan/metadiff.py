@@ -98,13 +98,21 @@ def desired_metadata(
     target_tenant: str | None = None,
     required: Sequence[str] = (),
     defaults: Mapping[str, str] | None = None,
+    references: Mapping[str, str | None] | None = None,
 ) -> Desired:
     """The target metadata for a copy of ``source``, from the job's ``[copy]`` rules. A property the target
     ``required`` that the source lacks takes its value from ``defaults`` (the copy names it in
-    ``imgmig_defaulted``, and it is kept, not removed as drift); without a default it is ``missing``."""
+    ``imgmig_defaulted``, and it is kept, not removed as drift); without a default it is ``missing``.
+    ``references``: each property that names another source image, rewritten to that image's copy in this target
+    (None: no copy known yet, so the property is left out: a copy never points into the source region)."""
     notes: list[str] = []
     core = {k: source.raw[k] for k in CORE_COPIED if k in source.raw and source.raw[k] is not None}
     props = {k: v for k, v in source.properties().items() if isinstance(v, str) and _wanted(k, copy, read_only)}
+    for key, copy_id in (references or {}).items():
+        if copy_id is None:
+            props.pop(key, None)
+        elif key in props:
+            props[key] = copy_id
     lacking = [key for key in required if not props.get(key)]
     defaulted = sorted(key for key in lacking if (defaults or {}).get(key))
     props.update({key: (defaults or {})[key] for key in defaulted})
@@ -202,9 +210,11 @@ def diff_metadata(
     *,
     managed: Iterable[str] = (),
     additive: bool = False,
+    keep: Iterable[str] = (),
 ) -> MetaDiff:
     """Minimal JSON-patch ops plus tag, member and protection changes. ``managed`` lists the property
-    keys this job set before: only those may be removed when the source dropped them."""
+    keys this job set before: only those may be removed when the source dropped them; ``keep`` ones never (a
+    reference whose target copy is not known: left as it is)."""
     ops: list[dict[str, Any]] = []
     for key, value in desired.core.items():
         if target.raw.get(key) != value:
@@ -218,7 +228,7 @@ def diff_metadata(
         elif current[key] != value:
             ops.append({"op": "replace", "path": _pointer(key), "value": value})
     if not additive:
-        dropped = sorted(set(managed) - set(desired.properties))
+        dropped = sorted(set(managed) - set(desired.properties) - set(keep))
         ops += [
             {"op": "remove", "path": _pointer(k)}
             for k in dropped

@@ -23,7 +23,7 @@ import enum
 import fnmatch
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ from pipeline.outcomes import DATA_ACTIONS
 from pipeline.plan.metadiff import MetaDiff
 from pipeline.plan.provenance import PROV_SOURCE_ID
 from pipeline.plan.prune import PrunePlan
+from pipeline.plan.references import ReferenceGraph
 from pipeline.state.records import JournalState, TargetEntry
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "expected_content",
     "holds_source_data",
     "kept_copy",
+    "link_references",
     "plan_job",
     "select_images",
     "skip_reason",
@@ -320,6 +322,38 @@ def _plan_target(
     if reuse is not None:
         return Step(label, Action.RESUME, "an interrupted copy is reused", size, reuse, extra=extra)
     return Step(label, Action.COPY, "", size, extra=extra)
+
+
+def link_references(plan: Plan, graph: ReferenceGraph) -> Plan:
+    """The plan with the references between its images (``plan.references``) taken into account, per target:
+
+    - an image whose referenced image cannot be copied to a target is blocked there, with the reason;
+    - an image that is up to date in a target where a referenced image is copied again gets a metadata step (its
+      reference then follows the new copy);
+    - each image included only because another references it gets a note saying so."""
+    if not graph.refs:
+        return plan
+    by_image = {p.image.id: {s.target: s for s in p.steps} for p in plan.images}
+    images = []
+    for image_plan in plan.images:
+        steps = []
+        for step in image_plan.steps:
+            for prop, target_id in graph.referenced(image_plan.image.id).items():
+                other = by_image.get(target_id, {}).get(step.target)
+                if other is None:
+                    continue
+                cannot = other.action in (Action.BLOCKED, Action.NOT_PORTABLE) or (
+                    other.action is Action.SKIP and other.reason != "up to date")  # fmt: skip
+                if cannot and step.action.moves_data:
+                    step = Step(step.target, Action.BLOCKED, f"its {prop} names image {target_id}, which is not "
+                                f"copied to {step.target}: {other.reason}", extra=step.extra)  # fmt: skip
+                elif other.action.moves_data and step.action is Action.SKIP and step.reason == "up to date":
+                    step = replace(step, action=Action.METADATA, reason=f"its {prop} follows the new copy of "
+                                   f"image {target_id}")  # fmt: skip
+            steps.append(step)
+        images.append(replace(image_plan, steps=tuple(steps)))
+    notes = [f"source image {image_id} is included: {why}" for image_id, why in graph.included.items()]
+    return replace(plan, images=tuple(images), notes=(*plan.notes, *notes))
 
 
 def plan_job(

@@ -46,6 +46,8 @@ class Running:
     inventory: Inventory
     intent: Intent
     plan: Plan
+    #: Set when an image's steps are over (done or not): the images that reference it wait for it.
+    finished: dict[str, anyio.Event]
 
 
 def journal_plan(run: Running) -> None:
@@ -136,7 +138,19 @@ class _Hooks(EngineHooks):
 
 async def image_task(run: Running, plan: ImagePlan, limiter: anyio.CapacityLimiter) -> None:
     """One image's steps under the run's capacity limit: its copy, then each target's metadata and final record.
-    A failure of this image is recorded and the run goes on; a fatal error, or a bug, stops the run."""
+    The images it references finish first (waited for outside the limit, so waiting holds no slot). A failure of
+    this image is recorded and the run goes on; a fatal error, or a bug, stops the run."""
+    try:
+        for referenced in run.intent.references.referenced(plan.image.id).values():
+            event = run.finished.get(referenced)
+            if event is not None:
+                await event.wait()
+        await _image_steps(run, plan, limiter)
+    finally:
+        run.finished[plan.image.id].set()
+
+
+async def _image_steps(run: Running, plan: ImagePlan, limiter: anyio.CapacityLimiter) -> None:
     unreadable = run.inventory.image_errors.get(plan.image.id)
     if unreadable is not None:
         for step in plan.steps:
@@ -164,11 +178,15 @@ async def _copy_image(run: Running, plan: ImagePlan) -> None:
     # a target whose quota filled up during the run gets no request: its steps fail with that one reason
     results = {s.target: TargetResult(s.target, state="failed", error=run.engine.full[s.target])
                for s in data_steps if s.target in run.engine.full}  # fmt: skip
+    for step in data_steps:  # a reference whose image has no copy there: creating one would point to the source
+        unmapped = intent.missing_references(image, step.target) if step.target not in results else []
+        if unmapped:
+            results[step.target] = TargetResult(step.target, state="failed", error="; ".join(unmapped))
     copying = [s for s in data_steps if s.target not in results]
-    if not copying:
-        for step in data_steps:
+    for step in data_steps:
+        if step.target in results:
             _record_step(run, image, step, "failed", result=results[step.target], error=results[step.target].error)
-    else:
+    if copying:
         specs = []
         for step in copying:
             target = inventory.targets[step.target]
@@ -189,7 +207,7 @@ async def _copy_image(run: Running, plan: ImagePlan) -> None:
                 results.setdefault(step.target, TargetResult(step.target, state="failed", error=why))
         finally:
             # synchronous journal writes: they complete even while the task is being cancelled
-            for step in data_steps:
+            for step in copying:
                 result = results.get(step.target)
                 if result is not None and result.state != "done":
                     _record_step(run, image, step, result.state, result=result, error=result.error)
@@ -237,6 +255,7 @@ async def _finish_step(run: Running, image: Image, step: Step, result: TargetRes
         _record_step(run, image, step, "failed", result=result, error=f"metadata: {exc}", target_id=target_id,
                      phases=phases)  # fmt: skip
         return
+    run.intent.copied(image.id, step.target, target_id)
     _record_step(run, image, step, "done", result=result, target_id=target_id, problems=report.problems,
                  pending=report.pending_members, managed=report.managed, changed=report.changed,
                  phases=phases)  # fmt: skip

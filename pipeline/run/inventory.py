@@ -8,7 +8,7 @@ still runs for the other targets; a source or credential failure is fatal.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +25,9 @@ from pipeline.config import AuthProfile, Endpoint, JobSpec, Target
 from pipeline.errors import ApiError, NotFoundError, UsageError
 from pipeline.models import READ_ONLY_FIELDS, Image, Member, RequestCounts
 from pipeline.plan.metadiff import read_only_fields, schema_formats
-from pipeline.plan.planner import select_images
+from pipeline.plan.planner import select_images, skip_reason, volume_backed_reason
 from pipeline.plan.provenance import PROV_JOB, PROV_SOURCE_ID, is_own_copy
+from pipeline.plan.references import ReferenceGraph, references_of
 from pipeline.report.logs import register_secret
 from pipeline.state.failpoints import failpoint
 
@@ -168,6 +169,8 @@ class Inventory:
     #: Sources that no longer exist, of this job's unfinished copies (queued, saving, killed) in some target:
     #: those copies never held verified data, and the sweep deletes them.
     vanished_sources: frozenset[str] = frozenset()
+    #: The references between the images (``[copy] reference_properties``), and the images included for them.
+    references: ReferenceGraph = field(default_factory=ReferenceGraph)
 
 
 async def _list_all(client: ImageClient, filters: Mapping[str, Any]) -> list[Image]:
@@ -203,15 +206,18 @@ async def _members(
 
 
 async def _source_images(spec: JobSpec, client: ImageClient, owner: str | None) -> tuple[list[Image], list[str]]:
+    """The selected source images, of every shard (references may join images of different shards into one
+    group, see ``_with_references``), and the selected ids this shard owns that do not exist."""
     select = spec.select
     missing: list[str] = []
     if select.ids:
         images = []
-        for image_id in filter(spec.owns, select.ids):  # a shard looks up only the ids it owns
+        for image_id in select.ids:
             try:
                 images.append(await client.get_image(image_id))
             except NotFoundError:
-                missing.append(image_id)
+                if spec.owns(image_id):
+                    missing.append(image_id)
         return select_images(images, select, owner), missing
     filters: dict[str, Any] = {"visibility": "all"}
     if owner:
@@ -219,13 +225,47 @@ async def _source_images(spec: JobSpec, client: ImageClient, owner: str | None) 
     if select.tags:
         filters["tag"] = list(select.tags)
     filters.update(select.properties)
-    listed = [image for image in await _list_all(client, filters) if spec.owns(image.id)]
-    return select_images(listed, select, owner), missing
+    return select_images(await _list_all(client, filters), select, owner), missing
+
+
+async def _with_references(
+    spec: JobSpec, client: ImageClient, selected: list[Image]
+) -> tuple[list[Image], ReferenceGraph]:
+    """The selected images plus every image they reference (``[copy] reference_properties``), fetched from the
+    source and included, referenced ones first; and the graph of the references, with the ones that cannot be
+    resolved (gone, another project's, never copied, a loop) blocking the images that make them."""
+    graph = ReferenceGraph()
+    known = {image.id: image for image in selected}
+    gone: set[str] = set()
+    queue = list(selected)
+    while queue:
+        image = queue.pop(0)
+        for prop, target in references_of(image, spec.copy.reference_properties).items():
+            graph.add(image, prop, target)
+            if target in known or target in gone:
+                continue
+            try:
+                found = await client.get_image(target)
+            except NotFoundError:
+                gone.add(target)
+                continue
+            known[target] = found
+            graph.include(target, image, prop)
+            queue.append(found)
+    for referrer, refs in graph.refs.items():
+        for prop, target in refs.items():
+            why = ("it cannot be read in the source region (deleted, or another project's)" if target in gone
+                   else skip_reason(known[target], spec.copy) or volume_backed_reason(known[target]))  # fmt: skip
+            if why:
+                graph.block(referrer, f"its {prop} names image {target}, which cannot be copied: {why}")
+    graph.close_loops()
+    graph.spread_blocks()
+    return graph.ordered(list(known.values())), graph
 
 
 async def _target_state(
     spec: JobSpec, clients: Clients, label: str, endpoint: Endpoint, source_algo: str,
-    schemas: Mapping[str, Mapping[str, Any]] | None,
+    schemas: Mapping[str, Mapping[str, Any]] | None, owns: Callable[[str], bool],
 ) -> TargetState:  # fmt: skip
     state = TargetState(label, endpoint, clients.client(endpoint.auth, endpoint.region))
     try:
@@ -240,7 +280,7 @@ async def _target_state(
         state.copies = [
             c for c in await _list_all(state.client, filters)
             if is_own_copy(c, spec.name) and (not state.tenant_id or c.owner == state.tenant_id)
-            and spec.owns(str(c.raw.get(PROV_SOURCE_ID)))
+            and owns(str(c.raw.get(PROV_SOURCE_ID)))
         ]  # fmt: skip
         state.members = await _members(state.client, state.copies)
         known = (schemas or {}).get(label)
@@ -271,14 +311,21 @@ async def discover(
     source = clients.client(spec.source.auth, spec.source.region)
     source_tenant = await clients.tenant(spec.source.auth)
     owner = spec.select.owner or source_tenant
-    images, missing = await _source_images(spec, source, owner)
+    selected, missing = await _source_images(spec, source, owner)
+    every, references = await _with_references(spec, source, selected)
+    roots = references.roots()
+
+    def owns(source_id: str) -> bool:  # a group joined by references belongs to the shard of its smallest id
+        return spec.owns(roots.get(source_id, source_id))
+
+    images = [image for image in every if owns(image.id)]
     image_errors: dict[str, str] = {}
     source_members = await _members(source, images, image_errors)
     algo = next((i.os_hash_algo.lower() for i in images if i.os_hash_algo), "sha512")
     targets: dict[str, TargetState] = {}
 
     async def one(label: str, endpoint: Endpoint) -> None:
-        targets[label] = await _target_state(spec, clients, label, endpoint, algo, schemas)
+        targets[label] = await _target_state(spec, clients, label, endpoint, algo, schemas, owns)
 
     async with anyio.create_task_group() as tg:
         for label, endpoint in target_labels(spec).items():
@@ -286,7 +333,8 @@ async def discover(
     ordered = {label: targets[label] for label in target_labels(spec)}
     vanished = await _vanished_sources(source, images, ordered.values())
     failpoint("listed")
-    return Inventory(source, source_tenant, images, missing, source_members, ordered, image_errors, vanished)
+    return Inventory(source, source_tenant, images, missing, source_members, ordered, image_errors, vanished,
+                     references)  # fmt: skip
 
 
 async def _vanished_sources(

@@ -228,7 +228,8 @@ async def _discover(spec: JobSpec, journal: Journal, clients: Clients, engine: E
             journal.record("schema", region=label, **target.schema_read)
     intent = Intent(spec, inventory, journal.state)
     plan = intent.plan()
-    run = Running(spec, journal, clients, engine, summary, inventory, intent, plan)
+    finished = {image_plan.image.id: anyio.Event() for image_plan in plan.images}
+    run = Running(spec, journal, clients, engine, summary, inventory, intent, plan, finished)
     summary.plan = plan
     if summary.downstream is not None:
         summary.downstream.emit(PlanReady(len(plan.images), sum(1 for _ in plan.steps()), plan.bytes))
