@@ -135,7 +135,7 @@ def _volume_snapshot(emulator: Emulator, tenant: str) -> Any:
     names a block-storage snapshot of the source region."""
     bdm = [{"source_type": "snapshot", "destination_type": "volume", "snapshot_id": str(uuid.uuid4()),
             "volume_size": 20, "boot_index": 0, "device_name": "/dev/vda", "delete_on_termination": True}]  # fmt: skip
-    return add(emulator, tenant, "app-server-snap", size=0, disk_format="qcow2", bdm_v2="True",
+    return add(emulator, tenant, "app-server-snap", size=0, disk_format="raw", bdm_v2="True",
                root_device_name="/dev/vda", block_device_mapping=json.dumps(bdm))  # fmt: skip
 
 
