@@ -1,14 +1,16 @@
 """Sample data sets for the emulator (``--seed demo``): a realistic source region to migrate from.
 
-The demo seed puts a dozen images into the first region, owned by ``DEMO_TENANT``: qcow2 and raw, sizes
+The demo seed puts about fifteen images into the first region, owned by ``DEMO_TENANT``: qcow2 and raw, sizes
 from 0 bytes to 80 MiB, custom properties and tags, a shared image with members, a protected image, a
-public image, an image NHN does not allow to download (``nhncloud_allow_download = "false"``), a queued
-image without data, and an image of another tenant that the demo must not see.
+public image, an image NHN does not allow to download (``nhncloud_allow_download = "false"``), an AMI-style set
+(a machine image naming its kernel and ramdisk), a volume-backed instance snapshot (no data, a
+``block_device_mapping``), a queued image without data, and an image of another tenant that the demo must not see.
 Large images are synthetic (generated on read), small ones are real files.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -77,6 +79,24 @@ def seed_demo(store: RegionStore) -> None:
             now = iso_now()
             rec.members[PARTNER_TENANT] = MemberRecord(PARTNER_TENANT, "accepted", now, now)
             rec.members[OTHER_TENANT] = MemberRecord(OTHER_TENANT, "pending", now, now)
+    # an AMI-style set: a machine image names its kernel and ramdisk (their copies must be named in each target)
+    kernel = store.add_bytes(DEMO_TENANT, _payload("kernel", MiB // 2, False),
+                             {"name": "legacy-app-kernel", "disk_format": "aki", "container_format": "aki",
+                              "os_type": "linux"})  # fmt: skip
+    ramdisk = store.add_bytes(DEMO_TENANT, _payload("ramdisk", MiB // 2, False),
+                              {"name": "legacy-app-ramdisk", "disk_format": "ari", "container_format": "ari",
+                               "os_type": "linux"})  # fmt: skip
+    machine = {"name": "legacy-app-machine", "disk_format": "ami", "container_format": "ami", "tags": ["dr"],
+               "kernel_id": kernel.id, "ramdisk_id": ramdisk.id, **_linux("centos", "6.10", "centos")}  # fmt: skip
+    store.add_bytes(DEMO_TENANT, _payload("machine", 2 * MiB, False), machine)
+    # what Nova makes of a volume-backed instance: no data of its own, a block_device_mapping naming a
+    # block-storage snapshot of this region (it cannot be copied as an image)
+    bdm = [{"source_type": "snapshot", "destination_type": "volume", "volume_size": 40, "boot_index": 0,
+            "snapshot_id": "5f1e2d3c-4b5a-4697-8a1b-2c3d4e5f6a7b", "device_name": "/dev/vda"}]  # fmt: skip
+    snapshot = {"name": "db-server-volume-snapshot", "disk_format": "raw", "container_format": "bare",
+                "bdm_v2": "True", "root_device_name": "/dev/vda", "block_device_mapping": json.dumps(bdm),
+                **_linux("ubuntu", "22.04", "ubuntu")}  # fmt: skip
+    store.add_bytes(DEMO_TENANT, b"", snapshot)
     store.add_bytes(PROVIDER_TENANT, _payload("centos", 2 * MiB, False),
                     {"name": "CentOS 6.10 (2018.10.23)", "visibility": "public", "protected": True,
                      "nhncloud_allow_download": "false", **_linux("CentOS", "6.10", "centos")})  # fmt: skip

@@ -47,6 +47,7 @@ __all__ = [
     "holds_source_data",
     "kept_copy",
     "link_references",
+    "not_copied",
     "plan_job",
     "select_images",
     "skip_reason",
@@ -242,6 +243,21 @@ def volume_backed_reason(image: Image) -> str | None:
     return None
 
 
+def not_copied(image: Image, copy: CopyOptions, volume_backed: str = "block") -> tuple[Action, str] | None:
+    """Why ``image`` gets no copy in any target, as the action of all its steps: ``skip`` (``skip_reason``, or a
+    volume-backed snapshot with ``[select] volume_backed = "skip"``) or ``not_portable``; None when it is copied.
+    The planner and ``verify`` both judge an image with it."""
+    reason = skip_reason(image, copy)
+    if reason is not None:
+        return Action.SKIP, reason
+    volume = volume_backed_reason(image)
+    if volume is None:
+        return None
+    if volume_backed == "skip":
+        return Action.SKIP, f'{volume} ([select] volume_backed = "skip")'
+    return Action.NOT_PORTABLE, volume
+
+
 def skip_reason(image: Image, copy: CopyOptions) -> str | None:
     """Why an image cannot be copied at all, or None."""
     if image.visibility == "public":
@@ -382,15 +398,11 @@ def plan_job(
                 by_source[label].setdefault(source_id, []).append(c)
     planned: list[ImagePlan] = []
     for image in images:
-        reason = skip_reason(image, copy)
-        volume = volume_backed_reason(image) if reason is None else None
-        if volume is not None and volume_backed == "skip":
-            reason = f'{volume} ([select] volume_backed = "skip")'
-        if reason is not None:
-            planned.append(ImagePlan(image, tuple(Step(t, Action.SKIP, reason) for t in targets), reason))
-            continue
-        if volume is not None:
-            planned.append(ImagePlan(image, tuple(Step(t, Action.NOT_PORTABLE, volume) for t in targets)))
+        whole = not_copied(image, copy, volume_backed)
+        if whole is not None:
+            action, reason = whole
+            alike = tuple(Step(t, action, reason) for t in targets)
+            planned.append(ImagePlan(image, alike, reason if action is Action.SKIP else None))
             continue
         steps = []
         for label in targets:

@@ -64,6 +64,10 @@ async def _listing(info: dict[str, object]) -> None:
                 size = f"{(image.size or 0) / (1 << 20):7.1f} MiB" if image.size is not None else "    no data"
                 gated = str(image.raw.get("nhncloud_allow_download", "true")).lower() != "true"
                 note = "  [nhncloud_allow_download: false]" if gated else ""
+                if image.raw.get("kernel_id"):
+                    note += f"  [kernel_id {image.raw['kernel_id']}, ramdisk_id {image.raw.get('ramdisk_id')}]"
+                if image.raw.get("block_device_mapping"):
+                    note += "  [volume-backed: block_device_mapping]"
                 print(f"  {image.status:7} {image.visibility or '':8} {size}  {image.name}{note}")
 
 

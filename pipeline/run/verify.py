@@ -15,7 +15,7 @@ from pipeline.config import JobSpec
 from pipeline.errors import ApiError
 from pipeline.models import Verdict
 from pipeline.plan.intent import Intent
-from pipeline.plan.planner import download_allowed, expected_content, kept_copy, skip_reason
+from pipeline.plan.planner import Action, download_allowed, expected_content, kept_copy, not_copied
 from pipeline.plan.provenance import PROV_SOURCE_ID
 from pipeline.run.inventory import Clients, discover, retry_policy, transport_config
 from pipeline.state.journal import Journal
@@ -29,7 +29,7 @@ class Finding:
     image_id: str
     name: str | None
     target: str
-    status: str  # ok, differs, missing, skipped, unavailable
+    status: str  # ok, differs, missing, skipped, not_portable, unavailable
     target_id: str | None = None
     details: list[str] = field(default_factory=list)
     #: What could not be checked, and why (not a difference).
@@ -75,9 +75,10 @@ async def verify_job(spec: JobSpec, *, deep: bool = False) -> VerifyReport:
             for label, target in inventory.targets.items():
                 finding = Finding(image.id, image.name, label, "ok")
                 report.findings.append(finding)
-                reason = skip_reason(image, spec.copy)
-                if reason:
-                    finding.status, finding.details = "skipped", [reason]
+                whole = not_copied(image, spec.copy, spec.select.volume_backed)
+                if whole is not None:
+                    action, reason = whole
+                    finding.status, finding.details = "skipped" if action is Action.SKIP else action.value, [reason]
                     continue
                 if target.error:
                     finding.status, finding.details = "unavailable", [target.error]
