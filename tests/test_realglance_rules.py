@@ -181,3 +181,67 @@ def test_a_glance_source_without_os_type_into_nhn_regions(glance_cluster: Glance
         for region in TARGETS:
             (copy,) = [i for i in admin_images(emu.admin, region) if i.get("imgmig_job") == "into-nhn"]
             assert (copy["os_type"], copy["imgmig_defaulted"], copy["status"]) == ("linux", "os_type", "active")
+
+
+def test_a_source_deleted_mid_run_then_its_leftovers(glance_cluster: GlanceCluster, tmp_path: Path) -> None:
+    """Two images, one at a time, the first throttled: once KR2 reports the first upload in progress, the other
+    source is deleted through the API. The run exits 0; the deleted one is ``vanished`` in both targets and no image
+    of it is left there. Then a queued copy with this job's provenance whose source does not exist (as a crash would
+    leave it) is planted in JP1: the next run deletes it, without prune."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .procs import stop_process, wait_until
+
+    tenant = new_tenants(1)[0]
+    doomed, slow = create(glance_cluster.identity_url, tenant, [
+        {"fields": {"name": "doomed", "disk_format": "raw", "container_format": "bare", "os_type": "linux"},
+         "data": b"d" * 300_000},
+        {"fields": {"name": "slow", "disk_format": "raw", "container_format": "bare", "os_type": "linux"},
+         "data": b"s" * (3 << 20)},
+    ])  # fmt: skip
+    job = write_job(tmp_path / "job.toml", name="gone", identity_url=glance_cluster.identity_url, tenant=tenant,
+                    journal=tmp_path / "state", extra='[select]\nnames = ["doomed", "slow"]\n')  # fmt: skip
+    job.write_text(job.read_text().replace("images_in_flight = 2", 'images_in_flight = 1\nbandwidth = "1MiB/s"'))
+    env = {**os.environ, PASSWORD_ENV: PASSWORD}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(job), "--no-progress", "--report",
+                             str(tmp_path / "r1.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
+    try:
+        wait_until(lambda: glance_cluster.state()["stats"]["KR2"]["uploads_active"] > 0, proc, "an upload in flight")
+        anyio.run(_delete, glance_cluster.identity_url, tenant, doomed)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        stop_process(proc, signal.SIGKILL)
+    assert proc.returncode == 0, out + err[-3000:]
+    outcomes = {(s["image_id"], s["target"]): s["outcome"] for s in json.loads((tmp_path / "r1.json").read_text())
+                ["steps"]}  # fmt: skip
+    assert outcomes == {**{(slow, t): "copied" for t in TARGETS}, **{(doomed, t): "vanished" for t in TARGETS}}
+    for region in TARGETS:
+        mine = [i for i in api_images(glance_cluster.identity_url, tenant, region) if i.get("imgmig_job") == "gone"]
+        assert [i["imgmig_source_id"] for i in mine] == [slow], region
+    gone_id = str(uuid.uuid4())
+    planted = anyio.run(_plant, glance_cluster.identity_url, tenant, gone_id)
+    again = run_cli("run", str(job), "--no-progress", "--report", str(tmp_path / "r2.json"))
+    assert again.returncode == 0, again.stdout + again.stderr[-3000:]
+    assert json.loads((tmp_path / "r2.json").read_text())["orphans_deleted"] == 1
+    assert planted not in {i["id"] for i in api_images(glance_cluster.identity_url, tenant, "JP1")}
+
+
+async def _delete(identity_url: str, tenant: str, image_id: str) -> None:
+    async with new_session() as session:
+        await ImageClient(session, PasswordAuth(identity_url, tenant, "owner", Secret(PASSWORD)), "KR1").delete_image(
+            image_id
+        )
+
+
+async def _plant(identity_url: str, tenant: str, source_id: str) -> str:
+    """A queued image in JP1 carrying job "gone"'s provenance for ``source_id``: what a crash leaves."""
+    async with new_session() as session:
+        client = ImageClient(session, PasswordAuth(identity_url, tenant, "owner", Secret(PASSWORD)), "JP1")
+        image = await client.create_image({"name": "leftover", "disk_format": "raw", "container_format": "bare",
+                                           "imgmig_job": "gone", "imgmig_source_id": source_id,
+                                           "imgmig_source_region": "KR1", "imgmig_source_checksum": ""})  # fmt: skip
+        return image.id

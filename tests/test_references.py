@@ -10,6 +10,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from pipeline.config import Shard, override
 from pipeline.emulator import Emulator
 from pipeline.plan.planner import Action
@@ -120,3 +122,41 @@ async def test_a_changed_reference_follows_on_the_next_run(emulator: Emulator, t
     assert {outcomes[(newer.id, t)] for t in TARGETS} == {"copied"}
     assert {outcomes[(images["machine"].id, t)] for t in TARGETS} == {"metadata"}
     assert_references_follow(emulator, tenant, {**images, "kernel": newer})
+
+
+async def test_references_that_loop_block_and_never_hang(emulator: Emulator, tmp_path: Path) -> None:
+    """An image that names itself, and two images that name each other: each is blocked with the loop as its
+    reason, nothing is created for them, and the run ends (exit 1) instead of waiting on itself for ever."""
+    tenant = uuid.uuid4().hex
+    own = add(emulator, tenant, "self-loop", size=MiB, disk_format="ami", container_format="ami")
+    emulator.store("KR1").images[own.id].properties["kernel_id"] = own.id
+    first = add(emulator, tenant, "pair-a", size=MiB, disk_format="ami", container_format="ami")
+    second = add(emulator, tenant, "pair-b", size=MiB, disk_format="ami", container_format="ami", kernel_id=first.id)
+    emulator.store("KR1").images[first.id].properties["kernel_id"] = second.id
+    with anyio.fail_after(60):  # a hang fails the test instead of stalling the suite
+        summary = await run(job(emulator, tmp_path, tenant))
+    assert summary.exit_code == 1
+    assert {s.state for s in summary.steps} == {"failed"}
+    assert all("loop" in (s.error or "") for s in summary.steps)
+    assert all(emulator.regions[r].stats.requests.get("create", 0) == 0 for r in TARGETS)
+
+
+async def test_a_chain_is_decided_link_by_link(emulator: Emulator, tmp_path: Path) -> None:
+    """A machine image names a kernel that names an image KR2 refuses (a format its schema does not list): the
+    kernel is blocked for KR2, and so is the machine image, already in the plan; both go to JP1."""
+    tenant = uuid.uuid4().hex
+    base = add(emulator, tenant, "base", size=MiB // 4, disk_format="vhdx")
+    kernel = add(emulator, tenant, "kernel", size=MiB // 4, disk_format="aki", container_format="aki",
+                 kernel_id=base.id)  # fmt: skip
+    machine = add(emulator, tenant, "machine", size=MiB, disk_format="ami", container_format="ami",
+                  kernel_id=kernel.id)  # fmt: skip
+    emulator.store("KR2").disk_formats = ("raw", "qcow2", "aki", "ari", "ami")
+    spec = job(emulator, tmp_path, tenant, sections={"select": {"names": ["machine"]}})
+    plan, _ = await plan_only(spec)
+    actions = {(p.image.id, s.target): s.action for p, s in plan.steps()}
+    assert [actions[(i.id, "KR2")] for i in (base, kernel, machine)] == [Action.BLOCKED] * 3
+    assert [actions[(i.id, "JP1")] for i in (base, kernel, machine)] == [Action.COPY] * 3
+    summary = await run(spec)
+    assert summary.exit_code == 1
+    assert emulator.regions["KR2"].stats.requests.get("create", 0) == 0
+    assert set(copies(emulator, "JP1", tenant)) == {base.id, kernel.id, machine.id}

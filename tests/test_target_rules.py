@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import JobSpec
-from pipeline.emulator import Emulator
+from pipeline.emulator import Emulator, StatusFault
 from pipeline.plan.planner import Action
 from pipeline.run.runner import plan_only
 
@@ -49,10 +49,18 @@ async def test_a_full_image_count_quota_stops_that_target_once(emulator: Emulato
     text = summary.render()
     assert text.count("QUOTA FULL") == 1
     assert [line for line in text.splitlines() if "FAILED" in line] == [
-        "  FAILED 4 images -> KR2: target KR2 is over its image_count_total quota: nothing more is sent to it in "
+        "  FAILED 4 image(s) -> KR2: target KR2 is over its image_count_total quota: nothing more is sent to it in "
         "this run"]  # fmt: skip
     assert len(copies(emulator, "KR2", tenant)) == 1
     assert summary.to_json()["quota_full_targets"] == summary.quota_full
+    # the journal keeps the condition: status and the HTML report show it, once
+    from pipeline.run.htmlreport import build_report
+    from pipeline.state.journal import Journal
+
+    spec = job(emulator, tmp_path, tenant)
+    (entry,) = Journal.read(spec.run.journal_dir, spec.name).runs
+    assert entry.conditions == {"quota_full": summary.quota_full}
+    assert build_report(spec.run.journal_dir, spec.name).count("QUOTA FULL") == 1
 
 
 async def test_a_quota_refused_upload_leaves_no_queued_copy(emulator: Emulator, tmp_path: Path) -> None:
@@ -177,3 +185,46 @@ async def test_an_upload_refused_for_its_format_is_not_retried(emulator: Emulato
     assert (kr2["create"], kr2["upload"], kr2["delete"]) == (1, 1, 1)
     assert copies(emulator, "KR2", tenant) == {}
     assert {s.target: s.outcome for s in summary.steps} == {"KR2": "failed", "JP1": "copied"}
+
+
+async def test_a_full_quota_with_images_in_flight_costs_at_most_two_creates_each(emulator: Emulator,
+                                                                                 tmp_path: Path) -> None:  # fmt: skip
+    """Six images in flight at once, KR2 full after one: whatever the interleaving, KR2 receives at most two creates
+    per image (the quota 413 gets no fallback body and no retry), keeps exactly one copy, and JP1 gets all."""
+    tenant = uuid.uuid4().hex
+    sources = [add(emulator, tenant, f"img-{i}", size=MiB) for i in range(6)]
+    emulator.store("KR2").limits = {"image_count_total": 1}
+    spec = job(emulator, tmp_path, tenant)
+    spec = replace(spec, transfer=spec.transfer.model_copy(update={"images_in_flight": 6}))
+    summary = await run(spec)
+    assert summary.exit_code == 1
+    assert requests(emulator, "KR2")["create"] <= 2 * len(sources)
+    assert requests(emulator, "KR2").get("upload", 0) == 1
+    assert len(copies(emulator, "KR2", tenant)) == 1
+    assert set(copies(emulator, "JP1", tenant)) == {s.id for s in sources}
+    assert summary.render().count("QUOTA FULL") == 1
+
+
+async def test_a_create_refused_as_invalid_is_not_retried(emulator: Emulator, tmp_path: Path) -> None:
+    """KR2 answers every create with 400: the full body, then the minimal one (two creates), and that copy ends
+    failed with no further pass, though the retry budget allows five. JP1 takes the copy."""
+    tenant = uuid.uuid4().hex
+    add(emulator, tenant, "refused", size=MiB)
+    emulator.faults("KR2").statuses.append(StatusFault(400, op="create", count=None, rate=1.0))
+    summary = await run(job(emulator, tmp_path, tenant))
+    assert summary.exit_code == 1
+    assert requests(emulator, "KR2")["create"] == 2
+    assert {s.target: s.outcome for s in summary.steps} == {"KR2": "failed", "JP1": "copied"}
+    assert summary.retries == 0
+
+
+async def test_an_upload_refused_with_403_is_not_retried(emulator: Emulator, tmp_path: Path) -> None:
+    """KR2 answers the upload with 403: one upload, no further pass, and the queued copy is deleted."""
+    tenant = uuid.uuid4().hex
+    add(emulator, tenant, "forbidden", size=MiB)
+    emulator.faults("KR2").statuses.append(StatusFault(403, op="upload", count=None, rate=1.0))
+    summary = await run(job(emulator, tmp_path, tenant))
+    assert summary.exit_code == 1
+    kr2 = requests(emulator, "KR2")
+    assert (kr2["create"], kr2["upload"], kr2["delete"]) == (1, 1, 1)
+    assert copies(emulator, "KR2", tenant) == {}

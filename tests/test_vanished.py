@@ -38,14 +38,16 @@ async def test_a_source_deleted_after_planning_is_vanished_and_leaves_nothing(em
     retries (KR1 answered one download and one GET for it), no image of it is left in any target, the other image
     is copied, and the run exits 0: the selection changed under the run, nothing failed."""
     tenant = uuid.uuid4().hex
-    kept = add(emulator, tenant, "kept", size=2 * MiB)
     gone = add(emulator, tenant, "gone", size=2 * MiB)
+    kept = add(emulator, tenant, "kept", size=2 * MiB)
     spec = job(emulator, tmp_path, tenant)
     spec = replace(spec, transfer=spec.transfer.model_copy(update={"images_in_flight": 1}))
     deleter = _DeleteOnPlan(emulator, gone.id)
     before = dict(emulator.regions["KR1"].stats.requests)
     summary = await run_job(spec, RunControls(reporter=deleter, signals=()))
     assert deleter.deleted
+    order = [s.image_id for s in summary.steps]
+    assert order.index(kept.id) < order.index(gone.id)  # the vanished image's step was queued behind the other
     assert summary.exit_code == 0, summary.render()
     outcomes = {(s.image_id, s.target): s.outcome for s in summary.steps}
     assert outcomes == {**{(kept.id, t): "copied" for t in TARGETS}, **{(gone.id, t): "vanished" for t in TARGETS}}
@@ -56,6 +58,9 @@ async def test_a_source_deleted_after_planning_is_vanished_and_leaves_nothing(em
         left = copies(emulator, region, tenant)
         assert set(left) == {kept.id}, region  # nothing of the vanished source
         assert left[kept.id].status == "active"
+        # its queued copy was created (before its download met the 404) and deleted at once
+        requests = emulator.regions[region].stats.requests
+        assert (requests["create"], requests["delete"]) == (2, 1), region
     assert summary.counts()["vanished"] == 2
     assert "vanished" in summary.render()
     state = Journal.read(spec.run.journal_dir, spec.name)

@@ -171,4 +171,6 @@ class Intent:
         if not pruning:
             return plan
         selected = {image.id for image in inventory.images}
-        return replace(plan, prune=plan_prune(self.spec.prune, selected, copies, self.state.selected))
+        swept = {copy.id for _, copy in plan.leftovers}  # the sweep deletes those: prune does not count them twice
+        kept = {label: [c for c in found if c.id not in swept] for label, found in copies.items()}
+        return replace(plan, prune=plan_prune(self.spec.prune, selected, kept, self.state.selected))

@@ -346,7 +346,10 @@ def link_references(plan: Plan, graph: ReferenceGraph) -> Plan:
     - an image whose referenced image cannot be copied to a target is blocked there, with the reason;
     - an image that is up to date in a target where a referenced image is copied again gets a metadata step (its
       reference then follows the new copy);
-    - each image included only because another references it gets a note saying so."""
+    - each image included only because another references it gets a note saying so.
+
+    The images come referenced ones first, so a chain (a machine image, its kernel, what the kernel names) is
+    decided link by link, each from the steps already decided."""
     if not graph.refs:
         return plan
     by_image = {p.image.id: {s.target: s for s in p.steps} for p in plan.images}
@@ -367,8 +370,10 @@ def link_references(plan: Plan, graph: ReferenceGraph) -> Plan:
                     step = replace(step, action=Action.METADATA, reason=f"its {prop} follows the new copy of "
                                    f"image {target_id}")  # fmt: skip
             steps.append(step)
+        by_image[image_plan.image.id] = {s.target: s for s in steps}
         images.append(replace(image_plan, steps=tuple(steps)))
-    notes = [f"source image {image_id} is included: {why}" for image_id, why in graph.included.items()]
+    notes = [f"source image {image_id} is included: {why}" for image_id, why in graph.included.items()
+             if image_id in by_image]  # fmt: skip
     return replace(plan, images=tuple(images), notes=(*plan.notes, *notes))
 
 
@@ -416,10 +421,16 @@ def plan_job(
             steps = [Step(s.target, Action.BLOCKED, why) if s.action.moves_data else s for s in steps]
         planned.append(ImagePlan(image, tuple(steps), enable_download=gated and enable_download))
     selected = {i.id for i in images}
+    leftovers = tuple((label, c) for label in targets for c in copies.get(label, ())
+                      if c.status in PARTIAL_STATES and c.raw.get(PROV_SOURCE_ID) in vanished)  # fmt: skip
+    swept = {c.id for _, c in leftovers}
     notes = [
         f"{label}: copy {c.id} of source image {c.raw.get(PROV_SOURCE_ID)} is no longer selected; left in place"
-        for label in targets for c in copies.get(label, ()) if c.raw.get(PROV_SOURCE_ID) not in selected
+        for label in targets for c in copies.get(label, ())
+        if c.raw.get(PROV_SOURCE_ID) not in selected and c.id not in swept
     ] if not pruning else []  # fmt: skip
+    notes += [f"{label}: copy {c.id} ({c.status}) of source image {c.raw.get(PROV_SOURCE_ID)}, which no longer "
+              "exists, is deleted: it never held a verified copy" for label, c in leftovers]  # fmt: skip
     notes += [
         f"source image {p.image.id} ({p.image.name}): nhncloud_allow_download is switched on while it is read "
         f"and set back to {p.image.raw.get(ALLOW_DOWNLOAD)!r} afterwards ([source] enable_download)"
@@ -430,6 +441,4 @@ def plan_job(
         "journalled when they were made"
         for i in images if i.status == "active" and not i.publishes_digest and skip_reason(i, copy) is None
     ]  # fmt: skip
-    leftovers = tuple((label, c) for label in targets for c in copies.get(label, ())
-                      if c.status != "active" and c.raw.get(PROV_SOURCE_ID) in vanished)  # fmt: skip
     return Plan(tuple(planned), tuple(targets), tuple(notes), leftovers=leftovers)

@@ -95,11 +95,13 @@ class SpoolFailed:
 
 @dataclass(frozen=True, slots=True)
 class TargetQuotaFull:
-    """A target answered with a full quota: nothing more is sent to it in this run (reported once)."""
+    """A target answered with a full quota: nothing more is sent to it in this run (reported once). ``reason``:
+    the error every image x that target then fails with."""
 
     region: str
     resource: str
     message: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from pipeline.report.events import (
     SourceResumed,
     SpoolFailed,
     TargetFailed,
+    TargetQuotaFull,
     TargetRetrying,
 )
 from pipeline.report.summary import StepFinished
@@ -51,6 +52,9 @@ class LogReporter:
         elif isinstance(event, SourceResumed):
             log.warning("source_resumed", image_id=event.image_id, offset=event.offset, attempt=event.attempt,
                         restarted=event.restarted, error=event.error)  # fmt: skip
+        elif isinstance(event, TargetQuotaFull):
+            log.warning("target_quota_full", target=event.region, resource=event.resource, error=event.message,
+                        message="nothing more is sent to this target in this run")  # fmt: skip
         elif isinstance(event, SpoolFailed):
             log.warning("spool_failed", image_id=event.image_id, reason=event.reason,
                         message="retries of this image read the source again")  # fmt: skip

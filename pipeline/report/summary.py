@@ -80,6 +80,7 @@ class _Counter:
             self.summary.resumes += 1
         elif isinstance(event, TargetQuotaFull):
             self.summary.quota_full.setdefault(event.region, f"{event.resource}: {event.message}")
+            self.summary.target_wide[event.region] = event.reason
         if self.downstream is not None:
             self.downstream.emit(event)
 
@@ -106,6 +107,8 @@ class RunSummary:
     unavailable: dict[str, str] = field(default_factory=dict)
     #: Targets whose quota was full during the run: label -> "resource: the server's message" (reported once).
     quota_full: dict[str, str] = field(default_factory=dict)
+    #: The error of a condition of a whole target (its full quota), which its failed steps share: one line.
+    target_wide: dict[str, str] = field(default_factory=dict)
     #: Sources whose download permission an earlier run left switched on and this run could not restore.
     sources_left_open: dict[str, str] = field(default_factory=dict)
     interrupted: str | None = None
@@ -170,17 +173,17 @@ class RunSummary:
         return OUTCOME_EXIT_CODES[outcome]
 
     def _failure_lines(self) -> list[str]:
-        """One line per failed step; steps of one target that failed with the very same error (a condition of the
-        whole target, such as its full quota) share one line: one message, not one per image."""
-        by_error: dict[tuple[str, str | None], list[StepFinished]] = {}
+        """One line per failed step, except that the steps failed by a condition of their whole target (its full
+        quota: ``target_wide``) share one line per target: one message, not one per image."""
+        lines: list[str] = []
+        shared: dict[str, list[StepFinished]] = {}
         for s in self.failures:
-            by_error.setdefault((s.target, s.error), []).append(s)
-        lines = []
-        for (target, error), steps in by_error.items():
-            if len(steps) == 1:
-                lines.append(f"  FAILED {steps[0].name or steps[0].image_id} -> {target}: {error}")
+            if s.error is not None and s.error == self.target_wide.get(s.target):
+                shared.setdefault(s.target, []).append(s)
             else:
-                lines.append(f"  FAILED {len(steps)} images -> {target}: {error}")
+                lines.append(f"  FAILED {s.name or s.image_id} -> {s.target}: {s.error}")
+        for target, steps in shared.items():
+            lines.append(f"  FAILED {len(steps)} image(s) -> {target}: {self.target_wide[target]}")
         return lines
 
     def to_json(self) -> dict[str, Any]:

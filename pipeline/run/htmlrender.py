@@ -163,6 +163,9 @@ def render(job: str, state: JournalState, run: RunView) -> str:
            f"run {_e(r.run_id)}</title><style>{CSS}</style></head><body>",
            f"<h1>imgmig report: job {_e(job)}</h1><table>",
            *(f"<tr><th>{k}</th><td>{_e(v)}</td></tr>" for k, v in header), "</table>"]  # fmt: skip
+    for kind, title in (("quota_full", "QUOTA FULL"), ("unavailable", "UNAVAILABLE")):
+        for label, why in (r.conditions.get(kind) or {}).items():
+            out.append(f'<p class="warn"><b>{title} {_e(label)}</b>: {_e(why)}</p>')
     if run.partial:
         out.append(f'<p class="warn">Part of this run was already folded into the journal snapshot: {run.folded} '
                    "image x target are shown from it with their final time only (no start, no create time); "

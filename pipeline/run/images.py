@@ -12,9 +12,10 @@ from typing import Any
 import anyio
 import structlog
 
+from pipeline.cloud.client import ImageClient
 from pipeline.cloud.retry import RetryBudget, spending
 from pipeline.config import JobSpec
-from pipeline.errors import ApiError, ImgmigError, first_error
+from pipeline.errors import ApiError, ImgmigError, NotFoundError, first_error
 from pipeline.models import Image
 from pipeline.plan.intent import Intent
 from pipeline.plan.metadiff import Desired, create_fields
@@ -140,11 +141,13 @@ async def image_task(run: Running, plan: ImagePlan, limiter: anyio.CapacityLimit
     """One image's steps under the run's capacity limit: its copy, then each target's metadata and final record.
     The images it references finish first (waited for outside the limit, so waiting holds no slot). A failure of
     this image is recorded and the run goes on; a fatal error, or a bug, stops the run."""
+    references = run.intent.references
     try:
-        for referenced in run.intent.references.referenced(plan.image.id).values():
-            event = run.finished.get(referenced)
-            if event is not None:
-                await event.wait()
+        if plan.image.id not in references.unresolved:  # a blocked image waits for nothing (a loop would never end)
+            for referenced in references.referenced(plan.image.id).values():
+                event = run.finished.get(referenced)
+                if event is not None and referenced != plan.image.id:
+                    await event.wait()
         await _image_steps(run, plan, limiter)
     finally:
         run.finished[plan.image.id].set()
@@ -202,9 +205,11 @@ async def _copy_image(run: Running, plan: ImagePlan) -> None:
             async with gate or contextlib.nullcontext():
                 await run.engine.copy_image(inventory.source, image, specs, hooks=_Hooks(run, image), results=results)
         except ApiError as exc:  # only opening the gate raises one: the engine reports per target
-            why = f"cannot switch on the source's download permission (nhncloud_allow_download): {exc}"
+            state, why = "failed", f"cannot switch on the source's download permission (nhncloud_allow_download): {exc}"
+            if isinstance(exc, NotFoundError) and await _gone(inventory.source, image):
+                state, why = "vanished", f"the source image {image.id} was deleted during the run ({exc})"
             for step in copying:
-                results.setdefault(step.target, TargetResult(step.target, state="failed", error=why))
+                results.setdefault(step.target, TargetResult(step.target, state=state, error=why))
         finally:
             # synchronous journal writes: they complete even while the task is being cancelled
             for step in copying:
@@ -216,6 +221,17 @@ async def _copy_image(run: Running, plan: ImagePlan) -> None:
         if step.action.moves_data and (result is None or result.state != "done"):
             continue
         await _finish_step(run, image, step, result)
+
+
+async def _gone(source: ImageClient, image: Image) -> bool:
+    """Whether a 404 about the source image is confirmed by a GET of it (the image was deleted during the run)."""
+    try:
+        await source.get_image(image.id)
+    except NotFoundError:
+        return True
+    except ApiError:
+        return False
+    return False
 
 
 async def _finish_step(run: Running, image: Image, step: Step, result: TargetResult | None) -> None:

@@ -25,7 +25,7 @@ from pipeline.config import AuthProfile, Endpoint, JobSpec, Target
 from pipeline.errors import ApiError, NotFoundError, UsageError
 from pipeline.models import READ_ONLY_FIELDS, Image, Member, RequestCounts
 from pipeline.plan.metadiff import read_only_fields, schema_formats
-from pipeline.plan.planner import select_images, skip_reason, volume_backed_reason
+from pipeline.plan.planner import PARTIAL_STATES, select_images, skip_reason, volume_backed_reason
 from pipeline.plan.provenance import PROV_JOB, PROV_SOURCE_ID, is_own_copy
 from pipeline.plan.references import ReferenceGraph, references_of
 from pipeline.report.logs import register_secret
@@ -344,7 +344,7 @@ async def _vanished_sources(
     exist (one GET each: 404). Such a copy is what a run left when its source vanished under it."""
     selected = {image.id for image in images}
     orphaned = {str(c.raw.get(PROV_SOURCE_ID)) for t in targets for c in t.copies
-                if c.status != "active" and c.raw.get(PROV_SOURCE_ID) not in selected}  # fmt: skip
+                if c.status in PARTIAL_STATES and c.raw.get(PROV_SOURCE_ID) not in selected}  # fmt: skip
     gone = set()
     for source_id in sorted(orphaned):
         try:

@@ -117,8 +117,9 @@ def _describe(exc: BaseException) -> str:
 
 
 def _finish_journal(journal: Journal, summary: RunSummary) -> None:
+    conditions = {k: v for k, v in (("quota_full", summary.quota_full), ("unavailable", summary.unavailable)) if v}
     journal.record("run_finished", run=summary.run_id, outcome=summary.outcome, exit_code=summary.exit_code,
-                   summary=summary.counts())  # fmt: skip
+                   summary=summary.counts(), conditions=conditions)  # fmt: skip
 
 
 @dataclass

@@ -149,6 +149,11 @@ def render_status(view: dict[str, Any]) -> str:
     lines.append(f"  last run {last['run_id']} started {last['started_at']}: {last['outcome'] or 'unfinished'}"
                  + (f" (exit {last['exit_code']})" if last["exit_code"] is not None else ""))  # fmt: skip
     lines.append("  " + ", ".join(f"{k} {v}" for k, v in sorted(view["counts"].items())))
+    conditions = last.get("conditions") or {}
+    lines += [f"  QUOTA FULL {label} (last run): {why}" for label, why in (conditions.get("quota_full") or {}).items()]
+    lines += [
+        f"  UNAVAILABLE {label} (last run): {why}" for label, why in (conditions.get("unavailable") or {}).items()
+    ]
     lines += [f"  SOURCE LEFT OPEN {src['image_id']}: nhncloud_allow_download switched on by a run that did not "
               f"finish; the next run restores {src['original']!r}" for src in view["sources_open"]]  # fmt: skip
     rows = [("IMAGE", "NAME", "TARGET", "STATE", "ACTION", "BYTES", "TARGET IMAGE", "NOTE")]  # fmt: skip

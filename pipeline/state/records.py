@@ -71,6 +71,8 @@ class RunEntry:
     outcome: str | None = None
     exit_code: int | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    #: Conditions of whole targets during the run: {"quota_full": {label: why}, "unavailable": {label: why}}.
+    conditions: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,6 +112,7 @@ class JournalState:
                 if run.run_id == rec["run"]:
                     run.finished_at, run.outcome = at, rec.get("outcome")
                     run.exit_code, run.summary = rec.get("exit_code"), dict(rec.get("summary") or {})
+                    run.conditions = dict(rec.get("conditions") or {})
                     break
         elif kind == "image":
             entry = self._image(rec["image_id"])

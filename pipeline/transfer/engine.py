@@ -29,11 +29,14 @@ from pipeline.cloud.client import ImageClient
 from pipeline.cloud.retry import RetryBudget, spending
 from pipeline.errors import (
     ApiError,
-    ConflictError,
-    NotFoundError,
+    BadRequestError,
+    ForbiddenError,
+    PayloadTooLargeError,
     SourceReadError,
     SourceVanishedError,
+    TLSVerificationError,
     TransferError,
+    UnsupportedMediaTypeError,
     VerificationError,
     quota_resource,
 )
@@ -63,6 +66,15 @@ from pipeline.transfer.targets import (
 )
 
 __all__ = ["Engine", "EngineHooks", "EngineSettings", "TargetResult", "TargetSpec", "stream_unit"]
+
+#: A target's answers that another pass would only get again: the copy ends at the first.
+_FINAL_ANSWERS = (
+    BadRequestError,
+    ForbiddenError,
+    UnsupportedMediaTypeError,
+    PayloadTooLargeError,
+    TLSVerificationError,
+)
 
 #: The smallest unit a small image is cut into (see ``stream_unit``).
 MIN_UNIT = 256 * 1024
@@ -107,7 +119,7 @@ class Engine:
         resource = quota_resource(error) or "quota"
         message = getattr(error, "message", None) or str(error)
         self.full[region] = f"target {region} is over its {resource} quota: nothing more is sent to it in this run"
-        self.reporter.emit(TargetQuotaFull(region, resource, message))
+        self.reporter.emit(TargetQuotaFull(region, resource, message, self.full[region]))
 
     async def copy_image(
         self,
@@ -164,6 +176,8 @@ class _ImageCopy:
         #: The spool of this image's verified stream, when ``spool_dir`` is set (retries read it, not the source).
         self.spool = spool
         self.tg = tg
+        #: Set once the source turned out to be gone: no target sends anything more for it.
+        self.vanished: SourceVanishedError | None = None
 
     # === target preparation
 
@@ -187,6 +201,10 @@ class _ImageCopy:
         if full is not None:
             t.finish("failed", full, blame="target")
             return False
+        if self.vanished is not None:  # a target retried after the source vanished: nothing more to send
+            await t.discard()
+            t.finish("vanished", str(self.vanished), blame="source")
+            return False
         with spending(t.budget):
             try:
                 return await t.prepare()
@@ -202,14 +220,16 @@ class _ImageCopy:
     def _gives_up(self, t: TargetCopy, error: BaseException) -> bool:
         """Whether a target failure ends this copy now instead of another pass: a full quota (the whole target,
         for the rest of the run: ``Engine.quota_full``), or an answer that a new pass would only get again (an
-        invalid request, a refusal, a format the target will not take). A state race (409, 404) and anything
-        retryable get another pass."""
-        if quota_resource(error) is not None:
+        invalid request, a refusal, a format the target will not take, a certificate that does not verify).
+        Anything else gets another pass: retryable errors, state races (409, 404), garbled answers. A full
+        ``image_count_uploading`` frees up as other uploads end, so that one is retried too."""
+        resource = quota_resource(error)
+        if resource == "image_count_uploading":
+            return False
+        if resource is not None:
             self.engine.quota_full(t.region, error)
             return True
-        if isinstance(error, ApiError) and not error.retryable:
-            return not isinstance(error, ConflictError | NotFoundError)
-        return False
+        return isinstance(error, _FINAL_ANSWERS)
 
     # === passes
 
@@ -348,6 +368,7 @@ class _ImageCopy:
                     if t.abort.retryable:
                         source_failed.append(t)
                     elif isinstance(t.abort, SourceVanishedError):  # nothing of it may stay behind
+                        self.vanished = t.abort
                         await t.discard()
                         t.finish("vanished", str(t.abort), blame="source")
                     else:  # e.g. the source refuses the download: another pass cannot help

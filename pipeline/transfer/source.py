@@ -140,12 +140,15 @@ async def source_pieces(
 
 async def _vanished(client: ImageClient, image: Image, exc: NotFoundError) -> None:
     """A 404 for the source's data, checked once with a GET of the image: when that says 404 too, the image was
-    deleted (``SourceVanishedError``: nothing to retry); otherwise the 404 was passing."""
+    deleted (``SourceVanishedError``: nothing to retry); otherwise (the image is there, or the GET failed too) the
+    404 is an ordinary failure of the read, retried like any."""
     try:
         await client.get_image(image.id)
     except NotFoundError:
         raise SourceVanishedError(f"the source image {image.id} was deleted during the run ({exc})",
                                   region=client.region, image_id=image.id) from exc  # fmt: skip
+    except ApiError:
+        return
 
 
 class Spool:
