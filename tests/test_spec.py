@@ -152,8 +152,9 @@ def test_minimal_job_gets_every_default() -> None:
     )
     assert spec.transfer.bandwidth is None
     assert (spec.transfer.connect_timeout, spec.transfer.read_timeout) == (30.0, 120.0)
-    assert spec.run == RunOptions(journal_dir=DEFAULT_JOURNAL_ROOT / "minimal")
-    assert spec.run.journal_dir == Path("state/minimal")
+    # a document parsed without a file: relative to the working directory
+    assert spec.run == RunOptions(journal_dir=Path.cwd() / DEFAULT_JOURNAL_ROOT / "minimal")
+    assert spec.run.journal_dir == Path.cwd() / "state" / "minimal"
     assert spec.run.max_runtime is None
 
 
@@ -597,3 +598,22 @@ def test_bad_from_env(tmp_path: Path, auth: str, expected: str) -> None:
     with pytest.raises(JobSpecError) as caught:
         load_job(write(tmp_path, job(auth=f"\n[auth.src]\n{auth}\n")), ENV)
     assert expected in str(caught.value)
+
+
+def test_relative_paths_are_relative_to_the_job_file(tmp_path: Path) -> None:
+    """Every relative path of a job file (journal_dir, the default one included, spool_dir, metrics_file,
+    ca_bundle) is taken from the job file's directory, whatever the working directory; absolute and ``~`` paths
+    are kept as they are."""
+    jobs = tmp_path / "etc" / "jobs"
+    jobs.mkdir(parents=True)
+    (jobs / "ca.pem").write_text("not checked here")
+    extra = ('\n[transfer]\nspool_dir = "spool"\n[run]\njournal_dir = "../state/j"\n'
+             'metrics_file = "/var/lib/node_exporter/imgmig.prom"\nca_bundle = "ca.pem"\n')  # fmt: skip
+    (jobs / "job.toml").write_text(job(extra=extra))
+    spec = load_job(jobs / "job.toml", ENV)
+    assert spec.run.journal_dir == tmp_path / "etc" / "state" / "j"
+    assert spec.transfer.spool_dir == jobs / "spool"
+    assert spec.run.metrics_file == Path("/var/lib/node_exporter/imgmig.prom")
+    assert spec.run.ca_bundle == jobs / "ca.pem"
+    (jobs / "default.toml").write_text(job())
+    assert load_job(jobs / "default.toml", ENV).run.journal_dir == jobs / "state" / "minimal"

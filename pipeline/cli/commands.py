@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -14,25 +15,61 @@ from typing import Any
 
 import anyio
 
-from pipeline.errors import ImgmigError, UsageError
+from pipeline.errors import ImgmigError, UsageError, first_error
 from pipeline.units import format_size, format_table
 
 __all__ = ["cmd_check", "cmd_emulate", "cmd_plan", "cmd_report", "cmd_run", "cmd_status", "cmd_verify"]
 
 
-def _load(path: Path, *, need_secrets: bool = True, args: argparse.Namespace | None = None) -> Any:
-    """The job file, as the shard ``--shard``/``--shards`` in ``args`` names (if any)."""
+def _load(path: Path, *, need_secrets: bool = True, args: argparse.Namespace | None = None, write: bool = False,
+          metrics_file: Path | None = None, spool_dir: Path | None = None) -> Any:  # fmt: skip
+    """The job file, as the shard ``--shard``/``--shards`` in ``args`` names (if any), with its paths checked
+    (``run.paths.check_paths``: a file in the way of a directory always; with ``write``, that each can be
+    created and written): a path problem is a job-file problem, exit 2, before any work."""
     from pipeline.config import load_job, override, shard_from_args
+    from pipeline.run.paths import check_paths
 
     shard = None
     if args is not None:  # the command line is checked before the file is read
         shard = shard_from_args(getattr(args, "shard", None), getattr(args, "shards", None), os.environ)
     spec = load_job(path, os.environ, need_secrets=need_secrets)
-    return override(spec, shard=shard) if shard is not None else spec
+    _warn_old_journal(spec)
+    if shard is not None or spool_dir is not None:
+        spec = override(spec, shard=shard, spool_dir=spool_dir)
+    check_paths(spec, write=write, metrics_file=metrics_file)
+    return spec
+
+
+def _warn_old_journal(spec: Any) -> None:
+    """A journal where an older imgmig kept it (its relative journal_dir taken from the working directory, not
+    from the job file's directory): named, with the one command that moves it."""
+    from pipeline.state.journal import SNAPSHOT
+
+    journal, base = spec.run.journal_dir, spec.path.absolute().parent if spec.path is not None else None
+    if base is None or not journal.is_relative_to(base) or (journal / SNAPSHOT).exists():
+        return
+    old = Path.cwd() / journal.relative_to(base)
+    if old != journal and (old / SNAPSHOT).exists():
+        print(
+            f"imgmig: warning: job {spec.name!r} keeps its journal in {journal} (journal_dir is relative to the "
+            f"job file), but one is in {old}, where it was relative to the working directory. Move it there "
+            f"once: mkdir -p {shlex.quote(str(journal.parent))} && mv {shlex.quote(str(old))} "
+            f"{shlex.quote(str(journal))}",
+            file=sys.stderr,
+        )
 
 
 def _run_async(fn: Callable[[], Any]) -> Any:
-    return anyio.run(fn)
+    """Run ``fn`` in an event loop. An error that a task group wrapped in an exception group is raised as itself
+    when it is one of ours (``first_error``): a user's mistake met in a concurrent step (a wrong target region)
+    is one paragraph and its exit code, not a traceback."""
+    try:
+        return anyio.run(fn)
+    except BaseExceptionGroup as group:
+        error = first_error(group)
+        if isinstance(error, ImgmigError):
+            raise error from group
+        raise
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -40,7 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run.runner import RunControls, run_job
     from pipeline.units import parse_duration
 
-    spec = _load(args.job, args=args)
+    spec = _load(args.job, args=args, write=not args.dry_run, metrics_file=args.metrics_file,
+                 spool_dir=args.spool_dir)  # fmt: skip
     max_runtime = None
     if args.max_runtime is not None:
         try:
@@ -51,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _print_plan(spec, as_json=False, dry_run=True)
     reporter = _Reporter(tty=sys.stderr.isatty() and not args.no_progress)
     metrics = _metrics_file(args, spec)
-    spec = override(spec, max_runtime=max_runtime, spool_dir=args.spool_dir)
+    spec = override(spec, max_runtime=max_runtime)
     controls = RunControls(reporter=reporter, metrics=metrics)
     if metrics is not None:
         from pipeline.report.events import TeeReporter

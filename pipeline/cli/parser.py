@@ -133,8 +133,10 @@ def _add_check(sub: Any) -> None:
         "check", help="authenticate every profile and resolve every region; touch no image",
         description="Authenticate every [auth.NAME] profile of the job and print, per profile, the identity "
         "kind, the project, the token's expiry and each region's image endpoint, then whether the source and "
-        "every target region resolve. No image is read or changed. Exit 0 when all is well, 2 for a job-file "
-        "or region problem, 4 when a credential is refused.",
+        "every target region resolve, then create and write once each directory a run writes in (journal_dir, "
+        "spool_dir, the metrics file's). No image is read or changed. Exit 0 when all is well; 1 when an identity "
+        "service cannot be reached (UNREACHABLE) or its certificate does not verify (TLS); 2 for a job-file, "
+        "region or path problem; 4 when a credential is refused (REFUSED).",
     )  # fmt: skip
     p.add_argument("job", type=Path, help=JOB_HELP)
     p.add_argument("--json", action="store_true", help="print the findings as JSON")

@@ -18,11 +18,12 @@ from typing import Any, Protocol
 
 import aiohttp
 import anyio
+import structlog
 
 from pipeline.cloud.retry import RetryPolicy
-from pipeline.cloud.transport import error_from_response, map_aiohttp_errors, name_tls_failure
+from pipeline.cloud.transport import error_from_response, map_aiohttp_errors, name_failure
 from pipeline.config.values import Secret, normalize_endpoint
-from pipeline.errors import ApiError, AuthenticationError, ProtocolError, RegionNotFoundError, TLSVerificationError
+from pipeline.errors import ApiError, AuthenticationError, ConnectError, ProtocolError, RegionNotFoundError
 
 __all__ = [
     "REFUSED",
@@ -36,6 +37,8 @@ __all__ = [
     "parse_token_response",
     "post_for_token",
 ]
+
+log = structlog.get_logger("imgmig")
 
 #: Refresh this long before expiry at most; short-lived tokens refresh at 90% of their life.
 MAX_REFRESH_SKEW = 120.0
@@ -140,20 +143,40 @@ def parse_token_response(doc: Any, *, now: float) -> Token:
                          scope_key="tenant", now=now, what="identity response")  # fmt: skip
 
 
+#: How long getting a token may take, every attempt included: an identity service that cannot be reached ends the
+#: command within a minute, whatever the connect timeout and the retries.
+TOKEN_DEADLINE = 55.0
+#: After a token request failed for good, callers get the same error at once for this long instead of each
+#: waiting out another round of attempts.
+UNREACHABLE_FOR = 30.0
+
+
 class TokenCache:
     """What every identity kind shares: one token for many waiters, fetched or refreshed under a lock and
-    re-checked after taking it, and a refused credential remembered and re-raised, never sent again.
-    Subclasses (dataclasses) provide the fields below and ``_fetch``."""
+    re-checked after taking it, and a refused credential remembered and re-raised, never sent again. Each failed
+    attempt to reach the identity service is logged as it happens, with the profile and the URL. Subclasses
+    (dataclasses) provide the fields below, ``token_url`` and ``_fetch``."""
 
     retry: RetryPolicy
     clock: Callable[[], float]
+    profile: str
     _token: Token | None
     _lock: anyio.Lock
     _refused: AuthenticationError | None
+    _unreachable: tuple[float, ApiError] | None
     issued: int
+
+    @property
+    def token_url(self) -> str:
+        """Where tokens are asked for."""
+        raise NotImplementedError
 
     async def _fetch(self, session: aiohttp.ClientSession) -> Token:
         raise NotImplementedError
+
+    def _retrying(self, attempt: int, exc: BaseException, wait: float) -> None:
+        log.warning("identity_attempt_failed", profile=self.profile, url=self.token_url,
+                    attempt=f"{attempt} of {self.retry.attempts}", error=str(exc), retry_in=round(wait, 1))  # fmt: skip
 
     def _usable(self, token: Token, lasting: bool) -> bool:
         return token.fresh(self.clock(), lasting=lasting)
@@ -173,10 +196,22 @@ class TokenCache:
             current = self._token
             if current is not None and self._usable(current, lasting):
                 return current
+            if self._unreachable is not None and self.clock() < self._unreachable[0]:
+                raise self._unreachable[1]
             try:
-                token = await self.retry.call(lambda: self._fetch(session))
+                with anyio.fail_after(TOKEN_DEADLINE):
+                    token = await self.retry.call(lambda: self._fetch(session), on_retry=self._retrying)
             except AuthenticationError as exc:
                 self._refused = exc
+                raise
+            except TimeoutError:
+                where = f"auth profile {self.profile!r}: the identity service ({self.token_url})"
+                late = ConnectError(f"{where} gave no token within {TOKEN_DEADLINE:g} s", method="POST",
+                                    path=self.token_url)  # fmt: skip
+                self._unreachable = (self.clock() + UNREACHABLE_FOR, late)
+                raise late from None
+            except ApiError as exc:
+                self._unreachable = (self.clock() + UNREACHABLE_FOR, exc)
                 raise
             self._token = token
             self._got(token)
@@ -212,11 +247,16 @@ class PasswordAuth(TokenCache):
     _lock: anyio.Lock = field(default_factory=anyio.Lock, init=False, repr=False)
     #: Set once the identity service refused the password: nothing is ever sent with it again.
     _refused: AuthenticationError | None = field(default=None, init=False, repr=False)
+    _unreachable: tuple[float, ApiError] | None = field(default=None, init=False, repr=False)
     #: How many tokens were issued; tests and the summary use it to show refreshes happened.
     issued: int = field(default=0, init=False)
 
+    @property
+    def token_url(self) -> str:
+        return self.identity_url.rstrip("/") + "/tokens"
+
     async def _fetch(self, session: aiohttp.ClientSession) -> Token:
-        url = self.identity_url.rstrip("/") + "/tokens"
+        url = self.token_url
         body = {
             "auth": {
                 "tenantId": self.tenant_id,
@@ -258,8 +298,8 @@ async def post_for_token(
             async with session.post(url, json=body, headers={"Accept": "application/json"}, **options) as resp:
                 raw = await resp.read()
                 status, headers = resp.status, resp.headers
-    except TLSVerificationError as exc:
-        raise name_tls_failure(exc, profile, "the identity service") from exc.__cause__
+    except ApiError as exc:  # cannot reach it, its certificate, a broken answer: named with the profile and the URL
+        raise name_failure(exc, profile, f"the identity service ({url})") from exc.__cause__
     if status in REFUSED:
         err = error_from_response(status, headers, raw, **ctx)
         raise AuthenticationError(refusal(err), status=status, request_id=err.request_id, **ctx)

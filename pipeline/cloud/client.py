@@ -22,7 +22,7 @@ import aiohttp
 
 from pipeline.cloud.auth import Auth, Token
 from pipeline.cloud.retry import RetryPolicy
-from pipeline.cloud.transport import error_from_response, map_aiohttp_errors, name_tls_failure
+from pipeline.cloud.transport import error_from_response, map_aiohttp_errors, name_failure
 from pipeline.cloud.wire import (
     JSON_PATCH,
     OCTET_STREAM,
@@ -37,9 +37,9 @@ from pipeline.errors import (
     ApiError,
     AuthenticationError,
     BadRequestError,
+    ConnectError,
     NotFoundError,
     ProtocolError,
-    TLSVerificationError,
     TokenRejectedError,
 )
 from pipeline.models import Image, Member, RequestCounts
@@ -137,8 +137,8 @@ class ImageClient:
                         raw = await read_bounded(resp, ctx)
                     finally:
                         resp.release()
-            except TLSVerificationError as exc:
-                raise name_tls_failure(exc, self.auth.profile, f"region {self.region}") from exc.__cause__
+            except ConnectError as exc:  # cannot reach the region, or its certificate does not verify
+                raise name_failure(exc, self.auth.profile, f"region {self.region} ({url})") from exc.__cause__
             err = error_from_response(resp.status, resp.headers, raw, **ctx)
             if resp.status != 401:
                 raise err

@@ -106,6 +106,7 @@ class KeystoneAuth(TokenCache):
     _lock: anyio.Lock = field(default_factory=anyio.Lock, init=False, repr=False)
     #: Set once Keystone refused the credential: nothing is ever sent with it again.
     _refused: AuthenticationError | None = field(default=None, init=False, repr=False)
+    _unreachable: tuple[float, ApiError] | None = field(default=None, init=False, repr=False)
     #: How many tokens were issued; tests and the summary use it to show refreshes happened.
     issued: int = field(default=0, init=False)
 
@@ -141,6 +142,10 @@ class KeystoneAuth(TokenCache):
         if not (self.project_id or (self.project_name and (self.project_domain_id or self.project_domain_name))):
             problems.append("project_id, or project_name with project_domain_id or project_domain_name")
         return problems
+
+    @property
+    def token_url(self) -> str:
+        return self.auth_url + "/auth/tokens"
 
     def _got(self, token: Token) -> None:
         self._project = token.tenant_id or self._project
@@ -205,7 +210,7 @@ class KeystoneAuth(TokenCache):
             return (f"auth profile {self.profile!r}: Keystone refused the {self._who()}: {self._scrub(err.message)}; "
                     f"check the {self.kind} (it may be wrong, expired or deleted)")  # fmt: skip
 
-        doc, headers = await post_for_token(session, self.auth_url + "/auth/tokens", self._body(), refusal=refusal,
+        doc, headers = await post_for_token(session, self.token_url, self._body(), refusal=refusal,
                                             profile=self.profile, scrub=self._scrub, tls=self.tls,
                                             what="identity v3 response")  # fmt: skip
         return parse_v3_token(doc, headers.get("X-Subject-Token"), interface=self.interface, now=self.clock())

@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -37,7 +37,7 @@ __all__ = [
     "TransportConfig",
     "error_from_response",
     "map_aiohttp_errors",
-    "name_tls_failure",
+    "name_failure",
     "new_session",
     "server_message",
     "tls_for",
@@ -121,11 +121,15 @@ def map_aiohttp_errors(**context: Any) -> Iterator[None]:
         raise _mapped(exc, context) from exc
 
 
-def name_tls_failure(exc: TLSVerificationError, profile: str, where: str) -> TLSVerificationError:
-    """``exc``, its message naming the auth profile whose server did not verify, ``where`` it was, and where its
-    CA can be trusted."""
-    hint = "trust its CA with the cloud's cacert (clouds.yaml) or the job's [run] ca_bundle"
-    exc.message = f"auth profile {profile!r}: {where}: {exc.message}; {hint}"
+_E = TypeVar("_E", bound=ApiError)
+
+
+def name_failure(exc: _E, profile: str, where: str) -> _E:
+    """``exc`` (a server that cannot be reached, or whose certificate does not verify), its message naming the auth
+    profile and ``where`` (the URL) it happened; for a certificate, also where its CA can be trusted."""
+    hint = "; trust its CA with the cloud's cacert (clouds.yaml) or the job's [run] ca_bundle"
+    exc.message = f"auth profile {profile!r}: {where}: {exc.message}" + (hint if isinstance(exc, TLSVerificationError)
+                                                                          else "")  # fmt: skip
     return exc
 
 

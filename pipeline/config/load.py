@@ -108,19 +108,39 @@ def _check_places(
 # === entry points
 
 
+#: The keys that hold paths: relative ones are relative to the job file's directory.
+PATH_KEYS = (("run", "journal_dir"), ("run", "metrics_file"), ("run", "ca_bundle"), ("transfer", "spool_dir"))
+
+
+def _anchored(doc: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """``doc`` with every relative path of ``PATH_KEYS`` made relative to ``base`` (``~`` paths stay home's)."""
+    out = dict(doc)
+    for section, key in PATH_KEYS:
+        table = out.get(section)
+        value = table.get(key) if isinstance(table, dict) else None
+        if isinstance(value, str) and value and not value.startswith("~") and not os.path.isabs(value):
+            out[section] = {**table, key: os.path.normpath(base / value)}  # type: ignore[dict-item]
+    return out
+
+
 def parse_job(
     doc: Mapping[str, Any],
     source: str,
     environ: Mapping[str, str] | None = None,
     *,
     need_secrets: bool = True,
+    base: Path | None = None,
 ) -> JobSpec:
     """Validate a parsed TOML document; raise ``JobSpecError`` listing every problem found.
 
     ``environ`` (default ``os.environ``) supplies the secrets named by ``password_env``/``token_env``;
-    with ``need_secrets=False`` they are neither required nor read (for ``plan``-like commands).
+    with ``need_secrets=False`` they are neither required nor read (for ``plan``-like commands). ``base``: the
+    directory relative paths are relative to (the job file's; default the working directory), the default
+    ``journal_dir`` (``state/<name>``) included.
     """
     env = os.environ if environ is None else environ
+    base = Path.cwd() if base is None else base
+    doc = _anchored(doc, base)
     problems: Problems = [(dotted((key,)), unknown_key(key, list(_TOP_LEVEL))) for key in doc if key not in _TOP_LEVEL]
     name = _job_name(doc.get("name"), problems)
     auth = doc.get("auth")
@@ -158,7 +178,7 @@ def parse_job(
     if problems or not (name and src and targets and select and copy and transfer and run and prune):
         raise JobSpecError(source, problems)
     if "journal_dir" not in run.model_fields_set:
-        run = run.model_copy(update={"journal_dir": DEFAULT_JOURNAL_ROOT / name})
+        run = run.model_copy(update={"journal_dir": base / DEFAULT_JOURNAL_ROOT / name})
     return JobSpec(name=name, path=None, auth=profiles, source=src, targets=tuple(t for t in targets if t),
                    select=select, copy=copy, transfer=transfer, run=run, prune=prune)  # fmt: skip
 
@@ -166,7 +186,9 @@ def parse_job(
 def load_job(
     path: str | os.PathLike[str], environ: Mapping[str, str] | None = None, *, need_secrets: bool = True
 ) -> JobSpec:
-    """Read and validate a job file; every problem (unreadable, bad TOML, invalid) is a ``JobSpecError``."""
+    """Read and validate a job file; every problem (unreadable, bad TOML, invalid) is a ``JobSpecError``. Its
+    relative paths are relative to its own directory (to the working directory for a job read from standard
+    input), so a job means the same from cron, from a shell anywhere, and from a Kubernetes pod."""
     source = os.fspath(path)
     try:
         with open(path, "rb") as file:
@@ -177,7 +199,13 @@ def load_job(
         raise JobSpecError(source, [("", "the file is not UTF-8 text")]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise JobSpecError(source, [("", f"TOML syntax error: {exc}")]) from exc
-    return replace(parse_job(doc, source, environ, need_secrets=need_secrets), path=Path(source))
+    base = Path.cwd() if _is_stream(source) else Path(source).absolute().parent
+    return replace(parse_job(doc, source, environ, need_secrets=need_secrets, base=base), path=Path(source))
+
+
+def _is_stream(source: str) -> bool:
+    """Whether the job comes from standard input or a pipe (``-``, ``/dev/stdin``, ``/dev/fd/N``), not a file."""
+    return source in ("-", "/dev/stdin") or source.startswith(("/dev/fd/", "/proc/self/fd/"))
 
 
 def override(

@@ -14,6 +14,7 @@ from pipeline.cloud.transport import new_session
 from pipeline.config import JobSpec
 from pipeline.errors import ApiError, AuthenticationError, ImgmigError, RegionNotFoundError, TLSVerificationError
 from pipeline.run.inventory import Clients, retry_policy, target_labels, transport_config
+from pipeline.run.paths import check_paths
 
 __all__ = ["CheckReport", "check_job"]
 
@@ -29,6 +30,8 @@ def _iso(t: float) -> str | None:
 class ProfileCheck:
     name: str
     kind: str
+    #: ok; refused (the credential: exit 4); unreachable (no answer: exit 1); tls (its certificate: exit 1)
+    state: str = "ok"
     project: str | None = None
     expires_at: str | None = None
     endpoints: dict[str, str] = field(default_factory=dict)
@@ -51,6 +54,8 @@ class CheckReport:
     job: str
     profiles: list[ProfileCheck] = field(default_factory=list)
     places: list[PlaceCheck] = field(default_factory=list)
+    #: The directories a run writes in, each created and written once: key -> path.
+    paths: dict[str, str] = field(default_factory=dict)
     error: ImgmigError | None = None
 
     @property
@@ -59,24 +64,26 @@ class CheckReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"job": self.job, "ok": self.ok, "exit_code": self.error.exit_code if self.error else 0,
-                "profiles": [vars(p) for p in self.profiles], "places": [vars(p) for p in self.places]}  # fmt: skip
+                "profiles": [vars(p) for p in self.profiles], "places": [vars(p) for p in self.places],
+                "paths": dict(self.paths)}  # fmt: skip
 
     def render(self) -> str:
         lines = [f"job {self.job}: {'ok' if self.ok else 'PROBLEMS'}"]
         for p in self.profiles:
             lines.append(f"  [auth.{p.name}] {_KINDS.get(p.kind, p.kind)}: "
-                         + (f"REFUSED: {p.error}" if p.error else f"project {p.project}, token expires "
+                         + (f"{p.state.upper()}: {p.error}" if p.error else f"project {p.project}, token expires "
                             f"{p.expires_at or 'never (fixed token)'}"))  # fmt: skip
             lines += [f"    {region}: {url}" for region, url in sorted(p.endpoints.items())]
         for place in self.places:
             where = place.endpoint or f"NOT RESOLVED: {place.error}"
             lines.append(f"  {place.role} {place.region} (auth {place.auth}): {where}")
+        lines += [f"  {key}: {path} (created and written)" for key, path in self.paths.items()]
         return "\n".join(lines)
 
 
 async def check_job(spec: JobSpec) -> CheckReport:
     """Authenticate each profile once, then resolve the source's and every target's image endpoint."""
-    report = CheckReport(spec.name)
+    report = CheckReport(spec.name, paths=check_paths(spec, write=True))
     async with new_session(transport_config(spec)) as session:
         clients = Clients(spec, session, retry_policy(spec))
         refused: set[str] = set()
@@ -89,13 +96,13 @@ async def check_job(spec: JobSpec) -> CheckReport:
                 if isinstance(auth, StaticTokenAuth):  # a fixed token is only known good once a server says so
                     await ImageClient(session, auth, "fixed").get_schema("image")
             except AuthenticationError as exc:
-                found.error, report.error = str(exc), report.error or exc
+                found.state, found.error, report.error = "refused", str(exc), report.error or exc
                 refused.add(name)
                 continue
-            except ApiError as exc:  # the identity service cannot be reached (refused, TLS, DNS): exit 1
-                named = isinstance(exc, TLSVerificationError)  # its message names the profile already
-                found.error = str(exc) if named else f"auth profile {name!r}: cannot reach its identity service: {exc}"
-                report.error = report.error or ApiError(found.error)
+            except ApiError as exc:  # no answer, or a certificate that does not verify: exit 1 (the message names
+                # the profile and the URL)
+                found.state = "tls" if isinstance(exc, TLSVerificationError) else "unreachable"
+                found.error, report.error = str(exc), report.error or exc
                 refused.add(name)
                 continue
             found.project = token.tenant_id or profile.tenant_id
@@ -106,7 +113,7 @@ async def check_job(spec: JobSpec) -> CheckReport:
             checked = PlaceCheck(role, place.auth, place.region)
             report.places.append(checked)
             if place.auth in refused:
-                checked.error = f"auth profile {place.auth!r} was refused"
+                checked.error = f"auth profile {place.auth!r} has no token"
                 continue
             try:
                 checked.endpoint = await clients.client(place.auth, place.region).endpoint()

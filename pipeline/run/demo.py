@@ -29,6 +29,8 @@ from pipeline.emulator.seed import DEMO_TENANT
 __all__ = ["main"]
 
 JOB = Path("jobs/demo.toml")
+#: Where the demo job's journal_dir (relative to the job file) puts its journal.
+JOURNAL = (JOB.parent / "../state/demo").resolve()
 PORT = 18780
 PASSWORD_ENV = "IMGMIG_DEMO_PASSWORD"
 
@@ -75,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     port = PORT if all(_port_free(PORT + i) for i in range(5)) else 0
     tmp = Path(tempfile.mkdtemp(prefix="imgmig-demo-"))
-    shutil.rmtree(Path.cwd() / "state" / "demo", ignore_errors=True)
+    shutil.rmtree(JOURNAL, ignore_errors=True)
     env = {**os.environ, PASSWORD_ENV: "demo-password"}
     args = ("--seed", "demo", "--regions", "KR1,KR2,KR3,JP1", "--port", str(port), "--data-dir", str(tmp / "emulator"))
     try:
@@ -94,7 +96,9 @@ def _demo(info: dict[str, Any], port: int, tmp: Path, env: dict[str, str], start
     if port == 0:
         # the usual ports are taken: point a copy of the job at the ephemeral ones
         job = tmp / "demo.toml"
-        job.write_text(JOB.read_text().replace(f"http://127.0.0.1:{PORT}/v2.0", info["identity_url"]))
+        text = JOB.read_text().replace(f"http://127.0.0.1:{PORT}/v2.0", info["identity_url"])
+        # the copy lives elsewhere: its journal stays where the job file's relative journal_dir puts it
+        job.write_text(text.replace('journal_dir = "../state/demo"', f'journal_dir = "{JOURNAL}"'))
         print(f"(port {PORT} is busy; using {job} with {info['identity_url']})")
     _say("before: what each region holds")
     anyio.run(_listing, info)
