@@ -7,6 +7,7 @@
     │   ├── JobSpecError                 exit 2: every problem in a job file, each with its dotted key path
     │   └── RegionNotFoundError          exit 2: a region that the service catalog does not list
     ├── LockHeldError                    fatal, exit 3: another run holds the job's lock
+    ├── EmptySelectionError              fatal, exit 1: the selection matched no source image at all
     ├── JournalError                     fatal: the journal cannot be read or written
     │   └── JournalCorruptError          fatal: damage before the last record (a torn tail is not an error)
     ├── AuthenticationError              fatal, exit 4: a credential is refused (identity refuses the
@@ -64,6 +65,7 @@ __all__ = [
     "ConflictError",
     "ConnectError",
     "ConnectionLostError",
+    "EmptySelectionError",
     "ExitCode",
     "ForbiddenError",
     "HTTPStatusError",
@@ -199,6 +201,20 @@ class LockHeldError(ImgmigError):
         super().__init__(
             f"job {job!r} is already running ({holder}{since}); lock file {path}. "
             "Wait for it to finish; a lock whose holder has died is taken over automatically"
+        )
+
+
+class EmptySelectionError(ImgmigError):
+    """The job's selection matched no source image at all: a run that would copy nothing is not green."""
+
+    fatal: ClassVar[bool] = True
+
+    def __init__(self, region: str, filters: str, near: list[str]) -> None:
+        self.region = region
+        hints = "; ".join(near)
+        super().__init__(
+            f"selection matched no image in {region} ({filters}): {hints}. Check [select] and the source profile's "
+            "tenant; a mirror that may legitimately be empty sets [select] allow_empty = true"
         )
 
 

@@ -136,7 +136,7 @@ def test_lock_held_exits_3_naming_the_holder(emu: EmulatorProcess, tmp_path: Pat
     """A second run of a job that is running exits 3 and names the holder's PID."""
     tenant = new_tenants(1)[0]
     job = write_job(tmp_path / "job.toml", name="locked", identity_url=emu.identity_url, tenant=tenant,
-                    journal=tmp_path / "state")  # fmt: skip
+                    journal=tmp_path / "state", extra="[select]\nallow_empty = true\n")  # fmt: skip
     code = f"from pipeline.state.lock import JobLock; import pathlib, time; JobLock(pathlib.Path({str(tmp_path / 'state')!r}), 'locked').acquire(); print('held', flush=True); time.sleep(60)"  # noqa: E501
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

@@ -10,8 +10,9 @@ import pytest
 from pipeline.config import CopyOptions, Select
 from pipeline.models import Image
 from pipeline.plan.metadiff import MetaDiff
-from pipeline.plan.planner import Action, plan_job, select_images, skip_reason
+from pipeline.plan.planner import Action, plan_job, skip_reason
 from pipeline.plan.provenance import PROV_JOB, PROV_SOURCE_ID
+from pipeline.plan.selection import select_images
 from pipeline.state.records import JournalState
 
 MD5, SHA = "a" * 32, "b" * 128

@@ -21,11 +21,12 @@ from .jobsetup import TARGETS, MiB, add, copies, run
 from .jobsetup import job as metadata_job
 
 
-def job(emu: Emulator, tmp_path: Path, tenant: str, *, names: list[str] | None = None, **prune: Any) -> JobSpec:
+def job(emu: Emulator, tmp_path: Path, tenant: str, *, names: list[str] | None = None, allow_empty: bool = False,
+        **prune: Any) -> JobSpec:  # fmt: skip
     """test_metadata's job (named "meta": its ``copies`` reads this job's copies) with prune on."""
     sections: dict[str, Any] = {"prune": {"enabled": True, "max_delete": 100, **prune}}
-    if names is not None:
-        sections["select"] = {"names": names}
+    if names is not None or allow_empty:
+        sections["select"] = {**({"names": names} if names is not None else {}), "allow_empty": allow_empty}
     return metadata_job(emu, tmp_path, tenant, sections=sections)
 
 
@@ -79,11 +80,13 @@ async def test_over_max_delete_deletes_nothing(emulator: Emulator, tmp_path: Pat
 
 
 async def test_an_empty_selection_refuses(emulator: Emulator, tmp_path: Path) -> None:
+    """Every source gone: even a mirror that may be empty (``[select] allow_empty = true``, so the run itself is
+    not failed for it) does not prune an empty selection: it refuses, exit 1, and every copy stays."""
     tenant = uuid.uuid4().hex
     srcs = _sources(emulator, tenant, 2)
     assert (await run(job(emulator, tmp_path, tenant))).exit_code == 0
     _gone(emulator, tenant, *srcs)
-    summary = await run(job(emulator, tmp_path, tenant))
+    summary = await run(job(emulator, tmp_path, tenant, allow_empty=True))
     assert summary.exit_code == 1
     assert summary.prune_refused is not None
     assert "selection is empty" in summary.prune_refused

@@ -110,8 +110,9 @@ def tls_emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Emulator
 
 def _tls_job(tmp_path: Path, emu: EmulatorProcess, extra: str) -> Path:
     tenant = new_tenants(1)[0]
+    # an empty tenant: these tests are about the connection, so an empty selection is allowed
     job = write_job(tmp_path / "job.toml", name="tls", identity_url=emu.identity_url, tenant=tenant,
-                    journal=tmp_path / "state", targets=("KR2",))  # fmt: skip
+                    journal=tmp_path / "state", targets=("KR2",), extra="[select]\nallow_empty = true\n")  # fmt: skip
     job.write_text(job.read_text().replace("[run]\n", f"[run]\n{extra}"))
     return job
 

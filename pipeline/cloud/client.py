@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import aiohttp
+import structlog
 
 from pipeline.cloud.auth import Auth, Token
 from pipeline.cloud.retry import RetryPolicy
@@ -41,10 +42,13 @@ from pipeline.errors import (
     NotFoundError,
     ProtocolError,
     TokenRejectedError,
+    TransportError,
 )
 from pipeline.models import Image, Member, RequestCounts
 
 __all__ = ["ImageClient", "ListFilters"]
+
+log = structlog.get_logger("imgmig")
 
 #: NHN's current guide: "limit ... Default is 100, up to max 1000"; Glance caps at api_limit_max (1000).
 DEFAULT_PAGE_SIZE = 1000
@@ -181,6 +185,11 @@ class ImageClient:
         ctx = {"region": self.region, "image_id": image_id, "method": method, "path": path.split("?")[0]}
 
         def on_retry(attempt: int, exc: BaseException, wait: float) -> None:
+            # each failed attempt, as it happens: a region that cannot be reached is a warning
+            level = log.warning if isinstance(exc, TransportError) else log.info
+            level("request_attempt_failed", profile=self.auth.profile, region=self.region, request=f"{method} "
+                  f"{ctx['path']}", attempt=f"{attempt} of {self.retry.attempts}", error=str(exc),
+                  retry_in=round(wait, 1))  # fmt: skip
             if self._on_retry is not None:
                 self._on_retry(f"{method} {ctx['path']}", attempt, exc, wait)
 

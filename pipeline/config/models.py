@@ -187,6 +187,8 @@ class Select(_Section):
     #: A volume-backed snapshot (its data is a block-storage snapshot, not in the Image API): "block" fails it
     #: with the reason (exit 1), "skip" lists it as skipped.
     volume_backed: Literal["block", "skip"] = "block"
+    #: A selection that matches no source image at all is a failure (exit 1) unless this is true.
+    allow_empty: bool = False
     size_min: _Size | None = None
     size_max: _Size | None = None
     nhncloud_product: Annotated[str, PlainValidator(_product)] | None = None

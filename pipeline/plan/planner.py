@@ -20,14 +20,12 @@ that is the orphan sweep. Only images carrying this job's provenance are ever co
 from __future__ import annotations
 
 import enum
-import fnmatch
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any
 
-from pipeline.config import CopyOptions, Select
+from pipeline.config import CopyOptions
 from pipeline.models import Content, Image, source_content
 from pipeline.outcomes import DATA_ACTIONS
 from pipeline.plan.metadiff import MetaDiff
@@ -49,7 +47,6 @@ __all__ = [
     "link_references",
     "not_copied",
     "plan_job",
-    "select_images",
     "skip_reason",
     "verified_copies",
     "volume_backed_reason",
@@ -164,45 +161,6 @@ class Plan:
         return {"targets": list(self.targets), "counts": self.counts(), "bytes": self.bytes,
                 "images": [i.to_json() for i in self.images], "notes": list(self.notes),
                 "prune": self.prune.to_json() if self.prune is not None else None}  # fmt: skip
-
-
-def _updated(image: Image) -> datetime | None:
-    try:
-        return datetime.fromisoformat((image.updated_at or "").replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def select_images(images: Iterable[Image], select: Select, owner: str | None) -> list[Image]:
-    """The images the ``[select]`` rules pick (ANDed); non-active ones stay in, to be reported."""
-    picked = []
-    for image in images:
-        if select.ids and image.id not in select.ids:
-            continue
-        if owner and image.owner != owner:
-            continue
-        if not select.ids and image.visibility not in select.visibility:
-            continue
-        if select.names and not any(fnmatch.fnmatchcase(image.name or "", g) for g in select.names):
-            continue
-        if any(tag not in image.tags for tag in select.tags):
-            continue
-        if (select.size_min is not None or select.size_max is not None) and image.size is None:
-            continue
-        if select.size_min is not None and (image.size or 0) < select.size_min:
-            continue
-        if select.size_max is not None and (image.size or 0) > select.size_max:
-            continue
-        if select.nhncloud_product and image.raw.get("nhncloud_product") != select.nhncloud_product:
-            continue
-        if select.updated_since is not None:
-            updated = _updated(image)
-            if updated is None or updated < select.updated_since:
-                continue
-        if any(image.raw.get(k) != v for k, v in select.properties.items()):
-            continue
-        picked.append(image)
-    return picked
 
 
 ALLOW_DOWNLOAD = "nhncloud_allow_download"

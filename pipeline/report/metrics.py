@@ -160,6 +160,9 @@ class MetricsFile:
                 family.add_metric([*values, kind, region], n)
             families.append(family)
 
+        if summary.selected is not None:
+            families.append(gauge("imgmig_selected_images", "Source images the job's whole selection matched (every "
+                                  "shard's, the same in each shard's file).", summary.selected))  # fmt: skip
         duration = summary.duration if final else max(0.0, self.clock() - summary.started)
         families += [
             gauge("imgmig_run_in_progress", "1 while the run is going, 0 once it has finished.", 0 if final else 1),

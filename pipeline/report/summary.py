@@ -104,6 +104,8 @@ class RunSummary:
     prune_refused: str | None = None
     prune_failed: list[str] = field(default_factory=list)
     parked_images: int = 0
+    #: How many source images the whole selection matched (every shard's), once discovery told; None before.
+    selected: int | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
     #: Targets whose quota was full during the run: label -> "resource: the server's message" (reported once).
     quota_full: dict[str, str] = field(default_factory=dict)
@@ -193,6 +195,7 @@ class RunSummary:
             "exit_code": self.exit_code, "started_at": self.started_at, "duration_seconds": round(self.duration, 3),
             "counts": self.counts(), "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
             "rate_bytes_per_second": round(rate, 1), "retries": self.retries, "source_resumes": self.resumes,
+            "selected_images": self.selected,
             "orphans_deleted": self.orphans_deleted, "unavailable_targets": dict(self.unavailable),
             "quota_full_targets": dict(self.quota_full),
             "sources_left_open": dict(self.sources_left_open),

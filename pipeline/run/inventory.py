@@ -22,12 +22,13 @@ from pipeline.cloud.keystone import KeystoneAuth
 from pipeline.cloud.retry import RetryPolicy
 from pipeline.cloud.transport import TransportConfig
 from pipeline.config import AuthProfile, Endpoint, JobSpec, Target
-from pipeline.errors import ApiError, NotFoundError, UsageError
+from pipeline.errors import ApiError, EmptySelectionError, NotFoundError, UsageError
 from pipeline.models import READ_ONLY_FIELDS, Image, Member, RequestCounts
 from pipeline.plan.metadiff import read_only_fields, schema_formats
-from pipeline.plan.planner import PARTIAL_STATES, select_images, skip_reason, volume_backed_reason
+from pipeline.plan.planner import PARTIAL_STATES, skip_reason, volume_backed_reason
 from pipeline.plan.provenance import PROV_JOB, PROV_SOURCE_ID, is_own_copy
 from pipeline.plan.references import ReferenceGraph, references_of
+from pipeline.plan.selection import describe_selection, near_misses, select_images
 from pipeline.report.logs import register_secret
 from pipeline.state.failpoints import failpoint
 
@@ -171,6 +172,8 @@ class Inventory:
     vanished_sources: frozenset[str] = frozenset()
     #: The references between the images (``[copy] reference_properties``), and the images included for them.
     references: ReferenceGraph = field(default_factory=ReferenceGraph)
+    #: How many source images the whole selection matched, every shard's included (``imgmig_selected_images``).
+    selected_count: int = 0
 
 
 async def _list_all(client: ImageClient, filters: Mapping[str, Any]) -> list[Image]:
@@ -312,6 +315,10 @@ async def discover(
     source_tenant = await clients.tenant(spec.source.auth)
     owner = spec.select.owner or source_tenant
     selected, missing = await _source_images(spec, source, owner)
+    if not selected and not spec.select.allow_empty:  # judged on the whole selection, before the shard filter
+        visible = await _list_all(source, {"visibility": "all", **({"owner": owner} if owner else {})})
+        raise EmptySelectionError(spec.source.region, describe_selection(spec.select, owner),
+                                  near_misses(spec.select, owner, visible))  # fmt: skip
     every, references = await _with_references(spec, source, selected)
     roots = references.roots()
 
@@ -334,7 +341,7 @@ async def discover(
     vanished = await _vanished_sources(source, images, ordered.values())
     failpoint("listed")
     return Inventory(source, source_tenant, images, missing, source_members, ordered, image_errors, vanished,
-                     references)  # fmt: skip
+                     references, len(selected))  # fmt: skip
 
 
 async def _vanished_sources(

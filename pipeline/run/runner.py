@@ -224,6 +224,7 @@ async def _discover(spec: JobSpec, journal: Journal, clients: Clients, engine: E
         source = clients.client(spec.source.auth, spec.source.region)
         summary.sources_left_open.update(await restore_left_open(source, journal))
     inventory = await discover(spec, clients, journal.state.schemas)
+    summary.selected = inventory.selected_count
     for label, target in inventory.targets.items():
         if target.schema_read is not None:  # a fresh read: later runs skip it while it stays fresh
             journal.record("schema", region=label, **target.schema_read)
