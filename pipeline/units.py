@@ -12,6 +12,8 @@ import re
 from collections.abc import Sequence
 from decimal import Decimal
 
+from wcwidth import wcwidth
+
 __all__ = [
     "GB",
     "KB",
@@ -21,6 +23,8 @@ __all__ = [
     "KiB",
     "MiB",
     "TiB",
+    "clip",
+    "display_width",
     "format_duration",
     "format_rate",
     "format_size",
@@ -162,10 +166,31 @@ def _duration_seconds(text: str) -> Decimal | None:
     return None
 
 
+def display_width(text: str) -> int:
+    """How many terminal columns ``text`` takes (a Korean syllable takes two; an unprintable character counts one)."""
+    return sum(max(wcwidth(ch), 0) if ch.isprintable() else 1 for ch in text)
+
+
+def clip(text: str, width: int) -> str:
+    """``text`` cut to at most ``width`` columns, with an ellipsis where it was cut."""
+    if display_width(text) <= width:
+        return text
+    out, used = [], 0
+    for ch in text:
+        w = display_width(ch)
+        if used + w > width - 1:
+            break
+        out.append(ch)
+        used += w
+    return "".join(out) + "…"
+
+
 def format_table(rows: Sequence[Sequence[object]]) -> str:
-    """Rows as left-aligned columns two spaces apart (the first row is the header)."""
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    """Rows as left-aligned columns two spaces apart (the first row is the header), aligned by display width."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(display_width(r[i]) for r in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(c + " " * (w - display_width(c)) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in cells)  # fmt: skip
 
 
 def format_size(n: float) -> str:

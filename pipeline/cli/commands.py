@@ -15,8 +15,8 @@ from typing import Any
 
 import anyio
 
-from pipeline.errors import ImgmigError, UsageError, first_error
-from pipeline.units import format_size, format_table
+from pipeline.errors import ExitCode, ImgmigError, UsageError, first_error
+from pipeline.units import clip, format_size, format_table
 
 __all__ = ["cmd_check", "cmd_emulate", "cmd_plan", "cmd_report", "cmd_run", "cmd_status", "cmd_verify"]
 
@@ -164,26 +164,33 @@ class _Reporter:
 
 
 def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
+    from pipeline.plan.planner import Action
     from pipeline.run.runner import plan_only
 
     plan, inventory = _run_async(lambda: plan_only(spec))
+    unavailable = {k: t.error for k, t in inventory.targets.items() if t.error}
+    # what the run would exit with: 1 when something is blocked, not portable or unreachable, or prune refuses
+    failing = unavailable or any(step.action in (Action.BLOCKED, Action.NOT_PORTABLE) for _, step in plan.steps()) or (
+        plan.prune is not None and plan.prune.refused)  # fmt: skip
+    code = ExitCode.FAILED if failing else ExitCode.OK
     if as_json:
         doc = plan.to_json()
         doc["job"] = spec.name
-        doc["unavailable_targets"] = {k: t.error for k, t in inventory.targets.items() if t.error}
+        doc["unavailable_targets"] = unavailable
+        doc["exit_code"] = int(code)
         print(json.dumps(doc, indent=2, ensure_ascii=False))
-        return 0
-    rows = [("IMAGE", "NAME", "TARGET", "ACTION", "BYTES", "REASON")]
-    for image_plan, step in plan.steps():
-        name = (image_plan.image.name or "")[:32]
-        rows.append((image_plan.image.id, name, step.target, step.action.value, format_size(step.bytes),
-                     step.reason))  # fmt: skip
+        return code
+    rows: list[tuple[object, ...]] = [("IMAGE", "NAME", "TARGET", "ACTION", "BYTES", "REASON")]
+    steps = sorted(plan.steps(), key=lambda pair: (pair[0].image.name or "", pair[0].image.id, pair[1].target))
+    for image_plan, step in steps:
+        rows.append((image_plan.image.id, clip(image_plan.image.name or "", 32), step.target, step.action.value,
+                     format_size(step.bytes), step.reason))  # fmt: skip
     pruning = plan.prune
     for deletion, action in [(d, "delete") for d in pruning.deletions] + [(d, "keep") for d in pruning.kept] if (
             pruning is not None) else []:  # fmt: skip
         why = f"copy {deletion.copy.id}: its source is no longer selected or gone" + (
             " (protected; prune_protected = false)" if action == "keep" else "")  # fmt: skip
-        rows.append((deletion.source_id, (deletion.copy.name or "")[:32], deletion.target, f"prune:{action}",
+        rows.append((deletion.source_id, clip(deletion.copy.name or "", 32), deletion.target, f"prune:{action}",
                      format_size(0), why))  # fmt: skip
     print(format_table(rows))
     counts = ", ".join(f"{k} {v}" for k, v in plan.counts().items() if v)
@@ -197,7 +204,7 @@ def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
         print(f"note: {note}")
     if plan.prune is not None and plan.prune.refused:
         print(f"PRUNE REFUSED: {plan.prune.refused}")
-    return 0
+    return code
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -222,7 +229,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
     else:
         rows = [("IMAGE", "NAME", "TARGET", "STATUS", "DETAILS")]
-        rows += [(f.image_id, (f.name or "")[:32], f.target, f.status, "; ".join(f.details + f.notes))
+        rows += [(f.image_id, clip(f.name or "", 32), f.target, f.status, "; ".join(f.details + f.notes))
                  for f in report.findings]  # fmt: skip
         print(format_table(rows))
         counts = ", ".join(f"{k} {v}" for k, v in report.counts().items())

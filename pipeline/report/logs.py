@@ -13,7 +13,7 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
-__all__ = ["LogFormat", "configure_logging", "redact_secrets", "register_secret"]
+__all__ = ["LogFormat", "configure_logging", "redact_secrets", "register_secret", "scrub"]
 
 LogFormat = Literal["console", "json"]
 _SECRET_KEYS = ("password", "token", "secret", "authorization", "x-auth-token")
@@ -31,6 +31,11 @@ def _mask(text: str) -> str:
         if secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+def scrub(text: str) -> str:
+    """``text`` with every registered secret masked: for what is kept beyond a log line (the journal)."""
+    return _mask(text)
 
 
 def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

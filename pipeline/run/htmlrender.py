@@ -157,6 +157,7 @@ def render(job: str, state: JournalState, run: RunView) -> str:
     header = [("job", job), ("run", r.run_id), ("started", _when(r.started_at)),
               ("finished", _when(r.finished_at) if r.finished_at else "no run_finished record (running or crashed)"),
               ("outcome", r.outcome or "unknown"), ("exit code", "" if r.exit_code is None else r.exit_code),
+              *((("error", r.error),) if r.error else ()),
               ("duration", duration), ("pid", r.pid), ("images", len({b.image_id for b in bars})),
               ("image x target", len(bars))]  # fmt: skip
     out = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>imgmig report: {_e(job)} "

@@ -33,7 +33,9 @@ def build_report(journal_dir: Path, job: str, run_id: str | None = None) -> str:
     state, records = Journal.read_with_log(journal_dir, job)  # no lock, no repair, nothing written
     if not state.runs:
         raise UsageError(f"the journal of job {job!r} records no run yet")
-    chosen = [r for r in state.runs if r.run_id == run_id] if run_id else state.runs[-1:]
+    # by default the last run that got as far as its plan: a run that stopped at a wrong region has nothing to draw
+    planned = [r for r in state.runs if r.planned] or state.runs
+    chosen = [r for r in state.runs if r.run_id == run_id] if run_id else planned[-1:]
     if not chosen:
         known = ", ".join(r.run_id for r in state.runs[-10:])
         raise UsageError(f"job {job!r} has no run {run_id!r}; its last runs: {known}")

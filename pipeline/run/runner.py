@@ -29,6 +29,7 @@ from pipeline.errors import ExitCode, ImgmigError, JournalError, first_error
 from pipeline.plan.intent import Intent
 from pipeline.plan.planner import Plan
 from pipeline.report.events import PlanReady, Reporter
+from pipeline.report.logs import scrub
 from pipeline.report.metrics import MetricsFile
 from pipeline.report.summary import RunSummary
 from pipeline.run.gate import restore_left_open
@@ -118,8 +119,9 @@ def _describe(exc: BaseException) -> str:
 
 def _finish_journal(journal: Journal, summary: RunSummary) -> None:
     conditions = {k: v for k, v in (("quota_full", summary.quota_full), ("unavailable", summary.unavailable)) if v}
+    why = {"error": scrub(summary.fatal)} if summary.fatal else {}  # a run that ends fatal keeps its reason
     journal.record("run_finished", run=summary.run_id, outcome=summary.outcome, exit_code=summary.exit_code,
-                   summary=summary.counts(), conditions=conditions)  # fmt: skip
+                   summary=summary.counts(), conditions=conditions, **why)  # fmt: skip
 
 
 @dataclass
@@ -237,6 +239,7 @@ async def _discover(spec: JobSpec, journal: Journal, clients: Clients, engine: E
         summary.downstream.emit(PlanReady(len(plan.images), sum(1 for _ in plan.steps()), plan.bytes))
     summary.unavailable.update({label: t.error for label, t in inventory.targets.items() if t.error})
     journal_plan(run)
+    journal.record("planned", run=summary.run_id, images=len(plan.images))
     await journal.flush()
     failpoint("planned")
     return run

@@ -11,7 +11,7 @@ from pipeline.config import JobSpec, Shard
 from pipeline.errors import run_state
 from pipeline.state.journal import LOG, SNAPSHOT, Journal
 from pipeline.state.lock import lock_holder
-from pipeline.units import format_size, format_table
+from pipeline.units import clip, format_size, format_table
 
 __all__ = ["STATUS_FORMAT", "render_status", "shard_dirs", "status_view"]
 
@@ -147,7 +147,8 @@ def render_status(view: dict[str, Any]) -> str:
         lines.append("  no run yet")
         return "\n".join(lines)
     lines.append(f"  last run {last['run_id']} started {last['started_at']}: {last['outcome'] or 'unfinished'}"
-                 + (f" (exit {last['exit_code']})" if last["exit_code"] is not None else ""))  # fmt: skip
+                 + (f" (exit {last['exit_code']})" if last["exit_code"] is not None else "")
+                 + (f": {last['error']}" if last.get("error") else ""))  # fmt: skip
     lines.append("  " + ", ".join(f"{k} {v}" for k, v in sorted(view["counts"].items())))
     conditions = last.get("conditions") or {}
     lines += [f"  QUOTA FULL {label} (last run): {why}" for label, why in (conditions.get("quota_full") or {}).items()]
@@ -160,7 +161,7 @@ def render_status(view: dict[str, Any]) -> str:
     for image in view["images"]:
         for label, t in image["targets"].items():
             note = t.get("error") or image.get("skipped") or ("; ".join(t.get("problems") or []))
-            rows.append((image["image_id"], (image["name"] or "")[:28], label, t["state"], t.get("action") or "",
-                         format_size(t.get("bytes") or 0), t.get("target_id") or "", (note or "")[:80]))  # fmt: skip
+            rows.append((image["image_id"], clip(image["name"] or "", 28), label, t["state"], t.get("action") or "",
+                         format_size(t.get("bytes") or 0), t.get("target_id") or "", clip(note or "", 80)))  # fmt: skip
     lines.append(format_table(rows))
     return "\n".join(lines)

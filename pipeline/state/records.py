@@ -73,6 +73,10 @@ class RunEntry:
     summary: dict[str, Any] = field(default_factory=dict)
     #: Conditions of whole targets during the run: {"quota_full": {label: why}, "unavailable": {label: why}}.
     conditions: dict[str, Any] = field(default_factory=dict)
+    #: Why the run stopped, when it ended fatal (secrets scrubbed).
+    error: str | None = None
+    #: Whether the run got as far as its plan (``report`` shows the last such run by default).
+    planned: bool = False
 
 
 @dataclass
@@ -113,6 +117,12 @@ class JournalState:
                     run.finished_at, run.outcome = at, rec.get("outcome")
                     run.exit_code, run.summary = rec.get("exit_code"), dict(rec.get("summary") or {})
                     run.conditions = dict(rec.get("conditions") or {})
+                    run.error = rec.get("error")
+                    break
+        elif kind == "planned":
+            for run in reversed(self.runs):
+                if run.run_id == rec.get("run"):
+                    run.planned = True
                     break
         elif kind == "image":
             entry = self._image(rec["image_id"])
