@@ -8,9 +8,12 @@ from pipeline.units import (
     GiB,
     KiB,
     MiB,
+    clip,
+    display_width,
     format_duration,
     format_rate,
     format_size,
+    format_table,
     parse_duration,
     parse_rate,
     parse_size,
@@ -209,3 +212,34 @@ def test_formatters_reject_negative(formatter: object, value: float) -> None:
 def test_size_round_trip(text: str) -> None:
     """What format_size prints, parse_size reads back (spaces and all)."""
     assert parse_size(format_size(parse_size(text))) == parse_size(text)
+
+
+def test_display_width_counts_terminal_columns() -> None:
+    """A Korean syllable takes two columns, a combining mark none, a control character one."""
+    assert display_width("golden") == 6
+    assert display_width("골든") == 4
+    assert display_width("e\u0301") == 1
+    assert display_width("a\tb") == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "width", "clipped"),
+    [
+        ("short", 10, "short"),
+        ("exactly-10", 10, "exactly-10"),
+        ("one-too-long", 11, "one-too-lo…"),
+        ("골든이미지", 6, "골든…"),  # 2 + 2 + ellipsis; a third syllable would take 7 columns
+        ("골든이미지", 5, "골든…"),
+    ],
+)
+def test_clip_ends_a_cut_in_an_ellipsis_within_the_width(text: str, width: int, clipped: str) -> None:
+    assert clip(text, width) == clipped
+    assert display_width(clip(text, width)) <= width
+
+
+def test_format_table_aligns_by_display_width() -> None:
+    """A Korean name does not push the next column out of line: every row's second column starts at one column."""
+    table = format_table([("NAME", "TARGET"), ("골든", "KR2"), ("golden-image", "JP1")]).splitlines()
+    targets = ("TARGET", "KR2", "JP1")
+    starts = {display_width(line[: line.index(target)]) for line, target in zip(table, targets, strict=True)}
+    assert starts == {len("golden-image") + 2}

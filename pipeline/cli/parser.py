@@ -117,13 +117,18 @@ def _add_report(sub: Any) -> None:
         description="Read the job's journal (no network, no credentials) and write one HTML file (inline CSS "
         "and SVG, nothing fetched from anywhere): the run's totals, a timeline of every image x target (or "
         "of time buckets for large runs), throughput per target region, failures with their reasons, the "
-        "plan and skipped images. The last run by default. A sharded job keeps one journal per shard: name "
-        "the shard with --shard I/K (or --shards K and JOB_COMPLETION_INDEX). Exit 0, 2 if the job file, the "
-        "shard or the run id is wrong.",
+        "plan and skipped images. By default the last run that reached its plan (a run that stopped earlier, on "
+        "a wrong region say, has nothing to draw; status shows its reason). A sharded job keeps one journal per "
+        "shard: name the shard with --shard I/K (or --shards K and JOB_COMPLETION_INDEX). Exit 0, 2 if the job "
+        "file, the shard or the run id is wrong.",
     )  # fmt: skip
     p.add_argument("job", type=Path, help=JOB_HELP)
     p.add_argument("--html", type=Path, metavar="FILE.html", required=True, help="where to write the page (0600)")
-    p.add_argument("--run", metavar="ID", help="the run to show (default: the last one; see imgmig status)")
+    p.add_argument(
+        "--run",
+        metavar="ID",
+        help="the run to show, any run (default: the last one that reached its plan; see imgmig status)",
+    )
     _shard_options(p)
     p.set_defaults(func=commands.cmd_report)
 
