@@ -103,6 +103,25 @@ def test_snapshot_cuts_the_log_and_keeps_state(tmp_path: Path) -> None:
     assert state.seq == 21
 
 
+def test_a_runs_reason_and_plan_survive_the_snapshot(tmp_path: Path) -> None:
+    """A fatal run's error and whether a run reached its plan are kept through a snapshot (status and report read
+    them long after the log was cut)."""
+    journal = Journal.open(tmp_path, "job")
+    journal.record("run_started", run="r1", pid=1)
+    journal.record("planned", run="r1", images=3)
+    journal.record("run_finished", run="r1", outcome="ok", exit_code=0)
+    journal.record("run_started", run="r2", pid=2)
+    journal.record("run_finished", run="r2", outcome="fatal", exit_code=2, error="region 'JP2' not found")
+    journal.snapshot()
+    assert (tmp_path / LOG).stat().st_size == 0
+    journal.close()
+    runs = Journal.read(tmp_path, "job").runs
+    assert [(r.run_id, r.planned, r.error) for r in runs] == [
+        ("r1", True, None),
+        ("r2", False, "region 'JP2' not found"),
+    ]
+
+
 def test_snapshot_cadence_keeps_cost_per_record_flat(tmp_path: Path) -> None:
     """Snapshots are taken when the log exceeds twice the state, so the log stays bounded."""
     journal = Journal.open(tmp_path, "job")

@@ -199,16 +199,19 @@ def test_an_empty_selection_fails_and_allow_empty_opts_out(emu: EmulatorProcess,
     and its metrics say how many images the selection matched (0)."""
     job = _job(emu, tmp_path, extra='[select]\ntags = ["DR"]\n')
     before = _creates(emu)
-    for command in ("plan", "run"):
-        result = run_cli(command, str(job), "--log-level", "error")
+    prom = tmp_path / "m.prom"
+    for command in (["plan"], ["run", "--metrics-file", str(prom)]):
+        result = run_cli(*command, str(job), "--log-level", "error")
         assert result.returncode == 1, (command, result.stderr[-2000:])
         assert "selection matched no image in KR1" in result.stderr
         assert "tags ['DR']" in result.stderr
         assert "'dr' differs only by case" in result.stderr
         assert "Traceback" not in result.stderr
     assert _creates(emu) == before
+    failed = prom.read_text()  # the failed run's metrics: the gauge an alert can watch
+    assert 'imgmig_selected_images{imgmig_job="op"} 0.0' in failed
+    assert 'imgmig_exit_code{imgmig_job="op"} 1.0' in failed
     _set(job, "select", "allow_empty = true")
-    prom = tmp_path / "m.prom"
     allowed = run_cli("run", str(job), "--no-progress", "--metrics-file", str(prom))
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     assert 'imgmig_selected_images{imgmig_job="op"} 0.0' in prom.read_text()

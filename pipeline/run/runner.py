@@ -25,7 +25,7 @@ import structlog
 
 from pipeline.cloud.transport import new_session
 from pipeline.config import JobSpec
-from pipeline.errors import ExitCode, ImgmigError, JournalError, first_error
+from pipeline.errors import EmptySelectionError, ExitCode, ImgmigError, JournalError, first_error
 from pipeline.plan.intent import Intent
 from pipeline.plan.planner import Plan
 from pipeline.report.events import PlanReady, Reporter
@@ -225,7 +225,11 @@ async def _discover(spec: JobSpec, journal: Journal, clients: Clients, engine: E
     if journal.state.open_sources:  # before anything else: what an interrupted run left switched on
         source = clients.client(spec.source.auth, spec.source.region)
         summary.sources_left_open.update(await restore_left_open(source, journal))
-    inventory = await discover(spec, clients, journal.state.schemas)
+    try:
+        inventory = await discover(spec, clients, journal.state.schemas)
+    except EmptySelectionError:
+        summary.selected = 0  # the metrics of a run that failed for it say so: the gauge to alert on
+        raise
     summary.selected = inventory.selected_count
     for label, target in inventory.targets.items():
         if target.schema_read is not None:  # a fresh read: later runs skip it while it stays fresh
