@@ -54,27 +54,22 @@ def _set(path: Path, section: str, line: str) -> None:
     path.write_text("\n".join([*lines[: start + 1], *body, line, *lines[end:]]) + "\n")
 
 
-def _journal_is_a_file(tmp_path: Path, job: Path) -> str:
+#: Broken paths: the section and key, and the value ({file} is a plain file; /sys refuses every write, root's too).
+BROKEN_PATHS = {
+    "journal-is-a-file": ("run", "journal_dir", "{file}"),
+    "journal-under-a-file": ("run", "journal_dir", "{file}/sub"),
+    "spool-unwritable": ("transfer", "spool_dir", "/sys/imgmig-spool"),
+    "metrics-unwritable": ("run", "metrics_file", "/sys/imgmig/imgmig.prom"),
+    "metrics-under-a-file": ("run", "metrics_file", "{file}/imgmig.prom"),
+}
+
+
+def _broken_path(case: str, tmp_path: Path, job: Path) -> str:
+    """Break ``job`` as ``BROKEN_PATHS[case]`` says; the dotted key the error must name."""
+    section, key, value = BROKEN_PATHS[case]
     (tmp_path / "a-file").write_text("not a directory")
-    _set(job, "run", f'journal_dir = "{tmp_path / "a-file"}"')
-    return "run.journal_dir"
-
-
-def _journal_under_a_file(tmp_path: Path, job: Path) -> str:
-    (tmp_path / "a-file").write_text("not a directory")
-    _set(job, "run", f'journal_dir = "{tmp_path / "a-file" / "sub"}"')
-    return "run.journal_dir"
-
-
-def _spool_unwritable(tmp_path: Path, job: Path) -> str:
-    _set(job, "transfer", 'spool_dir = "/sys/imgmig-spool"')  # /sys refuses every write, root's included
-    return "transfer.spool_dir"
-
-
-def _metrics_unwritable(tmp_path: Path, job: Path) -> str:
-    (tmp_path / "a-file").write_text("not a directory")
-    _set(job, "run", f'metrics_file = "{tmp_path / "a-file" / "imgmig.prom"}"')
-    return "run.metrics_file"
+    _set(job, section, f'{key} = "{value.format(file=tmp_path / "a-file")}"')
+    return f"{section}.{key}"
 
 
 def _wrong_target_region(tmp_path: Path, job: Path) -> str:
@@ -82,10 +77,8 @@ def _wrong_target_region(tmp_path: Path, job: Path) -> str:
     return "'JP2'"
 
 
-PATHS = {"journal-is-a-file": _journal_is_a_file, "journal-under-a-file": _journal_under_a_file,
-         "spool-unwritable": _spool_unwritable, "metrics-unwritable": _metrics_unwritable}  # fmt: skip
 # which subcommands meet each mistake: status and report never write a spool or metrics file
-CASES = [(name, command) for name in PATHS for command in ("run", "plan", "check", "verify", "status", "report")
+CASES = [(name, command) for name in BROKEN_PATHS for command in ("run", "plan", "check", "verify", "status", "report")
          if command in ("run", "check") or name.startswith("journal")]  # fmt: skip
 CASES += [("wrong-target-region", command) for command in ("run", "plan", "check", "verify")]
 
@@ -96,7 +89,7 @@ def test_every_user_mistake_is_one_paragraph_and_exit_2(emu: EmulatorProcess, tm
     """A table of broken jobs against every subcommand: exit 2, the message names the key (or the region), one
     paragraph, no line of a traceback, and nothing was created in any target."""
     job = _job(emu, tmp_path)
-    key = {**PATHS, "wrong-target-region": _wrong_target_region}[case](tmp_path, job)
+    key = _wrong_target_region(tmp_path, job) if case == "wrong-target-region" else _broken_path(case, tmp_path, job)
     before = _creates(emu)
     args = [command, str(job)] + (["--html", str(tmp_path / "r.html")] if command == "report" else [])
     quiet = ["--log-level", "error"] if command not in ("status", "report") else []  # they log nothing
