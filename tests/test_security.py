@@ -255,6 +255,7 @@ def test_no_secret_from_clouds_yaml_or_secure_yaml_anywhere(ks_cluster: Any, key
         '[auth.nhn]', f'identity_url = "{ks_cluster.identity_url}"', f'tenant_id = "{tenant}"', 'username = "owner"',
         'password_env = "IMGMIG_TEST_PASSWORD"', '[source]', 'auth = "onprem"', 'region = "KR1"',
         '[[targets]]', 'auth = "nhn"', 'region = "KR2"', '[select]', 'names = ["no-such-image-*"]',
+        'allow_empty = true',
         '[run]', f'journal_dir = "{tmp_path / "state"}"', ""]))  # fmt: skip
     env = {"OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml"),
            "OS_CLIENT_SECURE_FILE": str(tmp_path / "secure.yaml")}  # fmt: skip
