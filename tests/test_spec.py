@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -617,3 +620,13 @@ def test_relative_paths_are_relative_to_the_job_file(tmp_path: Path) -> None:
     assert spec.run.ca_bundle == jobs / "ca.pem"
     (jobs / "default.toml").write_text(job())
     assert load_job(jobs / "default.toml", ENV).run.journal_dir == jobs / "state" / "minimal"
+
+
+def test_a_job_from_standard_input_is_relative_to_the_working_directory(tmp_path: Path) -> None:
+    """A job read from standard input (``/dev/stdin``) has no directory of its own: its relative paths, the default
+    journal_dir included, are taken from the working directory."""
+    code = "from pipeline.config import load_job; print(load_job('/dev/stdin', need_secrets=False).run.journal_dir)"
+    result = subprocess.run([sys.executable, "-c", code], input=job(), capture_output=True, text=True, cwd=tmp_path,
+                            check=False, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "state" / "minimal")

@@ -204,8 +204,8 @@ def load_job(
 
 
 def _is_stream(source: str) -> bool:
-    """Whether the job comes from standard input or a pipe (``-``, ``/dev/stdin``, ``/dev/fd/N``), not a file."""
-    return source in ("-", "/dev/stdin") or source.startswith(("/dev/fd/", "/proc/self/fd/"))
+    """Whether the job comes from standard input or a pipe (``/dev/stdin``, ``/dev/fd/N``), not a file."""
+    return source == "/dev/stdin" or source.startswith(("/dev/fd/", "/proc/self/fd/"))
 
 
 def override(
