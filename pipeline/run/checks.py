@@ -13,7 +13,7 @@ from pipeline.cloud.client import ImageClient
 from pipeline.cloud.transport import new_session
 from pipeline.config import JobSpec
 from pipeline.errors import ApiError, AuthenticationError, ImgmigError, RegionNotFoundError, TLSVerificationError
-from pipeline.run.inventory import Clients, retry_policy, target_labels, transport_config
+from pipeline.run.inventory import Clients, retry_policy, transport_config
 from pipeline.run.paths import check_paths
 
 __all__ = ["CheckReport", "check_job"]
@@ -108,7 +108,7 @@ async def check_job(spec: JobSpec) -> CheckReport:
             found.project = token.tenant_id or profile.tenant_id
             found.expires_at = _iso(token.expires_at)
             found.endpoints = dict(token.endpoints)
-        places = [("source", spec.source), *(("target", t) for t in target_labels(spec).values())]
+        places = [("source", spec.source), *(("target", t) for t in spec.labelled_targets().values())]
         for role, place in places:
             checked = PlaceCheck(role, place.auth, place.region)
             report.places.append(checked)

@@ -8,6 +8,7 @@ still runs for the other targets; a source or credential failure is fatal.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from pipeline.cloud.cloudconfig import keystone_auth, load_cloud
 from pipeline.cloud.keystone import KeystoneAuth
 from pipeline.cloud.retry import RetryPolicy
 from pipeline.cloud.transport import TransportConfig
-from pipeline.config import AuthProfile, Endpoint, JobSpec, Target
+from pipeline.config import AuthProfile, Endpoint, JobSpec
 from pipeline.errors import ApiError, EmptySelectionError, NotFoundError, UsageError
 from pipeline.models import READ_ONLY_FIELDS, Image, Member, RequestCounts
 from pipeline.plan.metadiff import read_only_fields, schema_formats
@@ -32,7 +33,7 @@ from pipeline.plan.selection import describe_selection, near_misses, select_imag
 from pipeline.report.logs import register_secret
 from pipeline.state.failpoints import failpoint
 
-__all__ = ["Clients", "Inventory", "TargetState", "discover", "retry_policy", "target_labels", "transport_config"]
+__all__ = ["Clients", "Inventory", "TargetState", "discover", "retry_policy", "transport_config"]
 
 LIST_CONCURRENCY = 8
 #: A target's image schema read by an earlier run is trusted this long (schemas change with cloud upgrades).
@@ -53,11 +54,6 @@ def retry_policy(spec: JobSpec) -> RetryPolicy:
     """The low-level retry policy of a job: ``retries = N`` means at most N + 1 tries of a request (within
     an image x target, its retry budget caps them further; see ``retry.RetryBudget``)."""
     return RetryPolicy(attempts=spec.transfer.retries + 1)
-
-
-def target_labels(spec: JobSpec) -> dict[str, Target]:
-    """A short, unique name per target (``JobSpec.labelled_targets``)."""
-    return spec.labelled_targets()
 
 
 class Clients:
@@ -240,9 +236,9 @@ async def _with_references(
     graph = ReferenceGraph()
     known = {image.id: image for image in selected}
     gone: set[str] = set()
-    queue = list(selected)
+    queue = deque(selected)
     while queue:
-        image = queue.pop(0)
+        image = queue.popleft()
         for prop, target in references_of(image, spec.copy.reference_properties).items():
             graph.add(image, prop, target)
             if target in known or target in gone:
@@ -335,9 +331,9 @@ async def discover(
         targets[label] = await _target_state(spec, clients, label, endpoint, algo, schemas, owns)
 
     async with anyio.create_task_group() as tg:
-        for label, endpoint in target_labels(spec).items():
+        for label, endpoint in spec.labelled_targets().items():
             tg.start_soon(one, label, endpoint)
-    ordered = {label: targets[label] for label in target_labels(spec)}
+    ordered = {label: targets[label] for label in spec.labelled_targets()}
     vanished = await _vanished_sources(source, images, ordered.values())
     failpoint("listed")
     return Inventory(source, source_tenant, images, missing, source_members, ordered, image_errors, vanished,
