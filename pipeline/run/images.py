@@ -12,7 +12,6 @@ from typing import Any
 import anyio
 import structlog
 
-from pipeline.cloud.client import ImageClient
 from pipeline.cloud.retry import RetryBudget, spending
 from pipeline.config import JobSpec
 from pipeline.errors import ApiError, ImgmigError, NotFoundError, first_error
@@ -29,6 +28,7 @@ from pipeline.state.failpoints import failpoint
 from pipeline.state.journal import Journal
 from pipeline.transfer.copies import delete_copy
 from pipeline.transfer.engine import Engine, EngineHooks, TargetResult, TargetSpec
+from pipeline.transfer.source import source_gone
 
 __all__ = ["Running", "image_task", "journal_plan", "prune", "sweep"]
 
@@ -206,7 +206,7 @@ async def _copy_image(run: Running, plan: ImagePlan) -> None:
                 await run.engine.copy_image(inventory.source, image, specs, hooks=_Hooks(run, image), results=results)
         except ApiError as exc:  # only opening the gate raises one: the engine reports per target
             state, why = "failed", f"cannot switch on the source's download permission (nhncloud_allow_download): {exc}"
-            if isinstance(exc, NotFoundError) and await _gone(inventory.source, image):
+            if isinstance(exc, NotFoundError) and await source_gone(inventory.source, image.id):
                 state, why = "vanished", f"the source image {image.id} was deleted during the run ({exc})"
             for step in copying:
                 results.setdefault(step.target, TargetResult(step.target, state=state, error=why))
@@ -221,17 +221,6 @@ async def _copy_image(run: Running, plan: ImagePlan) -> None:
         if step.action.moves_data and (result is None or result.state != "done"):
             continue
         await _finish_step(run, image, step, result)
-
-
-async def _gone(source: ImageClient, image: Image) -> bool:
-    """Whether a 404 about the source image is confirmed by a GET of it (the image was deleted during the run)."""
-    try:
-        await source.get_image(image.id)
-    except NotFoundError:
-        return True
-    except ApiError:
-        return False
-    return False
 
 
 async def _finish_step(run: Running, image: Image, step: Step, result: TargetResult | None) -> None:

@@ -35,7 +35,7 @@ from pipeline.models import Content, Image
 from pipeline.report.events import BytesRead, Reporter, SourceResumed
 from pipeline.transfer.hashing import MultiHasher
 
-__all__ = ["PIECE", "Bandwidth", "Spool", "read_digests", "source_pieces", "spool_pieces"]
+__all__ = ["PIECE", "Bandwidth", "Spool", "read_digests", "source_gone", "source_pieces", "spool_pieces"]
 
 #: The most a source read asks aiohttp for at once; aiohttp lets its read buffer grow to twice that.
 PIECE = 1 << 20
@@ -138,17 +138,24 @@ async def source_pieces(
                                   image_id=image.id) from exc  # fmt: skip
 
 
-async def _vanished(client: ImageClient, image: Image, exc: NotFoundError) -> None:
-    """A 404 for the source's data, checked once with a GET of the image: when that says 404 too, the image was
-    deleted (``SourceVanishedError``: nothing to retry); otherwise (the image is there, or the GET failed too) the
-    404 is an ordinary failure of the read, retried like any."""
+async def source_gone(client: ImageClient, image_id: str) -> bool:
+    """Whether a 404 about a source image is confirmed by a GET of it (404 too: the image was deleted). The image
+    being there, or the GET failing otherwise, is False: the 404 stays an ordinary failure, retried like any."""
     try:
-        await client.get_image(image.id)
+        await client.get_image(image_id)
     except NotFoundError:
+        return True
+    except ApiError:
+        return False
+    return False
+
+
+async def _vanished(client: ImageClient, image: Image, exc: NotFoundError) -> None:
+    """A 404 for the source's data that a GET of the image confirms (``source_gone``): the image was deleted
+    (``SourceVanishedError``: nothing to retry); otherwise the caller raises it as an ordinary read failure."""
+    if await source_gone(client, image.id):
         raise SourceVanishedError(f"the source image {image.id} was deleted during the run ({exc})",
                                   region=client.region, image_id=image.id) from exc  # fmt: skip
-    except ApiError:
-        return
 
 
 class Spool:
