@@ -112,18 +112,16 @@ class JournalState:
         if kind == "run_started":
             self.runs.append(RunEntry(rec["run"], int(rec.get("pid", 0)), at))
         elif kind == "run_finished":
-            for run in reversed(self.runs):
-                if run.run_id == rec["run"]:
-                    run.finished_at, run.outcome = at, rec.get("outcome")
-                    run.exit_code, run.summary = rec.get("exit_code"), dict(rec.get("summary") or {})
-                    run.conditions = dict(rec.get("conditions") or {})
-                    run.error = rec.get("error")
-                    break
+            run = self._run(rec.get("run"))
+            if run is not None:
+                run.finished_at, run.outcome = at, rec.get("outcome")
+                run.exit_code, run.summary = rec.get("exit_code"), dict(rec.get("summary") or {})
+                run.conditions = dict(rec.get("conditions") or {})
+                run.error = rec.get("error")
         elif kind == "planned":
-            for run in reversed(self.runs):
-                if run.run_id == rec.get("run"):
-                    run.planned = True
-                    break
+            run = self._run(rec.get("run"))
+            if run is not None:
+                run.planned = True
         elif kind == "image":
             entry = self._image(rec["image_id"])
             for key in ("name", "size", "checksum", "status", "skipped"):
@@ -145,6 +143,10 @@ class JournalState:
             self.schemas[rec["region"]] = {"at": at, "read_only": list(rec.get("read_only") or []),
                                            "disk_formats": rec.get("disk_formats"),
                                            "container_formats": rec.get("container_formats")}  # fmt: skip
+
+    def _run(self, run_id: Any) -> RunEntry | None:
+        """The run a record names (the newest with that id), or None."""
+        return next((run for run in reversed(self.runs) if run.run_id == run_id), None)
 
     def _target(self, image: ImageEntry, region: str, rec: dict[str, Any], at: float) -> None:
         target = image.targets.get(region)
