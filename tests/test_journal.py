@@ -83,6 +83,22 @@ def test_corruption_in_the_middle_is_a_clear_error(tmp_path: Path) -> None:
     assert (tmp_path / LOG).read_bytes() == before  # nothing was changed
 
 
+def test_a_checksum_letter_changed_in_case_is_damage(tmp_path: Path) -> None:
+    """The seal is written in lower-case hex; a byte of it that became its upper-case twin (which int(x, 16) reads
+    as the same number) is damage like any other (found by test_fuzz; the snapshot's seal is checked by the same
+    ``_unsealed``)."""
+    journal = Journal.open(tmp_path, "job")
+    fill(journal, 20)
+    os.close(journal._fd)  # crash: no snapshot
+    lines = (tmp_path / LOG).read_bytes().split(b"\n")
+    number, line = next((i, line) for i, line in enumerate(lines[:-2]) if any(c in b"abcdef" for c in line[-10:-2]))
+    at = next(i for i in range(len(line) - 10, len(line) - 2) if line[i] in b"abcdef")
+    lines[number] = line[:at] + line[at : at + 1].upper() + line[at + 1 :]
+    (tmp_path / LOG).write_bytes(b"\n".join(lines))
+    with pytest.raises(JournalCorruptError, match=f"damaged at line {number + 1} of"):
+        Journal.read(tmp_path, "job")
+
+
 def test_damaged_snapshot_is_a_clear_error(tmp_path: Path) -> None:
     """A damaged snapshot gives JournalCorruptError, not a traceback."""
     (tmp_path / SNAPSHOT).write_text("{not json")
