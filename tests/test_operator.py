@@ -9,6 +9,7 @@ import json
 import re
 import socket
 import threading
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,7 +225,12 @@ def test_an_unreachable_identity_service_is_named_and_logged(tmp_path: Path) -> 
     attempts = [e for e in logged if e.get("event") == "identity_attempt_failed"]
     assert [e["attempt"] for e in attempts] == ["1 of 3", "2 of 3"]
     assert all(e["profile"] == "main" and e["url"].endswith(f":{port}/v2.0/tokens") for e in attempts)
-    error = next(line for line in result.stderr.splitlines() if line.startswith("imgmig: error:"))
+    # with --log-format json the error is a JSON line too: the event "error", its message and exit code
+    fatal = next(e for e in logged if e.get("event") == "error")
+    assert (
+        fatal["exit_code"] == 1 and fatal["level"] == "error" and fatal["job"] == tomllib.loads(job.read_text())["name"]
+    )
+    error = fatal["error"]
     assert "auth profile 'main'" in error
     assert f"http://127.0.0.1:{port}/v2.0/tokens" in error
     assert "Traceback" not in result.stderr

@@ -2,7 +2,8 @@
 
 The edge of the program: it may import every layer below, and nothing imports it. This package is the only
 code that prints. User errors become one paragraph on stderr and their exit code (see ``EXIT_CODES_HELP``);
-nothing else is caught here, so a real bug still shows its traceback.
+with ``--log-format json`` every line is JSON, errors included. Nothing else is caught here, so a real bug still
+shows its traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from pipeline.cli.output import OUTPUT, json_requested
 from pipeline.cli.parser import EXIT_CODES_HELP, build_parser
 from pipeline.errors import ExitCode, ImgmigError
 from pipeline.report.logs import configure_logging
@@ -19,21 +21,24 @@ __all__ = ["EXIT_CODES_HELP", "build_parser", "main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``imgmig`` console script and ``python -m pipeline``."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(json_errors=json_requested(arguments))
+    args = parser.parse_args(arguments)
+    json_lines = getattr(args, "log_format", None) == "json"
     stream = sys.stderr
-    if args.command == "run" and stream.isatty() and not args.no_progress:
+    if args.command in ("run", "copy") and stream.isatty() and not args.no_progress and not json_lines:
         from pipeline.report.progress import TqdmStream
 
         stream = TqdmStream(sys.stderr)
-    configure_logging(getattr(args, "log_format", None), level=getattr(args, "log_level", "info"), stream=stream)
+    fmt = configure_logging(getattr(args, "log_format", None), level=getattr(args, "log_level", "info"), stream=stream)
+    OUTPUT.configure(json_lines=json_lines, json_logs=fmt == "json")
     try:
         code: int = args.func(args)
     except ImgmigError as exc:
-        print(f"imgmig: error: {exc}", file=sys.stderr)
+        OUTPUT.error(str(exc), exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("imgmig: interrupted", file=sys.stderr)
+        OUTPUT.error("interrupted", ExitCode.SIGINT)
         return ExitCode.SIGINT
     return code
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import anyio
 
+from pipeline.cli.output import OUTPUT
 from pipeline.errors import ExitCode, ImgmigError, UsageError, first_error
+from pipeline.report.logs import bind_run
 from pipeline.units import clip, format_size, format_table
 
 __all__ = ["cmd_check", "cmd_emulate", "cmd_plan", "cmd_report", "cmd_run", "cmd_status", "cmd_verify"]
@@ -33,6 +35,7 @@ def _load(path: Path, *, need_secrets: bool = True, args: argparse.Namespace | N
     if args is not None:  # the command line is checked before the file is read
         shard = shard_from_args(getattr(args, "shard", None), getattr(args, "shards", None), os.environ)
     spec = load_job(path, os.environ, need_secrets=need_secrets)
+    bind_run(spec.name, shard=str(shard) if shard is not None else None)
     _warn_old_journal(spec)
     if shard is not None or spool_dir is not None:
         spec = override(spec, shard=shard, spool_dir=spool_dir)
@@ -50,12 +53,11 @@ def _warn_old_journal(spec: Any) -> None:
         return
     old = Path.cwd() / journal.relative_to(base)
     if old != journal and (old / SNAPSHOT).exists():
-        print(
-            f"imgmig: warning: job {spec.name!r} keeps its journal in {journal} (journal_dir is relative to the "
+        OUTPUT.warning(
+            f"job {spec.name!r} keeps its journal in {journal} (journal_dir is relative to the "
             f"job file), but one is in {old}, where it was relative to the working directory. Move it there "
             f"once: mkdir -p {shlex.quote(str(journal.parent))} && mv {shlex.quote(str(old))} "
-            f"{shlex.quote(str(journal))}",
-            file=sys.stderr,
+            f"{shlex.quote(str(journal))}"
         )
 
 
@@ -73,24 +75,31 @@ def _run_async(fn: Callable[[], Any]) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.config import override
-    from pipeline.run.runner import RunControls, run_job
-    from pipeline.units import parse_duration
-
     spec = _load(args.job, args=args, write=not args.dry_run, metrics_file=args.metrics_file,
                  spool_dir=args.spool_dir)  # fmt: skip
+    return run_spec(args, spec)
+
+
+def run_spec(args: argparse.Namespace, spec: Any) -> int:
+    """Run (or with ``--dry-run`` plan) a loaded job as ``imgmig run`` does: progress, summary, report, metrics."""
+    from pipeline.config import override
+    from pipeline.run.runner import RunControls, new_run_id, run_job
+    from pipeline.units import parse_duration
+
     max_runtime = None
-    if args.max_runtime is not None:
+    if getattr(args, "max_runtime", None) is not None:
         try:
             max_runtime = parse_duration(args.max_runtime)
         except ValueError as exc:
             raise UsageError(f"--max-runtime {args.max_runtime!r}: {exc}") from exc
     if args.dry_run:
-        return _print_plan(spec, as_json=False, dry_run=True)
-    reporter = _Reporter(tty=sys.stderr.isatty() and not args.no_progress)
+        return _print_plan(spec, as_json=getattr(args, "json", False), dry_run=True)
+    reporter = _Reporter(tty=sys.stderr.isatty() and not args.no_progress and not OUTPUT.json_lines)
     metrics = _metrics_file(args, spec)
     spec = override(spec, max_runtime=max_runtime)
-    controls = RunControls(reporter=reporter, metrics=metrics)
+    run_id = new_run_id()
+    bind_run(spec.name, run_id, str(spec.shard) if spec.shard is not None else None)  # the CLI's lines too
+    controls = RunControls(reporter=reporter, metrics=metrics, run_id=run_id)
     if metrics is not None:
         from pipeline.report.events import TeeReporter
 
@@ -109,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _metrics_file(args: argparse.Namespace, spec: Any) -> Any:
-    path = args.metrics_file or spec.run.metrics_file
+    path = getattr(args, "metrics_file", None) or spec.run.metrics_file
     if path is None:
         return None
     from pipeline.report.metrics import MetricsFile
@@ -121,7 +130,7 @@ def _metrics_file(args: argparse.Namespace, spec: Any) -> Any:
 
 
 def _finish_run(args: argparse.Namespace, summary: Any, spec: Any, metrics: Any) -> None:
-    if args.report is not None:
+    if getattr(args, "report", None) is not None:
         _write_private(args.report, json.dumps(summary.to_json(), indent=2, ensure_ascii=False) + "\n")
     if metrics is not None:
         from pipeline.state.journal import Journal
@@ -131,8 +140,16 @@ def _finish_run(args: argparse.Namespace, summary: Any, spec: Any, metrics: Any)
             previous = last_success(Journal.read(spec.run.journal_dir, spec.name).runs)
             metrics.write(summary, final=True, last_success=previous, requests=summary.requests.counts)
         except (OSError, ImgmigError) as exc:  # the metrics never change the run's exit code
-            print(f"imgmig: warning: cannot write the metrics file {metrics.path}: {exc}", file=sys.stderr)
-    print(summary.render())
+            OUTPUT.warning(f"cannot write the metrics file {metrics.path}: {exc}")
+    if OUTPUT.json_logs:  # the whole summary as one event, numbers as numbers (each step has had its own line)
+        import structlog
+
+        doc = {k: v for k, v in summary.to_json().items() if k not in ("steps", "plan", "job", "run_id")}
+        structlog.get_logger("imgmig").info("run_finished", **doc)
+    if getattr(args, "json", False):  # imgmig copy --json: the report on stdout
+        OUTPUT.document(summary.to_json(), as_json=True)
+    elif not OUTPUT.json_lines:
+        print(summary.render())
 
 
 class _Reporter:
@@ -173,12 +190,12 @@ def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
     failing = unavailable or any(step.action in (Action.BLOCKED, Action.NOT_PORTABLE) for _, step in plan.steps()) or (
         plan.prune is not None and plan.prune.refused)  # fmt: skip
     code = ExitCode.FAILED if failing else ExitCode.OK
-    if as_json:
+    if as_json or OUTPUT.json_lines:
         doc = plan.to_json()
         doc["job"] = spec.name
         doc["unavailable_targets"] = unavailable
         doc["exit_code"] = int(code)
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        OUTPUT.document(doc, as_json=True)
         return code
     rows: list[tuple[object, ...]] = [("IMAGE", "NAME", "TARGET", "ACTION", "BYTES", "REASON")]
     steps = sorted(plan.steps(), key=lambda pair: (pair[0].image.name or "", pair[0].image.id, pair[1].target))
@@ -225,8 +242,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     spec = _load(args.job, args=args)
     report = _run_async(lambda: verify_job(spec, deep=args.deep))
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    if args.json or OUTPUT.json_lines:
+        OUTPUT.document(report.to_json(), as_json=True)
     else:
         rows = [("IMAGE", "NAME", "TARGET", "STATUS", "DETAILS")]
         rows += [(f.image_id, clip(f.name or "", 32), f.target, f.status, "; ".join(f.details + f.notes))
@@ -250,10 +267,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from pipeline.run.checks import check_job
 
     report = _run_async(lambda: check_job(_load(args.job)))
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
-    else:
-        print(report.render())
+    OUTPUT.document(report.to_json(), as_json=args.json, text=report.render())
     if report.error is not None:
         raise report.error  # one paragraph on stderr and its exit code (1 unreachable, 2 region, 4 refused)
     return 0

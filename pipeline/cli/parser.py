@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.cli import commands
+from pipeline.cli.output import usage_error_line
 from pipeline.errors import EXIT_CODES
 
 __all__ = ["EXIT_CODES_HELP", "build_parser"]
@@ -18,9 +19,13 @@ JOB_HELP = "job file (TOML), e.g. jobs/demo.toml; secrets come from the environm
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that exits 2 with a one-paragraph message."""
+    """argparse that exits 2 with a one-paragraph message (one JSON line when ``--log-format json`` was asked)."""
+
+    json_errors = False
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if _Parser.json_errors:
+            self.exit(2, usage_error_line(f"{self.prog}: {message}", 2) + "\n")
         self.print_usage(sys.stderr)
         self.exit(2, f"imgmig: error: {message}\n")
 
@@ -183,8 +188,9 @@ def _add_emulate(sub: Any) -> None:
     p.set_defaults(func=commands.cmd_emulate)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser, with one subparser per subcommand."""
+def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
+    """The full parser, with one subparser per subcommand; ``json_errors``: its errors as one JSON line."""
+    _Parser.json_errors = json_errors
     parser = _Parser(
         prog="imgmig",
         description="Bulk image migration for NHN Cloud Image API v2 (OpenStack Glance v2): stream each "

@@ -250,6 +250,12 @@ class PasswordAuth(TokenCache):
     _unreachable: tuple[float, ApiError] | None = field(default=None, init=False, repr=False)
     #: How many tokens were issued; tests and the summary use it to show refreshes happened.
     issued: int = field(default=0, init=False)
+    #: The tenant by name (Keystone v2.0's ``tenantName``), for a clouds.yaml ``v2password`` cloud without tenant_id.
+    tenant_name: str | None = None
+    #: TLS for the identity service and the image endpoints (a clouds.yaml cloud's verify/cacert); None: the session's.
+    tls: ssl.SSLContext | bool | None = None
+    #: Where the password comes from, for the refusal's message.
+    password_source: str = "its environment variable"
 
     @property
     def token_url(self) -> str:
@@ -257,18 +263,20 @@ class PasswordAuth(TokenCache):
 
     async def _fetch(self, session: aiohttp.ClientSession) -> Token:
         url = self.token_url
+        tenant = {"tenantId": self.tenant_id} if self.tenant_id else {"tenantName": self.tenant_name or ""}
         body = {
             "auth": {
-                "tenantId": self.tenant_id,
+                **tenant,
                 "passwordCredentials": {"username": self.username, "password": self.password.reveal()},
             }
         }
 
         def refusal(err: ApiError) -> str:
+            tenant = self.tenant_id or self.tenant_name
             return (f"auth profile {self.profile!r}: the identity service refused user {self.username!r} for tenant "
-                    f"{self.tenant_id!r}: {err.message}; check the password in its environment variable")  # fmt: skip
+                    f"{tenant!r}: {err.message}; check the password in {self.password_source}")  # fmt: skip
 
-        doc, _ = await post_for_token(session, url, body, refusal=refusal, profile=self.profile)
+        doc, _ = await post_for_token(session, url, body, refusal=refusal, profile=self.profile, tls=self.tls)
         return parse_token_response(doc, now=self.clock())
 
 

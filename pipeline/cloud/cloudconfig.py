@@ -24,13 +24,23 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped,unused-ignore]  # stubs: types-PyYAML, not installed
 
+from pipeline.cloud.auth import PasswordAuth
 from pipeline.cloud.keystone import KeystoneAuth
 from pipeline.cloud.retry import RetryPolicy
 from pipeline.cloud.transport import tls_for
 from pipeline.config import Secret
 from pipeline.errors import UsageError
 
-__all__ = ["AUTH_TYPES", "SYSTEM_CONFIG_DIRS", "CloudConfig", "config_search_dirs", "keystone_auth", "load_cloud"]
+__all__ = [
+    "AUTH_TYPES",
+    "SYSTEM_CONFIG_DIRS",
+    "CloudConfig",
+    "cloud_auth",
+    "config_search_dirs",
+    "keystone_auth",
+    "load_cloud",
+    "nhn_auth",
+]
 
 #: The system-wide directories openstacksdk searches last; ``system_dirs`` replaces them (tests name their own).
 SYSTEM_CONFIG_DIRS: tuple[str, ...] = ("/etc/openstack",)
@@ -48,6 +58,8 @@ _PLUGIN_OPTIONS: dict[str, tuple[str, ...]] = {
     "password": (*_SCOPE, "default_domain_id", "default_domain_name", *_USER, "password"),
     "v3password": (*_SCOPE, *_USER, "password"),
     "v3applicationcredential": (*_SCOPE, *_USER, *_APP_CRED),
+    # Keystone v2.0 (keystoneauth's ``v2password``): NHN Cloud's identity, read as an NHN profile
+    "v2password": ("auth_url", "trust_id", "tenant_id", "tenant_name", "user_id", "username", "password"),
 }
 _PLUGIN_OPTIONS["applicationcredential"] = _PLUGIN_OPTIONS["v3applicationcredential"]
 _DEPRECATED = {"username": ("user_name",), "project_id": ("tenant_id",), "project_name": ("tenant_name",)}
@@ -55,7 +67,7 @@ AUTH_TYPES = tuple(_PLUGIN_OPTIONS)
 _STR_FIELDS = tuple(
     "auth_url username user_id user_domain_id user_domain_name project_name project_id project_domain_name "
     "project_domain_id default_domain_id default_domain_name application_credential_id "
-    "application_credential_name".split()
+    "application_credential_name tenant_id tenant_name".split()
 )
 
 
@@ -81,6 +93,8 @@ class CloudConfig:
     application_credential_id: str | None = None
     application_credential_name: str | None = None
     application_credential_secret: Secret | None = None
+    tenant_id: str | None = None  # v2password (Keystone v2.0, NHN Cloud)
+    tenant_name: str | None = None
     region_name: str | None = None
     regions: tuple[str, ...] = ()
     interface: str = "public"
@@ -276,8 +290,12 @@ def _magic_fixes(config: dict[str, Any]) -> dict[str, Any]:
     targets: dict[str, tuple[str, ...]] = {
         key: (key, key.replace("_", "-")) for key in ("domain_id", "domain_name", *_DOMAINS)
     }
-    targets["project_id"] = ("tenant_id", "tenant-id", "project_id", "project-id")
-    targets["project_name"] = ("tenant_name", "tenant-name", "project_name", "project-name")
+    if config.get("auth_type") == "v2password":  # openstacksdk maps the other way for Keystone v2.0
+        targets["tenant_id"] = ("project_id", "project-id", "tenant_id", "tenant-id")
+        targets["tenant_name"] = ("project_name", "project-name", "tenant_name", "tenant-name")
+    else:
+        targets["project_id"] = ("tenant_id", "tenant-id", "project_id", "project-id")
+        targets["project_name"] = ("tenant_name", "tenant-name", "project_name", "project-name")
     for target_key, possible in targets.items():
         target = None
         for key in possible:
@@ -290,7 +308,7 @@ def _magic_fixes(config: dict[str, Any]) -> dict[str, Any]:
     config = {
         k[: -len("endpoint_type")] + "interface" if k.endswith("endpoint_type") else k: v for k, v in config.items()
     }
-    scoped = any(k in d for d in (config, auth) for k in ("project_id", "project_name"))
+    scoped = any(k in d for d in (config, auth) for k in ("project_id", "project_name", "tenant_id", "tenant_name"))
     for target_key in ("domain_id", "domain_name"):
         if not scoped:
             if target_key in config and target_key not in auth:
@@ -319,6 +337,31 @@ def _verify(config: Mapping[str, Any]) -> tuple[bool, str | None]:
     if verify is not None and not verify:
         return False, None
     return True, os.path.expanduser(str(cacert)) if cacert else None
+
+
+def cloud_auth(cloud: CloudConfig, profile_name: str, retry: RetryPolicy | None = None) -> KeystoneAuth | PasswordAuth:
+    """The identity of ``cloud``: NHN Cloud's Keystone v2.0 for ``v2password``, else Keystone v3."""
+    if cloud.auth_type == "v2password":
+        return nhn_auth(cloud, profile_name, retry)
+    return keystone_auth(cloud, profile_name, retry)
+
+
+def nhn_auth(cloud: CloudConfig, profile_name: str, retry: RetryPolicy | None = None) -> PasswordAuth:
+    """The ``PasswordAuth`` (Keystone v2.0, as NHN Cloud's identity speaks it) of a ``v2password`` cloud."""
+    username, password = cloud.username, cloud.password
+    for key, value in (("auth_url", cloud.auth_url), ("username", username), ("password", password)):
+        if not value:
+            raise UsageError(f"cloud {cloud.name!r} ({cloud.source}) has no auth.{key} (auth_type v2password)")
+    if not (cloud.tenant_id or cloud.tenant_name):
+        raise UsageError(f"cloud {cloud.name!r} ({cloud.source}) has no auth.tenant_id or auth.tenant_name "
+                         "(auth_type v2password; NHN Cloud: the tenant id of the API endpoint settings)")  # fmt: skip
+    if username is None or password is None:  # for the type checker: checked just above
+        raise UsageError(f"cloud {cloud.name!r} ({cloud.source}) has no user or password")
+    return PasswordAuth(
+        cloud.auth_url or "", cloud.tenant_id or "", username, password, retry=retry or RetryPolicy(),
+        profile=profile_name, tenant_name=cloud.tenant_name, tls=tls_for(cloud.verify, cloud.cacert),
+        password_source=f"clouds.yaml cloud {cloud.name!r} ({cloud.source})",
+    )  # fmt: skip
 
 
 def keystone_auth(cloud: CloudConfig, profile_name: str, retry: RetryPolicy | None = None) -> KeystoneAuth:

@@ -299,12 +299,14 @@ class JobSpec:
         regions = [t.region for t in self.targets]
         return {(t.region if regions.count(t.region) == 1 else f"{t.region}@{t.auth}"): t for t in self.targets}
 
-    def required_properties(self, target: Target) -> tuple[str, ...]:
-        """The properties a create in ``target`` must carry: its own list, else NHN's for an NHN profile."""
+    def required_properties(self, target: Target, *, nhn_cloud: bool = False) -> tuple[str, ...]:
+        """The properties a create in ``target`` must carry: its own list, else NHN's for an NHN profile (or, with
+        ``nhn_cloud``, a clouds.yaml cloud found to be NHN's: ``auth_type: v2password``)."""
         if target.required_properties is not None:
             return target.required_properties
         profile = self.profile(target)
-        return NHN_REQUIRED_PROPERTIES if profile.type == "nhn" and profile.cloud is None else ()
+        nhn = (profile.type == "nhn" and profile.cloud is None) or nhn_cloud
+        return NHN_REQUIRED_PROPERTIES if nhn else ()
 
     def defaults(self, target: Target) -> dict[str, str]:
         """The values a copy in ``target`` takes for required properties its source lacks."""

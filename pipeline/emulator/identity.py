@@ -148,7 +148,7 @@ class Identity:
         auth = doc.get("auth") if isinstance(doc, dict) else None
         if not isinstance(auth, dict):
             return _keystone_error(400, "Bad Request", "Expecting to find auth in request body.")
-        tenant = auth.get("tenantId")
+        tenant = auth.get("tenantId") or auth.get("tenantName")  # Keystone v2.0 takes either; a tenant's name is its id
         if not isinstance(tenant, str) or not tenant:
             return _keystone_error(400, "Bad Request", "Expecting to find tenantId in auth.")
         creds = auth.get("passwordCredentials")

@@ -44,6 +44,9 @@ class DiscoveredTarget(Protocol):
     @property
     def error(self) -> str | None: ...
 
+    @property
+    def nhn_cloud(self) -> bool: ...
+
 
 class Discovered(Protocol):
     """What discovery found (``run.inventory.Inventory`` is one): read here, never fetched."""
@@ -115,7 +118,8 @@ class Intent:
             self._desired[key] = desired_metadata(
                 image, self.inventory.source_members.get(image.id), self.spec.copy, prov,
                 target.read_only or frozenset(), target_tenant=target.tenant_id,
-                required=self.spec.required_properties(rules), defaults=self.spec.defaults(rules),
+                required=self.spec.required_properties(rules, nhn_cloud=target.nhn_cloud),
+                defaults=self.spec.defaults(rules),
                 references=self.references.mapped(image.id, self._copy_ids.get(label, {})),
             )  # fmt: skip
         return self._desired[key]

@@ -13,7 +13,7 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
-__all__ = ["LogFormat", "configure_logging", "redact_secrets", "register_secret", "scrub"]
+__all__ = ["LogFormat", "bind_run", "configure_logging", "redact_secrets", "register_secret", "scrub"]
 
 LogFormat = Literal["console", "json"]
 _SECRET_KEYS = ("password", "token", "secret", "authorization", "x-auth-token")
@@ -51,8 +51,14 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     return event
 
 
-def configure_logging(fmt: LogFormat | None = None, *, level: str = "info", stream: TextIO | None = None) -> None:
-    """Configure structlog once: ``console`` on a TTY by default, ``json`` lines otherwise."""
+def bind_run(job: str, run_id: str | None = None, shard: str | None = None) -> None:
+    """Every log line from here on (in this context and the tasks it starts) carries ``job``, ``run_id`` and
+    ``shard``: a log pipeline can group a run's lines without parsing messages."""
+    structlog.contextvars.bind_contextvars(job=job, **{k: v for k, v in (("run_id", run_id), ("shard", shard)) if v})
+
+
+def configure_logging(fmt: LogFormat | None = None, *, level: str = "info", stream: TextIO | None = None) -> LogFormat:
+    """Configure structlog once: ``console`` on a TTY by default, ``json`` lines otherwise; returns the format."""
     stream = stream or sys.stderr
     if fmt is None:
         fmt = "console" if stream.isatty() else "json"
@@ -74,3 +80,5 @@ def configure_logging(fmt: LogFormat | None = None, *, level: str = "info", stre
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    structlog.contextvars.clear_contextvars()
+    return fmt

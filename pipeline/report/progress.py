@@ -27,7 +27,6 @@ from pipeline.report.events import (
     TargetRetrying,
 )
 from pipeline.report.summary import StepFinished
-from pipeline.units import format_rate
 
 __all__ = ["LogReporter", "TqdmReporter", "TqdmStream"]
 
@@ -70,7 +69,7 @@ class LogReporter:
             if self.every > 0 and now - self._last >= self.every:
                 self._last = now
                 rate = self.written / max(now - self._start, 1e-9)
-                log.info("progress", bytes=self.written, total=self.total, rate=format_rate(rate),
+                log.info("progress", bytes=self.written, total=self.total, rate_bytes_per_second=round(rate, 1),
                          percent=round(100 * self.written / self.total, 1) if self.total else None)  # fmt: skip
 
 

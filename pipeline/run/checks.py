@@ -19,7 +19,7 @@ from pipeline.run.paths import check_paths
 __all__ = ["CheckReport", "check_job"]
 
 _KINDS = {"nhn": "NHN identity (Keystone v2.0 style)", "token": "fixed endpoint and token",
-          "keystone": "Keystone v3", "cloud": "Keystone v3 from clouds.yaml / OS_*"}  # fmt: skip
+          "keystone": "Keystone v3", "cloud": "clouds.yaml / OS_* cloud"}  # fmt: skip
 
 
 def _iso(t: float) -> str | None:

@@ -47,6 +47,9 @@ async def _restore(client: ImageClient, journal: Journal, image_id: str, origina
     if current is not None and current.raw.get(ALLOW_DOWNLOAD) != original:
         await client.update_image(image_id, _restore_ops(original))
     journal.record("source", image_id=image_id, download="restored")
+    log.info("source_download_restored", image_id=image_id, attribute=ALLOW_DOWNLOAD, value=original,
+             changed=current is not None and current.raw.get(ALLOW_DOWNLOAD) != original,
+             gone=current is None)  # fmt: skip
 
 
 @asynccontextmanager
@@ -63,6 +66,8 @@ async def download_enabled(client: ImageClient, journal: Journal, image: Image) 
             except ApiError:
                 pass  # still open in the journal: the next run restores it first
         raise
+    log.info("source_download_enabled", image_id=image.id, attribute=ALLOW_DOWNLOAD, value="true",
+             original=original, message="switched on while the image is read; restored afterwards")  # fmt: skip
     failpoint("source_opened")
     try:
         yield

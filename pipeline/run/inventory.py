@@ -18,7 +18,7 @@ import anyio
 
 from pipeline.cloud.auth import Auth, PasswordAuth, StaticTokenAuth, TokenCache
 from pipeline.cloud.client import ImageClient
-from pipeline.cloud.cloudconfig import keystone_auth, load_cloud
+from pipeline.cloud.cloudconfig import cloud_auth, load_cloud
 from pipeline.cloud.keystone import KeystoneAuth
 from pipeline.cloud.retry import RetryPolicy
 from pipeline.cloud.transport import TransportConfig
@@ -79,8 +79,9 @@ class Clients:
         key = (profile, region)
         if key not in self._clients:
             auth = self.auth(profile)  # a clouds.yaml cloud's verify/cacert cover its image endpoints too
+            tls = auth.tls if isinstance(auth, KeystoneAuth | PasswordAuth) else None
             self._clients[key] = ImageClient(self.session, auth, region, retry=self.retry, requests=self.requests,
-                                             tls=auth.tls if isinstance(auth, KeystoneAuth) else None)  # fmt: skip
+                                             tls=tls)  # fmt: skip
         return self._clients[key]
 
     def tokens_issued(self) -> dict[str, int]:
@@ -98,8 +99,8 @@ class Clients:
 def _make_auth(profile: AuthProfile, retry: RetryPolicy) -> Auth:
     if profile.kind == "cloud":  # clouds.yaml / OS_*: resolved now, the way openstacksdk resolves it
         cloud = load_cloud(profile.cloud)
-        auth = keystone_auth(cloud, profile.name, retry)
-        if "interface" in profile.model_fields_set:  # the job file overrides the cloud's interface
+        auth = cloud_auth(cloud, profile.name, retry)
+        if isinstance(auth, KeystoneAuth) and "interface" in profile.model_fields_set:  # the job file's wins
             auth.interface = profile.interface
         for secret in (cloud.password, cloud.application_credential_secret):
             if secret is not None:
@@ -151,6 +152,8 @@ class TargetState:
     algorithms: frozenset[str] = frozenset()
     #: Why this target cannot be used in this run (unreachable region), or None.
     error: str | None = None
+    #: The target is a clouds.yaml cloud that NHN Cloud's identity (v2password) serves.
+    nhn_cloud: bool = False
 
 
 @dataclass
@@ -268,6 +271,9 @@ async def _target_state(
 ) -> TargetState:  # fmt: skip
     state = TargetState(label, endpoint, clients.client(endpoint.auth, endpoint.region))
     try:
+        # a clouds.yaml cloud with auth_type v2password is NHN Cloud's identity: NHN's create rules apply
+        state.nhn_cloud = spec.auth[endpoint.auth].kind == "cloud" and isinstance(clients.auth(endpoint.auth),
+                                                                                   PasswordAuth)  # fmt: skip
         state.tenant_id = await clients.tenant(endpoint.auth)
         filters: dict[str, Any] = {PROV_JOB: spec.name, "visibility": "all"}
         if state.tenant_id:

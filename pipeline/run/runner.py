@@ -28,8 +28,9 @@ from pipeline.config import JobSpec
 from pipeline.errors import EmptySelectionError, ExitCode, ImgmigError, JournalError, first_error
 from pipeline.plan.intent import Intent
 from pipeline.plan.planner import Plan
+from pipeline.plan.selection import describe_selection
 from pipeline.report.events import PlanReady, Reporter
-from pipeline.report.logs import scrub
+from pipeline.report.logs import bind_run, scrub
 from pipeline.report.metrics import MetricsFile
 from pipeline.report.summary import RunSummary
 from pipeline.run.gate import restore_left_open
@@ -42,7 +43,7 @@ from pipeline.state.records import last_success
 from pipeline.transfer.engine import Engine, EngineSettings
 from pipeline.transfer.source import Bandwidth
 
-__all__ = ["RunControls", "plan_only", "run_job"]
+__all__ = ["RunControls", "new_run_id", "plan_only", "run_job"]
 
 log = structlog.get_logger("imgmig")
 
@@ -65,6 +66,12 @@ class RunControls:
     #: Signals that stop the run cleanly; tests may pass () to leave signal handling alone.
     signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
     clock: Callable[[], float] = time.monotonic
+    #: The run's id (the CLI makes it first, so that its own lines carry it too); None: a new one.
+    run_id: str | None = None
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
 
 
 async def run_job(spec: JobSpec, controls: RunControls | None = None) -> RunSummary:
@@ -74,10 +81,15 @@ async def run_job(spec: JobSpec, controls: RunControls | None = None) -> RunSumm
     lock = JobLock(spec.run.journal_dir, spec.name)
     with lock.held():
         journal = Journal.open(spec.run.journal_dir, spec.name)
-        summary = RunSummary(job=spec.name, run_id=uuid.uuid4().hex[:12])
+        summary = RunSummary(job=spec.name, run_id=controls.run_id or new_run_id())
+        bind_run(spec.name, summary.run_id, str(spec.shard) if spec.shard is not None else None)
         ending = False
         try:
             journal.record("run_started", run=summary.run_id, pid=os.getpid())
+            log.info("run_started", source=f"{spec.source.region}@{spec.source.auth}",
+                     targets=list(spec.labelled_targets()),
+                     selection=describe_selection(spec.select, spec.select.owner),
+                     journal=str(spec.run.journal_dir))  # fmt: skip
             try:
                 await _run(spec, controls, journal, summary)
             except Exception as exc:
