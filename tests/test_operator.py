@@ -227,9 +227,9 @@ def test_an_unreachable_identity_service_is_named_and_logged(tmp_path: Path) -> 
     assert all(e["profile"] == "main" and e["url"].endswith(f":{port}/v2.0/tokens") for e in attempts)
     # with --log-format json the error is a JSON line too: the event "error", its message and exit code
     fatal = next(e for e in logged if e.get("event") == "error")
-    assert (
-        fatal["exit_code"] == 1 and fatal["level"] == "error" and fatal["job"] == tomllib.loads(job.read_text())["name"]
-    )
+    assert fatal["exit_code"] == 1
+    assert fatal["level"] == "error"
+    assert fatal["job"] == tomllib.loads(job.read_text())["name"]
     error = fatal["error"]
     assert "auth profile 'main'" in error
     assert f"http://127.0.0.1:{port}/v2.0/tokens" in error
