@@ -20,7 +20,7 @@ from pipeline.errors import ExitCode, ImgmigError, UsageError, first_error
 from pipeline.report.logs import bind_run
 from pipeline.units import clip, format_size, format_table
 
-__all__ = ["cmd_check", "cmd_emulate", "cmd_plan", "cmd_report", "cmd_run", "cmd_status", "cmd_verify"]
+__all__ = ["cmd_check", "cmd_copy", "cmd_emulate", "cmd_plan", "cmd_report", "cmd_run", "cmd_status", "cmd_verify"]
 
 
 def _load(path: Path, *, need_secrets: bool = True, args: argparse.Namespace | None = None, write: bool = False,
@@ -78,6 +78,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = _load(args.job, args=args, write=not args.dry_run, metrics_file=args.metrics_file,
                  spool_dir=args.spool_dir)  # fmt: skip
     return run_spec(args, spec)
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    from pipeline.run.oneoff import copy_job
+    from pipeline.run.paths import check_paths
+
+    job = copy_job(args.images, source=args.source, targets=args.targets, os_cloud=args.os_cloud,
+                   environ=os.environ, enable_download=args.enable_download)  # fmt: skip
+    bind_run(job.spec.name)
+    if args.save is not None:
+        _save_job(args.save, job.toml())
+    check_paths(job.spec, write=not args.dry_run)
+    return run_spec(args, job.spec)
+
+
+def _save_job(path: Path, text: str) -> None:
+    """Write the copy's job file; an existing file is replaced only when it is the same job (a rerun)."""
+    import tomllib
+
+    if path.exists():
+        try:
+            same = tomllib.loads(path.read_text(encoding="utf-8")) == tomllib.loads(text)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            same = False
+        if not same:
+            raise UsageError(f"--save {path}: the file exists and holds something else; it is left as it is. "
+                             "Name a new file, or remove that one")  # fmt: skip
+        return
+    try:
+        if path.parent != Path() and not path.parent.exists():
+            path.parent.mkdir(parents=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write --save {path}: {exc.strerror or exc}") from exc
 
 
 def run_spec(args: argparse.Namespace, spec: Any) -> int:

@@ -72,6 +72,42 @@ def _add_run(sub: Any) -> None:
     p.set_defaults(func=commands.cmd_run)
 
 
+def _add_copy(sub: Any) -> None:
+    p = sub.add_parser(
+        "copy", help="copy images to other regions in one line, no job file",
+        description="Copy the images named (a name, a glob or an id) from one region to one or more others, with "
+        "the engine, verification, metadata and guarantees of imgmig run. PROFILE is an [auth.PROFILE] of the "
+        "profiles file ($IMGMIG_PROFILES, default ~/.config/imgmig/profiles.toml; the form of a job file's "
+        "profiles), else a cloud of clouds.yaml (auth_type v2password is NHN Cloud's identity), else envvars for "
+        "the OS_* variables; an empty PROFILE (:KR2, or no --from) is --os-cloud, $OS_CLOUD or the OS_* "
+        "variables. The job is named copy-HASH (a hash of the source and target places; copies carry it as "
+        "imgmig_job) and keeps its journal in $XDG_STATE_HOME/imgmig/copy/ (default ~/.local/state): the same "
+        "command again resumes an interrupted copy, or does nothing. " + EXIT_CODES_HELP,
+    )  # fmt: skip
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="an image name, a glob (quoted: 'ubuntu-*') or an id; one copy takes ids or names")  # fmt: skip
+    p.add_argument("--from", dest="source", metavar="PROFILE[:REGION]",
+                   help="where the images are (default: the default cloud in its region_name)")  # fmt: skip
+    p.add_argument("--to", dest="targets", action="append", required=True, metavar="PROFILE:REGION[,REGION...]",
+                   help="where copies go; repeat --to for targets of other profiles")  # fmt: skip
+    p.add_argument("--os-cloud", metavar="NAME",
+                   help="the cloud of clouds.yaml an empty PROFILE means (default: $OS_CLOUD, else the OS_* "
+                        "variables, else the only cloud)")  # fmt: skip
+    p.add_argument("--enable-download", action="store_true",
+                   help="NHN Cloud: switch nhncloud_allow_download on while a source is read, then back")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    p.add_argument("--json", action="store_true",
+                   help="print the JSON report on stdout, not the summary (with --dry-run: the plan)")  # fmt: skip
+    p.add_argument("--save", type=Path, metavar="FILE.toml",
+                   help="also write the equivalent job file, so status, report, verify and cron can take over "
+                        "(an existing different file is not overwritten)")  # fmt: skip
+    p.add_argument("--max-runtime", metavar="D", help="start nothing new after D (e.g. 50m), exit 10 (resumable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars, even on a TTY")
+    p.add_argument("--report", type=Path, metavar="FILE.json", help="also write the JSON report to FILE")
+    _log_options(p)
+    p.set_defaults(func=commands.cmd_copy)
+
+
 def _add_plan(sub: Any) -> None:
     p = sub.add_parser(
         "plan", help="show what a run would do, per image and target",
@@ -200,6 +236,6 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imgmig {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for add in (_add_run, _add_plan, _add_status, _add_verify, _add_check, _add_report, _add_emulate):
+    for add in (_add_run, _add_copy, _add_plan, _add_status, _add_verify, _add_check, _add_report, _add_emulate):
         add(sub)
     return parser

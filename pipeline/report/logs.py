@@ -42,7 +42,7 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     """structlog processor: no secret value leaves the process through a log line."""
     for key in list(event):
         value = event[key]
-        if any(s in key.lower() for s in _SECRET_KEYS) and key not in ("token_refreshes",):
+        if any(s in key.lower() for s in _SECRET_KEYS) and key not in ("token_refreshes", "tokens_issued"):
             event[key] = "***"
         elif isinstance(value, str) and _secrets:
             event[key] = _mask(value)
