@@ -16,13 +16,21 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.cloud.cloudconfig import SYSTEM_CONFIG_DIRS, CloudConfig, config_search_dirs, keystone_auth, load_cloud
+from pipeline.cloud.auth import PasswordAuth
+from pipeline.cloud.cloudconfig import (
+    SYSTEM_CONFIG_DIRS,
+    CloudConfig,
+    cloud_auth,
+    config_search_dirs,
+    keystone_auth,
+    load_cloud,
+)
 from pipeline.errors import UsageError
 
 KEYS = (
     "auth_url username user_id user_domain_id user_domain_name password project_name project_id project_domain_name "
     "project_domain_id default_domain_id default_domain_name application_credential_id application_credential_name "
-    "application_credential_secret"
+    "application_credential_secret tenant_id tenant_name"
 ).split()
 PW = "pw-S3CRET-value"
 APP_SECRET = "app-S3CRET-value"
@@ -439,3 +447,37 @@ def test_generic_password_default_domain_fills_both_domains(hermetic: Path, load
     same("g", [path])
     ks = keystone_auth(load("g", config_files=[path]), "g")
     assert (ks.user_domain_id, ks.project_domain_id) == ("dd", "dd")
+
+
+V2 = "https://api-identity-infrastructure.nhncloudservice.com/v2.0"
+
+
+@pytest.mark.parametrize(
+    "cloud",
+    [
+        {"auth": {"auth_url": V2, "username": "u@example.com", "password": PW, "tenant_id": "t-1"}},
+        {"auth": {"auth_url": V2, "username": "u", "password": PW, "project_id": "t-2"}, "region_name": "KR1"},
+        {"auth": {"auth_url": V2, "username": "u", "password": PW, "tenant-name": "name-3"}},
+        {"auth": {"auth_url": V2, "username": "u", "password": PW}, "project_name": "top-4", "regions": ["JP1"]},
+    ],
+    ids=["tenant_id", "project_id", "tenant-name", "top-level-project_name"],
+)
+def test_v2password_resolves_like_openstacksdk(hermetic: Path, load: Loader, cloud: dict[str, Any]) -> None:
+    """``auth_type: v2password`` (keystoneauth's Keystone v2.0 plugin, NHN Cloud's identity): openstacksdk maps
+    project_* to tenant_* for it, and so does imgmig; the cloud becomes an NHN ``PasswordAuth`` posting to
+    auth_url/tokens with that tenant (by id or by name)."""
+    path = write(hermetic / "clouds.yaml", {"nhn": {"auth_type": "v2password", **cloud}})
+    same("nhn", [path])
+    resolved = load("nhn", config_files=[path])
+    auth = cloud_auth(resolved, "nhn")
+    assert isinstance(auth, PasswordAuth)
+    assert auth.token_url == V2 + "/tokens"
+    assert (auth.tenant_id or auth.tenant_name) in ("t-1", "t-2", "name-3", "top-4")
+    assert auth.password.reveal() == PW
+
+
+def test_v2password_without_a_tenant_is_one_paragraph(hermetic: Path, load: Loader) -> None:
+    auth = {"auth_url": V2, "username": "u", "password": PW}
+    path = write(hermetic / "clouds.yaml", {"nhn": {"auth_type": "v2password", "auth": auth}})
+    with pytest.raises(UsageError, match=r"no auth.tenant_id or auth.tenant_name \(auth_type v2password"):
+        cloud_auth(load("nhn", config_files=[path]), "nhn")
