@@ -38,7 +38,9 @@ def _restore_ops(original: str | None) -> list[dict[str, Any]]:
     return [{"op": "add", "path": f"/{ALLOW_DOWNLOAD}", "value": original}]
 
 
-async def _restore(client: ImageClient, journal: Journal, image_id: str, original: str | None) -> None:
+async def _restore(
+    client: ImageClient, journal: Journal, image_id: str, original: str | None, *, left_open: bool = False
+) -> None:
     """Put the original value back (only if the source still shows ours), then journal the restore."""
     try:
         current = await client.get_image(image_id)
@@ -49,7 +51,7 @@ async def _restore(client: ImageClient, journal: Journal, image_id: str, origina
     journal.record("source", image_id=image_id, download="restored")
     log.info("source_download_restored", image_id=image_id, attribute=ALLOW_DOWNLOAD, value=original,
              changed=current is not None and current.raw.get(ALLOW_DOWNLOAD) != original,
-             gone=current is None)  # fmt: skip
+             gone=current is None, left_open=left_open)  # fmt: skip
 
 
 @asynccontextmanager
@@ -85,10 +87,7 @@ async def restore_left_open(client: ImageClient, journal: Journal) -> dict[str, 
     problems: dict[str, str] = {}
     for image_id, original in list(journal.state.open_sources.items()):
         try:
-            await _restore(client, journal, image_id, original)
+            await _restore(client, journal, image_id, original, left_open=True)  # an earlier run left it on
         except ApiError as exc:
             problems[image_id] = f"could not restore {ALLOW_DOWNLOAD}={original!r} on source {image_id}: {exc}"
-            continue
-        log.info("source_restored", image_id=image_id, original=original,
-                 message="an earlier run left its download permission switched on")  # fmt: skip
     return problems
