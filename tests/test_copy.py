@@ -182,6 +182,15 @@ def test_the_job_name_is_stable_and_names_the_places(tmp_path: Path) -> None:
     assert one.spec.name == two.spec.name != three.spec.name
     assert one.spec.run.journal_dir == tmp_path / "xdg-state" / "imgmig" / "copy" / one.spec.name
     assert [t.region for t in two.spec.targets] == ["JP1", "KR2"]
+    # a cloud is the place clouds.yaml resolves it to, not its name: another tenant under the same name is
+    # another job, with its own journal
+    names = []
+    for tenant in ("t1", "t2"):
+        auth = {"auth_url": "http://127.0.0.1:9/v2.0", "username": "u", "password": "p", "tenant_id": tenant}
+        cloud = {"auth_type": "v2password", "region_name": "KR1", "auth": auth}
+        home(tmp_path, clouds={"c": cloud})
+        names.append(copy_job(["a"], source=None, targets=[":KR2"], os_cloud="c", environ=full).spec.name)
+    assert names[0] != names[1]
 
 
 def run_merged(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

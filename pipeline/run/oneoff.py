@@ -120,6 +120,8 @@ class _Profiles:
         self.os_cloud = os_cloud
         self.path, self.file = _read_profiles(environ)
         self.tables: dict[str, dict[str, Any]] = {}
+        #: Where each cloud points (identity URL, project or tenant, user): a cloud's name alone is not a place.
+        self.locations: dict[str, str] = {}
 
     def resolve(self, name: str, regions: tuple[str, ...], option: str) -> tuple[str, tuple[str, ...]]:
         """The profile's name in the job and its regions (a cloud's ``region_name`` when none is given)."""
@@ -138,6 +140,9 @@ class _Profiles:
             raise UsageError(f"{option} {name!r}: {name!r} is neither an [auth.{name}] of {self.path} nor an "
                              f"OpenStack cloud: {exc}") from None  # fmt: skip
         self.tables[cloud.name] = {"cloud": cloud.name}
+        scope = cloud.project_id or cloud.project_name or cloud.tenant_id or cloud.tenant_name or ""
+        who = cloud.application_credential_id or cloud.application_credential_name or cloud.user_id or cloud.username
+        self.locations[cloud.name] = f"{(cloud.auth_url or '').rstrip('/')} {scope} {who or ''}"
         if not regions:
             if not cloud.region_name:
                 raise UsageError(f"{option}: cloud {cloud.name!r} ({cloud.source}) has no region_name; write "
@@ -156,11 +161,12 @@ def _selection(images: Sequence[str]) -> dict[str, list[str]]:
     return {"ids": ids} if ids else {"names": names}
 
 
-def _job_name(spec: JobSpec) -> str:
-    """``copy-`` plus a short, stable hash of where the copy goes from and to (the order of --to aside)."""
+def _job_name(spec: JobSpec, locations: Mapping[str, str]) -> str:
+    """``copy-`` plus a short, stable hash of where the copy goes from and to (the order of --to aside):
+    each place's identity and project (a cloud's as clouds.yaml resolves it) and region."""
 
     def where(auth: str, region: str) -> str:
-        return f"{spec.auth[auth].location} {region}"
+        return f"{locations.get(auth) or spec.auth[auth].location} {region}"
 
     places = [where(spec.source.auth, spec.source.region), *sorted(where(t.auth, t.region) for t in spec.targets)]
     return "copy-" + hashlib.sha256("\n".join(places).encode()).hexdigest()[:10]
@@ -194,6 +200,6 @@ def copy_job(
         "select": _selection(images),
     }  # fmt: skip
     first = parse_job(doc, _SOURCE, env)  # every problem of the places, all at once
-    doc["name"] = _job_name(first)
+    doc["name"] = _job_name(first, profiles.locations)
     doc["run"] = {"journal_dir": str(state_home(env) / "copy" / doc["name"])}
     return CopyJob(parse_job(doc, _SOURCE, env), doc)
