@@ -117,7 +117,9 @@ async def test_report_of_a_real_run_matches_the_journal(emulator: Emulator, tmp_
 
 
 async def test_last_run_by_default(emulator: Emulator, tmp_path: Path) -> None:
-    """Without a run id the last run is shown, its figures from its own records; its retry is marked ↻2."""
+    """Without a run id the last run is shown: its totals are its run_finished record's, its bars the steps it
+    recorded (the one image it copied again, in both targets; the 4 images already in sync and recorded by run 1
+    write nothing in run 2, and the page says so); its retry is marked ↻2."""
     journal_dir, first_id, _, state = await two_runs(emulator, tmp_path)
     page = build_report(journal_dir, "meta")
     last = state.runs[-1]
@@ -127,7 +129,10 @@ async def test_last_run_by_default(emulator: Emulator, tmp_path: Path) -> None:
         assert card(page, key) == last.summary[key]
     assert card(page, "up to date") == last.summary["up_to_date"] == 7
     assert "↻2" in page
-    assert page.count('<g class="bar">') == 5 * len(TARGETS)
+    assert page.count('<g class="bar">') == 1 * len(TARGETS)
+    undrawn = sum(last.summary[k] for k in ("copied", "metadata", "skipped", "up_to_date")) - 1 * len(TARGETS)
+    assert undrawn == 8
+    assert f"{undrawn} image x target of this run were already in sync" in page
     assert_self_contained(page)
     assert_well_formed(page)
 

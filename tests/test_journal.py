@@ -286,3 +286,61 @@ def test_a_journal_of_a_newer_format_is_refused_not_called_damaged(tmp_path: Pat
         Journal.open(tmp_path / "j", "job")
     assert not isinstance(refused.value, JournalCorruptError)
     assert {p.name: p.read_bytes() for p in (tmp_path / "j").iterdir()} == before
+
+
+MD5, SHA = "0" * 31 + "a", "f" * 127 + "e"
+EVIDENCE = {"size": 6, "computed": {"md5": MD5, "sha512": SHA},
+            "reported": {"status": "active", "size": 6, "checksum": MD5, "os_hash_algo": "sha512",
+                         "os_hash_value": SHA}}  # fmt: skip
+
+
+def _stored(directory: Path) -> str:
+    return (directory / SNAPSHOT).read_text() + ((directory / LOG).read_text() if (directory / LOG).exists() else "")
+
+
+def test_evidence_is_stored_once_and_read_whole(tmp_path: Path) -> None:
+    """A digest the target reported that equals the one computed in flight is written once (the report names it:
+    "=sha512"), in the log record and in the snapshot; the state, status and verify see the evidence whole, and a
+    reported digest that differs is kept as it is."""
+    from pipeline.state.records import compact_evidence
+
+    journal = Journal.open(tmp_path, "job")
+    journal.record("target", image_id="i", region="KR2", state="done", evidence=compact_evidence(EVIDENCE))
+    odd = {**EVIDENCE, "reported": {**EVIDENCE["reported"], "checksum": "1" * 32}}
+    journal.record("target", image_id="i", region="JP1", state="failed", evidence=compact_evidence(odd))
+    assert _stored(tmp_path).count(SHA) == 2  # once per target: computed only
+    assert journal.state.target("i", "KR2").evidence == EVIDENCE  # type: ignore[union-attr]
+    journal.snapshot()
+    journal.close()
+    assert _stored(tmp_path).count(SHA) == 2
+    assert '"=sha512"' in _stored(tmp_path)
+    assert "1" * 32 in _stored(tmp_path)
+    state = Journal.read(tmp_path, "job")
+    assert state.target("i", "KR2").evidence == EVIDENCE  # type: ignore[union-attr]
+    assert state.target("i", "JP1").evidence == odd  # type: ignore[union-attr]
+
+
+def test_a_journal_of_the_previous_layout_loads_and_is_converted_on_its_next_snapshot(tmp_path: Path) -> None:
+    """A snapshot as the previous version wrote it (every field, defaults too, the region inside each target, the
+    evidence twice) loads as it was; the next snapshot writes it compactly, and it reads back the same."""
+    entry = {"region": "KR2", "action": "copy", "state": "done", "target_id": "t1", "bytes": 6, "attempts": 1,
+             "error": None, "evidence": EVIDENCE, "source_checksum": MD5, "metadata": "os_type", "problems": [],
+             "pending_members": [], "reason": "", "updated_at": 5.0, "created": ["t1"], "deleted": [],
+             "creating": None, "phases": {"upload": 4.0}}  # fmt: skip
+    doc = {"format": 1, "job": "job", "seq": 3, "selected": 1, "open_sources": {}, "schemas": {},
+           "runs": [{"run_id": "r1", "pid": 1, "started_at": 1.0, "finished_at": 2.0, "outcome": "ok",
+                     "exit_code": 0, "summary": {}, "conditions": {}, "error": None, "planned": True}],
+           "images": {"i": {"image_id": "i", "name": "n", "size": 6, "checksum": MD5, "status": "active",
+                            "skipped": None, "targets": {"KR2": entry}}}}  # fmt: skip
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    (tmp_path / SNAPSHOT).write_bytes(body[:-1] + b',"crc":"%08x"}' % zlib.crc32(body))
+    before = Journal.read(tmp_path, "job")
+    old_size = (tmp_path / SNAPSHOT).stat().st_size
+    journal = Journal.open(tmp_path, "job")
+    journal.snapshot()
+    journal.close()
+    after = Journal.read(tmp_path, "job")
+    assert after == before
+    assert after.target("i", "KR2").evidence == EVIDENCE  # type: ignore[union-attr]
+    assert (tmp_path / SNAPSHOT).stat().st_size < old_size - 150
+    assert _stored(tmp_path).count(SHA) == 1

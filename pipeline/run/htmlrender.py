@@ -153,6 +153,12 @@ def render(job: str, state: JournalState, run: RunView) -> str:
                                                     b.image_id, b.region))  # fmt: skip
     counts = Counter(b.outcome for b in bars)
     outcomes = _outcomes(bars)
+    # a step the journal already held in sync (an idle rerun's up-to-date skip) writes no record, so has no bar:
+    # the run_finished record still counts it
+    counted = {k: int(v) for k, v in r.summary.items() if k in STEP_OUTCOMES and isinstance(v, int)}
+    undrawn = sum(max(0, n - counts[k]) for k, n in counted.items())
+    for k, n in counted.items():
+        counts[k] = max(counts[k], n)
     duration = format_duration(r.finished_at - r.started_at) if r.finished_at is not None else "not finished"
     header = [("job", job), ("run", r.run_id), ("started", _when(r.started_at)),
               ("finished", _when(r.finished_at) if r.finished_at else "no run_finished record (running or crashed)"),
@@ -171,6 +177,9 @@ def render(job: str, state: JournalState, run: RunView) -> str:
         out.append(f'<p class="warn">Part of this run was already folded into the journal snapshot: {run.folded} '
                    "image x target are shown from it with their final time only (no start, no create time); "
                    "records of the run that were overwritten by a later run cannot be shown.</p>")  # fmt: skip
+    if undrawn:
+        out.append(f'<p class="note">{undrawn} image x target of this run were already in sync and so recorded by an '
+                   "earlier run: they are counted here, and have no bar below.</p>")  # fmt: skip
     out.append('<h2>Totals</h2><div class="cards">')
     out += [f'<div class="card" style="border-left-color:{_colour(k)}"><b>{counts[k]}</b>{_e(k.replace("_", " "))}'
             "</div>" for k in outcomes if counts[k] or k in STEP_OUTCOMES]  # fmt: skip

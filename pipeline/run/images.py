@@ -26,6 +26,7 @@ from pipeline.run.inventory import Clients, Inventory
 from pipeline.run.metadata import apply_metadata
 from pipeline.state.failpoints import failpoint
 from pipeline.state.journal import Journal
+from pipeline.state.records import compact_evidence
 from pipeline.transfer.copies import delete_copy
 from pipeline.transfer.engine import Engine, EngineHooks, TargetResult, TargetSpec
 from pipeline.transfer.source import source_gone
@@ -51,12 +52,22 @@ class Running:
     finished: dict[str, anyio.Event]
 
 
-def journal_plan(run: Running) -> None:
-    """One record per image, holding the plan of each of its targets (a write per image, not per step)."""
+#: How many images' plan records are written between two checkpoints (the loop's other tasks run in between).
+PLAN_SLICE = 256
+
+
+async def journal_plan(run: Running) -> None:
+    """One record per image, holding the plan of each of its targets (a write per image, not per step). An image
+    the journal already records as it is, in sync in every target, gets none: an idle rerun grows the journal by
+    its run records only, not by a record per image."""
     plan, inventory = run.plan, run.inventory
     unavailable = {label: t.error for label, t in inventory.targets.items() if t.error is not None}
-    for image_plan in plan.images:
+    for number, image_plan in enumerate(plan.images, start=1):
+        if number % PLAN_SLICE == 0:
+            await anyio.lowlevel.checkpoint()  # a large catalogue's plan is written in slices
         image = image_plan.image
+        if not unavailable and _recorded_in_sync(run, image_plan):
+            continue
         steps: dict[str, dict[str, Any]] = {}
         for step in image_plan.steps:
             steps[step.target] = {"action": step.action.value, "reason": step.reason, "state": "planned"}
@@ -68,6 +79,33 @@ def journal_plan(run: Running) -> None:
                            status=image.status, skipped=image_plan.skipped, plan=steps)  # fmt: skip
     for missing in inventory.missing_ids:
         run.journal.record("image", image_id=missing, status="missing", skipped="selected id not found in the source")
+
+
+def _recorded_in_sync(run: Running, image_plan: ImagePlan) -> bool:
+    """Whether the journal already holds this image as it is and every step is a skip it already recorded
+    (``_settled``): then neither the plan nor the steps' final records would change a thing."""
+    image = image_plan.image
+    entry = run.journal.state.images.get(image.id)
+    if entry is None or (entry.name, entry.size, entry.checksum, entry.status, entry.skipped) != (
+        image.name, image.size, image.checksum, image.status, image_plan.skipped
+    ):  # fmt: skip
+        return False
+    return all(_settled(run, image, step) for step in image_plan.steps)
+
+
+def _settled(run: Running, image: Image, step: Step) -> bool:
+    """A skip whose final record the journal already holds, with nothing else to say (no error, no problem, no
+    pending member): recording it again would change nothing."""
+    if step.action is not Action.SKIP:
+        return False
+    entry = run.journal.state.target(image.id, step.target)
+    state = "done" if step.reason == "up to date" else "skipped"
+    return (
+        entry is not None and entry.state == state and not entry.error and not entry.problems
+        and not entry.pending_members and (state == "skipped" or entry.source_checksum == image.checksum)
+        and (state == "done" or entry.reason == step.reason)
+        and (step.existing is None or entry.target_id in (None, step.existing.id))
+    )  # fmt: skip
 
 
 async def sweep(run: Running) -> None:
@@ -226,7 +264,8 @@ async def _copy_image(run: Running, plan: ImagePlan) -> None:
 async def _finish_step(run: Running, image: Image, step: Step, result: TargetResult | None) -> None:
     """Metadata for a verified copy (or a metadata-only step), then the step's final record."""
     if step.action is Action.SKIP:
-        _record_step(run, image, step, "skipped" if step.reason != "up to date" else "done")
+        _record_step(run, image, step, "skipped" if step.reason != "up to date" else "done",
+                     journal=not _settled(run, image, step))  # fmt: skip
         return
     if step.action is Action.BLOCKED:  # nothing was created anywhere; the reason says what to do
         _record_step(run, image, step, "failed", error=step.reason)
@@ -284,8 +323,9 @@ def _record_step(
     run: Running, image: Image, step: Step, state: str, *, result: TargetResult | None = None,
     error: str | None = None, target_id: str | None = None, problems: list[str] | None = None,
     pending: list[str] | None = None, managed: list[str] | None = None, changed: bool = False,
-    phases: dict[str, float] | None = None,
+    phases: dict[str, float] | None = None, journal: bool = True,
 ) -> None:  # fmt: skip
+    """The step's final record (unless ``journal`` is False: the journal holds it already) and its summary."""
     # a final record: empty fields are left out (the journal state resets them)
     fields: dict[str, Any] = {"state": state}
     if error:
@@ -293,7 +333,7 @@ def _record_step(
     if result is not None:
         fields["bytes"], fields["attempts"] = result.bytes, result.attempts
         if result.evidence is not None:
-            fields["evidence"] = result.evidence.to_json()
+            fields["evidence"] = compact_evidence(result.evidence.to_json())
         target_id = target_id or result.target_id
     if target_id:
         fields["target_id"] = target_id
@@ -308,7 +348,8 @@ def _record_step(
     phases = phases if phases is not None else (result.phases if result is not None else None)
     if phases:  # when each phase began: the HTML report's timeline (old journals simply lack it)
         fields["phases"] = {name: round(at, 3) for name, at in phases.items()}
-    run.journal.record("target", image_id=image.id, region=step.target, **fields)
+    if journal:
+        run.journal.record("target", image_id=image.id, region=step.target, **fields)
     run.summary.step_finished(StepFinished(
         image_id=image.id, name=image.name, target=step.target, action=step.action.value, state=state,
         bytes=result.bytes if result else 0, error=error, reason=step.reason, problems=tuple(problems or ()),

@@ -247,14 +247,16 @@ async def _discover(spec: JobSpec, journal: Journal, clients: Clients, engine: E
         if target.schema_read is not None:  # a fresh read: later runs skip it while it stays fresh
             journal.record("schema", region=label, **target.schema_read)
     intent = Intent(spec, inventory, journal.state)
-    plan = intent.plan()
+    # planning is pure and nothing writes the journal meanwhile: in a worker thread, the event loop (the group
+    # commit, the signals, the metrics) is not held up by a large catalogue's plan
+    plan = await anyio.to_thread.run_sync(intent.plan)
     finished = {image_plan.image.id: anyio.Event() for image_plan in plan.images}
     run = Running(spec, journal, clients, engine, summary, inventory, intent, plan, finished)
     summary.plan = plan
     if summary.downstream is not None:
         summary.downstream.emit(PlanReady(len(plan.images), sum(1 for _ in plan.steps()), plan.bytes))
     summary.unavailable.update({label: t.error for label, t in inventory.targets.items() if t.error})
-    journal_plan(run)
+    await journal_plan(run)
     journal.record("planned", run=summary.run_id, images=len(plan.images))
     await journal.flush()
     failpoint("planned")
@@ -266,9 +268,18 @@ async def _copy(run: Running) -> None:
     plan, spec = run.plan, run.spec
     await sweep(run)
     limiter = anyio.CapacityLimiter(spec.transfer.images_in_flight)
+    # images_in_flight workers take the images in plan order from one shared iterator (a task per image would
+    # cost memory per image of the catalogue). The plan puts every referenced image before the images that
+    # reference it, so a worker that waits for a reference waits for an image another worker has already taken.
+    pending = iter(plan.images)
+
+    async def worker() -> None:
+        for image_plan in pending:
+            await image_task(run, image_plan, limiter)
+
     async with anyio.create_task_group() as tg:
-        for image_plan in plan.images:
-            tg.start_soon(image_task, run, image_plan, limiter)
+        for _ in range(min(spec.transfer.images_in_flight, len(plan.images))):
+            tg.start_soon(worker)
     await prune(run)  # after the copies, like rclone's default --delete-after
     if plan.prune is None or plan.prune.refused is None:
         # the baseline a later prune compares with: a refused selection never becomes the baseline, so a

@@ -9,13 +9,22 @@ records and in snapshots) are ignored, missing fields take their defaults, and u
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
 from pipeline.errors import ExitCode
 from pipeline.outcomes import is_final
 
-__all__ = ["FORMAT", "ImageEntry", "JournalState", "RunEntry", "TargetEntry", "fold_target", "last_success"]
+__all__ = [
+    "FORMAT",
+    "ImageEntry",
+    "JournalState",
+    "RunEntry",
+    "TargetEntry",
+    "compact_evidence",
+    "fold_target",
+    "last_success",
+]
 
 #: The journal's on-disk format (snapshots carry it).
 FORMAT = 1
@@ -163,8 +172,10 @@ class JournalState:
         return entry
 
     def to_json(self) -> dict[str, Any]:
-        # plain __dict__ views: dataclasses.asdict deep-copies and costs 5x more on large journals
-        images = {k: {**vars(v), "targets": {r: vars(t) for r, t in v.targets.items()}} for k, v in self.images.items()}
+        # plain __dict__ views (dataclasses.asdict deep-copies and costs 5x more on large journals), without the
+        # fields that hold their default and with the evidence compacted: a snapshot entry says only what it knows
+        images = {k: {**_stored(v, ImageEntry), "targets": {r: _stored_target(t) for r, t in v.targets.items()}}
+                  for k, v in self.images.items()}  # fmt: skip
         return {"format": FORMAT, "job": self.job, "seq": self.seq, "images": images,
                 "runs": [vars(r) for r in self.runs], "open_sources": dict(self.open_sources),
                 "schemas": dict(self.schemas), "selected": self.selected}  # fmt: skip
@@ -174,7 +185,7 @@ class JournalState:
         """The state a snapshot holds; fields this version does not know are ignored (see the module doc)."""
         state = cls(job=str(doc["job"]), seq=int(doc["seq"]))
         for image_id, raw in doc.get("images", {}).items():
-            targets = {r: _known(TargetEntry, t) for r, t in raw.get("targets", {}).items()}
+            targets = {r: _loaded_target(r, t) for r, t in raw.get("targets", {}).items()}
             state.images[image_id] = _known(ImageEntry, {**raw, "targets": targets})
             state.entries += 1 + len(targets)
         state.runs = [_known(RunEntry, r) for r in doc.get("runs", [])]
@@ -195,6 +206,69 @@ def _known(cls: type[_Entry], doc: dict[str, Any]) -> _Entry:
     return cls(**{k: v for k, v in doc.items() if k in names})
 
 
+#: Each entry field's default: a snapshot leaves out the fields that hold it (``_known`` puts it back).
+def _defaults(cls: type) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif callable(f.default_factory):
+            out[f.name] = f.default_factory()
+    return out
+
+
+_DEFAULTS: dict[type, dict[str, Any]] = {cls: _defaults(cls) for cls in (TargetEntry, ImageEntry)}
+_NO_VALUE = object()
+
+
+def _stored(entry: Any, cls: type) -> dict[str, Any]:
+    """An entry's snapshot form: its fields, less those that hold their default."""
+    defaults = _DEFAULTS[cls]
+    return {k: v for k, v in vars(entry).items() if k != "targets" and defaults.get(k, _NO_VALUE) != v}
+
+
+def _stored_target(target: TargetEntry) -> dict[str, Any]:
+    doc = _stored(target, TargetEntry)
+    del doc["region"]  # the key it is stored under
+    if target.evidence:
+        doc["evidence"] = compact_evidence(target.evidence)
+    return doc
+
+
+def _loaded_target(region: str, doc: dict[str, Any]) -> TargetEntry:
+    target = _known(TargetEntry, {**doc, "region": region})
+    if target.evidence:
+        target.evidence = _expanded_evidence(target.evidence)
+    return target
+
+
+#: A reported value that is one of the computed digests is stored as this prefix plus the digest's name.
+_SAME = "="
+
+
+def compact_evidence(evidence: Mapping[str, Any]) -> dict[str, Any]:
+    """Evidence as the journal stores it: a digest the target reported that equals one computed in flight (the
+    usual case, the proof) is written once, the report naming it (``"=md5"``)."""
+    computed = evidence.get("computed")
+    reported = evidence.get("reported")
+    if not isinstance(computed, Mapping) or not isinstance(reported, Mapping):
+        return dict(evidence)
+    by_value = {v: k for k, v in computed.items() if isinstance(v, str)}
+    same = {k: _SAME + by_value[v] for k, v in reported.items() if isinstance(v, str) and v in by_value}
+    return {**evidence, "reported": {**reported, **same}} if same else dict(evidence)
+
+
+def _expanded_evidence(evidence: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored form made whole again (the same string objects as the computed digests: no second copy)."""
+    computed = evidence.get("computed")
+    reported = evidence.get("reported")
+    if not isinstance(computed, Mapping) or not isinstance(reported, Mapping):
+        return dict(evidence)
+    whole = {k: computed.get(v[1:], v) if isinstance(v, str) and v.startswith(_SAME) else v
+             for k, v in reported.items()}  # fmt: skip
+    return {**evidence, "reported": whole}
+
+
 def fold_target(target: TargetEntry, rec: Mapping[str, Any], at: float) -> None:
     """Apply one "target" record, or one target's plan in an "image" record, to ``target`` (the journal state and
     the HTML report's timeline both fold records with this)."""
@@ -203,7 +277,7 @@ def fold_target(target: TargetEntry, rec: Mapping[str, Any], at: float) -> None:
         target.error, target.problems, target.pending_members = None, [], []
     for key, value in rec.items():
         if key in _TARGET_FIELDS:
-            setattr(target, key, value)
+            setattr(target, key, _expanded_evidence(value) if key == "evidence" and value else value)
     target.updated_at = at
     if rec.get("creating"):
         target.creating = rec["creating"]
