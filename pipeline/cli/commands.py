@@ -263,11 +263,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.run.status import render_status, status_view
+    from pipeline.run.status import render_status, status_view, write_status_json
 
     spec = _load(args.job, need_secrets=False, args=args)
     view = status_view(spec)
-    print(json.dumps(view, indent=2, ensure_ascii=False) if args.json else render_status(view))
+    if args.json:
+        write_status_json(view, sys.stdout)  # the images as they are made: no second copy of the journal
+    else:
+        print(render_status(view))
     return 0
 
 

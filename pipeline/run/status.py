@@ -2,21 +2,54 @@
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from pipeline.config import JobSpec, Shard
 from pipeline.errors import run_state
 from pipeline.state.journal import LOG, SNAPSHOT, Journal
 from pipeline.state.lock import lock_holder
+from pipeline.state.records import TargetEntry
 from pipeline.units import clip, format_size, format_table
 
-__all__ = ["STATUS_FORMAT", "render_status", "shard_dirs", "status_view"]
+__all__ = ["STATUS_FORMAT", "render_status", "shard_dirs", "status_view", "write_status_json"]
 
 #: Bumped only for incompatible changes to the JSON view; new keys may appear at any time.
 STATUS_FORMAT = 1
+
+
+class _Lazy:
+    """The ``images`` of a view: made one at a time from the journal's state each time they are iterated, so
+    showing them (the table, or ``--json`` written as it goes) holds no second copy of the whole state."""
+
+    def __init__(self, make: Callable[[], Iterator[dict[str, Any]]]) -> None:
+        self.make = make
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.make()
+
+
+def write_status_json(view: dict[str, Any], out: TextIO) -> None:
+    """``view`` as JSON on ``out``, its ``images`` written one per line as they are made (the same document as
+    ``json.dumps(view)``, laid out to stream)."""
+    out.write("{\n")
+    last = len(view) - 1
+    for number, (key, value) in enumerate(view.items()):
+        comma = "," if number < last else ""
+        if key == "images":
+            out.write('  "images": [')
+            first = True
+            for image in value:
+                out.write(("\n    " if first else ",\n    ") + json.dumps(image, ensure_ascii=False))
+                first = False
+            out.write(("\n  " if not first else "") + "]" + comma + "\n")
+        else:
+            out.write(f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}{comma}\n")
+    out.write("}\n")
 
 
 def _iso(t: float | None) -> str | None:
@@ -63,7 +96,7 @@ def status_view(spec: JobSpec) -> dict[str, Any]:
         "last_run": runs[-1] if runs else None,
         "runs": runs,
         "counts": counts,
-        "images": [{**image, "shard": str(s)} for s in current for image in views[s]["images"]],
+        "images": _Lazy(lambda: ({**image, "shard": str(s)} for s in current for image in views[s]["images"])),
         "sources_open": [{**src, "shard": str(s)} for s in current for src in views[s]["sources_open"]],
         "shards": shards,
         # journals of other shard counts (1: unsharded runs); the newest layout is the one shown
@@ -95,22 +128,28 @@ def _shard_state(view: dict[str, Any] | None) -> str:
     return run_state(view["last_run"]["exit_code"])
 
 
+#: The keys of an image x target in the view: every journal field of a target but its region (the key it is under).
+_TARGET_KEYS = tuple(f.name for f in fields(TargetEntry) if f.name != "region")
+
+
 def _journal_view(spec: JobSpec, journal_dir: Path) -> dict[str, Any]:
     """The view of one journal (the job's, or one shard's)."""
     state = Journal.read(journal_dir, spec.name)
     counts: dict[str, int] = {}
-    images = []
     for entry in state.images.values():
-        targets = {}
-        for label, target in entry.targets.items():
-            doc = asdict(target)
-            doc.pop("region")
-            doc["updated_at"] = _iso(target.updated_at)
-            targets[label] = doc
+        for target in entry.targets.values():
             counts[target.state] = counts.get(target.state, 0) + 1
-        images.append({"image_id": entry.image_id, "name": entry.name, "size": entry.size,
-                       "checksum": entry.checksum, "status": entry.status, "skipped": entry.skipped,
-                       "targets": targets})  # fmt: skip
+
+    def images() -> Iterator[dict[str, Any]]:
+        for entry in state.images.values():
+            targets = {}
+            for label, target in entry.targets.items():
+                doc = {name: getattr(target, name) for name in _TARGET_KEYS}  # shallow: nothing copied twice
+                doc["updated_at"] = _iso(target.updated_at)
+                targets[label] = doc
+            yield {"image_id": entry.image_id, "name": entry.name, "size": entry.size, "checksum": entry.checksum,
+                   "status": entry.status, "skipped": entry.skipped, "targets": targets}  # fmt: skip
+
     runs = [{**asdict(r), "started_at": _iso(r.started_at), "finished_at": _iso(r.finished_at)} for r in state.runs]
     return {
         "format": STATUS_FORMAT,
@@ -121,7 +160,7 @@ def _journal_view(spec: JobSpec, journal_dir: Path) -> dict[str, Any]:
         "last_run": runs[-1] if runs else None,
         "runs": runs,
         "counts": counts,
-        "images": images,
+        "images": _Lazy(images),
         # sources whose nhncloud_allow_download a run switched on and did not restore (the next run does)
         "sources_open": [{"image_id": k, "original": v} for k, v in state.open_sources.items()],
     }
