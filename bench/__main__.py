@@ -3,7 +3,8 @@
 Environment knobs (for a quicker look): IMGMIG_BENCH_SIZE_MIB (default 1024 for (a)), IMGMIG_BENCH_WAN_MIB
 (default 512 for (b)), IMGMIG_BENCH_BIG_MIB (default 4096 for (c)), IMGMIG_BENCH_IMAGES (default
 "1000,10000" for (d)), IMGMIG_BENCH_SMALL_IMAGES (default 200 for (e)), IMGMIG_BENCH_SHARD_MIB (default 16,
-the image size of (f)), IMGMIG_BENCH_ONLY (e.g. "a,c").
+the image size of (f)), IMGMIG_BENCH_CATALOGUE (default "1000,10000" for (g); add 100000 for the issue's full
+size, about 10 minutes), IMGMIG_BENCH_ONLY (e.g. "a,c").
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import sys
 import time
 
+from .catalogue import bench_catalogue
 from .journal_cost import bench_journal
 from .shards import bench_shards
 from .small import bench_small
@@ -22,7 +24,7 @@ MiB = 1 << 20
 
 
 def main() -> int:
-    only = set(os.environ.get("IMGMIG_BENCH_ONLY", "a,b,c,d,e,f").split(","))
+    only = set(os.environ.get("IMGMIG_BENCH_ONLY", "a,b,c,d,e,f,g").split(","))
     size = int(os.environ.get("IMGMIG_BENCH_SIZE_MIB", "1024")) * MiB
     wan = int(os.environ.get("IMGMIG_BENCH_WAN_MIB", "512")) * MiB
     big = int(os.environ.get("IMGMIG_BENCH_BIG_MIB", "4096")) * MiB
@@ -127,6 +129,26 @@ def main() -> int:
                   f"aggregate ({row['speedup']:.2f}x the single shard, {100 * row['efficiency']:.0f}% of K x); "
                   f"each shard's own run: {', '.join(f'{s:.1f} s' for s in row['per_shard_s'])}")  # fmt: skip
         ok &= f["rows"]["2"]["speedup"] >= 1.8 and f["rows"]["4"]["speedup"] >= 3.4
+    if "g" in only:
+        sizes = [int(n) for n in os.environ.get("IMGMIG_BENCH_CATALOGUE", "1000,10000").split(",")]
+        g = bench_catalogue(sizes)
+        results["g_catalogue"] = g
+        print("(g) catalogue scale: N 4 KiB images x 2 targets, each step its own process (issue 25 targets at "
+              "100,000: idle rerun and first run <= 300 MiB, status <= 5 s and <= 200 MiB, journal <= 1 KiB per "
+              "image x target, no stall over 100 ms, RSS slope <= 2 MiB per 1,000 images)")  # fmt: skip
+        for n in sizes:
+            row = g[str(n)]
+            steps = ", ".join(f"{step} {row[step]['wall_s']:.1f} s / {row[step]['peak_rss_mib']:.0f} MiB"
+                              for step in ("plan", "first_run", "idle_rerun", "status"))  # fmt: skip
+            print(f"    {n:>6} images: {steps}")
+            stalls = row["first_run"]["max_stall_ms"], row["idle_rerun"]["max_stall_ms"]
+            print(f"           journal {row['journal_bytes_per_pair_first']:.0f} B per image x target after the first "
+                  f"run, {row['journal_bytes_per_pair']:.0f} B after 10 idle reruns; longest loop stall: first run "
+                  f"{stalls[0]:.0f} ms, idle rerun {stalls[1]:.0f} ms")  # fmt: skip
+        if "slope_mib_per_1000" in g:
+            slope = ", ".join(f"{k} {v:.1f}" for k, v in g["slope_mib_per_1000"].items())
+            print(f"    RSS slope, MiB per 1,000 images ({min(sizes)} -> {max(sizes)}): {slope}")
+        ok &= all(g[str(n)]["journal_bytes_per_pair"] <= 1024 for n in sizes)
     print(f"\nbench finished in {time.perf_counter() - start:.0f} s; all targets met: {ok}")
     print(json.dumps(results, default=str), file=sys.stderr)
     return 0

@@ -344,3 +344,57 @@ def test_a_journal_of_the_previous_layout_loads_and_is_converted_on_its_next_sna
     assert after.target("i", "KR2").evidence == EVIDENCE  # type: ignore[union-attr]
     assert (tmp_path / SNAPSHOT).stat().st_size < old_size - 150
     assert _stored(tmp_path).count(SHA) == 1
+
+
+def test_a_snapshot_while_recording_is_written_in_a_thread_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a small snapshot threshold, records keep coming while snapshots are written behind them (the log is
+    renamed to journal.prev.jsonl and a new one opened): every record is in the state read back, the previous log
+    is gone once its snapshot is written, and the current log stays bounded."""
+    import pipeline.state.journal as journal_module
+    from pipeline.state.journal import PREV
+
+    monkeypatch.setattr(journal_module, "MIN_SNAPSHOT_RECORDS", 50)
+    journal = Journal.open(tmp_path, "job")
+    for i in range(2_000):
+        journal.record("target", image_id=f"i{i % 20}", region="KR2", bytes=i)
+    assert journal.records == 2_000
+    journal.close()
+    assert not (tmp_path / PREV).exists()
+    assert (tmp_path / LOG).read_bytes().count(b"\n") <= 51
+    state = Journal.read(tmp_path, "job")
+    assert state.seq == 2_000
+    assert state.target("i19", "KR2").bytes == 1_999  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("point", ["snapshot_encoded", "snapshot_written"])
+def test_kill_9_around_a_background_snapshot_loses_nothing(tmp_path: Path, point: str) -> None:
+    """kill -9 after the state was encoded (before the rotation) or after the snapshot was written (before the
+    previous log is removed): the next open has every record (the old snapshot and both logs), folds them into
+    one snapshot, and removes the previous log."""
+    from pipeline.state.journal import PREV
+
+    script = textwrap.dedent(f"""
+        import pipeline.state.journal as j
+        j.MIN_SNAPSHOT_RECORDS = 50
+        journal = j.Journal.open(j.Path({str(tmp_path)!r}), "job")
+        for i in range(400):
+            journal.record("target", image_id=f"i{{i % 20}}", region="KR2", bytes=i)
+        journal.close()
+    """)
+    env = {**os.environ, "IMGMIG_FAILPOINTS": f"{point}@2"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == -9, result.stderr
+    state = Journal.read(tmp_path, "job")
+    seq = state.seq
+    assert seq >= 100  # two snapshots were due: the crash came at the second
+    # record k (seq k) set image i{(k-1) % 20} to bytes k-1: each image holds the last value written for it
+    for i in range(20):
+        last = max(b for b in range(seq) if b % 20 == i)
+        assert state.target(f"i{i}", "KR2").bytes == last  # type: ignore[union-attr]
+    journal = Journal.open(tmp_path, "job")
+    assert journal.state.seq == seq
+    journal.close()
+    assert not (tmp_path / PREV).exists()
+    assert Journal.read(tmp_path, "job").seq == seq

@@ -102,9 +102,9 @@ async def run_job(spec: JobSpec, controls: RunControls | None = None) -> RunSumm
             # recorded is synced first, then the end is recorded and synced. A JournalError here is the run's
             # fatal error (exit 1), named like any other, and the journal never says a failed end was a success.
             ending = True
-            journal.sync()
+            await anyio.to_thread.run_sync(journal.sync)  # the fsyncs off the event loop, in the same order
             _finish_journal(journal, summary)
-            journal.close()
+            await anyio.to_thread.run_sync(journal.close)
         except BaseException as exc:
             summary.fatal = summary.fatal or _describe(exc)
             summary.fatal_code = exc.exit_code if isinstance(exc, ImgmigError) else ExitCode.FAILED

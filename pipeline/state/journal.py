@@ -11,6 +11,11 @@ Layout of ``journal_dir`` (0700; every file 0600):
   the old one, then the directory fsynced. Records with ``seq <= S`` are then redundant and the log is
   cut. Snapshots are taken when the log grows past twice the state's size, so the cost per record stays
   flat however big the job (rewriting one JSON file per record would be O(n) each, O(n^2) per job).
+- ``journal.prev.jsonl``: while a snapshot that ``record`` started is being written. The state is encoded on
+  the event loop (so it is the state at S exactly), the log is renamed to this name and a new log opened for
+  the records after S; then a worker thread writes and fsyncs the snapshot and removes this file. The loop
+  never waits for the disk. A crash at any point leaves a loadable set: the old snapshot, this log and the new
+  one (records with ``seq <= S`` are skipped on load); the next open folds them into a new snapshot.
 - ``lock``: see ``state.lock``.
 
 The log is fsynced in groups (``flush``, on a timer in the runner), not per record: a process crash
@@ -28,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -41,11 +47,12 @@ from pipeline.state.failpoints import die, failpoint, hit
 from pipeline.state.lock import secure_dir
 from pipeline.state.records import FORMAT, JournalState
 
-__all__ = ["LOG", "SNAPSHOT", "Journal", "load_snapshot", "read_log"]
+__all__ = ["LOG", "PREV", "SNAPSHOT", "Journal", "load_snapshot", "read_log"]
 
 #: One encoder for every record: json.dumps with options builds a new encoder on each call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 LOG = "journal.jsonl"
+PREV = "journal.prev.jsonl"
 SNAPSHOT = "snapshot.json"
 MIN_SNAPSHOT_RECORDS = 5000
 
@@ -67,6 +74,11 @@ class Journal:
         #: Seconds spent inside record/sync/snapshot, and records written: the bench reads these.
         self.seconds = 0.0
         self.records = 0
+        #: The snapshot being written by a worker thread (``_snapshot_behind``), and what it failed with.
+        self._writer: threading.Thread | None = None
+        self._writer_error: OSError | None = None
+        #: Log descriptors replaced by a rotation: a group commit may still be syncing one; closed at close.
+        self._retired: list[int] = []
 
     # === open and load
 
@@ -81,12 +93,18 @@ class Journal:
                 atomic_write(directory / SNAPSHOT, _sealed(_ENCODER.encode(JournalState(job).to_json()).encode()))
             state = load_snapshot(directory / SNAPSHOT, job)
             log = directory / LOG
+            earlier, _ = read_log(directory / PREV, state.seq)  # a snapshot a crash (or a disk) cut short
             records, good_length = read_log(log, state.seq)
-            for rec in records:
+            for rec in earlier + records:
                 state.apply(rec)
             fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             if os.fstat(fd).st_size != good_length:
                 os.ftruncate(fd, good_length)  # drop the torn tail of a write cut short
+            if (directory / PREV).exists():  # fold both logs into a snapshot now, so one log remains
+                atomic_write(directory / SNAPSHOT, _sealed(_ENCODER.encode(state.to_json()).encode()))
+                os.ftruncate(fd, 0)
+                os.unlink(directory / PREV)
+                records, good_length = [], 0
         except JournalError:
             raise
         except OSError as exc:
@@ -106,7 +124,9 @@ class Journal:
         times, which the snapshot does not keep)."""
         try:
             state = load_snapshot(directory / SNAPSHOT, job)
+            earlier, _ = read_log(directory / PREV, state.seq)
             records, _ = read_log(directory / LOG, state.seq)
+            records = earlier + records
         except OSError as exc:
             raise JournalError(f"cannot read the journal in {directory}: {exc.strerror or exc}") from exc
         for rec in records:
@@ -123,6 +143,7 @@ class Journal:
         """
         if self._broken is not None:
             raise self._broken
+        self._check_writer()
         start = time.perf_counter()
         rec = {"seq": self.state.seq + 1, "at": round(time.time(), 3), "kind": kind, **fields}
         line = _sealed(_ENCODER.encode(rec).encode()) + b"\n"
@@ -145,8 +166,58 @@ class Journal:
         self._unsynced += 1
         self.records += 1
         self.seconds += time.perf_counter() - start
-        if self._snapshot_due():
-            self.snapshot()
+        if self._snapshot_due() and self._writer is None:
+            self._snapshot_behind()
+
+    def _check_writer(self) -> None:
+        """Collect a finished background snapshot; its failure breaks the journal (the run stops, and the next open
+        loads the old snapshot and both logs: nothing is lost)."""
+        writer = self._writer
+        if writer is None or writer.is_alive():
+            return
+        writer.join()
+        self._writer = None
+        if self._writer_error is not None:
+            exc, self._writer_error = self._writer_error, None
+            self._broken = JournalError(f"cannot write the journal snapshot in {self.directory}: "
+                                        f"{exc.strerror or exc}; the job stops here. The journal holds every "
+                                        "record and the next run resumes from it")  # fmt: skip
+            raise self._broken
+
+    def _wait_writer(self) -> None:
+        """Wait for the background snapshot, if one is being written (``close``, an explicit ``snapshot``)."""
+        if self._writer is not None:
+            self._writer.join()
+            self._check_writer()
+
+    def _snapshot_behind(self) -> None:
+        """A snapshot whose disk work runs in a worker thread: the state is encoded here (it is the state at this
+        record exactly), the log becomes ``PREV`` and a new log takes the records from here on; the thread writes
+        and fsyncs the snapshot, then removes ``PREV`` (see the module doc for every crash in between)."""
+        start = time.perf_counter()
+        try:
+            data = _sealed(_ENCODER.encode(self.state.to_json()).encode())
+            failpoint("snapshot_encoded")
+            os.replace(self.directory / LOG, self.directory / PREV)
+            fd = os.open(self.directory / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise self._break(exc) from exc
+        finally:
+            self.seconds += time.perf_counter() - start
+        self._retired.append(self._fd)
+        self._fd, self._log_records, self._length, self._unsynced = fd, 0, 0, 0
+        directory = self.directory
+
+        def write() -> None:
+            try:
+                atomic_write(directory / SNAPSHOT, data)  # fsyncs the directory: the new log's name is durable too
+                failpoint("snapshot_written")
+                os.unlink(directory / PREV)
+            except OSError as exc:
+                self._writer_error = exc
+
+        self._writer = threading.Thread(target=write, name="imgmig-journal-snapshot", daemon=True)
+        self._writer.start()
 
     def _break(self, exc: OSError) -> JournalError:
         """Cut the log back to its last complete record and refuse every later write of this run; the error."""
@@ -200,7 +271,9 @@ class Journal:
             raise JournalError(f"cannot sync the journal in {self.directory}: {exc.strerror or exc}") from exc
 
     def snapshot(self) -> None:
-        """Write the state atomically, then cut the log (its records are all in the snapshot)."""
+        """Write the state atomically, then cut the log (its records are all in the snapshot). Waits for a
+        background snapshot first."""
+        self._wait_writer()
         start = time.perf_counter()
         try:
             # no fsync of the log first: the snapshot itself is fsynced (file and directory) before the
@@ -223,12 +296,18 @@ class Journal:
         try:
             if self._broken is not None:
                 return  # the run stops on that error; the log already ends at its last complete record
+            self._wait_writer()
             if self._snapshot_due():
                 self.snapshot()
             else:
                 self.sync()
         finally:
-            os.close(self._fd)
+            if self._writer is not None:  # a failed close still lets the thread finish before the files go
+                self._writer.join()
+            for fd in [*self._retired, self._fd]:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._retired.clear()
             self._fd = -1
 
 
