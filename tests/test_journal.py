@@ -381,6 +381,7 @@ def test_kill_9_around_a_background_snapshot_loses_nothing(tmp_path: Path, point
         journal = j.Journal.open(j.Path({str(tmp_path)!r}), "job")
         for i in range(400):
             journal.record("target", image_id=f"i{{i % 20}}", region="KR2", bytes=i)
+            journal._wait_writer()  # each due snapshot is written before the next record: the count is exact
         journal.close()
     """)
     env = {**os.environ, "IMGMIG_FAILPOINTS": f"{point}@2"}

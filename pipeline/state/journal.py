@@ -240,7 +240,9 @@ class Journal:
         return self._log_records > max(MIN_SNAPSHOT_RECORDS, 2 * self.state.entries)
 
     def sync(self) -> None:
-        """fsync the log: everything recorded so far survives a power cut."""
+        """fsync the log: everything recorded so far survives a power cut (the records before a background
+        snapshot's rotation are in that snapshot: it is waited for first)."""
+        self._wait_writer()
         start = time.perf_counter()
         try:
             failpoint("journal_sync")
