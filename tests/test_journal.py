@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import JournalCorruptError, JournalError, LockHeldError
-from pipeline.state.journal import LOG, SNAPSHOT, Journal
+from pipeline.state.journal import LOG, SNAPSHOT, Journal, load_snapshot
 from pipeline.state.lock import JobLock
 from pipeline.state.records import JournalState
 
@@ -360,9 +360,12 @@ def test_a_snapshot_while_recording_is_written_in_a_thread_and_loses_nothing(
     for i in range(2_000):
         journal.record("target", image_id=f"i{i % 20}", region="KR2", bytes=i)
     assert journal.records == 2_000
+    journal._wait_writer()  # the snapshot being written, if any, is on disk: records() started them all
+    assert load_snapshot(tmp_path / SNAPSHOT, "job").seq > 2 * 40  # 20 images + 20 targets: due past 80 records
     journal.close()
     assert not (tmp_path / PREV).exists()
-    assert (tmp_path / LOG).read_bytes().count(b"\n") <= 51
+    # a snapshot is due past max(MIN_SNAPSHOT_RECORDS, 2 x entries) records; close takes one if it is due
+    assert (tmp_path / LOG).read_bytes().count(b"\n") <= 2 * 40
     state = Journal.read(tmp_path, "job")
     assert state.seq == 2_000
     assert state.target("i19", "KR2").bytes == 1_999  # type: ignore[union-attr]
