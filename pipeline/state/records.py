@@ -172,8 +172,8 @@ class JournalState:
         return entry
 
     def to_json(self) -> dict[str, Any]:
-        # plain __dict__ views (dataclasses.asdict deep-copies and costs 5x more on large journals), without the
-        # fields that hold their default and with the evidence compacted: a snapshot entry says only what it knows
+        # shallow views of the entries (dataclasses.asdict deep-copies and costs 5x more on large journals), without
+        # the fields that hold their default and with the evidence compacted: a snapshot entry says only what it knows
         images = {k: {**_stored(v, ImageEntry), "targets": {r: _stored_target(t) for r, t in v.targets.items()}}
                   for k, v in self.images.items()}  # fmt: skip
         return {"format": FORMAT, "job": self.job, "seq": self.seq, "images": images,
@@ -196,7 +196,7 @@ class JournalState:
 
 
 _Entry = TypeVar("_Entry", TargetEntry, ImageEntry, RunEntry)
-#: Each entry's field names, in order (the entries have slots: no ``__dict__`` per entry, a fifth of the memory).
+#: Each entry's field names, in order (the entries have slots: no ``__dict__`` per entry).
 _NAMES: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls))
                                        for cls in (TargetEntry, ImageEntry, RunEntry)}  # fmt: skip
 
@@ -206,8 +206,7 @@ def _as_dict(entry: Any) -> dict[str, Any]:
     return {name: getattr(entry, name) for name in _NAMES[type(entry)]}
 
 
-_FIELDS: dict[type, frozenset[str]] = {cls: frozenset(f.name for f in fields(cls))
-                                       for cls in (TargetEntry, ImageEntry, RunEntry)}  # fmt: skip
+_FIELDS: dict[type, frozenset[str]] = {cls: frozenset(names) for cls, names in _NAMES.items()}
 
 
 def _known(cls: type[_Entry], doc: dict[str, Any]) -> _Entry:
