@@ -46,6 +46,16 @@ def _shard_options(p: argparse.ArgumentParser) -> None:
                         "one command line serves every pod")  # fmt: skip
 
 
+def _running_options(p: argparse.ArgumentParser, *, job_file: bool) -> None:
+    """What ``run`` and ``copy`` share (``commands.run_spec`` reads them): dry run, max runtime, bars, report."""
+    p.add_argument("--dry-run", action="store_true", help="plan and print what would happen; change nothing")
+    p.add_argument("--max-runtime", metavar="D",
+                   help="start nothing new after D (e.g. 50m, 2h), park work in flight, exit 10 (resumable)"
+                        + ("; overrides [run] max_runtime" if job_file else ""))  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bars, even on a TTY")
+    p.add_argument("--report", type=Path, metavar="FILE.json", help="also write the summary as JSON to FILE")
+
+
 def _add_run(sub: Any) -> None:
     p = sub.add_parser(
         "run", help="copy the job's images to every target, verified, resumable",
@@ -55,12 +65,7 @@ def _add_run(sub: Any) -> None:
         "journalled; an interrupted run resumes without duplicates or orphans. " + EXIT_CODES_HELP,
     )  # fmt: skip
     p.add_argument("job", type=Path, help=JOB_HELP)
-    p.add_argument("--dry-run", action="store_true", help="plan and print what would happen; change nothing")
-    p.add_argument("--max-runtime", metavar="D",
-                   help="start nothing new after D (e.g. 50m, 2h), park work in flight, exit 10 (resumable); "
-                        "overrides [run] max_runtime")  # fmt: skip
-    p.add_argument("--no-progress", action="store_true", help="no progress bars, even on a TTY")
-    p.add_argument("--report", type=Path, metavar="FILE.json", help="also write the summary as JSON to FILE")
+    _running_options(p, job_file=True)
     p.add_argument("--metrics-file", type=Path, metavar="FILE.prom",
                    help="write Prometheus metrics for node_exporter's textfile collector to FILE (replaced "
                         "atomically every 30 s and at the end); overrides [run] metrics_file")  # fmt: skip
@@ -95,15 +100,12 @@ def _add_copy(sub: Any) -> None:
                         "variables, else the only cloud)")  # fmt: skip
     p.add_argument("--enable-download", action="store_true",
                    help="NHN Cloud: switch nhncloud_allow_download on while a source is read, then back")  # fmt: skip
-    p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    _running_options(p, job_file=False)
     p.add_argument("--json", action="store_true",
                    help="print the JSON report on stdout, not the summary (with --dry-run: the plan)")  # fmt: skip
     p.add_argument("--save", type=Path, metavar="FILE.toml",
                    help="also write the equivalent job file, so status, report, verify and cron can take over "
                         "(an existing different file is not overwritten)")  # fmt: skip
-    p.add_argument("--max-runtime", metavar="D", help="start nothing new after D (e.g. 50m), exit 10 (resumable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars, even on a TTY")
-    p.add_argument("--report", type=Path, metavar="FILE.json", help="also write the JSON report to FILE")
     _log_options(p)
     p.set_defaults(func=commands.cmd_copy)
 
