@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -12,6 +13,10 @@ from .identity import Identity
 from .store import Caller, RegionStore
 
 __all__ = ["CALLER", "CTX", "REQUEST_ID", "RegionContext", "RegionStats", "request_caller"]
+
+#: One order for the requests of every region of the process: which began before which other ended (tests
+#: prove that requests overlapped with these numbers, never with a clock).
+_ORDER = itertools.count(1)
 
 
 @dataclass
@@ -35,9 +40,29 @@ class RegionStats:
     unauthorized: int = 0
     #: Requests refused with 413 for a quota, by limit name (``quotas.LIMITS``).
     quota_refusals: dict[str, int] = field(default_factory=dict)
+    #: When the first upload of each owner (project) began, in seconds since the epoch (the bench's time to
+    #: the first byte of a run that writes into a fresh project).
+    first_upload_at: dict[str, float] = field(default_factory=dict)
+
+    #: Requests of each kind being handled right now, and the most at once so far.
+    in_flight: dict[str, int] = field(default_factory=dict)
+    max_in_flight: dict[str, int] = field(default_factory=dict)
+    #: Where, in the order of every region's request events (``_ORDER``), the first request of each kind began
+    #: and the last one ended (its handler returned).
+    first_began: dict[str, int] = field(default_factory=dict)
+    last_ended: dict[str, int] = field(default_factory=dict)
 
     def count(self, op: str) -> None:
         self.requests[op] = self.requests.get(op, 0) + 1
+
+    def began(self, op: str) -> None:
+        self.first_began.setdefault(op, next(_ORDER))
+        self.in_flight[op] = self.in_flight.get(op, 0) + 1
+        self.max_in_flight[op] = max(self.max_in_flight.get(op, 0), self.in_flight[op])
+
+    def ended(self, op: str) -> None:
+        self.in_flight[op] -= 1
+        self.last_ended[op] = next(_ORDER)
 
     def refused(self, limit: str) -> None:
         self.quota_refusals[limit] = self.quota_refusals.get(limit, 0) + 1

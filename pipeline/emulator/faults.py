@@ -9,8 +9,10 @@ entries, and a resumed download does not hit the first one again.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
+
+import anyio
 
 __all__ = ["OPS", "BodyFault", "ByteFault", "FaultPlan", "LostAnswer", "StatusFault"]
 
@@ -141,6 +143,10 @@ class FaultPlan:
     refuse_client_ids: bool = False
     #: Ignore unknown (property) filters when listing, as a server without property filters would.
     ignore_property_filters: bool = False
+    #: In-process tests only: requests of a kind wait for this event before anything else happens to them.
+    holds: dict[str, anyio.Event] = field(default_factory=dict, repr=False, compare=False)
+    #: In-process tests only: set when a request of a kind arrives (before its hold, if it has one).
+    arrivals: dict[str, anyio.Event] = field(default_factory=dict, repr=False, compare=False)
     seed: int | None = None
     rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
     #: How many faults fired, by kind; tests and the soak report read it.
@@ -237,9 +243,10 @@ class FaultPlan:
                 raise ValueError(f"unknown fault knob {key!r}")
 
     def to_json(self) -> dict[str, Any]:
-        """The knobs as JSON (without the RNG)."""
-        doc = asdict(self)
-        doc.pop("rng", None)
+        """The knobs as JSON (without the RNG and the in-process events)."""
+        doc = asdict(replace(self, rng=random.Random(), holds={}, arrivals={}))
+        for key in ("rng", "holds", "arrivals"):
+            doc.pop(key, None)
         for rule in doc["lose_response"]:
             rule["seen"] = sorted(rule["seen"])
         return doc

@@ -107,9 +107,13 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
     answers (the request takes effect, then the connection drops) after matching successful ones."""
     ctx = request.app[CTX]
     plan = ctx.faults
+    op = ROUTE_OPS.get(request.match_info.route.name or "")
+    if op in plan.arrivals:
+        plan.arrivals[op].set()
+    if op in plan.holds:
+        await plan.holds[op].wait()
     if plan.latency > 0:
         await anyio.sleep(plan.latency)
-    op = ROUTE_OPS.get(request.match_info.route.name or "")
     if not op:
         return await handler(request)
     image_id = request.match_info.get("image_id")
@@ -145,6 +149,12 @@ def _created_name(resp: web.StreamResponse) -> str | None:
 async def stats_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count every request by kind, before anything can refuse it."""
     op = ROUTE_OPS.get(request.match_info.route.name or "")
-    if op:
-        request.app[CTX].stats.count(op)
-    return await handler(request)
+    if not op:
+        return await handler(request)
+    stats = request.app[CTX].stats
+    stats.count(op)
+    stats.began(op)
+    try:
+        return await handler(request)
+    finally:
+        stats.ended(op)

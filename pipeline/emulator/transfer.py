@@ -93,6 +93,7 @@ async def upload_handler(request: web.Request) -> web.StreamResponse:
     received = 0
     buf = bytearray()
     stats.uploads_started += 1
+    stats.first_upload_at.setdefault(rec.owner, time.time())
     stats.uploads_active += 1
     try:
         async for chunk in request.content.iter_chunked(CHUNK):
