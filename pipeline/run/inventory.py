@@ -7,9 +7,10 @@ still runs for the other targets; a source or credential failure is fatal.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from pipeline.cloud.keystone import KeystoneAuth
 from pipeline.cloud.retry import RetryPolicy
 from pipeline.cloud.transport import TransportConfig
 from pipeline.config import AuthProfile, Endpoint, JobSpec
-from pipeline.errors import ApiError, EmptySelectionError, NotFoundError, UsageError
+from pipeline.errors import ApiError, EmptySelectionError, NotFoundError, UsageError, first_error
 from pipeline.models import READ_ONLY_FIELDS, Image, Member, RequestCounts
 from pipeline.plan.metadiff import read_only_fields, schema_formats
 from pipeline.plan.planner import PARTIAL_STATES, skip_reason, volume_backed_reason
@@ -176,10 +177,21 @@ class Inventory:
 
 
 async def _list_all(client: ImageClient, filters: Mapping[str, Any]) -> list[Image]:
-    """Every image matching ``filters``, hidden (os_hidden) ones included."""
+    """Every image matching ``filters``, hidden (os_hidden) ones included: the two listings run at once (at
+    WAN latency, one round trip per page instead of two), and are merged in the same order as one after the
+    other."""
+    pages: dict[str, list[Image]] = {}
+
+    async def listing(hidden: str) -> None:
+        pages[hidden] = [image async for image in client.list_images({**filters, "os_hidden": hidden})]
+
+    with _one_error():
+        async with anyio.create_task_group() as tg:
+            for hidden in ("false", "true"):
+                tg.start_soon(listing, hidden)
     found: dict[str, Image] = {}
     for hidden in ("false", "true"):
-        async for image in client.list_images({**filters, "os_hidden": hidden}):
+        for image in pages.pop(hidden):
             found.setdefault(image.id, image)
     return list(found.values())
 
@@ -200,11 +212,23 @@ async def _members(
                     raise
                 errors[image.id] = f"cannot read the source image's members: {exc}"
 
-    async with anyio.create_task_group() as tg:
-        for image in images:
-            if image.visibility == "shared":
-                tg.start_soon(fetch, image)
+    with _one_error():
+        async with anyio.create_task_group() as tg:
+            for image in images:
+                if image.visibility == "shared":
+                    tg.start_soon(fetch, image)
     return out
+
+
+@contextlib.contextmanager
+def _one_error() -> Iterator[None]:
+    """The error of concurrent reads as itself, not as an exception group (``first_error`` picks the one that
+    explains them), so an unreachable region is caught as the ``ApiError`` it is."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        error = first_error(group)
+        raise error from (None if error is group else group)
 
 
 async def _source_images(spec: JobSpec, client: ImageClient, owner: str | None) -> tuple[list[Image], list[str]]:
@@ -265,10 +289,11 @@ async def _with_references(
     return graph.ordered(list(known.values())), graph
 
 
-async def _target_state(
-    spec: JobSpec, clients: Clients, label: str, endpoint: Endpoint, source_algo: str,
-    schemas: Mapping[str, Mapping[str, Any]] | None, owns: Callable[[str], bool],
-) -> TargetState:  # fmt: skip
+async def _target_listing(
+    spec: JobSpec, clients: Clients, label: str, endpoint: Endpoint, schemas: Mapping[str, Mapping[str, Any]] | None
+) -> TargetState:
+    """What a target holds of this job (every shard's copies; ``_target_state`` keeps this shard's), and its
+    image schema unless the journal knows a fresh one: the two reads at once. Runs while the source is listed."""
     state = TargetState(label, endpoint, clients.client(endpoint.auth, endpoint.region))
     try:
         # a clouds.yaml cloud with auth_type v2password is NHN Cloud's identity: NHN's create rules apply
@@ -278,33 +303,53 @@ async def _target_state(
         filters: dict[str, Any] = {PROV_JOB: spec.name, "visibility": "all"}
         if state.tenant_id:
             filters["owner"] = state.tenant_id
-        # the filters are re-checked on every image: a server that ignores an unknown property filter
-        # (or the owner filter) must not make another job's images, or anybody's, look like our copies
-        # a shard sees only the copies of the source images it owns: it never sweeps, reuses or changes
-        # another shard's copy, not even a queued leftover
-        state.copies = [
-            c for c in await _list_all(state.client, filters)
-            if is_own_copy(c, spec.name) and (not state.tenant_id or c.owner == state.tenant_id)
-            and owns(str(c.raw.get(PROV_SOURCE_ID)))
-        ]  # fmt: skip
-        state.members = await _members(state.client, state.copies)
         known = (schemas or {}).get(label)
-        if known is None or time.time() - known.get("at", 0.0) >= SCHEMA_MAX_AGE:
-            try:
+        schema: Mapping[str, Any] | None = None
+
+        async def read_schema() -> None:
+            nonlocal schema
+            with contextlib.suppress(ApiError):  # no schema offered: the built-in read-only set applies
                 schema = await state.client.get_schema("image")
-            except ApiError:
-                schema = None  # no schema offered: the built-in read-only set applies
+
+        with _one_error():
+            async with anyio.create_task_group() as tg:
+                if known is None or time.time() - known.get("at", 0.0) >= SCHEMA_MAX_AGE:
+                    tg.start_soon(read_schema)
+                    known = None
+                state.copies = await _list_all(state.client, filters)
+        if known is None:
             disk, container = schema_formats(schema)
             known = state.schema_read = {"read_only": sorted(read_only_fields(schema) - READ_ONLY_FIELDS),
                                          "disk_formats": disk, "container_formats": container}  # fmt: skip
         state.read_only = READ_ONLY_FIELDS | frozenset(known.get("read_only") or ())
         formats = known.get("disk_formats"), known.get("container_formats")
         state.disk_formats, state.container_formats = (frozenset(f) if f is not None else None for f in formats)
-        algos = {c.os_hash_algo.lower() for c in state.copies if c.os_hash_algo}
-        state.algorithms = frozenset(algos or {source_algo})
     except ApiError as exc:  # unreachable or failing region; credential and catalog errors are fatal
         state.error = f"target {label} is unavailable: {exc}"
     return state
+
+
+async def _target_state(spec: JobSpec, state: TargetState, source_algo: str, owns: Callable[[str], bool]) -> None:
+    """Keep this shard's copies of what ``_target_listing`` found, and read the members of the shared ones."""
+    if state.error is not None:
+        state.copies = []
+        return
+    try:
+        # the filters are re-checked on every image: a server that ignores an unknown property filter
+        # (or the owner filter) must not make another job's images, or anybody's, look like our copies
+        # a shard sees only the copies of the source images it owns: it never sweeps, reuses or changes
+        # another shard's copy, not even a queued leftover
+        state.copies = [
+            c for c in state.copies
+            if is_own_copy(c, spec.name) and (not state.tenant_id or c.owner == state.tenant_id)
+            and owns(str(c.raw.get(PROV_SOURCE_ID)))
+        ]  # fmt: skip
+        state.members = await _members(state.client, state.copies)
+        algos = {c.os_hash_algo.lower() for c in state.copies if c.os_hash_algo}
+        state.algorithms = frozenset(algos or {source_algo})
+    except ApiError as exc:  # unreachable or failing region; credential and catalog errors are fatal
+        state.copies, state.members = [], {}
+        state.error = f"target {state.label} is unavailable: {exc}"
 
 
 async def discover(
@@ -316,7 +361,18 @@ async def discover(
     source = clients.client(spec.source.auth, spec.source.region)
     source_tenant = await clients.tenant(spec.source.auth)
     owner = spec.select.owner or source_tenant
-    selected, missing = await _source_images(spec, source, owner)
+    listed: dict[str, TargetState] = {}
+    selection: list[tuple[list[Image], list[str]]] = []
+
+    async def list_target(label: str, endpoint: Endpoint) -> None:
+        listed[label] = await _target_listing(spec, clients, label, endpoint, schemas)
+
+    with _one_error():
+        async with anyio.create_task_group() as tg:  # the source and every target at once
+            for label, endpoint in spec.labelled_targets().items():
+                tg.start_soon(list_target, label, endpoint)
+            selection.append(await _source_images(spec, source, owner))
+    selected, missing = selection[0]
     if not selected and not spec.select.allow_empty:  # judged on the whole selection, before the shard filter
         visible = await _list_all(source, {"visibility": "all", **({"owner": owner} if owner else {})})
         raise EmptySelectionError(spec.source.region, describe_selection(spec.select, owner),
@@ -331,15 +387,11 @@ async def discover(
     image_errors: dict[str, str] = {}
     source_members = await _members(source, images, image_errors)
     algo = next((i.os_hash_algo.lower() for i in images if i.os_hash_algo), "sha512")
-    targets: dict[str, TargetState] = {}
-
-    async def one(label: str, endpoint: Endpoint) -> None:
-        targets[label] = await _target_state(spec, clients, label, endpoint, algo, schemas, owns)
-
-    async with anyio.create_task_group() as tg:
-        for label, endpoint in spec.labelled_targets().items():
-            tg.start_soon(one, label, endpoint)
-    ordered = {label: targets[label] for label in spec.labelled_targets()}
+    ordered = {label: listed[label] for label in spec.labelled_targets()}
+    with _one_error():
+        async with anyio.create_task_group() as tg:
+            for state in ordered.values():
+                tg.start_soon(_target_state, spec, state, algo, owns)
     vanished = await _vanished_sources(source, images, ordered.values())
     failpoint("listed")
     return Inventory(source, source_tenant, images, missing, source_members, ordered, image_errors, vanished,
