@@ -18,7 +18,8 @@ cancels another target or the run; only fatal errors (a dead credential, the jou
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -141,10 +142,11 @@ class Engine:
             targets.append(TargetCopy(spec, results[spec.region], shared, self.region_bandwidth.get(spec.region)))
         self.reporter.emit(ImageStarted(image.id, image.name, shared.size, tuple(t.region for t in targets)))
         spool = Spool.open(self.settings.spool_dir, image.id, shared.size)
+        copy: _ImageCopy | None = None
         try:
             async with anyio.create_task_group() as tg:
                 copy = _ImageCopy(self, source, shared, targets, spool, tg)
-                ready = await copy.prepare_all()
+                ready = await copy.prepare_first()
                 if ready:
                     tg.start_soon(copy.take_pass, ready)
         except BaseException:
@@ -153,6 +155,8 @@ class Engine:
                     t.finish("cancelled", "cancelled mid-transfer")
             raise
         finally:
+            if copy is not None:
+                await copy.drop_head()
             if spool is not None:
                 spool.remove()
         self.reporter.emit(ImageFinished(image.id, all(t.result.done for t in targets)))
@@ -178,8 +182,62 @@ class _ImageCopy:
         self.tg = tg
         #: Set once the source turned out to be gone: no target sends anything more for it.
         self.vanished: SourceVanishedError | None = None
+        #: The first pass's source stream, opened while the targets are prepared (``prepare_first``).
+        self.head: _Head | None = None
+        #: Whether the source stream may be reopened (spending the retry budgets of the targets it feeds): until
+        #: a pass takes the head, every target still pending; then that pass's own rule.
+        self._resume: Callable[[], bool] = self._pending_may_resume
 
     # === target preparation
+
+    async def prepare_first(self) -> list[TargetCopy]:
+        """``prepare_all``, with the source's download opened at the same time (``fetch_head``): its first
+        piece waits in ``head`` for the first pass, so a copy costs one round trip less (creating the target
+        images and opening the source no longer take turns). Not when no target can take data anyway."""
+        if self.vanished is not None or all(t.region in self.engine.full for t in self.targets):
+            return await self.prepare_all()
+        ready: list[TargetCopy] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.fetch_head)
+            ready = await self.prepare_all()
+            if not ready:  # nothing to feed: stop reading (an error of the head's is then nobody's)
+                tg.cancel_scope.cancel()
+        if not ready:
+            await self.drop_head()
+        return ready
+
+    async def fetch_head(self) -> None:
+        """Open the source's download and read its first piece into ``head``; an error is kept there for the
+        first pass to meet, exactly where it would have met it opening the source itself."""
+        pieces = self._source_pieces(lambda: self._resume())
+        head = _Head(pieces)
+        try:
+            head.first = await pieces.__anext__()
+        except StopAsyncIteration:
+            head.pieces = None  # no bytes at all: the pass sees an empty stream (and judges it)
+        except Exception as exc:  # handed to the pass, which sorts source errors from fatal ones
+            head.pieces, head.error = None, exc
+        self.head = head
+
+    async def drop_head(self) -> None:
+        """Close a head no pass took (no target was ready, or the copy was cancelled first)."""
+        head, self.head = self.head, None
+        if head is not None and head.pieces is not None:
+            with anyio.CancelScope(shield=True):
+                await head.pieces.aclose()
+
+    def _pending_may_resume(self) -> bool:
+        fed = [t for t in self.targets if t.result.state == "pending"]
+        if not fed or any(t.budget.remaining <= 0 for t in fed):
+            return False
+        return all(t.budget.take() for t in fed)
+
+    def _source_pieces(self, may_resume: Callable[[], bool]) -> AsyncGenerator[bytes, None]:
+        return source_pieces(
+            self.source, self.image, may_resume=may_resume, backoff=self.settings.backoff, reporter=self.reporter,
+            bandwidth=self.engine.source_bandwidth, idle_timeout=self.settings.source_stall_timeout,
+            piece=min(stream_unit(self.settings.chunk_size, self.size), PIECE),
+        )  # fmt: skip
 
     async def prepare_all(self) -> list[TargetCopy]:
         """Give every target its receiving image, at once; the ones ready for the first pass."""
@@ -265,6 +323,7 @@ class _ImageCopy:
 
         source_failed: list[TargetCopy] = []
         verified = False
+        head, self.head = (None, None) if from_spool else (self.head, None)
         async with anyio.create_task_group() as uploads:
             for t in targets:
                 uploads.start_soon(self._upload, t, fan, fan.add(t.region), run, source_failed)
@@ -274,13 +333,13 @@ class _ImageCopy:
             try:
                 if from_spool and spool is not None:
                     pieces = spool_pieces(spool)
+                elif head is not None:  # the stream opened while the targets were prepared
+                    self._resume = may_resume
+                    if head.error is not None:
+                        raise head.error
+                    pieces = _prepended(head.first, head.pieces)
                 else:
-                    pieces = source_pieces(
-                        self.source, self.image, may_resume=may_resume, backoff=self.settings.backoff,
-                        reporter=self.reporter, bandwidth=self.engine.source_bandwidth,
-                        idle_timeout=self.settings.source_stall_timeout,
-                        piece=min(stream_unit(self.settings.chunk_size, self.size), PIECE),
-                    )  # fmt: skip
+                    pieces = self._source_pieces(may_resume)
                 async with contextlib.aclosing(pieces):
                     verdict = await self._produce(pieces, fan, hasher, run)
                 if not verdict.ok:
@@ -413,3 +472,24 @@ class _ImageCopy:
         ready = [t for t in alive if await self._prepared(t)]
         if ready:
             await self.take_pass(ready)
+
+
+@dataclass
+class _Head:
+    """A source stream opened ahead of its pass: the generator, its first piece, or the error it met."""
+
+    pieces: AsyncGenerator[bytes, None] | None
+    first: bytes | None = None
+    error: Exception | None = None
+
+
+async def _prepended(first: bytes | None, rest: AsyncGenerator[bytes, None] | None) -> AsyncGenerator[bytes, None]:
+    """``first``, then the rest of the stream it was read from (closed with this generator)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if rest is not None:
+            await stack.enter_async_context(contextlib.aclosing(rest))
+        if first is not None:
+            yield first
+        if rest is not None:
+            async for piece in rest:
+                yield piece
