@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
+from pipeline.cli import entry
 
-from pipeline.cli import main
-
-sys.exit(main())
+entry()

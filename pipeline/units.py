@@ -12,8 +12,6 @@ import re
 from collections.abc import Sequence
 from decimal import Decimal
 
-from wcwidth import wcwidth
-
 __all__ = [
     "GB",
     "KB",
@@ -168,6 +166,8 @@ def _duration_seconds(text: str) -> Decimal | None:
 
 def display_width(text: str) -> int:
     """How many terminal columns ``text`` takes (a Korean syllable takes two; an unprintable character counts one)."""
+    from wcwidth import wcwidth  # imported where tables are drawn, not by every command that parses a size
+
     return sum(max(wcwidth(ch), 0) if ch.isprintable() else 1 for ch in text)
 
 

@@ -8,15 +8,17 @@ shows its traceback.
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from pipeline.cli.output import OUTPUT, json_requested
 from pipeline.cli.parser import EXIT_CODES_HELP, build_parser
 from pipeline.errors import ExitCode, ImgmigError
 from pipeline.report.logs import configure_logging
 
-__all__ = ["EXIT_CODES_HELP", "build_parser", "main"]
+__all__ = ["EXIT_CODES_HELP", "build_parser", "entry", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,5 +45,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def entry() -> NoReturn:
+    """The process's entry point (the ``imgmig`` console script, ``python -m pipeline``): ``main``, then exit.
+    Before exiting, every object is moved out of the garbage collector's reach (``gc.freeze``): the interpreter's
+    teardown would otherwise spend about 70 ms walking them all, on every command, for nothing (the journal,
+    the reports and the logs are closed and flushed by then; objects still run their finalizers when their
+    last reference goes)."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml  # type: ignore[import-untyped,unused-ignore]  # stubs: types-PyYAML, not installed
-
 from pipeline.cloud.auth import PasswordAuth
 from pipeline.cloud.keystone import KeystoneAuth
 from pipeline.cloud.retry import RetryPolicy
@@ -121,6 +119,8 @@ def config_search_dirs(
 
 
 def _load_first(paths: Sequence[str]) -> tuple[str | None, Any]:
+    import yaml  # type: ignore[import-untyped,unused-ignore]  # read only when a clouds.yaml profile is used
+
     for path in paths:
         if not os.path.exists(path):
             continue

@@ -19,16 +19,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import EXIT_CODES, ExitCode
 from pipeline.files import atomic_write
 from pipeline.outcomes import OUTCOMES
 from pipeline.report.events import BytesRead, BytesWritten
 from pipeline.report.summary import RunSummary
+
+if TYPE_CHECKING:  # prometheus_client is imported when a file is rendered: a run without metrics never loads it
+    from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = ["MetricsFile", "copies_out_of_sync"]
 
@@ -106,6 +106,9 @@ class MetricsFile:
         a final file of a successful run uses this run's end if that is newer. ``requests``: API requests by
         (kind, region), exported as ``imgmig_requests_total`` when given.
         """
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
         base = ["imgmig_job", "shard"] if self.shard is not None else ["imgmig_job"]
         values = [self.job, self.shard] if self.shard is not None else [self.job]
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
-from tqdm import tqdm
 
 from pipeline.outcomes import is_failure
 from pipeline.report.events import (
@@ -27,6 +26,9 @@ from pipeline.report.events import (
     TargetRetrying,
 )
 from pipeline.report.summary import StepFinished
+
+if TYPE_CHECKING:  # tqdm is imported when bars are drawn (on a TTY): a run in cron or a pod never loads it
+    from tqdm import tqdm
 
 __all__ = ["LogReporter", "TqdmReporter", "TqdmStream"]
 
@@ -77,6 +79,9 @@ class TqdmReporter:
     """Progress bars on a TTY: total bytes, plus one bar per image in flight."""
 
     def __init__(self, total: int, *, stream: TextIO | None = None) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm
         self.stream = stream or sys.stderr
         self.layout = _layout(self.stream)
         self.total_bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="total",
@@ -86,7 +91,7 @@ class TqdmReporter:
     def emit(self, event: Any) -> None:
         if isinstance(event, ImageStarted):
             desc = (event.name or event.image_id)[:28]
-            self.bars[event.image_id] = tqdm(
+            self.bars[event.image_id] = self._bar(
                 total=event.size * len(event.regions), unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
                 file=self.stream, leave=False, position=len(self.bars) + 1, **self.layout,
             )  # fmt: skip
@@ -124,11 +129,14 @@ class TqdmStream:
     """A text stream that prints through ``tqdm.write`` so log lines do not tear the bars."""
 
     def __init__(self, stream: TextIO) -> None:
+        from tqdm import tqdm
+
         self.stream = stream
+        self._write = tqdm.write
 
     def write(self, text: str) -> int:
         if text.strip():
-            tqdm.write(text.rstrip("\n"), file=self.stream)
+            self._write(text.rstrip("\n"), file=self.stream)
         return len(text)
 
     def flush(self) -> None:
