@@ -12,6 +12,7 @@ the planner (is a copy good), the engine (the stream at EOF, a target after uplo
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,14 @@ def is_reserved_field(key: str) -> bool:
     return key in READ_ONLY_FIELDS or key.startswith(RESERVED_PREFIXES)
 
 
+#: Fields an image document repeats that say nothing (each is derived from the id or fixed): not kept.
+_DERIVED_FIELDS = frozenset({"self", "file", "schema"})
+#: Fields whose values repeat across a catalogue (a handful of statuses, formats, owners...): their strings are
+#: interned, so 100,000 images share one "active" instead of holding 100,000.
+_REPEATED_FIELDS = frozenset({"status", "visibility", "disk_format", "container_format", "os_hash_algo", "owner",
+                              "os_type", "os_distro", "architecture", "hypervisor_type", "imgmig_job",
+                              "imgmig_source_region"})  # fmt: skip
+
 #: Optional fields imgmig relies on, by the type they must have when present (not null).
 _STRING_FIELDS = ("name", "checksum", "os_hash_algo", "os_hash_value", "visibility", "owner", "disk_format",
                   "container_format", "updated_at", "created_at")  # fmt: skip
@@ -67,6 +76,17 @@ _COUNT_FIELDS = ("size", "virtual_size", "min_disk", "min_ram")
 
 def _wrong_type(key: str, value: Any) -> ProtocolError:
     return ProtocolError(f"image field {key!r} has the wrong type ({type(value).__name__})")
+
+
+def _slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """An image document as ``Image`` keeps it: without the derived fields and the core fields that are null (a
+    missing core field reads as None all the same), repeated values interned. A catalogue's images are held
+    until the plan is made: this halves what each costs (a dict of up to 21 keys is half the size of one of 22).
+    Custom properties are all kept as they are."""
+    intern = sys.intern
+    return {key: intern(value) if key in _REPEATED_FIELDS and type(value) is str else value
+            for key, value in obj.items()
+            if key not in _DERIVED_FIELDS and (value is not None or key not in CORE_FIELDS)}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +129,7 @@ class Image:
                 raise _wrong_type("tags", tags)
             if not all(isinstance(t, str) for t in tags):
                 raise ProtocolError("image field 'tags' holds a non-string")
-        return cls(dict(obj))
+        return cls(_slim(obj))
 
     def _str(self, key: str) -> str | None:
         value = self.raw.get(key)

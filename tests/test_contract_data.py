@@ -60,7 +60,9 @@ async def test_upload_zero_bytes(cloud: Cloud) -> None:
     """A 0-byte upload makes an active image of size 0 with the md5 of nothing."""
     img = await active_image(cloud, b"")
     assert (img.status, img.size, img.checksum) == ("active", 0, "d41d8cd98f00b204e9800998ecf8427e")
-    assert img.raw["virtual_size"] is None  # 0 is not recorded
+    doc = (await cloud.raw("GET", f"/v2/images/{img.id}")).json()  # the wire document: Image drops null core fields
+    assert "virtual_size" in doc
+    assert doc["virtual_size"] is None  # 0 is not recorded
 
 
 async def test_upload_needs_octet_stream(cloud: Cloud) -> None:
@@ -105,7 +107,7 @@ async def test_upload_inspection_accepts_matching_data(
     img = await client.create_image(cloud.image_fields(disk_format=disk_format))
     await client.upload_image(img.id, chunks(data), size=len(data))
     done = await client.get_image(img.id)
-    assert (done.status, done.raw["virtual_size"]) == ("active", virtual_size)
+    assert (done.status, done.raw.get("virtual_size")) == ("active", virtual_size)  # Image drops a null core field
 
 
 @pytest.mark.parametrize("disk_format", ["qcow2", "iso", "vhd"])
