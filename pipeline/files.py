@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["atomic_write", "remove_leftovers"]
@@ -28,16 +29,18 @@ def remove_leftovers(path: Path) -> None:
             leftover.unlink()
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (file mode ``mode``). Raises OSError."""
+def atomic_write(path: Path, data: bytes | Iterable[bytes], *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` (bytes, or pieces of them written as they come) atomically and durably
+    (file mode ``mode``). Raises OSError."""
     directory = path.parent
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
         try:
             os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for piece in [data] if isinstance(data, bytes) else data:
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import JournalCorruptError, JournalError, LockHeldError
-from pipeline.state.journal import LOG, SNAPSHOT, Journal, load_snapshot
+from pipeline.state.journal import LOG, SNAPSHOT, Journal, load_snapshot, read_log
 from pipeline.state.lock import JobLock
 from pipeline.state.records import JournalState
 
@@ -373,9 +373,9 @@ def test_a_snapshot_while_recording_is_written_in_a_thread_and_loses_nothing(
 
 @pytest.mark.parametrize("point", ["snapshot_encoded", "snapshot_written"])
 def test_kill_9_around_a_background_snapshot_loses_nothing(tmp_path: Path, point: str) -> None:
-    """kill -9 after the state was encoded (before the rotation) or after the snapshot was written (before the
-    previous log is removed): the next open has every record (the old snapshot and both logs), folds them into
-    one snapshot, and removes the previous log."""
+    """kill -9 once the state was encoded (the log already renamed, the snapshot not yet written) or after the
+    snapshot was written (before the previous log is removed): the next open has every record (the old snapshot
+    and both logs), folds them into one snapshot, and removes the previous log."""
     from pipeline.state.journal import PREV
 
     script = textwrap.dedent(f"""
@@ -402,3 +402,71 @@ def test_kill_9_around_a_background_snapshot_loses_nothing(tmp_path: Path, point
     journal.close()
     assert not (tmp_path / PREV).exists()
     assert Journal.read(tmp_path, "job").seq == seq
+
+
+def test_a_background_snapshot_holds_the_state_at_its_seq(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot is encoded one image per record while the records go on changing the images: the snapshot on disk
+    is exactly the state of the records up to its seq (an image a record changed before its turn was encoded
+    first), and images that appeared after that seq are not in it."""
+    import pipeline.state.journal as journal_module
+
+    monkeypatch.setattr(journal_module, "MIN_SNAPSHOT_RECORDS", 1)
+    monkeypatch.setattr(journal_module, "SNAPSHOT_SLICE", 1)
+    journal = Journal.open(tmp_path, "job")
+    for i in range(121):  # 30 images x (1 + 1 target) = 60 entries: the 121st record makes a snapshot due
+        journal.record("target", image_id=f"i{i % 30}", region="KR2", bytes=i, state="uploading")
+    snap = journal._snap
+    assert snap is not None
+    assert (snap.seq, len(snap.left)) == (121, 30)
+    for i in range(121, 151):  # each record changes an image not encoded yet (encoded first), or a new image
+        journal.record("target", image_id=f"i{(i * 7) % 40}", region="KR2", bytes=i, state="done")
+    assert not snap.left
+    journal._wait_writer()
+    on_disk = load_snapshot(tmp_path / SNAPSHOT, "job")
+    later = read_log(tmp_path / LOG, 0)[0]
+    journal.close()
+    expected = JournalState("job")
+    for i in range(121):
+        expected.apply({"seq": i + 1, "kind": "target", "image_id": f"i{i % 30}", "region": "KR2", "bytes": i,
+                        "state": "uploading"})  # fmt: skip
+
+    def view(state: JournalState) -> dict[str, tuple[int, str]]:  # all the records set (not their times)
+        return {i: (e.targets["KR2"].bytes, e.targets["KR2"].state) for i, e in state.images.items()}
+
+    assert on_disk.seq == 121
+    assert view(on_disk) == view(expected)
+    assert len(view(on_disk)) == 30
+    assert [r["seq"] for r in later] == list(range(122, 152))  # the later records, in the new log only
+    assert Journal.read(tmp_path, "job").target("i35", "KR2").bytes == 125  # type: ignore[union-attr]
+
+
+def test_a_journal_that_breaks_during_a_background_snapshot_closes_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record fails (disk full) while a snapshot is still being encoded: close gives the snapshot up instead of
+    waiting for it, no partial snapshot is left, and the next open has every record written before the failure."""
+    import pipeline.state.journal as journal_module
+    from pipeline.state.journal import PREV
+
+    monkeypatch.setattr(journal_module, "MIN_SNAPSHOT_RECORDS", 1)
+    monkeypatch.setattr(journal_module, "SNAPSHOT_SLICE", 0)
+    journal = Journal.open(tmp_path, "job")
+    for i in range(121):
+        journal.record("target", image_id=f"i{i % 30}", region="KR2", bytes=i)
+    assert journal._snap is not None
+    assert journal._snap.left  # nothing encoded but what the records changed
+    import pipeline.state.failpoints as failpoints
+
+    monkeypatch.setattr(failpoints, "_POINTS", {"journal_enospc": (1, "kill")})  # the next record: disk full
+    monkeypatch.setattr(failpoints, "_HITS", {})
+    with pytest.raises(JournalError):
+        journal.record("target", image_id="i0", region="KR2", bytes=999)
+    journal.close()  # returns: the writer was told to give up
+    assert (tmp_path / PREV).exists()
+    assert not list(tmp_path.glob(f".{SNAPSHOT}.*.tmp"))
+    monkeypatch.setattr(failpoints, "_POINTS", {})
+    state = Journal.read(tmp_path, "job")
+    assert state.seq == 121
+    assert state.target("i0", "KR2").bytes == 120  # type: ignore[union-attr]
+    Journal.open(tmp_path, "job").close()
+    assert not (tmp_path / PREV).exists()

@@ -11,11 +11,13 @@ Layout of ``journal_dir`` (0700; every file 0600):
   the old one, then the directory fsynced. Records with ``seq <= S`` are then redundant and the log is
   cut. Snapshots are taken when the log grows past twice the state's size, so the cost per record stays
   flat however big the job (rewriting one JSON file per record would be O(n) each, O(n^2) per job).
-- ``journal.prev.jsonl``: while a snapshot that ``record`` started is being written. The state is encoded on
-  the event loop (so it is the state at S exactly), the log is renamed to this name and a new log opened for
-  the records after S; then a worker thread writes and fsyncs the snapshot and removes this file. The loop
-  never waits for the disk. A crash at any point leaves a loadable set: the old snapshot, this log and the new
-  one (records with ``seq <= S`` are skipped on load); the next open folds them into a new snapshot.
+- ``journal.prev.jsonl``: while a snapshot that ``record`` started is being written. The log is renamed to this
+  name and a new log opened for the records after S; the state at S is then encoded a slice of images per
+  record (``_Snapshot``: an image a record is about to change is encoded first, as it was at S), and a worker
+  thread writes the pieces as they come, fsyncs the snapshot and removes this file. Neither the encoding of a
+  large state nor the disk ever holds the loop for long. A crash at any point leaves a loadable set: the old
+  snapshot, this log and the new one (records with ``seq <= S`` are skipped on load); the next open folds them
+  into a new snapshot. The group commit fsyncs this log too, so a record before S is as durable as any other.
 - ``lock``: see ``state.lock``.
 
 The log is fsynced in groups (``flush``, on a timer in the runner), not per record: a process crash
@@ -33,9 +35,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +49,7 @@ from pipeline.errors import JournalCorruptError, JournalError
 from pipeline.files import atomic_write, remove_leftovers
 from pipeline.state.failpoints import die, failpoint, hit
 from pipeline.state.lock import secure_dir
-from pipeline.state.records import FORMAT, JournalState
+from pipeline.state.records import FORMAT, JournalState, image_json
 
 __all__ = ["LOG", "PREV", "SNAPSHOT", "Journal", "load_snapshot", "read_log"]
 
@@ -55,6 +59,9 @@ LOG = "journal.jsonl"
 PREV = "journal.prev.jsonl"
 SNAPSHOT = "snapshot.json"
 MIN_SNAPSHOT_RECORDS = 5000
+#: Images of a background snapshot encoded per record (besides the one the record changes): a slice costs about
+#: a millisecond, and a snapshot due after 2 x entries records is done long before the next is due.
+SNAPSHOT_SLICE = 64
 
 
 class Journal:
@@ -74,7 +81,9 @@ class Journal:
         #: Seconds spent inside record/sync/snapshot, and records written: the bench reads these.
         self.seconds = 0.0
         self.records = 0
-        #: The snapshot being written by a worker thread (``_snapshot_behind``), and what it failed with.
+        #: The snapshot being made behind the records (``_snapshot_behind``): its encoding, its writer thread, and
+        #: what the writer failed with.
+        self._snap: _Snapshot | None = None
         self._writer: threading.Thread | None = None
         self._writer_error: OSError | None = None
         #: Log descriptors replaced by a rotation: a group commit may still be syncing one; closed at close.
@@ -161,10 +170,15 @@ class Journal:
         except OSError as exc:
             raise self._break(exc) from exc
         self._length += len(line)
+        snap = self._snap
+        if snap is not None:
+            snap.before(fields.get("image_id"))  # the snapshot keeps the image as it was at its seq
         self.state.apply(rec)
         self._log_records += 1
         self._unsynced += 1
         self.records += 1
+        if snap is not None:
+            snap.encode(SNAPSHOT_SLICE)
         self.seconds += time.perf_counter() - start
         if self._snapshot_due() and self._writer is None:
             self._snapshot_behind()
@@ -176,7 +190,7 @@ class Journal:
         if writer is None or writer.is_alive():
             return
         writer.join()
-        self._writer = None
+        self._writer = self._snap = None
         if self._writer_error is not None:
             exc, self._writer_error = self._writer_error, None
             self._broken = JournalError(f"cannot write the journal snapshot in {self.directory}: "
@@ -185,19 +199,21 @@ class Journal:
             raise self._broken
 
     def _wait_writer(self) -> None:
-        """Wait for the background snapshot, if one is being written (``close``, an explicit ``snapshot``)."""
+        """Finish the background snapshot, if one is being made: encode what is left, and wait for the writer
+        (``close``, ``sync``, an explicit ``snapshot``)."""
+        if self._snap is not None:
+            self._snap.encode(None)
         if self._writer is not None:
             self._writer.join()
             self._check_writer()
 
     def _snapshot_behind(self) -> None:
-        """A snapshot whose disk work runs in a worker thread: the state is encoded here (it is the state at this
-        record exactly), the log becomes ``PREV`` and a new log takes the records from here on; the thread writes
-        and fsyncs the snapshot, then removes ``PREV`` (see the module doc for every crash in between)."""
+        """A snapshot made behind the records: the log becomes ``PREV`` and a new log takes the records from here
+        on; the state at this record is encoded in slices by the next records (``_Snapshot``), and a worker
+        thread writes the pieces, fsyncs the snapshot, then removes ``PREV`` (see the module doc for every crash
+        in between)."""
         start = time.perf_counter()
         try:
-            data = _sealed(_ENCODER.encode(self.state.to_json()).encode())
-            failpoint("snapshot_encoded")
             os.replace(self.directory / LOG, self.directory / PREV)
             fd = os.open(self.directory / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         except OSError as exc:
@@ -206,11 +222,12 @@ class Journal:
             self.seconds += time.perf_counter() - start
         self._retired.append(self._fd)
         self._fd, self._log_records, self._length, self._unsynced = fd, 0, 0, 0
+        snap = self._snap = _Snapshot(self.state)
         directory = self.directory
 
         def write() -> None:
             try:
-                atomic_write(directory / SNAPSHOT, data)  # fsyncs the directory: the new log's name is durable too
+                atomic_write(directory / SNAPSHOT, snap.pieces())  # fsyncs the directory: the new log's name too
                 failpoint("snapshot_written")
                 os.unlink(directory / PREV)
             except OSError as exc:
@@ -259,11 +276,13 @@ class Journal:
         if self._unsynced == 0 or self._fd < 0 or self._broken is not None:
             return
         pending, self._unsynced = self._unsynced, 0
-        fd = self._fd
+        # the log, and a previous log whose snapshot is still being made (its records are in no snapshot yet)
+        fds = [self._fd, *self._retired[-1:]] if self._snap is not None else [self._fd]
 
         def fsync() -> float:
             start = time.perf_counter()
-            os.fsync(fd)
+            for fd in fds:
+                os.fsync(fd)
             return time.perf_counter() - start
 
         try:
@@ -304,6 +323,8 @@ class Journal:
             else:
                 self.sync()
         finally:
+            if self._snap is not None:  # a snapshot left unfinished (a broken journal) is given up: the old one,
+                self._snap.abandon()  # the previous log and this one stay, and the next open folds them
             if self._writer is not None:  # a failed close still lets the thread finish before the files go
                 self._writer.join()
             for fd in [*self._retired, self._fd]:
@@ -381,3 +402,71 @@ def read_log(path: Path, after_seq: int) -> tuple[list[dict[str, Any]], int]:
         if rec["seq"] > after_seq:
             records.append(rec)
     return records, end
+
+
+#: What an abandoned snapshot's writer receives instead of its next piece.
+_ABANDONED = b"abandoned"
+
+
+class _Snapshot:
+    """The state at one seq, encoded behind the records in slices and handed, piece by piece, to the thread that
+    writes it (``pieces``). Images are encoded in the state's order; ``before(image_id)`` encodes an image first
+    when a record is about to change it, so every image is written as it was at the snapshot's seq. Images that
+    appear after it are not in it (their records are in the new log)."""
+
+    def __init__(self, state: JournalState) -> None:
+        self.state = state
+        self.seq = state.seq
+        #: Image ids not encoded yet, in order.
+        self.left: dict[str, None] = dict.fromkeys(state.images)
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        head = _ENCODER.encode(state.head_json()).encode()
+        self._queue.put(head[:-1] + b',"images":{')
+        self._first = True
+        self.done = False
+
+    def before(self, image_id: Any) -> None:
+        if isinstance(image_id, str) and image_id in self.left:
+            del self.left[image_id]
+            self._put(image_id)
+
+    def encode(self, count: int | None) -> None:
+        """Encode up to ``count`` more images (None: all that are left); the end once none is left."""
+        if self.done:
+            return
+        left = self.left
+        for _ in range(len(left) if count is None else min(count, len(left))):
+            image_id = next(iter(left))
+            del left[image_id]
+            self._put(image_id)
+        if not left:
+            self.done = True
+            failpoint("snapshot_encoded")
+            self._queue.put(b"\n}}")
+            self._queue.put(None)
+
+    def _put(self, image_id: str) -> None:
+        piece = b"\n" + _ENCODER.encode({image_id: image_json(self.state.images[image_id])})[1:-1].encode()
+        self._queue.put(piece if self._first else b"," + piece)
+        self._first = False
+
+    def abandon(self) -> None:
+        """Stop a snapshot that will not be finished: its writer removes the part it wrote."""
+        if not self.done:
+            self.done = True
+            self._queue.put(_ABANDONED)
+
+    def pieces(self) -> Iterator[bytes]:
+        """The sealed snapshot, piece by piece, as they are encoded (the writer thread's side)."""
+        crc = 0
+        last = b""
+        while (piece := self._queue.get()) is not None:
+            if piece is _ABANDONED:
+                raise OSError("the snapshot was abandoned: the journal stopped before it was encoded")
+            if last:
+                crc = zlib.crc32(last, crc)
+                yield last
+            last = piece
+        # the body ends with "}": the seal takes its place, as ``_sealed`` does for a body in one piece
+        crc = zlib.crc32(last, crc)
+        yield last[:-1] + _SEAL + b"%08x" % crc + b'"}'

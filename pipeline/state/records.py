@@ -23,6 +23,7 @@ __all__ = [
     "TargetEntry",
     "compact_evidence",
     "fold_target",
+    "image_json",
     "last_success",
 ]
 
@@ -172,13 +173,13 @@ class JournalState:
         return entry
 
     def to_json(self) -> dict[str, Any]:
-        # shallow views of the entries (dataclasses.asdict deep-copies and costs 5x more on large journals), without
-        # the fields that hold their default and with the evidence compacted: a snapshot entry says only what it knows
-        images = {k: {**_stored(v, ImageEntry), "targets": {r: _stored_target(t) for r, t in v.targets.items()}}
-                  for k, v in self.images.items()}  # fmt: skip
-        return {"format": FORMAT, "job": self.job, "seq": self.seq, "images": images,
-                "runs": [_as_dict(r) for r in self.runs], "open_sources": dict(self.open_sources),
-                "schemas": dict(self.schemas), "selected": self.selected}  # fmt: skip
+        return {**self.head_json(), "images": {k: image_json(v) for k, v in self.images.items()}}
+
+    def head_json(self) -> dict[str, Any]:
+        """The snapshot's form of everything but the images (small, whatever the catalogue)."""
+        return {"format": FORMAT, "job": self.job, "seq": self.seq, "runs": [_as_dict(r) for r in self.runs],
+                "open_sources": dict(self.open_sources), "schemas": dict(self.schemas),
+                "selected": self.selected}  # fmt: skip
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> JournalState:
@@ -228,6 +229,13 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 _DEFAULTS: dict[type, dict[str, Any]] = {cls: _defaults(cls) for cls in (TargetEntry, ImageEntry)}
 _NO_VALUE = object()
+
+
+def image_json(entry: ImageEntry) -> dict[str, Any]:
+    """One image's snapshot form: shallow views of its entries (``dataclasses.asdict`` deep-copies and costs 5x
+    more on large journals), without the fields that hold their default and with the evidence compacted: a
+    snapshot entry says only what it knows."""
+    return {**_stored(entry, ImageEntry), "targets": {r: _stored_target(t) for r, t in entry.targets.items()}}
 
 
 def _stored(entry: Any, cls: type) -> dict[str, Any]:
