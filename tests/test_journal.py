@@ -470,3 +470,27 @@ def test_a_journal_that_breaks_during_a_background_snapshot_closes_and_loses_not
     assert state.target("i0", "KR2").bytes == 120  # type: ignore[union-attr]
     Journal.open(tmp_path, "job").close()
     assert not (tmp_path / PREV).exists()
+
+
+def test_a_snapshot_is_read_a_line_at_a_time_and_any_damaged_byte_is_caught(tmp_path: Path) -> None:
+    """A snapshot holds one image per line (the rest on the first line). Every single damaged byte of it, in any
+    line, is refused with JournalCorruptError (the CRC is checked before anything is believed, the format
+    included); the intact file loads to the same state."""
+    journal = Journal.open(tmp_path, "job")
+    fill(journal, 3)
+    journal.snapshot()
+    journal.close()
+    good = (tmp_path / SNAPSHOT).read_bytes()
+    assert good.count(b"\n") == 3 + 1  # the first line's end, then one before each image after the first, and the end
+    assert good.split(b"\n")[1].startswith(b'"')  # an image's line: its id, then its entry
+    expected = Journal.read(tmp_path, "job")
+    for at in range(len(good)):
+        if good[at : at + 1] == b"\n":
+            continue  # a line break made a space is no damage to the JSON, and the CRC covers it anyway
+        damaged = bytearray(good)
+        damaged[at] ^= 0x04
+        (tmp_path / SNAPSHOT).write_bytes(bytes(damaged))
+        with pytest.raises(JournalCorruptError):
+            load_snapshot(tmp_path / SNAPSHOT, "job")
+    (tmp_path / SNAPSHOT).write_bytes(good)
+    assert Journal.read(tmp_path, "job") == expected

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import aiohttp
+import anyio
 import structlog
 
 from pipeline.cloud.auth import Auth, Token
@@ -52,6 +53,8 @@ log = structlog.get_logger("imgmig")
 
 #: NHN's current guide: "limit ... Default is 100, up to max 1000"; Glance caps at api_limit_max (1000).
 DEFAULT_PAGE_SIZE = 1000
+#: Images of a listing page made into ``Image`` between two checkpoints (the loop's other tasks run in between).
+LIST_SLICE = 200
 #: The page size used once a server refuses the large one (400): NHN's default.
 FALLBACK_PAGE_SIZE = 100
 
@@ -253,7 +256,9 @@ class ImageClient:
             images = doc.get("images") if isinstance(doc, dict) else None
             if not isinstance(images, list):
                 raise ProtocolError("image list has no 'images' array", region=self.region)
-            for obj in images:
+            for number, obj in enumerate(images, start=1):
+                if number % LIST_SLICE == 0:
+                    await anyio.lowlevel.checkpoint()  # a page of 1,000 is checked and wrapped in slices
                 yield self._image(obj)
             nxt = doc.get("next")
             if not nxt or not images:

@@ -85,7 +85,7 @@ class _Counter:
             self.downstream.emit(event)
 
 
-@dataclass
+@dataclass(repr=False)
 class RunSummary:
     job: str
     run_id: str
@@ -125,6 +125,11 @@ class RunSummary:
     requests: RequestCounts = field(default_factory=RequestCounts)
     #: Tokens each auth profile obtained during the run (refreshes show as more than one).
     tokens_issued: dict[str, int] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # short: asyncio formats the finished main task (whose result this is) when the run's event loop closes,
+        # and a repr of every step and planned image cost seconds at 100,000 images
+        return f"RunSummary(job={self.job!r}, run_id={self.run_id!r}, steps={len(self.steps)})"
 
     def reporter(self, downstream: Reporter | None) -> Reporter:
         self.downstream = downstream

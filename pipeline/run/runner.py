@@ -80,7 +80,8 @@ async def run_job(spec: JobSpec, controls: RunControls | None = None) -> RunSumm
     controls = controls or RunControls()
     lock = JobLock(spec.run.journal_dir, spec.name)
     with lock.held():
-        journal = Journal.open(spec.run.journal_dir, spec.name)
+        # loading a large journal (its snapshot, the logs) takes a while: off the event loop
+        journal = await anyio.to_thread.run_sync(Journal.open, spec.run.journal_dir, spec.name)
         summary = RunSummary(job=spec.name, run_id=controls.run_id or new_run_id())
         bind_run(spec.name, summary.run_id, str(spec.shard) if spec.shard is not None else None)
         ending = False

@@ -8,9 +8,13 @@ Layout of ``journal_dir`` (0700; every file 0600):
   on the next open. A damaged line *before* the last one is corruption: opening fails
   with ``JournalCorruptError`` instead of silently dropping state.
 - ``snapshot.json``: the whole state at ``seq`` S, written to a temporary file, fsynced, renamed over
-  the old one, then the directory fsynced. Records with ``seq <= S`` are then redundant and the log is
-  cut. Snapshots are taken when the log grows past twice the state's size, so the cost per record stays
-  flat however big the job (rewriting one JSON file per record would be O(n) each, O(n^2) per job).
+  the old one, then the directory fsynced. One JSON object sealed with its CRC-32 like a record, laid out one
+  image per line (everything else on the first line), so that it is read a line at a time: loading a large
+  journal never parses one huge document, and lets other threads run between lines. A snapshot in one line
+  (written by earlier versions) is read whole, and rewritten in lines at the next snapshot. Records with
+  ``seq <= S`` are then redundant and the log is cut. Snapshots are taken when the log grows past twice the
+  state's size, so the cost per record stays flat however big the job (rewriting one JSON file per record
+  would be O(n) each, O(n^2) per job).
 - ``journal.prev.jsonl``: while a snapshot that ``record`` started is being written. The log is renamed to this
   name and a new log opened for the records after S; the state at S is then encoded a slice of images per
   record (``_Snapshot``: an image a record is about to change is encoded first, as it was at S), and a worker
@@ -99,7 +103,7 @@ class Journal:
             remove_leftovers(directory / SNAPSHOT)  # a snapshot a kill -9 cut short (the lock is ours)
             if not (directory / SNAPSHOT).exists():
                 # a new journal: an empty snapshot records whose journal this is (one small write)
-                atomic_write(directory / SNAPSHOT, _sealed(_ENCODER.encode(JournalState(job).to_json()).encode()))
+                atomic_write(directory / SNAPSHOT, _Snapshot(JournalState(job)).whole())
             state = load_snapshot(directory / SNAPSHOT, job)
             log = directory / LOG
             earlier, _ = read_log(directory / PREV, state.seq)  # a snapshot a crash (or a disk) cut short
@@ -110,7 +114,7 @@ class Journal:
             if os.fstat(fd).st_size != good_length:
                 os.ftruncate(fd, good_length)  # drop the torn tail of a write cut short
             if (directory / PREV).exists():  # fold both logs into a snapshot now, so one log remains
-                atomic_write(directory / SNAPSHOT, _sealed(_ENCODER.encode(state.to_json()).encode()))
+                atomic_write(directory / SNAPSHOT, _Snapshot(state).whole())
                 os.ftruncate(fd, 0)
                 os.unlink(directory / PREV)
                 records, good_length = [], 0
@@ -222,7 +226,7 @@ class Journal:
             self.seconds += time.perf_counter() - start
         self._retired.append(self._fd)
         self._fd, self._log_records, self._length, self._unsynced = fd, 0, 0, 0
-        snap = self._snap = _Snapshot(self.state)
+        snap = self._snap = _Snapshot(self.state, behind=True)
         directory = self.directory
 
         def write() -> None:
@@ -299,8 +303,7 @@ class Journal:
         try:
             # no fsync of the log first: the snapshot itself is fsynced (file and directory) before the
             # log is cut, and it holds every record of the log
-            data = _sealed(_ENCODER.encode(self.state.to_json()).encode())
-            atomic_write(self.directory / SNAPSHOT, data)
+            atomic_write(self.directory / SNAPSHOT, _Snapshot(self.state).whole())
             os.ftruncate(self._fd, 0)
             self._log_records, self._length, self._unsynced = 0, 0, 0
         except OSError as exc:
@@ -357,17 +360,18 @@ def _unsealed(line: bytes) -> bytes:
 
 def load_snapshot(path: Path, job: str) -> JournalState:
     try:
-        raw = path.read_bytes()
+        file = path.open("rb")
     except FileNotFoundError:
         return JournalState(job)
     try:
-        doc = json.loads(_unsealed(raw.rstrip(b"\n")))
-        newer = doc.get("format", FORMAT) if isinstance(doc, dict) else FORMAT
-        if isinstance(newer, int) and newer > FORMAT:
-            raise JournalError(f"the journal in {path.parent} has format {newer}, written by a newer imgmig; this "
-                               f"imgmig reads format {FORMAT}. Run the newer imgmig, or give this job another "
-                               "journal_dir")  # fmt: skip
-        state = JournalState.from_json(doc)
+        with file:
+            first = file.readline()
+            if first.endswith(_IMAGES_LINE):
+                state = _load_lines(path, first, file)
+            else:  # one line: a snapshot of an earlier imgmig
+                doc = json.loads(_unsealed((first + file.read()).rstrip(b"\n")))
+                _check_format(path, doc)
+                state = JournalState.from_json(doc)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise JournalCorruptError(
             f"the journal snapshot {path} is damaged ({exc}); nothing was changed. Move the journal "
@@ -376,6 +380,47 @@ def load_snapshot(path: Path, job: str) -> JournalState:
     if state.job != job:
         raise JournalError(f"the journal in {path.parent} belongs to job {state.job!r}, not {job!r}; "
                            "give each job its own journal_dir")  # fmt: skip
+    return state
+
+
+#: How the first line of a snapshot laid out one image per line ends.
+_IMAGES_LINE = b',"images":{\n'
+
+
+def _check_format(path: Path, doc: Any) -> None:
+    newer = doc.get("format", FORMAT) if isinstance(doc, dict) else FORMAT
+    if isinstance(newer, int) and newer > FORMAT:
+        raise JournalError(f"the journal in {path.parent} has format {newer}, written by a newer imgmig; this "
+                           f"imgmig reads format {FORMAT}. Run the newer imgmig, or give this job another "
+                           "journal_dir")  # fmt: skip
+
+
+def _load_lines(path: Path, first: bytes, file: Any) -> JournalState:
+    """A snapshot laid out one image per line, read a line at a time: its CRC-32 is checked first (ValueError if
+    it does not match: nothing of a damaged snapshot is believed, not even its format), then it is parsed."""
+    crc = zlib.crc32(first)
+    last = b""
+    for line in file:
+        crc = zlib.crc32(last, crc)
+        last = line
+    last = last.rstrip(b"\n")
+    at = last.rfind(_SEAL)
+    if at < 0 or not last.endswith(b'"}') or len(last) - at != len(_SEAL) + 10:
+        raise ValueError("no checksum")
+    if last[at + len(_SEAL) : -2] != b"%08x" % zlib.crc32(last[:at] + b"}", crc):
+        raise ValueError("checksum mismatch")
+    doc = json.loads(first[: -len(_IMAGES_LINE)] + b"}")  # the first line, without the images' opening
+    _check_format(path, doc)
+    state = JournalState.from_json(doc)
+    file.seek(len(first))
+    for line in file:
+        if line.startswith(b"}"):  # the last line: the end of the images, and the seal
+            break
+        image = json.loads(b"{" + line.rstrip(b",\n") + b"}")
+        if not isinstance(image, dict) or len(image) != 1:
+            raise ValueError("not an image line")
+        [(image_id, raw)] = image.items()
+        state.load_image(image_id, raw)
     return state
 
 
@@ -414,14 +459,16 @@ class _Snapshot:
     when a record is about to change it, so every image is written as it was at the snapshot's seq. Images that
     appear after it are not in it (their records are in the new log)."""
 
-    def __init__(self, state: JournalState) -> None:
+    def __init__(self, state: JournalState, *, behind: bool = False) -> None:
         self.state = state
+        #: Made behind the records (the ``snapshot_encoded`` fail point is for those).
+        self.behind = behind
         self.seq = state.seq
         #: Image ids not encoded yet, in order.
         self.left: dict[str, None] = dict.fromkeys(state.images)
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         head = _ENCODER.encode(state.head_json()).encode()
-        self._queue.put(head[:-1] + b',"images":{')
+        self._queue.put(head[:-1] + _IMAGES_LINE[:-1])
         self._first = True
         self.done = False
 
@@ -441,7 +488,8 @@ class _Snapshot:
             self._put(image_id)
         if not left:
             self.done = True
-            failpoint("snapshot_encoded")
+            if self.behind:
+                failpoint("snapshot_encoded")
             self._queue.put(b"\n}}")
             self._queue.put(None)
 
@@ -455,6 +503,11 @@ class _Snapshot:
         if not self.done:
             self.done = True
             self._queue.put(_ABANDONED)
+
+    def whole(self) -> Iterator[bytes]:
+        """Every piece at once (a snapshot written in one go: a new journal, an explicit snapshot)."""
+        self.encode(None)
+        return self.pieces()
 
     def pieces(self) -> Iterator[bytes]:
         """The sealed snapshot, piece by piece, as they are encoded (the writer thread's side)."""

@@ -175,6 +175,12 @@ class JournalState:
     def to_json(self) -> dict[str, Any]:
         return {**self.head_json(), "images": {k: image_json(v) for k, v in self.images.items()}}
 
+    def load_image(self, image_id: str, raw: dict[str, Any]) -> None:
+        """Add one image from its snapshot form (``image_json``)."""
+        targets = {r: _loaded_target(r, t) for r, t in raw.get("targets", {}).items()}
+        self.images[image_id] = _known(ImageEntry, {**raw, "targets": targets})
+        self.entries += 1 + len(targets)
+
     def head_json(self) -> dict[str, Any]:
         """The snapshot's form of everything but the images (small, whatever the catalogue)."""
         return {"format": FORMAT, "job": self.job, "seq": self.seq, "runs": [_as_dict(r) for r in self.runs],
@@ -186,9 +192,7 @@ class JournalState:
         """The state a snapshot holds; fields this version does not know are ignored (see the module doc)."""
         state = cls(job=str(doc["job"]), seq=int(doc["seq"]))
         for image_id, raw in doc.get("images", {}).items():
-            targets = {r: _loaded_target(r, t) for r, t in raw.get("targets", {}).items()}
-            state.images[image_id] = _known(ImageEntry, {**raw, "targets": targets})
-            state.entries += 1 + len(targets)
+            state.load_image(image_id, raw)
         state.runs = [_known(RunEntry, r) for r in doc.get("runs", [])]
         state.open_sources = dict(doc.get("open_sources") or {})
         state.schemas = dict(doc.get("schemas") or {})
