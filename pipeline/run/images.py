@@ -48,7 +48,7 @@ class Running:
     inventory: Inventory
     intent: Intent
     plan: Plan
-    #: Set when an image's steps are over (done or not): the images that reference it wait for it.
+    #: Set when an image that other images reference is over (done or not): they wait for it. Only such images have one.
     finished: dict[str, anyio.Event]
 
 
@@ -188,7 +188,9 @@ async def image_task(run: Running, plan: ImagePlan, limiter: anyio.CapacityLimit
                     await event.wait()
         await _image_steps(run, plan, limiter)
     finally:
-        run.finished[plan.image.id].set()
+        done = run.finished.get(plan.image.id)  # an image that others reference: they may go on now
+        if done is not None:
+            done.set()
 
 
 async def _image_steps(run: Running, plan: ImagePlan, limiter: anyio.CapacityLimiter) -> None:
