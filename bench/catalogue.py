@@ -24,7 +24,7 @@ from .common import BENCH_TENANT, admin_post, emulator
 PROBE_SLEEP = 0.05
 
 
-def _job(emu: Any, tmp: Path, n: int) -> Path:
+def catalogue_job(emu: Any, tmp: Path, n: int) -> Path:
     path = tmp / "job.toml"
     path.write_text("\n".join([
         f'name = "catalogue-{n}"',
@@ -38,12 +38,15 @@ def _job(emu: Any, tmp: Path, n: int) -> Path:
     return path
 
 
-def _measured(args: list[str]) -> dict[str, Any]:
+def measured(args: list[str]) -> dict[str, Any]:
     """Run ``args`` as a child process; its wall time, its own peak RSS (wait4's ru_maxrss) and its stdout."""
     env = {**os.environ, "BENCH_PW": "bench"}
     start = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    out = proc.stdout.read() if proc.stdout is not None else b""
+    out = b""
+    if proc.stdout is not None:
+        with proc.stdout:
+            out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
@@ -63,20 +66,20 @@ def bench_catalogue(sizes: list[int], *, idle_reruns: int = 10) -> dict[str, Any
             tmp = Path(tmp_name)
             admin_post(emu, "regions/SRC/synthetic", {"owner": BENCH_TENANT, "size": 4096, "seed": "catalogue",
                                                       "count": n, "fields": {"name": "tiny"}})  # fmt: skip
-            job = _job(emu, tmp, n)
+            job = catalogue_job(emu, tmp, n)
             cli = [sys.executable, "-m", "pipeline"]
             runner = [sys.executable, "-m", "bench.catalogue", "run", str(job)]
             row: dict[str, Any] = {}
-            row["plan"] = _measured([*cli, "plan", str(job), "--json"])
-            first = _measured(runner)
+            row["plan"] = measured([*cli, "plan", str(job), "--json"])
+            first = measured(runner)
             row["first_run"] = first
             pairs = 2 * n
             row["journal_bytes_per_pair_first"] = _journal_bytes(tmp / "state") / pairs
-            idle = [_measured(runner) for _ in range(idle_reruns)]
+            idle = [measured(runner) for _ in range(idle_reruns)]
             row["idle_rerun"] = idle[0]
             row["idle_rerun_worst_rss_mib"] = max(r["peak_rss_mib"] for r in idle)
             row["journal_bytes_per_pair"] = _journal_bytes(tmp / "state") / pairs
-            row["status"] = _measured([*cli, "status", str(job), "--json"])
+            row["status"] = measured([*cli, "status", str(job), "--json"])
             for key in ("first_run", "idle_rerun"):
                 doc = json.loads(row[key]["stdout"])
                 row[key].update(max_stall_ms=doc["max_stall_ms"], copied=doc["copied"], up_to_date=doc["up_to_date"])
