@@ -11,7 +11,7 @@ from typing import Protocol
 from pipeline.config import JobSpec
 from pipeline.models import Image, Member
 from pipeline.plan.metadiff import Desired, MetaDiff, desired_metadata, diff_metadata
-from pipeline.plan.planner import Plan, kept_copy, link_references, plan_job
+from pipeline.plan.planner import Action, Plan, kept_copy, link_references, plan_job
 from pipeline.plan.provenance import PROV_SOURCE_ID, provenance
 from pipeline.plan.prune import plan_prune
 from pipeline.plan.references import ReferenceGraph
@@ -172,6 +172,10 @@ class Intent:
                         vanished=inventory.vanished_sources, refusal=self.refusal,
                         volume_backed=self.spec.select.volume_backed)  # fmt: skip
         plan = link_references(plan, self.references)
+        # the desired metadata of a copy in sync is not needed again: only the steps that create or change a
+        # copy keep theirs (a large catalogue's are mostly in sync)
+        working = {(p.image.id, s.target) for p in plan.images for s in p.steps if s.action is not Action.SKIP}
+        self._desired = {key: value for key, value in self._desired.items() if key in working}
         if not pruning:
             return plan
         selected = {image.id for image in inventory.images}

@@ -203,6 +203,10 @@ def _pointer(key: str) -> str:
     return "/" + key.replace("~", "~0").replace("/", "~1")
 
 
+#: The diff of a copy in sync (``MetaDiff`` is frozen: one instance serves them all).
+IN_SYNC = MetaDiff()
+
+
 def diff_metadata(
     desired: Desired,
     target: Image,
@@ -243,4 +247,6 @@ def diff_metadata(
     add_members = tuple(sorted(set(desired.members) - have))
     remove_members = () if additive else tuple(sorted(have - set(desired.members)))
     protect = desired.protected if target.protected != desired.protected else None
+    if not (ops or add_tags or remove_tags or add_members or remove_members or protect is not None):
+        return IN_SYNC  # one shared empty diff for every copy in sync (most of a large catalogue)
     return MetaDiff(tuple(ops), add_tags, remove_tags, add_members, remove_members, protect)

@@ -17,7 +17,7 @@ Layout of ``journal_dir`` (0700; every file 0600):
   would be O(n) each, O(n^2) per job).
 - ``journal.prev.jsonl``: while a snapshot that ``record`` started is being written. The log is renamed to this
   name and a new log opened for the records after S; the state at S is then encoded a slice of images per
-  record (``_Snapshot``: an image a record is about to change is encoded first, as it was at S), and a worker
+  record (``Snapshot``: an image a record is about to change is encoded first, as it was at S), and a worker
   thread writes the pieces as they come, fsyncs the snapshot and removes this file. Neither the encoding of a
   large state nor the disk ever holds the loop for long. A crash at any point leaves a loadable set: the old
   snapshot, this log and the new one (records with ``seq <= S`` are skipped on load); the next open folds them
@@ -39,11 +39,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import threading
 import time
-import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +50,11 @@ from pipeline.errors import JournalCorruptError, JournalError
 from pipeline.files import atomic_write, remove_leftovers
 from pipeline.state.failpoints import die, failpoint, hit
 from pipeline.state.lock import secure_dir
-from pipeline.state.records import FORMAT, JournalState, image_json
+from pipeline.state.records import JournalState
+from pipeline.state.snapshot import ENCODER, Snapshot, load_snapshot, sealed, unsealed
 
 __all__ = ["LOG", "PREV", "SNAPSHOT", "Journal", "load_snapshot", "read_log"]
 
-#: One encoder for every record: json.dumps with options builds a new encoder on each call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 LOG = "journal.jsonl"
 PREV = "journal.prev.jsonl"
 SNAPSHOT = "snapshot.json"
@@ -87,7 +83,7 @@ class Journal:
         self.records = 0
         #: The snapshot being made behind the records (``_snapshot_behind``): its encoding, its writer thread, and
         #: what the writer failed with.
-        self._snap: _Snapshot | None = None
+        self._snap: Snapshot | None = None
         self._writer: threading.Thread | None = None
         self._writer_error: OSError | None = None
         #: Log descriptors replaced by a rotation: a group commit may still be syncing one; closed at close.
@@ -103,7 +99,7 @@ class Journal:
             remove_leftovers(directory / SNAPSHOT)  # a snapshot a kill -9 cut short (the lock is ours)
             if not (directory / SNAPSHOT).exists():
                 # a new journal: an empty snapshot records whose journal this is (one small write)
-                atomic_write(directory / SNAPSHOT, _Snapshot(JournalState(job)).whole())
+                atomic_write(directory / SNAPSHOT, Snapshot(JournalState(job)).whole())
             state = load_snapshot(directory / SNAPSHOT, job)
             log = directory / LOG
             earlier, _ = read_log(directory / PREV, state.seq)  # a snapshot a crash (or a disk) cut short
@@ -114,7 +110,7 @@ class Journal:
             if os.fstat(fd).st_size != good_length:
                 os.ftruncate(fd, good_length)  # drop the torn tail of a write cut short
             if (directory / PREV).exists():  # fold both logs into a snapshot now, so one log remains
-                atomic_write(directory / SNAPSHOT, _Snapshot(state).whole())
+                atomic_write(directory / SNAPSHOT, Snapshot(state).whole())
                 os.ftruncate(fd, 0)
                 os.unlink(directory / PREV)
                 records, good_length = [], 0
@@ -159,7 +155,7 @@ class Journal:
         self._check_writer()
         start = time.perf_counter()
         rec = {"seq": self.state.seq + 1, "at": round(time.time(), 3), "kind": kind, **fields}
-        line = _sealed(_ENCODER.encode(rec).encode()) + b"\n"
+        line = sealed(ENCODER.encode(rec).encode()) + b"\n"
         try:
             if hit("journal_torn"):
                 os.write(self._fd, line[: len(line) // 2])  # a write cut short by kill -9
@@ -213,7 +209,7 @@ class Journal:
 
     def _snapshot_behind(self) -> None:
         """A snapshot made behind the records: the log becomes ``PREV`` and a new log takes the records from here
-        on; the state at this record is encoded in slices by the next records (``_Snapshot``), and a worker
+        on; the state at this record is encoded in slices by the next records (``Snapshot``), and a worker
         thread writes the pieces, fsyncs the snapshot, then removes ``PREV`` (see the module doc for every crash
         in between)."""
         start = time.perf_counter()
@@ -226,7 +222,7 @@ class Journal:
             self.seconds += time.perf_counter() - start
         self._retired.append(self._fd)
         self._fd, self._log_records, self._length, self._unsynced = fd, 0, 0, 0
-        snap = self._snap = _Snapshot(self.state, behind=True)
+        snap = self._snap = Snapshot(self.state, behind=True)
         directory = self.directory
 
         def write() -> None:
@@ -303,7 +299,7 @@ class Journal:
         try:
             # no fsync of the log first: the snapshot itself is fsynced (file and directory) before the
             # log is cut, and it holds every record of the log
-            atomic_write(self.directory / SNAPSHOT, _Snapshot(self.state).whole())
+            atomic_write(self.directory / SNAPSHOT, Snapshot(self.state).whole())
             os.ftruncate(self._fd, 0)
             self._log_records, self._length, self._unsynced = 0, 0, 0
         except OSError as exc:
@@ -337,93 +333,6 @@ class Journal:
             self._fd = -1
 
 
-_SEAL = b',"crc":"'
-
-
-def _sealed(body: bytes) -> bytes:
-    """A JSON object with its own CRC-32 as a last member, so any damaged byte is detected on load
-    (a flipped digit can still be valid JSON)."""
-    return body[:-1] + _SEAL + b"%08x" % zlib.crc32(body) + b'"}'
-
-
-def _unsealed(line: bytes) -> bytes:
-    """The JSON object a sealed line holds, after checking its CRC-32 (ValueError if damaged)."""
-    at = line.rfind(_SEAL)
-    if at < 0 or not line.endswith(b'"}') or len(line) - at != len(_SEAL) + 10:
-        raise ValueError("no checksum")
-    body = line[:at] + b"}"
-    # compared as written (lower-case hex): a damaged "a" that became "A" is damage too, though int() reads both
-    if line[at + len(_SEAL) : -2] != b"%08x" % zlib.crc32(body):
-        raise ValueError("checksum mismatch")
-    return body
-
-
-def load_snapshot(path: Path, job: str) -> JournalState:
-    try:
-        file = path.open("rb")
-    except FileNotFoundError:
-        return JournalState(job)
-    try:
-        with file:
-            first = file.readline()
-            if first.endswith(_IMAGES_LINE):
-                state = _load_lines(path, first, file)
-            else:  # one line: a snapshot of an earlier imgmig
-                doc = json.loads(_unsealed((first + file.read()).rstrip(b"\n")))
-                _check_format(path, doc)
-                state = JournalState.from_json(doc)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise JournalCorruptError(
-            f"the journal snapshot {path} is damaged ({exc}); nothing was changed. Move the journal "
-            "directory aside to start over: the next run finds its copies through their provenance"
-        ) from exc
-    if state.job != job:
-        raise JournalError(f"the journal in {path.parent} belongs to job {state.job!r}, not {job!r}; "
-                           "give each job its own journal_dir")  # fmt: skip
-    return state
-
-
-#: How the first line of a snapshot laid out one image per line ends.
-_IMAGES_LINE = b',"images":{\n'
-
-
-def _check_format(path: Path, doc: Any) -> None:
-    newer = doc.get("format", FORMAT) if isinstance(doc, dict) else FORMAT
-    if isinstance(newer, int) and newer > FORMAT:
-        raise JournalError(f"the journal in {path.parent} has format {newer}, written by a newer imgmig; this "
-                           f"imgmig reads format {FORMAT}. Run the newer imgmig, or give this job another "
-                           "journal_dir")  # fmt: skip
-
-
-def _load_lines(path: Path, first: bytes, file: Any) -> JournalState:
-    """A snapshot laid out one image per line, read a line at a time: its CRC-32 is checked first (ValueError if
-    it does not match: nothing of a damaged snapshot is believed, not even its format), then it is parsed."""
-    crc = zlib.crc32(first)
-    last = b""
-    for line in file:
-        crc = zlib.crc32(last, crc)
-        last = line
-    last = last.rstrip(b"\n")
-    at = last.rfind(_SEAL)
-    if at < 0 or not last.endswith(b'"}') or len(last) - at != len(_SEAL) + 10:
-        raise ValueError("no checksum")
-    if last[at + len(_SEAL) : -2] != b"%08x" % zlib.crc32(last[:at] + b"}", crc):
-        raise ValueError("checksum mismatch")
-    doc = json.loads(first[: -len(_IMAGES_LINE)] + b"}")  # the first line, without the images' opening
-    _check_format(path, doc)
-    state = JournalState.from_json(doc)
-    file.seek(len(first))
-    for line in file:
-        if line.startswith(b"}"):  # the last line: the end of the images, and the seal
-            break
-        image = json.loads(b"{" + line.rstrip(b",\n") + b"}")
-        if not isinstance(image, dict) or len(image) != 1:
-            raise ValueError("not an image line")
-        [(image_id, raw)] = image.items()
-        state.load_image(image_id, raw)
-    return state
-
-
 def read_log(path: Path, after_seq: int) -> tuple[list[dict[str, Any]], int]:
     """Records with seq > after_seq, and the byte length of the intact part of the file."""
     try:
@@ -435,7 +344,7 @@ def read_log(path: Path, after_seq: int) -> tuple[list[dict[str, Any]], int]:
     lines = data[:end].split(b"\n")[:-1]
     for number, line in enumerate(lines, start=1):
         try:
-            rec = json.loads(_unsealed(line))
+            rec = json.loads(unsealed(line))
             if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int) or "kind" not in rec:
                 raise ValueError("not a journal record")
         except ValueError as exc:
@@ -447,79 +356,3 @@ def read_log(path: Path, after_seq: int) -> tuple[list[dict[str, Any]], int]:
         if rec["seq"] > after_seq:
             records.append(rec)
     return records, end
-
-
-#: What an abandoned snapshot's writer receives instead of its next piece.
-_ABANDONED = b"abandoned"
-
-
-class _Snapshot:
-    """The state at one seq, encoded behind the records in slices and handed, piece by piece, to the thread that
-    writes it (``pieces``). Images are encoded in the state's order; ``before(image_id)`` encodes an image first
-    when a record is about to change it, so every image is written as it was at the snapshot's seq. Images that
-    appear after it are not in it (their records are in the new log)."""
-
-    def __init__(self, state: JournalState, *, behind: bool = False) -> None:
-        self.state = state
-        #: Made behind the records (the ``snapshot_encoded`` fail point is for those).
-        self.behind = behind
-        self.seq = state.seq
-        #: Image ids not encoded yet, in order.
-        self.left: dict[str, None] = dict.fromkeys(state.images)
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        head = _ENCODER.encode(state.head_json()).encode()
-        self._queue.put(head[:-1] + _IMAGES_LINE[:-1])
-        self._first = True
-        self.done = False
-
-    def before(self, image_id: Any) -> None:
-        if isinstance(image_id, str) and image_id in self.left:
-            del self.left[image_id]
-            self._put(image_id)
-
-    def encode(self, count: int | None) -> None:
-        """Encode up to ``count`` more images (None: all that are left); the end once none is left."""
-        if self.done:
-            return
-        left = self.left
-        for _ in range(len(left) if count is None else min(count, len(left))):
-            image_id = next(iter(left))
-            del left[image_id]
-            self._put(image_id)
-        if not left:
-            self.done = True
-            if self.behind:
-                failpoint("snapshot_encoded")
-            self._queue.put(b"\n}}")
-            self._queue.put(None)
-
-    def _put(self, image_id: str) -> None:
-        piece = b"\n" + _ENCODER.encode({image_id: image_json(self.state.images[image_id])})[1:-1].encode()
-        self._queue.put(piece if self._first else b"," + piece)
-        self._first = False
-
-    def abandon(self) -> None:
-        """Stop a snapshot that will not be finished: its writer removes the part it wrote."""
-        if not self.done:
-            self.done = True
-            self._queue.put(_ABANDONED)
-
-    def whole(self) -> Iterator[bytes]:
-        """Every piece at once (a snapshot written in one go: a new journal, an explicit snapshot)."""
-        self.encode(None)
-        return self.pieces()
-
-    def pieces(self) -> Iterator[bytes]:
-        """The sealed snapshot, piece by piece, as they are encoded (the writer thread's side)."""
-        crc = 0
-        last = b""
-        while (piece := self._queue.get()) is not None:
-            if piece is _ABANDONED:
-                raise OSError("the snapshot was abandoned: the journal stopped before it was encoded")
-            if last:
-                crc = zlib.crc32(last, crc)
-                yield last
-            last = piece
-        # the body ends with "}": the seal takes its place, as ``_sealed`` does for a body in one piece
-        crc = zlib.crc32(last, crc)
-        yield last[:-1] + _SEAL + b"%08x" % crc + b'"}'

@@ -1,0 +1,184 @@
+"""The journal's snapshot file: its one encoder, its CRC-32 seal, its layout (one image per line) and how it is made
+(``Snapshot``: in slices behind the records, streamed to a writer) and read (a line at a time). See ``journal``
+for when snapshots are taken and how they survive a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import JournalCorruptError, JournalError
+from pipeline.state.failpoints import failpoint
+from pipeline.state.records import FORMAT, JournalState, image_json
+
+__all__ = ["ENCODER", "Snapshot", "load_snapshot", "sealed", "unsealed"]
+
+#: One encoder for every record and snapshot: json.dumps with options builds a new encoder on each call.
+ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+_SEAL = b',"crc":"'
+
+
+def sealed(body: bytes) -> bytes:
+    """A JSON object with its own CRC-32 as a last member, so any damaged byte is detected on load
+    (a flipped digit can still be valid JSON)."""
+    return body[:-1] + _SEAL + b"%08x" % zlib.crc32(body) + b'"}'
+
+
+def unsealed(line: bytes) -> bytes:
+    """The JSON object a sealed line holds, after checking its CRC-32 (ValueError if damaged)."""
+    at = line.rfind(_SEAL)
+    if at < 0 or not line.endswith(b'"}') or len(line) - at != len(_SEAL) + 10:
+        raise ValueError("no checksum")
+    body = line[:at] + b"}"
+    # compared as written (lower-case hex): a damaged "a" that became "A" is damage too, though int() reads both
+    if line[at + len(_SEAL) : -2] != b"%08x" % zlib.crc32(body):
+        raise ValueError("checksum mismatch")
+    return body
+
+
+def load_snapshot(path: Path, job: str) -> JournalState:
+    try:
+        file = path.open("rb")
+    except FileNotFoundError:
+        return JournalState(job)
+    try:
+        with file:
+            first = file.readline()
+            if first.endswith(_IMAGES_LINE):
+                state = _load_lines(path, first, file)
+            else:  # one line: a snapshot of an earlier imgmig
+                doc = json.loads(unsealed((first + file.read()).rstrip(b"\n")))
+                _check_format(path, doc)
+                state = JournalState.from_json(doc)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise JournalCorruptError(
+            f"the journal snapshot {path} is damaged ({exc}); nothing was changed. Move the journal "
+            "directory aside to start over: the next run finds its copies through their provenance"
+        ) from exc
+    if state.job != job:
+        raise JournalError(f"the journal in {path.parent} belongs to job {state.job!r}, not {job!r}; "
+                           "give each job its own journal_dir")  # fmt: skip
+    return state
+
+
+#: How the first line of a snapshot laid out one image per line ends.
+_IMAGES_LINE = b',"images":{\n'
+
+
+def _check_format(path: Path, doc: Any) -> None:
+    newer = doc.get("format", FORMAT) if isinstance(doc, dict) else FORMAT
+    if isinstance(newer, int) and newer > FORMAT:
+        raise JournalError(f"the journal in {path.parent} has format {newer}, written by a newer imgmig; this "
+                           f"imgmig reads format {FORMAT}. Run the newer imgmig, or give this job another "
+                           "journal_dir")  # fmt: skip
+
+
+def _load_lines(path: Path, first: bytes, file: Any) -> JournalState:
+    """A snapshot laid out one image per line, read a line at a time: its CRC-32 is checked first (ValueError if
+    it does not match: nothing of a damaged snapshot is believed, not even its format), then it is parsed."""
+    crc = zlib.crc32(first)
+    last = b""
+    for line in file:
+        crc = zlib.crc32(last, crc)
+        last = line
+    last = last.rstrip(b"\n")
+    at = last.rfind(_SEAL)
+    if at < 0 or not last.endswith(b'"}') or len(last) - at != len(_SEAL) + 10:
+        raise ValueError("no checksum")
+    if last[at + len(_SEAL) : -2] != b"%08x" % zlib.crc32(last[:at] + b"}", crc):
+        raise ValueError("checksum mismatch")
+    doc = json.loads(first[: -len(_IMAGES_LINE)] + b"}")  # the first line, without the images' opening
+    _check_format(path, doc)
+    state = JournalState.from_json(doc)
+    file.seek(len(first))
+    for line in file:
+        if line.startswith(b"}"):  # the last line: the end of the images, and the seal
+            break
+        image = json.loads(b"{" + line.rstrip(b",\n") + b"}")
+        if not isinstance(image, dict) or len(image) != 1:
+            raise ValueError("not an image line")
+        [(image_id, raw)] = image.items()
+        state.load_image(image_id, raw)
+    return state
+
+
+#: What an abandoned snapshot's writer receives instead of its next piece.
+_ABANDONED = b"abandoned"
+
+
+class Snapshot:
+    """The state at one seq, encoded behind the records in slices and handed, piece by piece, to the thread that
+    writes it (``pieces``). Images are encoded in the state's order; ``before(image_id)`` encodes an image first
+    when a record is about to change it, so every image is written as it was at the snapshot's seq. Images that
+    appear after it are not in it (their records are in the new log)."""
+
+    def __init__(self, state: JournalState, *, behind: bool = False) -> None:
+        self.state = state
+        #: Made behind the records (the ``snapshot_encoded`` fail point is for those).
+        self.behind = behind
+        self.seq = state.seq
+        #: Image ids not encoded yet, in order.
+        self.left: dict[str, None] = dict.fromkeys(state.images)
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        head = ENCODER.encode(state.head_json()).encode()
+        self._queue.put(head[:-1] + _IMAGES_LINE[:-1])
+        self._first = True
+        self.done = False
+
+    def before(self, image_id: Any) -> None:
+        if isinstance(image_id, str) and image_id in self.left:
+            del self.left[image_id]
+            self._put(image_id)
+
+    def encode(self, count: int | None) -> None:
+        """Encode up to ``count`` more images (None: all that are left); the end once none is left."""
+        if self.done:
+            return
+        left = self.left
+        for _ in range(len(left) if count is None else min(count, len(left))):
+            image_id = next(iter(left))
+            del left[image_id]
+            self._put(image_id)
+        if not left:
+            self.done = True
+            if self.behind:
+                failpoint("snapshot_encoded")
+            self._queue.put(b"\n}}")
+            self._queue.put(None)
+
+    def _put(self, image_id: str) -> None:
+        piece = b"\n" + ENCODER.encode({image_id: image_json(self.state.images[image_id])})[1:-1].encode()
+        self._queue.put(piece if self._first else b"," + piece)
+        self._first = False
+
+    def abandon(self) -> None:
+        """Stop a snapshot that will not be finished: its writer removes the part it wrote."""
+        if not self.done:
+            self.done = True
+            self._queue.put(_ABANDONED)
+
+    def whole(self) -> Iterator[bytes]:
+        """Every piece at once (a snapshot written in one go: a new journal, an explicit snapshot)."""
+        self.encode(None)
+        return self.pieces()
+
+    def pieces(self) -> Iterator[bytes]:
+        """The sealed snapshot, piece by piece, as they are encoded (the writer thread's side)."""
+        crc = 0
+        last = b""
+        while (piece := self._queue.get()) is not None:
+            if piece is _ABANDONED:
+                raise OSError("the snapshot was abandoned: the journal stopped before it was encoded")
+            if last:
+                crc = zlib.crc32(last, crc)
+                yield last
+            last = piece
+        # the body ends with "}": the seal takes its place, as ``sealed`` does for a body in one piece
+        crc = zlib.crc32(last, crc)
+        yield last[:-1] + _SEAL + b"%08x" % crc + b'"}'
