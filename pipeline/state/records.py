@@ -8,6 +8,7 @@ records and in snapshots) are ignored, missing fields take their defaults, and u
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
@@ -260,7 +261,42 @@ def _loaded_target(region: str, doc: dict[str, Any]) -> TargetEntry:
     target = _known(TargetEntry, {**doc, "region": region})
     if target.evidence:
         target.evidence = _expanded_evidence(target.evidence)
+    _compact(target)
     return target
+
+
+#: Target fields whose values repeat across a journal (a few actions, states, reasons...): interned.
+_REPEATED = ("region", "action", "state", "metadata", "reason")
+
+
+def _compact(target: TargetEntry) -> None:
+    """Share what a journal of 100,000 entries would otherwise hold 100,000 times: the repeated values and the keys
+    of the small dicts (a snapshot is parsed a line at a time, so nothing is shared between lines by the parser),
+    and the copies of one string (the source checksum is the md5 computed, the first created id the target id)."""
+    intern = sys.intern
+    for name in _REPEATED:
+        value = getattr(target, name)
+        if type(value) is str:
+            setattr(target, name, intern(value))
+    evidence = target.evidence
+    if evidence:
+        computed, reported = evidence.get("computed"), evidence.get("reported")
+        if isinstance(computed, dict):
+            computed = {intern(k): v for k, v in computed.items()}
+            if target.source_checksum is not None and computed.get("md5") == target.source_checksum:
+                target.source_checksum = computed["md5"]
+        if isinstance(reported, dict):
+            reported = {intern(k): intern(v) if k in ("status", "os_hash_algo") and type(v) is str else v
+                        for k, v in reported.items()}  # fmt: skip
+        target.evidence = {intern(k): v for k, v in evidence.items()}
+        if computed is not None:
+            target.evidence["computed"] = computed
+        if reported is not None:
+            target.evidence["reported"] = reported
+    if target.phases:
+        target.phases = {intern(k): v for k, v in target.phases.items()}
+    if target.created and target.created[0] == target.target_id:
+        target.created[0] = target.target_id
 
 
 #: A reported value that is one of the computed digests is stored as this prefix plus the digest's name.
@@ -308,6 +344,7 @@ def fold_target(target: TargetEntry, rec: Mapping[str, Any], at: float) -> None:
         target.creating = None
     if rec.get("deleted"):
         target.deleted.append(rec["deleted"])
+    _compact(target)
 
 
 def last_success(runs: Iterable[RunEntry]) -> float | None:
