@@ -141,7 +141,8 @@ class Engine:
                                                 budget=RetryBudget(self.settings.retries))  # fmt: skip
             targets.append(TargetCopy(spec, results[spec.region], shared, self.region_bandwidth.get(spec.region)))
         self.reporter.emit(ImageStarted(image.id, image.name, shared.size, tuple(t.region for t in targets)))
-        spool = Spool.open(self.settings.spool_dir, image.id, shared.size)
+        with anyio.CancelScope(shield=True):  # a spool file once created is always removed below
+            spool = await Spool.open_behind(self.settings.spool_dir, image.id, shared.size)
         copy: _ImageCopy | None = None
         try:
             async with anyio.create_task_group() as tg:
@@ -158,7 +159,8 @@ class Engine:
             if copy is not None:
                 await copy.drop_head()
             if spool is not None:
-                spool.remove()
+                with anyio.CancelScope(shield=True):  # its close and unlink off the loop, even when cancelled
+                    await anyio.to_thread.run_sync(spool.remove)
         self.reporter.emit(ImageFinished(image.id, all(t.result.done for t in targets)))
         return results
 

@@ -14,6 +14,7 @@ import os
 import shutil
 from collections.abc import AsyncGenerator, Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import aiofiles
 import anyio
@@ -167,8 +168,7 @@ class Spool:
     spool stays inside it: the copy goes on without a spool.
     """
 
-    def __init__(self, directory: Path, image_id: str, size: int) -> None:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    def __init__(self, directory: Path, image_id: str, size: int, *, file: BinaryIO | None = None) -> None:
         self.path = directory / f"{image_id}.spool"
         self.size = size
         self.complete = False
@@ -179,21 +179,23 @@ class Spool:
         self.bytes = 0
         #: Set when the pass writing the spool has finished it (complete or not).
         self.done = anyio.Event()
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        self._file = os.fdopen(fd, "wb")
+        self._file = file if file is not None else _create(directory, image_id)
 
     @classmethod
     def open(cls, directory: Path | None, image_id: str, size: int) -> Spool | None:
         """A spool for this image when ``directory`` is set and has room for it (plus a reserve), else None."""
         if directory is None:
             return None
-        try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if shutil.disk_usage(directory).free < size + SPOOL_RESERVE:
-                return None
-            return cls(directory, image_id, size)
-        except OSError:
-            return None  # no spool rather than no copy
+        file = _room_for(directory, image_id, size)
+        return cls(directory, image_id, size, file=file) if file is not None else None
+
+    @classmethod
+    async def open_behind(cls, directory: Path | None, image_id: str, size: int) -> Spool | None:
+        """``open``, with its disk work (the directory, the free-space check, the file) in a worker thread."""
+        if directory is None:
+            return None
+        file = await anyio.to_thread.run_sync(_room_for, directory, image_id, size)
+        return cls(directory, image_id, size, file=file) if file is not None else None
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
@@ -227,6 +229,25 @@ class Spool:
                 self._file.close()
             self.path.unlink(missing_ok=True)
         self.complete = False
+
+
+def _create(directory: Path, image_id: str) -> BinaryIO:
+    """The spool file, 0600 in a 0700 directory."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(directory / f"{image_id}.spool", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+def _room_for(directory: Path, image_id: str, size: int) -> BinaryIO | None:
+    """The spool file when the directory has room for ``size`` bytes plus a reserve; None otherwise, or when the
+    directory cannot be used (no spool rather than no copy)."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if shutil.disk_usage(directory).free < size + SPOOL_RESERVE:
+            return None
+        return _create(directory, image_id)
+    except OSError:
+        return None
 
 
 async def read_digests(
