@@ -84,7 +84,7 @@ def _load_lines(path: Path, first: bytes, file: Any) -> JournalState:
     it does not match: nothing of a damaged snapshot is believed, not even its format), then it is parsed."""
     crc = zlib.crc32(first)
     last = b""
-    for line in file:
+    for line in _lines(file):
         crc = zlib.crc32(last, crc)
         last = line
     last = last.rstrip(b"\n")
@@ -97,7 +97,7 @@ def _load_lines(path: Path, first: bytes, file: Any) -> JournalState:
     _check_format(path, doc)
     state = JournalState.from_json(doc)
     file.seek(len(first))
-    for line in file:
+    for line in _lines(file):
         if line.startswith(b"}"):  # the last line: the end of the images, and the seal
             break
         image = json.loads(b"{" + line.rstrip(b",\n") + b"}")
@@ -106,6 +106,24 @@ def _load_lines(path: Path, first: bytes, file: Any) -> JournalState:
         [(image_id, raw)] = image.items()
         state.load_image(image_id, raw)
     return state
+
+
+#: How much of a snapshot is read at once (its lines are then split in memory).
+_READ = 1 << 20
+
+
+def _lines(file: Any) -> Iterator[bytes]:
+    """The lines from the file's position on, each with its newline (the last one perhaps without), read a MiB at
+    a time: a worker thread that loads a large journal with one buffered readline per line held the event
+    loop's thread off for up to 100 ms at a time; reading in large pieces does not."""
+    rest = b""
+    while piece := file.read(_READ):
+        lines = (rest + piece).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+    if rest:
+        yield rest
 
 
 #: What an abandoned snapshot's writer receives instead of its next piece.
