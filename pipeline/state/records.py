@@ -9,7 +9,7 @@ records and in snapshots) are ignored, missing fields take their defaults, and u
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -162,6 +162,7 @@ class JournalState:
     def _target(self, image: ImageEntry, region: str, rec: dict[str, Any], at: float) -> None:
         target = image.targets.get(region)
         if target is None:
+            region = sys.intern(region)  # one string per target label, however many entries
             target = image.targets[region] = TargetEntry(region)
             self.entries += 1
         fold_target(target, rec, at)
@@ -269,17 +270,18 @@ def _loaded_target(region: str, doc: dict[str, Any]) -> TargetEntry:
 _REPEATED = ("region", "action", "state", "metadata", "reason")
 
 
-def _compact(target: TargetEntry) -> None:
+def _compact(target: TargetEntry, changed: Collection[str] | None = None) -> None:
     """Share what a journal of 100,000 entries would otherwise hold 100,000 times: the repeated values and the keys
     of the small dicts (a snapshot is parsed a line at a time, so nothing is shared between lines by the parser),
-    and the copies of one string (the source checksum is the md5 computed, the first created id the target id)."""
+    and the copies of one string (the source checksum is the md5 computed, the first created id the target id).
+    ``changed``: the fields a record just set (None: a whole entry, loaded): only those are looked at again."""
     intern = sys.intern
     for name in _REPEATED:
         value = getattr(target, name)
-        if type(value) is str:
+        if type(value) is str and (changed is None or name in changed):
             setattr(target, name, intern(value))
     evidence = target.evidence
-    if evidence:
+    if evidence and (changed is None or "evidence" in changed or "source_checksum" in changed):
         computed, reported = evidence.get("computed"), evidence.get("reported")
         if isinstance(computed, dict):
             computed = {intern(k): v for k, v in computed.items()}
@@ -293,9 +295,9 @@ def _compact(target: TargetEntry) -> None:
             target.evidence["computed"] = computed
         if reported is not None:
             target.evidence["reported"] = reported
-    if target.phases:
+    if target.phases and (changed is None or "phases" in changed):
         target.phases = {intern(k): v for k, v in target.phases.items()}
-    if target.created and target.created[0] == target.target_id:
+    if changed is None and target.created and target.created[0] == target.target_id:  # a record shares it already
         target.created[0] = target.target_id
 
 
@@ -344,7 +346,7 @@ def fold_target(target: TargetEntry, rec: Mapping[str, Any], at: float) -> None:
         target.creating = None
     if rec.get("deleted"):
         target.deleted.append(rec["deleted"])
-    _compact(target)
+    _compact(target, rec.keys())
 
 
 def last_success(runs: Iterable[RunEntry]) -> float | None:
