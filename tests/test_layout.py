@@ -14,8 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "pipeline"
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 #: The edge (errors, __main__; cli is a package) and the shared leaf modules every layer reads: the Image API's
-#: vocabulary (models), the outcomes and states (outcomes), sizes and durations (units), the atomic write (files).
-TOP_LEVEL = {"__init__.py", "__main__.py", "errors.py", "models.py", "outcomes.py", "units.py", "files.py"}
+#: vocabulary (models), the outcomes and states (outcomes), sizes and durations (units), the atomic write (files),
+#: work done in slices (slices).
+TOP_LEVEL = {"__init__.py", "__main__.py", "errors.py", "models.py", "outcomes.py", "units.py", "files.py",
+             "slices.py"}  # fmt: skip
 LAYERS = {"cli", "config", "cloud", "plan", "state", "transfer", "run", "report", "emulator"}
 
 

@@ -11,10 +11,11 @@ from typing import Protocol
 from pipeline.config import JobSpec
 from pipeline.models import Image, Member
 from pipeline.plan.metadiff import Desired, MetaDiff, desired_metadata, diff_metadata
-from pipeline.plan.planner import Action, Plan, kept_copy, link_references, plan_job
+from pipeline.plan.planner import Action, Plan, kept_copy, link_references, plan_job_sliced
 from pipeline.plan.provenance import PROV_SOURCE_ID, provenance
 from pipeline.plan.prune import plan_prune
 from pipeline.plan.references import ReferenceGraph
+from pipeline.slices import Sliced, drain
 from pipeline.state.records import JournalState
 
 __all__ = ["Discovered", "DiscoveredTarget", "Intent"]
@@ -162,15 +163,19 @@ class Intent:
                              keep=self.references.referenced(image.id))  # fmt: skip
 
     def plan(self) -> Plan:
+        return drain(self.plan_sliced())
+
+    def plan_sliced(self) -> Sliced[Plan]:
+        """The plan, made a slice of images at a time (``slices``)."""
         inventory = self.inventory
         available = [label for label, t in inventory.targets.items() if t.error is None]
         copies = {label: t.copies for label, t in inventory.targets.items() if t.error is None}
         pruning = self.spec.prune.enabled
-        plan = plan_job(inventory.images, available, copies, self.state, self.spec.copy,
-                        lambda image, label, copy: self.diff(image, label, copy),
-                        enable_download=self.spec.source.enable_download, pruning=pruning,
-                        vanished=inventory.vanished_sources, refusal=self.refusal,
-                        volume_backed=self.spec.select.volume_backed)  # fmt: skip
+        plan = yield from plan_job_sliced(inventory.images, available, copies, self.state, self.spec.copy,
+                                          lambda image, label, copy: self.diff(image, label, copy),
+                                          enable_download=self.spec.source.enable_download, pruning=pruning,
+                                          vanished=inventory.vanished_sources, refusal=self.refusal,
+                                          volume_backed=self.spec.select.volume_backed)  # fmt: skip
         plan = link_references(plan, self.references)
         # the desired metadata of a copy in sync is not needed again: only the steps that create or change a
         # copy keep theirs (a large catalogue's are mostly in sync)

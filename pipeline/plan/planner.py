@@ -32,6 +32,7 @@ from pipeline.plan.metadiff import MetaDiff
 from pipeline.plan.provenance import PROV_SOURCE_ID
 from pipeline.plan.prune import PrunePlan
 from pipeline.plan.references import ReferenceGraph
+from pipeline.slices import SLICE, Sliced, drained
 from pipeline.state.records import JournalState, TargetEntry
 
 __all__ = [
@@ -108,6 +109,9 @@ class ImagePlan:
     skipped: str | None = None
     #: The source's download permission is switched on for this copy and restored afterwards.
     enable_download: bool = False
+    #: The journal already records the image as it is, and every step as a skip it recorded (``recorded_in_sync``):
+    #: the run writes no record for it.
+    recorded: bool = False
 
     @property
     def moves_data(self) -> bool:
@@ -298,6 +302,31 @@ def _plan_target(
     return Step(label, Action.COPY, "", size, extra=extra)
 
 
+def recorded_in_sync(image: Image, steps: Sequence[Step], skipped: str | None, journal: JournalState) -> bool:
+    """Whether the journal already holds this image as it is and every step as a skip it already recorded
+    (``settled``): then neither the plan's record nor the steps' final records would change a thing."""
+    entry = journal.images.get(image.id)
+    if entry is None or (entry.name, entry.size, entry.checksum, entry.status, entry.skipped) != (
+        image.name, image.size, image.checksum, image.status, skipped
+    ):  # fmt: skip
+        return False
+    return all(settled(image, step, entry.targets.get(step.target)) for step in steps)
+
+
+def settled(image: Image, step: Step, entry: TargetEntry | None) -> bool:
+    """A skip whose final record the journal already holds (``entry``), with nothing else to say (no error, no
+    problem, no pending member): recording it again would change nothing."""
+    if step.action is not Action.SKIP:
+        return False
+    state = "done" if step.reason == "up to date" else "skipped"
+    return (
+        entry is not None and entry.state == state and not entry.error and not entry.problems
+        and not entry.pending_members and (state == "skipped" or entry.source_checksum == image.checksum)
+        and (state == "done" or entry.reason == step.reason)
+        and (step.existing is None or entry.target_id in (None, step.existing.id))
+    )  # fmt: skip
+
+
 def link_references(plan: Plan, graph: ReferenceGraph) -> Plan:
     """The plan with the references between its images (``plan.references``) taken into account, per target:
 
@@ -329,13 +358,15 @@ def link_references(plan: Plan, graph: ReferenceGraph) -> Plan:
                                    f"image {target_id}")  # fmt: skip
             steps.append(step)
         by_image[image_plan.image.id] = {s.target: s for s in steps}
-        images.append(replace(image_plan, steps=tuple(steps)))
+        # a step that changed is no skip the journal recorded
+        recorded = image_plan.recorded and tuple(steps) == image_plan.steps
+        images.append(replace(image_plan, steps=tuple(steps), recorded=recorded))
     notes = [f"source image {image_id} is included: {why}" for image_id, why in graph.included.items()
              if image_id in by_image]  # fmt: skip
     return replace(plan, images=tuple(images), notes=(*plan.notes, *notes))
 
 
-def plan_job(
+def plan_job_sliced(
     images: Sequence[Image],
     targets: Sequence[str],
     copies: Mapping[str, Sequence[Image]],
@@ -348,8 +379,9 @@ def plan_job(
     vanished: frozenset[str] = frozenset(),
     refusal: Callable[[Image, str], str | None] | None = None,
     volume_backed: str = "block",
-) -> Plan:
-    """Decide every image x target from the selected ``images`` and each target's copies of this job.
+) -> Sliced[Plan]:
+    """Decide every image x target from the selected ``images`` and each target's copies of this job, yielding
+    between slices of images (``slices``).
     ``vanished``: sources that no longer exist; this job's unfinished copies of them are leftovers to delete.
     ``refusal(image, target)``: why a target cannot take a new copy by its own rules (that step is blocked).
     ``volume_backed``: "block" (the step fails with the reason) or "skip" for a volume-backed snapshot."""
@@ -360,12 +392,15 @@ def plan_job(
             if isinstance(source_id, str):
                 by_source[label].setdefault(source_id, []).append(c)
     planned: list[ImagePlan] = []
-    for image in images:
+    for number, image in enumerate(images, start=1):
+        if number % (SLICE // 4) == 0:  # up to 200 us an image (its metadata compared with each copy's)
+            yield
         whole = not_copied(image, copy, volume_backed)
         if whole is not None:
             action, reason = whole
             alike = tuple(Step(t, action, reason) for t in targets)
-            planned.append(ImagePlan(image, alike, reason if action is Action.SKIP else None))
+            skipped = reason if action is Action.SKIP else None
+            planned.append(ImagePlan(image, alike, skipped, recorded=recorded_in_sync(image, alike, skipped, journal)))
             continue
         steps = []
         for label in targets:
@@ -377,7 +412,14 @@ def plan_job(
         if gated and not enable_download:
             why = BLOCKED_REASON.format(value=image.raw.get(ALLOW_DOWNLOAD))
             steps = [Step(s.target, Action.BLOCKED, why) if s.action.moves_data else s for s in steps]
-        planned.append(ImagePlan(image, tuple(steps), enable_download=gated and enable_download))
+        planned.append(
+            ImagePlan(
+                image,
+                tuple(steps),
+                enable_download=gated and enable_download,
+                recorded=recorded_in_sync(image, steps, None, journal),
+            )
+        )
     selected = {i.id for i in images}
     leftovers = tuple((label, c) for label in targets for c in copies.get(label, ())
                       if c.status in PARTIAL_STATES and c.raw.get(PROV_SOURCE_ID) in vanished)  # fmt: skip
@@ -400,3 +442,7 @@ def plan_job(
         for i in images if i.status == "active" and not i.publishes_digest and skip_reason(i, copy) is None
     ]  # fmt: skip
     return Plan(tuple(planned), tuple(targets), tuple(notes), leftovers=leftovers)
+
+
+#: ``plan_job_sliced`` in one go.
+plan_job = drained(plan_job_sliced)

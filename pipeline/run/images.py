@@ -18,7 +18,7 @@ from pipeline.errors import ApiError, ImgmigError, NotFoundError, first_error
 from pipeline.models import Image
 from pipeline.plan.intent import Intent
 from pipeline.plan.metadiff import Desired, create_fields
-from pipeline.plan.planner import Action, ImagePlan, Plan, Step
+from pipeline.plan.planner import Action, ImagePlan, Plan, Step, settled
 from pipeline.plan.provenance import PROV_SOURCE_ID
 from pipeline.report.summary import RunSummary, StepFinished
 from pipeline.run.gate import download_enabled
@@ -66,8 +66,8 @@ async def journal_plan(run: Running) -> None:
         if number % PLAN_SLICE == 0:
             await anyio.lowlevel.checkpoint()  # a large catalogue's plan is written in slices
         image = image_plan.image
-        if not unavailable and _recorded_in_sync(run, image_plan):
-            continue
+        if not unavailable and image_plan.recorded:  # the planner looked (``planner.recorded_in_sync``)
+            continue  # (``_unrecorded`` says the same)
         steps: dict[str, dict[str, Any]] = {}
         for step in image_plan.steps:
             steps[step.target] = {"action": step.action.value, "reason": step.reason, "state": "planned"}
@@ -77,35 +77,10 @@ async def journal_plan(run: Running) -> None:
             steps[label] = {"action": "copy", "state": "failed", "error": error}
         run.journal.record("image", image_id=image.id, name=image.name, size=image.size, checksum=image.checksum,
                            status=image.status, skipped=image_plan.skipped, plan=steps)  # fmt: skip
+        run.journal.release(image.id)  # held packed until its own task works on it
     for missing in inventory.missing_ids:
         run.journal.record("image", image_id=missing, status="missing", skipped="selected id not found in the source")
-
-
-def _recorded_in_sync(run: Running, image_plan: ImagePlan) -> bool:
-    """Whether the journal already holds this image as it is and every step is a skip it already recorded
-    (``_settled``): then neither the plan nor the steps' final records would change a thing."""
-    image = image_plan.image
-    entry = run.journal.state.images.get(image.id)
-    if entry is None or (entry.name, entry.size, entry.checksum, entry.status, entry.skipped) != (
-        image.name, image.size, image.checksum, image.status, image_plan.skipped
-    ):  # fmt: skip
-        return False
-    return all(_settled(run, image, step) for step in image_plan.steps)
-
-
-def _settled(run: Running, image: Image, step: Step) -> bool:
-    """A skip whose final record the journal already holds, with nothing else to say (no error, no problem, no
-    pending member): recording it again would change nothing."""
-    if step.action is not Action.SKIP:
-        return False
-    entry = run.journal.state.target(image.id, step.target)
-    state = "done" if step.reason == "up to date" else "skipped"
-    return (
-        entry is not None and entry.state == state and not entry.error and not entry.problems
-        and not entry.pending_members and (state == "skipped" or entry.source_checksum == image.checksum)
-        and (state == "done" or entry.reason == step.reason)
-        and (step.existing is None or entry.target_id in (None, step.existing.id))
-    )  # fmt: skip
+        run.journal.release(missing)
 
 
 async def sweep(run: Running) -> None:
@@ -131,6 +106,7 @@ async def sweep(run: Running) -> None:
         run.summary.orphans_deleted += 1
         failpoint("swept")
         run.journal.record("target", image_id=source_id, region=label, deleted=copy.id)
+        run.journal.release(source_id)
 
 
 async def prune(run: Running) -> None:
@@ -158,6 +134,7 @@ async def prune(run: Running) -> None:
             continue  # no longer carries this job's provenance: never touched
         failpoint("pruned")
         run.journal.record("pruned", image_id=deletion.source_id, region=deletion.target, deleted=deletion.copy.id)
+        run.journal.release(deletion.source_id)
         run.summary.pruned.append(deletion.to_json())
 
 
@@ -188,6 +165,7 @@ async def image_task(run: Running, plan: ImagePlan, limiter: anyio.CapacityLimit
                     await event.wait()
         await _image_steps(run, plan, limiter)
     finally:
+        run.journal.release(plan.image.id)  # its entry is held packed from now on (``records.Images``)
         done = run.finished.get(plan.image.id)  # an image that others reference: they may go on now
         if done is not None:
             done.set()
@@ -260,14 +238,21 @@ async def _copy_image(run: Running, plan: ImagePlan) -> None:
         result = results.get(step.target)
         if step.action.moves_data and (result is None or result.state != "done"):
             continue
-        await _finish_step(run, image, step, result)
+        await _finish_step(run, image, step, result, unrecorded=_unrecorded(run, plan))
 
 
-async def _finish_step(run: Running, image: Image, step: Step, result: TargetResult | None) -> None:
-    """Metadata for a verified copy (or a metadata-only step), then the step's final record."""
+def _unrecorded(run: Running, image_plan: ImagePlan) -> bool:
+    """Whether ``journal_plan`` wrote no record for this image: the journal holds it, as it is, in sync."""
+    return image_plan.recorded and not any(t.error for t in run.inventory.targets.values())
+
+
+async def _finish_step(run: Running, image: Image, step: Step, result: TargetResult | None, *,
+                       unrecorded: bool = False) -> None:  # fmt: skip
+    """Metadata for a verified copy (or a metadata-only step), then the step's final record (``unrecorded``: the
+    journal already holds it, see ``_unrecorded``)."""
     if step.action is Action.SKIP:
-        _record_step(run, image, step, "skipped" if step.reason != "up to date" else "done",
-                     journal=not _settled(run, image, step))  # fmt: skip
+        same = unrecorded or settled(image, step, run.journal.state.target(image.id, step.target))
+        _record_step(run, image, step, "skipped" if step.reason != "up to date" else "done", journal=not same)
         return
     if step.action is Action.BLOCKED:  # nothing was created anywhere; the reason says what to do
         _record_step(run, image, step, "failed", error=step.reason)

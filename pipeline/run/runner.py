@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import anyio
 import structlog
@@ -37,6 +38,7 @@ from pipeline.report.summary import RunSummary
 from pipeline.run.gate import restore_left_open
 from pipeline.run.images import PLAN_SLICE, Running, image_task, journal_plan, prune, sweep
 from pipeline.run.inventory import Clients, Inventory, discover, retry_policy, transport_config
+from pipeline.slices import Sliced
 from pipeline.state.failpoints import failpoint
 from pipeline.state.journal import Journal
 from pipeline.state.lock import JobLock
@@ -47,6 +49,7 @@ from pipeline.transfer.source import Bandwidth
 __all__ = ["RunControls", "new_run_id", "plan_only", "run_job"]
 
 log = structlog.get_logger("imgmig")
+T = TypeVar("T")
 
 #: Group commit: the journal is fsynced at most this often (a process crash loses nothing written;
 #: a power cut at most this window, which the provenance properties let the next run recover).
@@ -81,9 +84,9 @@ async def run_job(spec: JobSpec, controls: RunControls | None = None) -> RunSumm
     controls = controls or RunControls()
     lock = JobLock(spec.run.journal_dir, spec.name)
     with lock.held():
-        # loading a large journal (its snapshot, the logs) takes a while: off the event loop
+        # loading a large journal (its snapshot, the logs) takes a while: a slice of images at a time
         with _long_lived():
-            journal = await anyio.to_thread.run_sync(Journal.open, spec.run.journal_dir, spec.name)
+            journal = await _sliced(Journal.opening(spec.run.journal_dir, spec.name))
         summary = RunSummary(job=spec.name, run_id=controls.run_id or new_run_id())
         bind_run(spec.name, summary.run_id, str(spec.shard) if spec.shard is not None else None)
         ending = False
@@ -105,6 +108,7 @@ async def run_job(spec: JobSpec, controls: RunControls | None = None) -> RunSumm
             # recorded is synced first, then the end is recorded and synced. A JournalError here is the run's
             # fatal error (exit 1), named like any other, and the journal never says a failed end was a success.
             ending = True
+            await _sliced(journal.settling())  # a snapshot due is encoded on the loop, a slice at a time
             await anyio.to_thread.run_sync(journal.sync)  # the fsyncs off the event loop, in the same order
             _finish_journal(journal, summary)
             await anyio.to_thread.run_sync(journal.close)
@@ -127,6 +131,17 @@ async def run_job(spec: JobSpec, controls: RunControls | None = None) -> RunSumm
             summary.journal_records, summary.journal_seconds = journal.records, journal.seconds
             gc.unfreeze()  # what the run kept for its whole length is ordinary garbage-collected memory again
     return summary
+
+
+async def _sliced(work: Sliced[T]) -> T:
+    """Run ``work`` on the event loop's thread a slice at a time, letting the loop's other tasks run in between
+    (``slices``: why not in a worker thread)."""
+    while True:
+        try:
+            next(work)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        await anyio.lowlevel.checkpoint()
 
 
 @contextlib.contextmanager
@@ -269,10 +284,10 @@ async def _discover(spec: JobSpec, journal: Journal, clients: Clients, engine: E
         if target.schema_read is not None:  # a fresh read: later runs skip it while it stays fresh
             journal.record("schema", region=label, **target.schema_read)
     intent = Intent(spec, inventory, journal.state)
-    # planning is pure and nothing writes the journal meanwhile: in a worker thread, the event loop (the group
-    # commit, the signals, the metrics) is not held up by a large catalogue's plan
+    # a slice of images at a time: the event loop (the group commit, the signals, the metrics) is not held up by a
+    # large catalogue's plan (nothing writes the journal meanwhile)
     with _long_lived():
-        plan = await anyio.to_thread.run_sync(intent.plan)
+        plan = await _sliced(intent.plan_sliced())
     # an event per image that another image references (its referrers wait for it), not one per image
     referenced = {target for refs in intent.references.refs.values() for target in refs.values()}
     finished = {p.image.id: anyio.Event() for p in plan.images if p.image.id in referenced}

@@ -48,10 +48,11 @@ import anyio
 
 from pipeline.errors import JournalCorruptError, JournalError
 from pipeline.files import atomic_write, remove_leftovers
+from pipeline.slices import SLICE, Sliced, drain, drained
 from pipeline.state.failpoints import die, failpoint, hit
 from pipeline.state.lock import secure_dir
 from pipeline.state.records import JournalState
-from pipeline.state.snapshot import ENCODER, Snapshot, load_snapshot, sealed, unsealed
+from pipeline.state.snapshot import ENCODER, Snapshot, load_snapshot, loading, sealed, unsealed
 
 __all__ = ["LOG", "PREV", "SNAPSHOT", "Journal", "load_snapshot", "read_log"]
 
@@ -94,18 +95,34 @@ class Journal:
     @classmethod
     def open(cls, directory: Path, job: str) -> Journal:
         """Load the state (snapshot + log), cut a torn tail, and open the log for appending."""
+        return drain(cls.opening(directory, job))
+
+    @classmethod
+    def opening(cls, directory: Path, job: str) -> Sliced[Journal]:
+        """``open``, a slice of images at a time (``slices``): a run loads a large journal on the event loop's
+        thread, between its other tasks (a worker thread that packs images would hold the loop off; see
+        ``slices``)."""
         try:
             secure_dir(directory)
             remove_leftovers(directory / SNAPSHOT)  # a snapshot a kill -9 cut short (the lock is ours)
             if not (directory / SNAPSHOT).exists():
                 # a new journal: an empty snapshot records whose journal this is (one small write)
                 atomic_write(directory / SNAPSHOT, Snapshot(JournalState(job)).whole())
-            state = load_snapshot(directory / SNAPSHOT, job)
+            state = yield from loading(directory / SNAPSHOT, job, packed=True)
             log = directory / LOG
-            earlier, _ = read_log(directory / PREV, state.seq)  # a snapshot a crash (or a disk) cut short
-            records, good_length = read_log(log, state.seq)
-            for rec in earlier + records:
+            earlier, _ = yield from reading_log(directory / PREV, state.seq)  # a snapshot cut short (a crash, a disk)
+            records, good_length = yield from reading_log(log, state.seq)
+            unpacked: dict[str, None] = {}  # the images the records changed, packed again in groups
+            for number, rec in enumerate(earlier + records, start=1):
+                if number % SLICE == 0:
+                    yield
                 state.apply(rec)
+                if isinstance(rec.get("image_id"), str):
+                    unpacked[rec["image_id"]] = None
+                if len(unpacked) >= SLICE or number == len(earlier) + len(records):
+                    for image_id in unpacked:  # a run unpacks the images it works on, when it works on them
+                        state.images.pack(image_id)
+                    unpacked.clear()
             fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             if os.fstat(fd).st_size != good_length:
                 os.ftruncate(fd, good_length)  # drop the torn tail of a write cut short
@@ -141,6 +158,11 @@ class Journal:
         for rec in records:
             state.apply(rec)
         return state, records
+
+    def release(self, image_id: str) -> None:
+        """The run is done with this image for now: its entry is held packed until a record changes it again
+        (``records.Images``), so the journal holds the images in flight, not the whole catalogue."""
+        self.state.images.pack(image_id)
 
     # === write
 
@@ -256,6 +278,17 @@ class Journal:
         record O(1), however large the job."""
         return self._log_records > max(MIN_SNAPSHOT_RECORDS, 2 * self.state.entries)
 
+    def settling(self) -> Sliced[None]:
+        """Make the snapshot that is due, or finish the one being made behind the records, a slice of images at
+        a time on the caller's thread (``slices``): ``sync`` and ``close`` then find it encoded, and their worker
+        thread only waits for the disk."""
+        if self._snap is None and self._writer is None and self._broken is None and self._snapshot_due():
+            self._snapshot_behind()
+        snap = self._snap
+        while snap is not None and not snap.done:
+            snap.encode(SLICE)
+            yield
+
     def sync(self) -> None:
         """fsync the log: everything recorded so far survives a power cut (the records before a background
         snapshot's rotation are in that snapshot: it is waited for first)."""
@@ -333,8 +366,9 @@ class Journal:
             self._fd = -1
 
 
-def read_log(path: Path, after_seq: int) -> tuple[list[dict[str, Any]], int]:
-    """Records with seq > after_seq, and the byte length of the intact part of the file."""
+def reading_log(path: Path, after_seq: int) -> Sliced[tuple[list[dict[str, Any]], int]]:
+    """Records with seq > after_seq, and the byte length of the intact part of the file (a slice of lines at a
+    time: ``slices``)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -343,6 +377,8 @@ def read_log(path: Path, after_seq: int) -> tuple[list[dict[str, Any]], int]:
     records: list[dict[str, Any]] = []
     lines = data[:end].split(b"\n")[:-1]
     for number, line in enumerate(lines, start=1):
+        if number % (SLICE * 4) == 0:
+            yield
         try:
             rec = json.loads(unsealed(line))
             if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int) or "kind" not in rec:
@@ -356,3 +392,7 @@ def read_log(path: Path, after_seq: int) -> tuple[list[dict[str, Any]], int]:
         if rec["seq"] > after_seq:
             records.append(rec)
     return records, end
+
+
+#: ``reading_log`` in one go.
+read_log = drained(reading_log)

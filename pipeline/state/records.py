@@ -8,17 +8,21 @@ records and in snapshots) are ignored, missing fields take their defaults, and u
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
 from pipeline.errors import ExitCode
 from pipeline.outcomes import is_final
+from pipeline.state.packed import pack, unpack
 
 __all__ = [
+    "ENCODER",
     "FORMAT",
     "ImageEntry",
+    "Images",
     "JournalState",
     "RunEntry",
     "TargetEntry",
@@ -30,6 +34,8 @@ __all__ = [
 
 #: The journal's on-disk format (snapshots carry it).
 FORMAT = 1
+#: One encoder for every record and snapshot: json.dumps with options builds a new encoder on each call.
+ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 
 #: Target fields a "target" record may set; anything else in the record is ignored by the state.
 _TARGET_FIELDS = frozenset({"action", "state", "target_id", "bytes", "attempts", "error", "evidence",
@@ -90,13 +96,111 @@ class RunEntry:
     planned: bool = False
 
 
+class Images:
+    """The journal's images by id. An image being worked on is held as its entry ("hot"); any other may be held
+    packed (``packed``: its snapshot JSON, deflated; a tenth of the entry's size), so that the journal of a large
+    catalogue takes memory for the images in flight, not for every image. ``pack`` puts an entry away, ``hot``
+    takes it out to change it (only ``JournalState.apply`` changes entries).
+
+    Reading (``get``, ``[]``, iterating) a packed image decodes it without keeping it; the last one decoded is
+    kept, because a reader asks for the same image a few times in a row. An entry read is a snapshot of the
+    image: read it again after a record."""
+
+    __slots__ = ("_by_id", "_last")
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, ImageEntry | bytes] = {}
+        self._last: ImageEntry | None = None
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_id)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._by_id
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Images):
+            return NotImplemented
+        return len(self) == len(other) and all(other.get(k) == v for k, v in self.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Images({len(self)} images, {self.hot_count()} as entries)"
+
+    def __getitem__(self, image_id: str) -> ImageEntry:
+        entry = self.get(image_id)
+        if entry is None:
+            raise KeyError(image_id)
+        return entry
+
+    def get(self, image_id: str) -> ImageEntry | None:
+        value = self._by_id.get(image_id)
+        if value is None or type(value) is ImageEntry:
+            return value
+        last = self._last
+        if last is not None and last.image_id == image_id:
+            return last
+        entry = self._last = _unpacked(value)  # type: ignore[arg-type]
+        return entry
+
+    def keys(self) -> Iterator[str]:
+        return iter(self._by_id)
+
+    def values(self) -> Iterator[ImageEntry]:
+        return (self[image_id] for image_id in list(self._by_id))
+
+    def items(self) -> Iterator[tuple[str, ImageEntry]]:
+        return ((image_id, self[image_id]) for image_id in list(self._by_id))
+
+    def hot(self, image_id: str) -> ImageEntry | None:
+        """The image's entry, to change it (unpacked first if it was packed), or None."""
+        value = self._by_id.get(image_id)
+        if value is None or type(value) is ImageEntry:
+            return value
+        entry = self._by_id[image_id] = self[image_id]
+        return entry
+
+    def add(self, entry: ImageEntry) -> None:
+        self._by_id[entry.image_id] = entry
+
+    def pack(self, image_id: str) -> None:
+        """Put the image's entry away (nothing happens to an image held packed already, or unknown)."""
+        value = self._by_id.get(image_id)
+        if type(value) is ImageEntry:
+            self._by_id[image_id] = pack(ENCODER.encode(image_json(value)).encode())
+            self._last = value  # the same image read right after: no decoding
+
+    def pack_all(self) -> None:
+        for image_id in [k for k, v in self._by_id.items() if type(v) is ImageEntry]:
+            self.pack(image_id)
+
+    def add_packed(self, image_id: str, encoded: bytes) -> None:
+        """An image in its snapshot JSON (``image_json``, encoded), held packed."""
+        self._by_id[image_id] = pack(encoded)
+
+    def encoded(self, image_id: str) -> bytes:
+        """The image's snapshot JSON (``image_json``, encoded): what a packed image holds, unpacked."""
+        value = self._by_id[image_id]
+        if type(value) is bytes:
+            return unpack(value)
+        return ENCODER.encode(image_json(value)).encode()  # type: ignore[arg-type]
+
+    def hot_count(self) -> int:
+        """How many images are held as entries (the rest are packed)."""
+        return sum(1 for v in self._by_id.values() if type(v) is ImageEntry)
+
+
 @dataclass
 class JournalState:
     """Everything the journal knows, rebuilt by applying records in order. Pure."""
 
     job: str
     seq: int = 0
-    images: dict[str, ImageEntry] = field(default_factory=dict)
+    images: Images = field(default_factory=Images)
     runs: list[RunEntry] = field(default_factory=list)
     #: Number of image and target entries, kept up to date by ``apply`` (drives the snapshot cadence).
     entries: int = 0
@@ -168,9 +272,10 @@ class JournalState:
         fold_target(target, rec, at)
 
     def _image(self, image_id: str) -> ImageEntry:
-        entry = self.images.get(image_id)
+        entry = self.images.hot(image_id)
         if entry is None:
-            entry = self.images[image_id] = ImageEntry(image_id)
+            entry = ImageEntry(image_id)
+            self.images.add(entry)
             self.entries += 1
         return entry
 
@@ -179,9 +284,15 @@ class JournalState:
 
     def load_image(self, image_id: str, raw: dict[str, Any]) -> None:
         """Add one image from its snapshot form (``image_json``)."""
-        targets = {r: _loaded_target(r, t) for r, t in raw.get("targets", {}).items()}
-        self.images[image_id] = _known(ImageEntry, {**raw, "targets": targets})
-        self.entries += 1 + len(targets)
+        entry = _loaded_image({**raw, "image_id": image_id})
+        self.images.add(entry)
+        self.entries += 1 + len(entry.targets)
+
+    def load_packed(self, image_id: str, encoded: bytes, targets: int) -> None:
+        """Add one image from its snapshot form as a snapshot holds it (``image_json``, encoded), held packed
+        (``Images``); ``targets``: how many target entries it has."""
+        self.images.add_packed(image_id, encoded)
+        self.entries += 1 + targets
 
     def head_json(self) -> dict[str, Any]:
         """The snapshot's form of everything but the images (small, whatever the catalogue)."""
@@ -222,6 +333,19 @@ def _known(cls: type[_Entry], doc: dict[str, Any]) -> _Entry:
     return cls(**{k: v for k, v in doc.items() if k in names})
 
 
+def _loaded_image(raw: dict[str, Any]) -> ImageEntry:
+    """An image's entry from its snapshot form (``image_json``)."""
+    targets = {r: _loaded_target(r, t) for r, t in raw.get("targets", {}).items()}
+    return _known(ImageEntry, {**raw, "targets": targets})
+
+
+def _unpacked(packed: bytes) -> ImageEntry:
+    """A packed image's entry (not compacted: it is let go again soon)."""
+    raw = json.loads(unpack(packed))
+    targets = {r: _loaded_target(r, t, compact=False) for r, t in raw.get("targets", {}).items()}
+    return _known(ImageEntry, {**raw, "targets": targets})
+
+
 #: Each entry field's default: a snapshot leaves out the fields that hold it (``_known`` puts it back).
 def _defaults(cls: type) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -258,11 +382,12 @@ def _stored_target(target: TargetEntry) -> dict[str, Any]:
     return doc
 
 
-def _loaded_target(region: str, doc: dict[str, Any]) -> TargetEntry:
+def _loaded_target(region: str, doc: dict[str, Any], *, compact: bool = True) -> TargetEntry:
     target = _known(TargetEntry, {**doc, "region": region})
     if target.evidence:
         target.evidence = _expanded_evidence(target.evidence)
-    _compact(target)
+    if compact:
+        _compact(target)
     return target
 
 

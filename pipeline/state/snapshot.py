@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import JournalCorruptError, JournalError
+from pipeline.slices import SLICE, Sliced, drained
 from pipeline.state.failpoints import failpoint
-from pipeline.state.records import FORMAT, JournalState, image_json
+from pipeline.state.records import ENCODER, FORMAT, JournalState
 
-__all__ = ["ENCODER", "Snapshot", "load_snapshot", "sealed", "unsealed"]
-
-#: One encoder for every record and snapshot: json.dumps with options builds a new encoder on each call.
-ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+__all__ = ["ENCODER", "Snapshot", "load_snapshot", "loading", "sealed", "unsealed"]
 
 _SEAL = b',"crc":"'
 
@@ -42,7 +40,9 @@ def unsealed(line: bytes) -> bytes:
     return body
 
 
-def load_snapshot(path: Path, job: str) -> JournalState:
+def loading(path: Path, job: str, *, packed: bool = False) -> Sliced[JournalState]:
+    """The state a snapshot holds (an empty one if there is none), read a slice of images at a time (``slices``);
+    ``packed``: its images held packed (``Images``), as a run holds those it is not working on."""
     try:
         file = path.open("rb")
     except FileNotFoundError:
@@ -51,11 +51,13 @@ def load_snapshot(path: Path, job: str) -> JournalState:
         with file:
             first = file.readline()
             if first.endswith(_IMAGES_LINE):
-                state = _load_lines(path, first, file)
+                state = yield from _load_lines(path, first, file, packed)
             else:  # one line: a snapshot of an earlier imgmig
                 doc = json.loads(unsealed((first + file.read()).rstrip(b"\n")))
                 _check_format(path, doc)
                 state = JournalState.from_json(doc)
+                if packed:
+                    state.images.pack_all()
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise JournalCorruptError(
             f"the journal snapshot {path} is damaged ({exc}); nothing was changed. Move the journal "
@@ -66,6 +68,9 @@ def load_snapshot(path: Path, job: str) -> JournalState:
                            "give each job its own journal_dir")  # fmt: skip
     return state
 
+
+#: ``loading`` in one go.
+load_snapshot = drained(loading)
 
 #: How the first line of a snapshot laid out one image per line ends.
 _IMAGES_LINE = b',"images":{\n'
@@ -79,12 +84,14 @@ def _check_format(path: Path, doc: Any) -> None:
                            "journal_dir")  # fmt: skip
 
 
-def _load_lines(path: Path, first: bytes, file: Any) -> JournalState:
+def _load_lines(path: Path, first: bytes, file: Any, packed: bool) -> Sliced[JournalState]:
     """A snapshot laid out one image per line, read a line at a time: its CRC-32 is checked first (ValueError if
     it does not match: nothing of a damaged snapshot is believed, not even its format), then it is parsed."""
     crc = zlib.crc32(first)
     last = b""
-    for line in _lines(file):
+    for number, line in enumerate(_lines(file), start=1):
+        if number % (SLICE * 32) == 0:  # a line's CRC costs a microsecond, its parsing below 30
+            yield
         crc = zlib.crc32(last, crc)
         last = line
     last = last.rstrip(b"\n")
@@ -97,14 +104,21 @@ def _load_lines(path: Path, first: bytes, file: Any) -> JournalState:
     _check_format(path, doc)
     state = JournalState.from_json(doc)
     file.seek(len(first))
-    for line in _lines(file):
+    for number, line in enumerate(_lines(file), start=1):
+        if number % SLICE == 0:
+            yield
         if line.startswith(b"}"):  # the last line: the end of the images, and the seal
             break
         image = json.loads(b"{" + line.rstrip(b",\n") + b"}")
         if not isinstance(image, dict) or len(image) != 1:
             raise ValueError("not an image line")
         [(image_id, raw)] = image.items()
-        state.load_image(image_id, raw)
+        if not packed:
+            state.load_image(image_id, raw)
+            continue
+        key = ENCODER.encode(image_id).encode() + b":"
+        value = line.rstrip(b",\n")[len(key) :] if line.startswith(key) else ENCODER.encode(raw).encode()
+        state.load_packed(image_id, value, len(raw.get("targets") or ()))
     return state
 
 
@@ -171,7 +185,7 @@ class Snapshot:
             self._queue.put(None)
 
     def _put(self, image_id: str) -> None:
-        piece = b"\n" + ENCODER.encode({image_id: image_json(self.state.images[image_id])})[1:-1].encode()
+        piece = b"\n" + ENCODER.encode(image_id).encode() + b":" + self.state.images.encoded(image_id)
         self._queue.put(piece if self._first else b"," + piece)
         self._first = False
 

@@ -1,0 +1,137 @@
+"""The journal holds the images it is not working on packed (issue 25): the same state, a tenth of the memory,
+and the same bytes on disk. Loading and replaying are done in slices that yield to the caller."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.slices import SLICE, drain
+from pipeline.state.journal import LOG, SNAPSHOT, Journal, load_snapshot
+from pipeline.state.packed import pack, unpack
+from pipeline.state.records import ENCODER, JournalState, image_json
+from pipeline.state.snapshot import Snapshot, loading, sealed
+
+DIGEST = "ab" * 64
+
+
+def _fill(journal: Journal, n: int) -> None:
+    for i in range(n):
+        journal.record("image", image_id=f"img-{i}", name=f"name-{i}", size=1000 + i, checksum=f"{i:032x}")
+        for region in ("KR2", "JP1"):
+            journal.record("target", image_id=f"img-{i}", region=region, action="copy", created=f"t-{region}-{i}")
+            journal.record("target", image_id=f"img-{i}", region=region, state="done", bytes=1000 + i,
+                           evidence={"size": 1000 + i, "computed": {"md5": f"{i:032x}", "sha512": DIGEST},
+                                     "reported": {"status": "active", "size": 1000 + i, "checksum": f"{i:032x}",
+                                                  "os_hash_algo": "sha512", "os_hash_value": DIGEST}})  # fmt: skip
+
+
+def test_pack_round_trips_any_bytes_and_shrinks_an_entry() -> None:
+    """What is packed unpacks to the same bytes; a done image x 2 targets packs to a fraction of its JSON."""
+    journal_state = JournalState("job")
+    for seq, rec in enumerate(({"kind": "image", "image_id": "i", "name": "n", "size": 5, "checksum": "c" * 32},
+                               {"kind": "target", "image_id": "i", "region": "KR2", "action": "copy",
+                                "state": "done", "target_id": "t", "bytes": 5}), start=1):  # fmt: skip
+        journal_state.apply({"seq": seq, "at": float(seq), **rec})
+    encoded = ENCODER.encode(image_json(journal_state.images["i"])).encode()
+    assert unpack(pack(encoded)) == encoded
+    assert len(pack(encoded)) < len(encoded) / 2, (len(pack(encoded)), len(encoded))
+    for odd in (b"", b"\x00\xff" * 300, "ünïcødé".encode()):
+        assert unpack(pack(odd)) == odd
+
+
+def test_a_packed_image_reads_as_its_entry_and_is_unpacked_only_to_change(tmp_path: Path) -> None:
+    """Packing changes nothing a reader sees: entries compare equal before and after, a record on a packed image
+    unpacks it (and only it), and the state equals the one replayed without packing."""
+    journal = Journal.open(tmp_path, "job")
+    _fill(journal, 20)
+    before = {image_id: journal.state.images.get(image_id) for image_id in journal.state.images}
+    for image_id in list(journal.state.images):
+        journal.release(image_id)
+    images = journal.state.images
+    assert images.hot_count() == 0
+    assert {image_id: images.get(image_id) for image_id in images} == before
+    assert images["img-7"].targets["JP1"].evidence["reported"]["os_hash_value"] == DIGEST
+    journal.record("target", image_id="img-7", region="KR2", state="failed", error="boom")
+    assert images.hot_count() == 1
+    assert images["img-7"].targets["KR2"].state == "failed"
+    assert images["img-8"].targets["KR2"].state == "done"
+    journal.close()
+    unpacked = Journal.read(tmp_path, "job")
+    assert unpacked.images.hot_count() == len(unpacked.images) == 20
+    assert unpacked.images == images
+
+
+def test_a_snapshot_is_byte_for_byte_the_same_whether_images_are_packed_or_not(tmp_path: Path) -> None:
+    """A snapshot of packed images writes their stored JSON as it was read: the same bytes as one of entries."""
+    journal = Journal.open(tmp_path, "job")
+    _fill(journal, 30)
+    journal.snapshot()
+    journal.close()
+    entries = load_snapshot(tmp_path / SNAPSHOT, "job")
+    packed = load_snapshot(tmp_path / SNAPSHOT, "job", packed=True)
+    assert entries.images.hot_count() == 30
+    assert packed.images.hot_count() == 0
+    assert entries.images == packed.images
+    on_disk = (tmp_path / SNAPSHOT).read_bytes()
+    assert b"".join(Snapshot(packed).whole()) == b"".join(Snapshot(entries).whole()) == on_disk
+
+
+def test_open_holds_every_image_packed_after_replaying_the_log(tmp_path: Path) -> None:
+    """A run opens its journal with no image as an entry: the snapshot's are loaded packed, and those the log's
+    records change are packed again after replay (in groups); the state is the one the records say."""
+    journal = Journal.open(tmp_path, "job")
+    _fill(journal, 40)
+    journal.snapshot()
+    for i in range(0, 40, 3):  # records after the snapshot: replayed on open
+        journal.record("target", image_id=f"img-{i}", region="KR2", state="failed", error="again")
+    journal.record("image", image_id="img-new", name="new", size=1)
+    journal.close()
+    assert (tmp_path / LOG).stat().st_size > 0
+    again = Journal.open(tmp_path, "job")
+    try:
+        assert again.state.images.hot_count() == 0
+        assert len(again.state.images) == 41
+        assert again.state.images["img-3"].targets["KR2"].state == "failed"
+        assert again.state.images["img-4"].targets["KR2"].state == "done"
+        assert again.state.images == Journal.read(tmp_path, "job").images
+    finally:
+        again.close()
+
+
+def test_opening_a_large_journal_yields_between_slices(tmp_path: Path) -> None:
+    """``Journal.opening`` and ``loading`` hand control back every slice of images, so a run loads a large
+    journal between its other tasks; drained, they give the same state as ``open``."""
+    journal = Journal.open(tmp_path, "job")
+    _fill(journal, 3 * SLICE)
+    journal.snapshot()
+    journal.close()
+    work = loading(tmp_path / SNAPSHOT, "job", packed=True)
+    slices = 0
+    try:
+        while True:
+            next(work)
+            slices += 1
+    except StopIteration as done:
+        state = done.value
+    assert slices >= 3, slices
+    assert len(state.images) == 3 * SLICE
+    opened = drain(Journal.opening(tmp_path, "job"))
+    try:
+        assert opened.state.images == state.images
+    finally:
+        opened.close()
+
+
+def test_a_journal_of_one_line_snapshots_loads_packed(tmp_path: Path) -> None:
+    """A snapshot of an earlier imgmig (the whole state on one line) loads packed too, with the same state."""
+    journal = Journal.open(tmp_path, "job")
+    _fill(journal, 5)
+    journal.close()
+    state = Journal.read(tmp_path, "job")
+    (tmp_path / SNAPSHOT).write_bytes(sealed(ENCODER.encode(state.to_json()).encode()) + b"\n")
+    (tmp_path / LOG).write_bytes(b"")
+    packed = load_snapshot(tmp_path / SNAPSHOT, "job", packed=True)
+    assert packed.images.hot_count() == 0
+    assert packed.images == state.images
+    assert json.loads(unpack(packed.images._by_id["img-1"]))["name"] == "name-1"  # type: ignore[arg-type]
