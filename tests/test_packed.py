@@ -135,3 +135,30 @@ def test_a_journal_of_one_line_snapshots_loads_packed(tmp_path: Path) -> None:
     assert packed.images.hot_count() == 0
     assert packed.images == state.images
     assert json.loads(unpack(packed.images._by_id["img-1"]))["name"] == "name-1"  # type: ignore[arg-type]
+
+
+def test_a_listed_image_is_held_packed_and_reads_the_same() -> None:
+    """An image of a listing (``from_api(..., packed=True)``) holds its document packed, a fraction of the dict,
+    and reads exactly as the unpacked one: every field, custom properties, equality; reading many packed images
+    keeps only the last few decoded."""
+    from pipeline.models import _WARM_DOCS, Image, _warm
+
+    doc = {"id": "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0", "name": "ubuntu-24.04", "status": "active",
+           "visibility": "private", "protected": True, "owner": "f" * 32, "size": 4096, "checksum": "1" * 32,
+           "os_hash_algo": "sha512", "os_hash_value": "2" * 128, "disk_format": "qcow2", "container_format": "bare",
+           "tags": ["golden", "ünïcødé"], "os_type": "linux", "hw_qemu_guest_agent": "yes", "min_ram": 512,
+           "self": "/v2/images/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0", "virtual_size": None}  # fmt: skip
+    plain, packed = Image.from_api(doc), Image.from_api(doc, packed=True)
+    assert packed.packed
+    assert not plain.packed
+    assert packed == plain
+    assert dict(packed.raw) == dict(plain.raw)
+    assert packed.raw is packed.raw  # decoded once while warm
+    assert (packed.id, packed.name, packed.tags, packed.protected) == (plain.id, "ubuntu-24.04", plain.tags, True)
+    assert packed.properties() == plain.properties() == {"os_type": "linux", "hw_qemu_guest_agent": "yes"}
+    assert packed.content == plain.content
+    assert len(packed._doc) < len(json.dumps(doc)) / 2  # type: ignore[arg-type]
+    assert packed != Image.from_api({**doc, "name": "other"}, packed=True)
+    many = [Image.from_api({**doc, "id": f"id-{i}"}, packed=True) for i in range(3 * _WARM_DOCS)]
+    assert [image.raw["id"] for image in many] == [f"id-{i}" for i in range(3 * _WARM_DOCS)]
+    assert len(_warm) <= _WARM_DOCS

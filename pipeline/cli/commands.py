@@ -171,7 +171,7 @@ def _finish_run(args: argparse.Namespace, summary: Any, spec: Any, metrics: Any)
         from pipeline.state.records import last_success
 
         try:
-            previous = last_success(Journal.read(spec.run.journal_dir, spec.name).runs)
+            previous = last_success(Journal.read(spec.run.journal_dir, spec.name, packed=True).runs)
             metrics.write(summary, final=True, last_success=previous, requests=summary.requests.counts)
         except (OSError, ImgmigError) as exc:  # the metrics never change the run's exit code
             OUTPUT.warning(f"cannot write the metrics file {metrics.path}: {exc}")

@@ -386,15 +386,23 @@ def plan_job_sliced(
     ``refusal(image, target)``: why a target cannot take a new copy by its own rules (that step is blocked).
     ``volume_backed``: "block" (the step fails with the reason) or "skip" for a volume-backed snapshot."""
     by_source: dict[str, dict[str, list[Image]]] = {t: {} for t in targets}
+    # each copy's source, read once: a listed image's document is decoded to be read (``models.Image``)
+    copy_sources: list[tuple[str, Image, Any]] = []
     for label in targets:
-        for c in copies.get(label, ()):
+        for number, c in enumerate(copies.get(label, ()), start=1):
+            if number % SLICE == 0:
+                yield
             source_id = c.raw.get(PROV_SOURCE_ID)
+            copy_sources.append((label, c, source_id))
             if isinstance(source_id, str):
                 by_source[label].setdefault(source_id, []).append(c)
     planned: list[ImagePlan] = []
+    undigested: list[Image] = []
     for number, image in enumerate(images, start=1):
         if number % (SLICE // 4) == 0:  # up to 200 us an image (its metadata compared with each copy's)
             yield
+        if image.status == "active" and not image.publishes_digest and skip_reason(image, copy) is None:
+            undigested.append(image)
         whole = not_copied(image, copy, volume_backed)
         if whole is not None:
             action, reason = whole
@@ -421,16 +429,16 @@ def plan_job_sliced(
             )
         )
     selected = {i.id for i in images}
-    leftovers = tuple((label, c) for label in targets for c in copies.get(label, ())
-                      if c.status in PARTIAL_STATES and c.raw.get(PROV_SOURCE_ID) in vanished)  # fmt: skip
+    gone = [(label, c, source_id) for label, c, source_id in copy_sources
+            if c.status in PARTIAL_STATES and source_id in vanished]  # fmt: skip
+    leftovers = tuple((label, c) for label, c, _ in gone)
     swept = {c.id for _, c in leftovers}
     notes = [
-        f"{label}: copy {c.id} of source image {c.raw.get(PROV_SOURCE_ID)} is no longer selected; left in place"
-        for label in targets for c in copies.get(label, ())
-        if c.raw.get(PROV_SOURCE_ID) not in selected and c.id not in swept
+        f"{label}: copy {c.id} of source image {source_id} is no longer selected; left in place"
+        for label, c, source_id in copy_sources if source_id not in selected and c.id not in swept
     ] if not pruning else []  # fmt: skip
-    notes += [f"{label}: copy {c.id} ({c.status}) of source image {c.raw.get(PROV_SOURCE_ID)}, which no longer "
-              "exists, is deleted: it never held a verified copy" for label, c in leftovers]  # fmt: skip
+    notes += [f"{label}: copy {c.id} ({c.status}) of source image {source_id}, which no longer "
+              "exists, is deleted: it never held a verified copy" for label, c, source_id in gone]  # fmt: skip
     notes += [
         f"source image {p.image.id} ({p.image.name}): nhncloud_allow_download is switched on while it is read "
         f"and set back to {p.image.raw.get(ALLOW_DOWNLOAD)!r} afterwards ([source] enable_download)"
@@ -439,7 +447,7 @@ def plan_job_sliced(
     notes += [
         f"source image {i.id} ({i.name}) publishes no checksum: its copies are judged by size and the digests "
         "journalled when they were made"
-        for i in images if i.status == "active" and not i.publishes_digest and skip_reason(i, copy) is None
+        for i in undigested
     ]  # fmt: skip
     return Plan(tuple(planned), tuple(targets), tuple(notes), leftovers=leftovers)
 

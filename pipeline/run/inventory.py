@@ -32,6 +32,7 @@ from pipeline.plan.provenance import PROV_JOB, PROV_SOURCE_ID, is_own_copy
 from pipeline.plan.references import ReferenceGraph, references_of
 from pipeline.plan.selection import describe_selection, near_misses, select_images
 from pipeline.report.logs import register_secret
+from pipeline.slices import SLICE
 from pipeline.state.failpoints import failpoint
 
 __all__ = ["Clients", "Inventory", "TargetState", "discover", "retry_policy", "transport_config"]
@@ -183,7 +184,8 @@ async def _list_all(client: ImageClient, filters: Mapping[str, Any]) -> list[Ima
     pages: dict[str, list[Image]] = {}
 
     async def listing(hidden: str) -> None:
-        pages[hidden] = [image async for image in client.list_images({**filters, "os_hidden": hidden})]
+        listed = client.list_images({**filters, "os_hidden": hidden}, packed=True)
+        pages[hidden] = [image async for image in listed]
 
     with _one_error():
         async with anyio.create_task_group() as tg:
@@ -339,13 +341,18 @@ async def _target_state(spec: JobSpec, state: TargetState, source_algo: str, own
         # (or the owner filter) must not make another job's images, or anybody's, look like our copies
         # a shard sees only the copies of the source images it owns: it never sweeps, reuses or changes
         # another shard's copy, not even a queued leftover
-        state.copies = [
-            c for c in state.copies
-            if is_own_copy(c, spec.name) and (not state.tenant_id or c.owner == state.tenant_id)
-            and owns(str(c.raw.get(PROV_SOURCE_ID)))
-        ]  # fmt: skip
+        kept: list[Image] = []
+        algos: set[str] = set()
+        for number, c in enumerate(state.copies, start=1):
+            if number % SLICE == 0:  # one pass, in slices: a listed image's document is decoded to be read
+                await anyio.lowlevel.checkpoint()
+            if (is_own_copy(c, spec.name) and (not state.tenant_id or c.owner == state.tenant_id)
+                    and owns(str(c.raw.get(PROV_SOURCE_ID)))):  # fmt: skip
+                kept.append(c)
+                if c.os_hash_algo:
+                    algos.add(c.os_hash_algo.lower())
+        state.copies = kept
         state.members = await _members(state.client, state.copies)
-        algos = {c.os_hash_algo.lower() for c in state.copies if c.os_hash_algo}
         state.algorithms = frozenset(algos or {source_algo})
     except ApiError as exc:  # unreachable or failing region; credential and catalog errors are fatal
         state.copies, state.members = [], {}

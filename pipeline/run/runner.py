@@ -334,7 +334,7 @@ async def _copy(run: Running) -> None:
 
 async def plan_only(spec: JobSpec) -> tuple[Plan, Inventory]:
     """Discover and plan without changing anything (``imgmig plan``, ``run --dry-run``); no lock taken."""
-    state = Journal.read(spec.run.journal_dir, spec.name)
+    state = Journal.read(spec.run.journal_dir, spec.name, packed=True)
     config, retry = transport_config(spec), retry_policy(spec)
     async with new_session(config) as session:
         inventory = await discover(spec, Clients(spec, session, retry), state.schemas)

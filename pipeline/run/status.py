@@ -134,7 +134,7 @@ _TARGET_KEYS = tuple(f.name for f in fields(TargetEntry) if f.name != "region")
 
 def _journal_view(spec: JobSpec, journal_dir: Path) -> dict[str, Any]:
     """The view of one journal (the job's, or one shard's)."""
-    state = Journal.read(journal_dir, spec.name)
+    state = Journal.read(journal_dir, spec.name, packed=True)
     counts: dict[str, int] = {}
     for entry in state.images.values():
         for target in entry.targets.values():

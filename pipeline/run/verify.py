@@ -66,7 +66,7 @@ class VerifyReport:
 async def verify_job(spec: JobSpec, *, deep: bool = False) -> VerifyReport:
     """Compare every selected image with its copies in every target."""
     report = VerifyReport(deep=deep)
-    state = Journal.read(spec.run.journal_dir, spec.name)
+    state = Journal.read(spec.run.journal_dir, spec.name, packed=True)
     retry = retry_policy(spec)
     async with new_session(transport_config(spec)) as session:
         inventory = await discover(spec, Clients(spec, session, retry), state.schemas)

@@ -138,18 +138,19 @@ class Journal:
         return cls(directory, state, fd, len(records), good_length)
 
     @staticmethod
-    def read(directory: Path, job: str) -> JournalState:
-        """The state, read-only (no lock, no repair): what ``imgmig status`` shows."""
+    def read(directory: Path, job: str, *, packed: bool = False) -> JournalState:
+        """The state, read-only (no lock, no repair): what ``imgmig status`` shows (``packed``: its images held
+        packed, ``records.Images``, for a reader of a large catalogue that reads them one at a time)."""
         if not directory.exists():
             return JournalState(job)
-        return Journal.read_with_log(directory, job)[0]
+        return Journal.read_with_log(directory, job, packed=packed)[0]
 
     @staticmethod
-    def read_with_log(directory: Path, job: str) -> tuple[JournalState, list[dict[str, Any]]]:
+    def read_with_log(directory: Path, job: str, *, packed: bool = False) -> tuple[JournalState, list[dict[str, Any]]]:
         """The state, read-only, and the log records applied on top of the snapshot to make it (with their
         times, which the snapshot does not keep)."""
         try:
-            state = load_snapshot(directory / SNAPSHOT, job)
+            state = load_snapshot(directory / SNAPSHOT, job, packed=packed)
             earlier, _ = read_log(directory / PREV, state.seq)
             records, _ = read_log(directory / LOG, state.seq)
             records = earlier + records
@@ -157,6 +158,8 @@ class Journal:
             raise JournalError(f"cannot read the journal in {directory}: {exc.strerror or exc}") from exc
         for rec in records:
             state.apply(rec)
+        if packed:
+            state.images.pack_all()
         return state, records
 
     def release(self, image_id: str) -> None:
