@@ -11,7 +11,7 @@ from typing import Protocol
 from pipeline.config import JobSpec
 from pipeline.models import Image, Member
 from pipeline.plan.metadiff import Desired, MetaDiff, desired_metadata, diff_metadata
-from pipeline.plan.planner import Action, Plan, kept_copy, link_references, plan_job_sliced
+from pipeline.plan.planner import ImagePlan, Plan, kept_copy, link_references, plan_job_sliced
 from pipeline.plan.provenance import PROV_SOURCE_ID, provenance
 from pipeline.plan.prune import plan_prune
 from pipeline.plan.references import ReferenceGraph
@@ -98,6 +98,8 @@ class Intent:
 
     def copied(self, source_id: str, label: str, copy_id: str) -> None:
         """``source_id`` now has its copy ``copy_id`` in ``label``: the references to it follow."""
+        if source_id not in self._dependents:  # nothing refers to it: nothing to follow (and nothing to hold)
+            return
         if self._copy_ids.setdefault(label, {}).get(source_id) == copy_id:
             return
         self._copy_ids[label][source_id] = copy_id
@@ -165,6 +167,21 @@ class Intent:
     def plan(self) -> Plan:
         return drain(self.plan_sliced())
 
+    def forget(self, image_id: str) -> None:
+        """The run is done with this image: its desired metadata is let go."""
+        for label in self.inventory.targets:
+            self._desired.pop((image_id, label), None)
+
+    def _settled(self, image_plan: ImagePlan) -> None:
+        """An image's desired metadata is let go as soon as the image is planned (its steps hold what planning made
+        of it; held to the end of planning, it peaked at a kilobyte per image x target). Kept for an image that
+        references another or is referenced: ``link_references`` may plan those again."""
+        image_id = image_plan.image.id
+        if image_id in self._dependents or self.references.referenced(image_id):
+            return
+        for step in image_plan.steps:
+            self._desired.pop((image_id, step.target), None)
+
     def plan_sliced(self) -> Sliced[Plan]:
         """The plan, made a slice of images at a time (``slices``)."""
         inventory = self.inventory
@@ -175,12 +192,12 @@ class Intent:
                                           lambda image, label, copy: self.diff(image, label, copy),
                                           enable_download=self.spec.source.enable_download, pruning=pruning,
                                           vanished=inventory.vanished_sources, refusal=self.refusal,
-                                          volume_backed=self.spec.select.volume_backed)  # fmt: skip
+                                          volume_backed=self.spec.select.volume_backed,
+                                          planned_one=self._settled)  # fmt: skip
         plan = link_references(plan, self.references)
-        # the desired metadata of a copy in sync is not needed again: only the steps that create or change a
-        # copy keep theirs (a large catalogue's are mostly in sync)
-        working = {(p.image.id, s.target) for p in plan.images for s in p.steps if s.action is not Action.SKIP}
-        self._desired = {key: value for key, value in self._desired.items() if key in working}
+        # the desired metadata is worked out again when an image's copy is made (its steps have what planning
+        # needed): held from planning to the end of the run, it took a kilobyte per image x target
+        self._desired.clear()
         if not pruning:
             return plan
         selected = {image.id for image in inventory.images}

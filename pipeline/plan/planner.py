@@ -379,12 +379,14 @@ def plan_job_sliced(
     vanished: frozenset[str] = frozenset(),
     refusal: Callable[[Image, str], str | None] | None = None,
     volume_backed: str = "block",
+    planned_one: Callable[[ImagePlan], None] | None = None,
 ) -> Sliced[Plan]:
     """Decide every image x target from the selected ``images`` and each target's copies of this job, yielding
     between slices of images (``slices``).
     ``vanished``: sources that no longer exist; this job's unfinished copies of them are leftovers to delete.
     ``refusal(image, target)``: why a target cannot take a new copy by its own rules (that step is blocked).
-    ``volume_backed``: "block" (the step fails with the reason) or "skip" for a volume-backed snapshot."""
+    ``volume_backed``: "block" (the step fails with the reason) or "skip" for a volume-backed snapshot.
+    ``planned_one(image_plan)``: told of each image as soon as it is planned."""
     by_source: dict[str, dict[str, list[Image]]] = {t: {} for t in targets}
     # each copy's source, read once: a listed image's document is decoded to be read (``models.Image``)
     copy_sources: list[tuple[str, Image, Any]] = []
@@ -428,6 +430,8 @@ def plan_job_sliced(
                 recorded=recorded_in_sync(image, steps, None, journal),
             )
         )
+        if planned_one is not None:
+            planned_one(planned[-1])
     selected = {i.id for i in images}
     gone = [(label, c, source_id) for label, c, source_id in copy_sources
             if c.status in PARTIAL_STATES and source_id in vanished]  # fmt: skip

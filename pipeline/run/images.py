@@ -166,6 +166,7 @@ async def image_task(run: Running, plan: ImagePlan, limiter: anyio.CapacityLimit
         await _image_steps(run, plan, limiter)
     finally:
         run.journal.release(plan.image.id)  # its entry is held packed from now on (``records.Images``)
+        run.intent.forget(plan.image.id)
         done = run.finished.get(plan.image.id)  # an image that others reference: they may go on now
         if done is not None:
             done.set()

@@ -41,6 +41,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,19 +111,23 @@ class Journal:
                 atomic_write(directory / SNAPSHOT, Snapshot(JournalState(job)).whole())
             state = yield from loading(directory / SNAPSHOT, job, packed=True)
             log = directory / LOG
-            earlier, _ = yield from reading_log(directory / PREV, state.seq)  # a snapshot cut short (a crash, a disk)
-            records, good_length = yield from reading_log(log, state.seq)
             unpacked: dict[str, None] = {}  # the images the records changed, packed again in groups
-            for number, rec in enumerate(earlier + records, start=1):
-                if number % SLICE == 0:
-                    yield
+
+            def apply(rec: dict[str, Any]) -> None:
                 state.apply(rec)
                 if isinstance(rec.get("image_id"), str):
                     unpacked[rec["image_id"]] = None
-                if len(unpacked) >= SLICE or number == len(earlier) + len(records):
-                    for image_id in unpacked:  # a run unpacks the images it works on, when it works on them
-                        state.images.pack(image_id)
-                    unpacked.clear()
+                if len(unpacked) >= SLICE:
+                    repack()
+
+            def repack() -> None:
+                for image_id in unpacked:  # a run unpacks the images it works on, when it works on them
+                    state.images.pack(image_id)
+                unpacked.clear()
+
+            yield from replaying(directory / PREV, state.seq, apply)  # a snapshot cut short (a crash, a disk)
+            logged, good_length = yield from replaying(log, state.seq, apply)
+            repack()
             fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             if os.fstat(fd).st_size != good_length:
                 os.ftruncate(fd, good_length)  # drop the torn tail of a write cut short
@@ -130,12 +135,12 @@ class Journal:
                 atomic_write(directory / SNAPSHOT, Snapshot(state).whole())
                 os.ftruncate(fd, 0)
                 os.unlink(directory / PREV)
-                records, good_length = [], 0
+                logged, good_length = 0, 0
         except JournalError:
             raise
         except OSError as exc:
             raise JournalError(f"cannot open the journal in {directory}: {exc.strerror or exc}") from exc
-        return cls(directory, state, fd, len(records), good_length)
+        return cls(directory, state, fd, logged, good_length)
 
     @staticmethod
     def read(directory: Path, job: str, *, packed: bool = False) -> JournalState:
@@ -149,11 +154,11 @@ class Journal:
     def read_with_log(directory: Path, job: str, *, packed: bool = False) -> tuple[JournalState, list[dict[str, Any]]]:
         """The state, read-only, and the log records applied on top of the snapshot to make it (with their
         times, which the snapshot does not keep)."""
+        records: list[dict[str, Any]] = []
         try:
             state = load_snapshot(directory / SNAPSHOT, job, packed=packed)
-            earlier, _ = read_log(directory / PREV, state.seq)
-            records, _ = read_log(directory / LOG, state.seq)
-            records = earlier + records
+            for path in (directory / PREV, directory / LOG):
+                drain(replaying(path, state.seq, records.append))
         except OSError as exc:
             raise JournalError(f"cannot read the journal in {directory}: {exc.strerror or exc}") from exc
         for rec in records:
@@ -369,31 +374,58 @@ class Journal:
             self._fd = -1
 
 
-def reading_log(path: Path, after_seq: int) -> Sliced[tuple[list[dict[str, Any]], int]]:
-    """Records with seq > after_seq, and the byte length of the intact part of the file (a slice of lines at a
-    time: ``slices``)."""
+#: How much of a log is read at a time: replaying a log holds this and one record, not the whole file.
+_READ = 1 << 20
+
+
+def replaying(path: Path, after_seq: int, apply: Callable[[dict[str, Any]], None]) -> Sliced[tuple[int, int]]:
+    """Call ``apply`` on each record with seq > after_seq, in order, as the log is read (a MiB at a time, a slice
+    of lines between yields: ``slices``); how many it applied, and the byte length of the intact part of the file
+    (anything after the last newline is a torn write: ignored). A damaged record before that is an error, raised
+    before the records after it are read: the caller's state is then thrown away."""
     try:
-        data = path.read_bytes()
+        file = path.open("rb")
     except FileNotFoundError:
-        return [], 0
-    end = data.rfind(b"\n") + 1  # anything after the last newline is a torn write: ignored
+        return 0, 0
+    applied = end = number = 0
+    with file:
+        pending = b""
+        while chunk := file.read(_READ):
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                number += 1
+                if number % (SLICE * 2) == 0:
+                    yield
+                rec = _record(path, line, number)
+                end += len(line) + 1
+                if rec["seq"] > after_seq:
+                    apply(rec)
+                    applied += 1
+    return applied, end
+
+
+def _record(path: Path, line: bytes, number: int) -> dict[str, Any]:
+    """The record on ``line`` (the ``number``th of ``path``), or JournalCorruptError."""
+    try:
+        rec = json.loads(unsealed(line))
+        if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int) or "kind" not in rec:
+            raise ValueError("not a journal record")
+    except ValueError as exc:
+        with path.open("rb") as again:  # how many lines the log has, for the message
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: again.read(_READ), b""))
+        raise JournalCorruptError(
+            f"the journal {path} is damaged at line {number} of {lines} ({exc}); records after "
+            "it would be lost, so nothing was changed. Repair or move the file aside; the next run "
+            "finds its copies through their provenance"
+        ) from exc
+    return rec
+
+
+def reading_log(path: Path, after_seq: int) -> Sliced[tuple[list[dict[str, Any]], int]]:
+    """Records with seq > after_seq, and the byte length of the intact part of the file (``replaying``)."""
     records: list[dict[str, Any]] = []
-    lines = data[:end].split(b"\n")[:-1]
-    for number, line in enumerate(lines, start=1):
-        if number % (SLICE * 4) == 0:
-            yield
-        try:
-            rec = json.loads(unsealed(line))
-            if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int) or "kind" not in rec:
-                raise ValueError("not a journal record")
-        except ValueError as exc:
-            raise JournalCorruptError(
-                f"the journal {path} is damaged at line {number} of {len(lines)} ({exc}); records after "
-                "it would be lost, so nothing was changed. Repair or move the file aside; the next run "
-                "finds its copies through their provenance"
-            ) from exc
-        if rec["seq"] > after_seq:
-            records.append(rec)
+    _, end = yield from replaying(path, after_seq, records.append)
     return records, end
 
 
