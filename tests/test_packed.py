@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from pipeline.slices import SLICE, drain
 from pipeline.state.journal import LOG, SNAPSHOT, Journal, load_snapshot
 from pipeline.state.packed import pack, unpack
@@ -162,3 +164,45 @@ def test_a_listed_image_is_held_packed_and_reads_the_same() -> None:
     many = [Image.from_api({**doc, "id": f"id-{i}"}, packed=True) for i in range(3 * _WARM_DOCS)]
     assert [image.raw["id"] for image in many] == [f"id-{i}" for i in range(3 * _WARM_DOCS)]
     assert len(_warm) <= _WARM_DOCS
+
+
+@pytest.mark.parametrize("piece", [64, 1 << 20])
+def test_browsing_a_journal_holds_only_the_images_its_log_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int
+) -> None:
+    """``Browse`` (``imgmig status``) holds the images the log's records change, and reads every other one from
+    the snapshot as it is shown: the same entries, in the same order, as the whole state read at once (the log
+    searched in pieces of 64 bytes too, so that records are cut between pieces)."""
+    from pipeline.state import browse as module
+    from pipeline.state.browse import Browse
+
+    monkeypatch.setattr(module, "_READ", piece)
+
+    journal = Journal.open(tmp_path, "job")
+    _fill(journal, 50)
+    journal.snapshot()
+    journal.record("target", image_id="img-3", region="KR2", state="failed", error="after the snapshot")
+    journal.record("image", image_id="img-new", name="new", size=1)
+    journal.close()
+    browse = Browse(tmp_path, "job")
+    assert set(browse.state.images) == {"img-3", "img-new"}
+    assert browse.state.images.hot_count() == 0
+    whole = Journal.read(tmp_path, "job")
+    for _ in range(2):  # each pass reads the snapshot again
+        entries = list(browse.entries())
+        assert [e.image_id for e in entries] == list(whole.images)
+        assert entries == list(whole.images.values())
+    assert entries[3].targets["KR2"].state == "failed"
+    assert entries[-1].image_id == "img-new"
+
+
+def test_browsing_a_journal_without_a_snapshot_or_a_directory(tmp_path: Path) -> None:
+    """A journal whose snapshot is missing (only a log) or of one line, and no journal at all, browse too."""
+    from pipeline.state.browse import Browse
+
+    assert list(Browse(tmp_path / "none", "job").entries()) == []
+    journal = Journal.open(tmp_path, "job")
+    _fill(journal, 3)
+    journal.close()
+    (tmp_path / SNAPSHOT).unlink()
+    assert [e.image_id for e in Browse(tmp_path, "job").entries()] == ["img-0", "img-1", "img-2"]

@@ -11,7 +11,8 @@ from typing import Any, TextIO
 
 from pipeline.config import JobSpec, Shard
 from pipeline.errors import run_state
-from pipeline.state.journal import LOG, SNAPSHOT, Journal
+from pipeline.state.browse import Browse
+from pipeline.state.journal import LOG, SNAPSHOT
 from pipeline.state.lock import lock_holder
 from pipeline.state.records import TargetEntry
 from pipeline.units import clip, format_size, format_table
@@ -134,14 +135,15 @@ _TARGET_KEYS = tuple(f.name for f in fields(TargetEntry) if f.name != "region")
 
 def _journal_view(spec: JobSpec, journal_dir: Path) -> dict[str, Any]:
     """The view of one journal (the job's, or one shard's)."""
-    state = Journal.read(journal_dir, spec.name, packed=True)
+    journal = Browse(journal_dir, spec.name)
+    state = journal.state
     counts: dict[str, int] = {}
-    for entry in state.images.values():
+    for entry in journal.entries():
         for target in entry.targets.values():
             counts[target.state] = counts.get(target.state, 0) + 1
 
     def images() -> Iterator[dict[str, Any]]:
-        for entry in state.images.values():
+        for entry in journal.entries():
             targets = {}
             for label, target in entry.targets.items():
                 doc = {name: getattr(target, name) for name in _TARGET_KEYS}  # shallow: nothing copied twice

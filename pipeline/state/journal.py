@@ -55,7 +55,7 @@ from pipeline.state.lock import secure_dir
 from pipeline.state.records import JournalState
 from pipeline.state.snapshot import ENCODER, Snapshot, load_snapshot, loading, sealed, unsealed
 
-__all__ = ["LOG", "PREV", "SNAPSHOT", "Journal", "load_snapshot", "read_log"]
+__all__ = ["LOG", "PREV", "SNAPSHOT", "Journal", "load_snapshot", "read_log", "replayed", "replaying"]
 
 LOG = "journal.jsonl"
 PREV = "journal.prev.jsonl"
@@ -111,23 +111,7 @@ class Journal:
                 atomic_write(directory / SNAPSHOT, Snapshot(JournalState(job)).whole())
             state = yield from loading(directory / SNAPSHOT, job, packed=True)
             log = directory / LOG
-            unpacked: dict[str, None] = {}  # the images the records changed, packed again in groups
-
-            def apply(rec: dict[str, Any]) -> None:
-                state.apply(rec)
-                if isinstance(rec.get("image_id"), str):
-                    unpacked[rec["image_id"]] = None
-                if len(unpacked) >= SLICE:
-                    repack()
-
-            def repack() -> None:
-                for image_id in unpacked:  # a run unpacks the images it works on, when it works on them
-                    state.images.pack(image_id)
-                unpacked.clear()
-
-            yield from replaying(directory / PREV, state.seq, apply)  # a snapshot cut short (a crash, a disk)
-            logged, good_length = yield from replaying(log, state.seq, apply)
-            repack()
+            logged, good_length = yield from replayed(directory, state)
             fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             if os.fstat(fd).st_size != good_length:
                 os.ftruncate(fd, good_length)  # drop the torn tail of a write cut short
@@ -372,6 +356,31 @@ class Journal:
                     os.close(fd)
             self._retired.clear()
             self._fd = -1
+
+
+def replayed(directory: Path, state: JournalState) -> Sliced[tuple[int, int]]:
+    """Apply the records of the journal's logs after its snapshot (``state``, packed) to ``state``, as they are
+    read: the previous log (a snapshot that a crash or a full disk cut short), then the log. The images they
+    change are packed again in groups (a run unpacks the images it works on, when it works on them). How many
+    records of the log were applied, and the byte length of its intact part (``replaying``)."""
+    unpacked: dict[str, None] = {}
+
+    def apply(rec: dict[str, Any]) -> None:
+        state.apply(rec)
+        if isinstance(rec.get("image_id"), str):
+            unpacked[rec["image_id"]] = None
+        if len(unpacked) >= SLICE:
+            repack()
+
+    def repack() -> None:
+        for image_id in unpacked:
+            state.images.pack(image_id)
+        unpacked.clear()
+
+    yield from replaying(directory / PREV, state.seq, apply)
+    logged = yield from replaying(directory / LOG, state.seq, apply)
+    repack()
+    return logged
 
 
 #: How much of a log is read at a time: replaying a log holds this and one record, not the whole file.

@@ -30,6 +30,7 @@ __all__ = [
     "fold_target",
     "image_json",
     "last_success",
+    "loaded_image",
 ]
 
 #: The journal's on-disk format (snapshots carry it).
@@ -284,7 +285,7 @@ class JournalState:
 
     def load_image(self, image_id: str, raw: dict[str, Any]) -> None:
         """Add one image from its snapshot form (``image_json``)."""
-        entry = _loaded_image({**raw, "image_id": image_id})
+        entry = loaded_image(image_id, raw)
         self.images.add(entry)
         self.entries += 1 + len(entry.targets)
 
@@ -333,9 +334,11 @@ def _known(cls: type[_Entry], doc: dict[str, Any]) -> _Entry:
     return cls(**{k: v for k, v in doc.items() if k in names})
 
 
-def _loaded_image(raw: dict[str, Any]) -> ImageEntry:
-    """An image's entry from its snapshot form (``image_json``)."""
-    targets = {r: _loaded_target(r, t) for r, t in raw.get("targets", {}).items()}
+def loaded_image(image_id: str, raw: dict[str, Any], *, compact: bool = True) -> ImageEntry:
+    """An image's entry from its snapshot form (``image_json``); ``compact``: its repeated values interned (for
+    an entry that is kept)."""
+    raw = {**raw, "image_id": image_id}
+    targets = {r: _loaded_target(r, t, compact=compact) for r, t in raw.get("targets", {}).items()}
     return _known(ImageEntry, {**raw, "targets": targets})
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import queue
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from pipeline.slices import SLICE, Sliced, drained
 from pipeline.state.failpoints import failpoint
 from pipeline.state.records import ENCODER, FORMAT, JournalState
 
-__all__ = ["ENCODER", "Snapshot", "load_snapshot", "loading", "sealed", "unsealed"]
+__all__ = ["ENCODER", "Snapshot", "image_lines", "is_lined", "load_snapshot", "loading", "sealed", "unsealed"]
 
 _SEAL = b',"crc":"'
 
@@ -40,9 +40,12 @@ def unsealed(line: bytes) -> bytes:
     return body
 
 
-def loading(path: Path, job: str, *, packed: bool = False) -> Sliced[JournalState]:
+def loading(
+    path: Path, job: str, *, packed: bool = False, only: Callable[[str], bool] | None = None
+) -> Sliced[JournalState]:
     """The state a snapshot holds (an empty one if there is none), read a slice of images at a time (``slices``);
-    ``packed``: its images held packed (``Images``), as a run holds those it is not working on."""
+    ``packed``: its images held packed (``Images``), as a run holds those it is not working on; ``only``: the
+    images to load (the others are skipped unparsed: ``image_lines`` reads them later)."""
     try:
         file = path.open("rb")
     except FileNotFoundError:
@@ -51,12 +54,12 @@ def loading(path: Path, job: str, *, packed: bool = False) -> Sliced[JournalStat
         with file:
             first = file.readline()
             if first.endswith(_IMAGES_LINE):
-                state = yield from _load_lines(path, first, file, packed)
+                state = yield from _load_lines(path, first, file, packed, only)
             else:  # one line: a snapshot of an earlier imgmig
                 doc = json.loads(unsealed((first + file.read()).rstrip(b"\n")))
                 _check_format(path, doc)
                 state = JournalState.from_json(doc)
-                if packed:
+                if packed:  # (``only`` is for a snapshot laid out in lines: a one-line one is read whole)
                     state.images.pack_all()
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise JournalCorruptError(
@@ -84,7 +87,9 @@ def _check_format(path: Path, doc: Any) -> None:
                            "journal_dir")  # fmt: skip
 
 
-def _load_lines(path: Path, first: bytes, file: Any, packed: bool) -> Sliced[JournalState]:
+def _load_lines(
+    path: Path, first: bytes, file: Any, packed: bool, only: Callable[[str], bool] | None
+) -> Sliced[JournalState]:
     """A snapshot laid out one image per line, read a line at a time: its CRC-32 is checked first (ValueError if
     it does not match: nothing of a damaged snapshot is believed, not even its format), then it is parsed."""
     crc = zlib.crc32(first)
@@ -109,6 +114,8 @@ def _load_lines(path: Path, first: bytes, file: Any, packed: bool) -> Sliced[Jou
             yield
         if line.startswith(b"}"):  # the last line: the end of the images, and the seal
             break
+        if only is not None and not only(_image_id(line)):
+            continue
         image = json.loads(b"{" + line.rstrip(b",\n") + b"}")
         if not isinstance(image, dict) or len(image) != 1:
             raise ValueError("not an image line")
@@ -120,6 +127,35 @@ def _load_lines(path: Path, first: bytes, file: Any, packed: bool) -> Sliced[Jou
         value = line.rstrip(b",\n")[len(key) :] if line.startswith(key) else ENCODER.encode(raw).encode()
         state.load_packed(image_id, value, len(raw.get("targets") or ()))
     return state
+
+
+def is_lined(path: Path) -> bool:
+    """Whether the snapshot is laid out one image per line (``image_lines`` reads it); False for a one-line
+    snapshot of an earlier imgmig, or none."""
+    try:
+        with path.open("rb") as file:
+            return file.readline().endswith(_IMAGES_LINE)
+    except FileNotFoundError:
+        return False
+
+
+def image_lines(file: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each image of a snapshot laid out one image per line (``is_lined``), as (id, its snapshot form), read from
+    an open file a MiB at a time (what ``loading`` checked; a reader that holds the file reads what it checked)."""
+    file.seek(0)
+    file.seek(len(file.readline()))
+    for line in _lines(file):
+        if line.startswith(b"}"):
+            return
+        image = json.loads(b"{" + line.rstrip(b",\n") + b"}")
+        [(image_id, raw)] = image.items()
+        yield image_id, raw
+
+
+def _image_id(line: bytes) -> str:
+    """The id an image line starts with, without parsing the rest of it."""
+    text = line.decode("utf-8")
+    return str(json.decoder.scanstring(text, 1)[0])  # type: ignore[attr-defined]
 
 
 #: How much of a snapshot is read at once (its lines are then split in memory).

@@ -1,0 +1,107 @@
+"""Reading a journal without holding it: what ``imgmig status`` does with a large catalogue.
+
+``Browse`` holds the journal's head (runs, counters) and only the images its logs' records change (packed,
+``records.Images``); every other image is read from the snapshot when it is shown (``entries``), one at a time,
+from the same open file: what ``status --json`` streams is never a second copy of the whole state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import JournalError
+from pipeline.slices import drain
+from pipeline.state.journal import LOG, PREV, SNAPSHOT, replayed
+from pipeline.state.records import ImageEntry, JournalState, loaded_image
+from pipeline.state.snapshot import image_lines, is_lined, load_snapshot
+
+__all__ = ["Browse"]
+
+#: How much of a log is searched at a time.
+_READ = 1 << 20
+#: How many times the snapshot may be replaced by a run's next one while it is read, before giving up.
+_TRIES = 3
+
+
+class Browse:
+    """A journal, read-only (no lock, no repair): ``state`` holds its head and the images that its logs change;
+    ``entries()`` yields every image's entry, in the journal's order."""
+
+    def __init__(self, directory: Path, job: str) -> None:
+        self.state = JournalState(job)
+        self._file: Any = None
+        self._loaded: set[str] = set()
+        if not directory.exists():
+            return
+        try:
+            for _ in range(_TRIES):
+                if self._read(directory, job):
+                    return
+        except OSError as exc:
+            raise JournalError(f"cannot read the journal in {directory}: {exc.strerror or exc}") from exc
+        raise JournalError(f"the journal in {directory} changed {_TRIES} times while it was read (a run is taking "
+                           "snapshots); run status again")  # fmt: skip
+
+    def _read(self, directory: Path, job: str) -> bool:
+        """Read the journal once; False if its snapshot was replaced meanwhile (then nothing is kept)."""
+        path = directory / SNAPSHOT
+        lined = is_lined(path)
+        file = path.open("rb") if lined else None
+        try:
+            touched = _logged_images(directory)
+            state = load_snapshot(path, job, packed=True, only=touched.__contains__ if lined else None)
+            if file is not None and os.stat(path).st_ino != os.fstat(file.fileno()).st_ino:
+                file.close()
+                return False
+            loaded = set(state.images)
+            drain(replayed(directory, state))
+        except BaseException:
+            if file is not None:
+                file.close()
+            raise
+        self.state, self._loaded, self._file = state, loaded, file
+        if file is not None:
+            weakref.finalize(self, file.close)
+        return True
+
+    def entries(self) -> Iterator[ImageEntry]:
+        """Every image's entry: those the logs changed from ``state``, the others as the snapshot holds them."""
+        images = self.state.images
+        if self._file is None:
+            yield from images.values()
+            return
+        for image_id, raw in image_lines(self._file):
+            entry = images.get(image_id)
+            yield entry if entry is not None else loaded_image(image_id, raw, compact=False)
+        for image_id in images:
+            if image_id not in self._loaded:  # made by a record after the snapshot
+                yield images[image_id]
+
+
+#: An ``image_id`` field of a record, as the journal's encoder writes it (a quote inside a value is escaped).
+_IMAGE_ID = re.compile(rb'"image_id":("(?:[^"\\]|\\.)*")')
+
+
+def _logged_images(directory: Path) -> set[str]:
+    """The ids of the images that the records of the journal's logs name, found without parsing the records
+    (every ``image_id`` field of every line: a few more than the records change, never fewer). The records are
+    checked when they are applied (``journal.replayed``)."""
+    found: set[str] = set()
+    for name in (PREV, LOG):
+        try:
+            file = (directory / name).open("rb")
+        except FileNotFoundError:
+            continue
+        with file:
+            rest = b""
+            while piece := file.read(_READ):
+                whole, _, rest = (rest + piece).rpartition(b"\n")  # whole lines: a field is never cut in two
+                found.update(json.loads(m) for m in _IMAGE_ID.findall(whole))
+            found.update(json.loads(m) for m in _IMAGE_ID.findall(rest))
+    return found
