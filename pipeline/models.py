@@ -102,7 +102,7 @@ _DOC_WORDS = marshal.dumps(
      "imgmig_job": "", "imgmig_source_id": "", "imgmig_source_region": "", "imgmig_source_checksum": "",
      "imgmig_copied_at": "", "nhncloud_product": ""})  # fmt: skip
 #: deflate's window (4 KiB) and memory level: an image document is 0.5-2 KiB, and the small state packs in 8 us.
-_DOC_WBITS, _DOC_MEMLEVEL = -12, 1
+_DOC_LEVEL, _DOC_WBITS, _DOC_MEMLEVEL = 6, -12, 8
 #: How many packed images' documents stay decoded (the last ones read): a planner or an engine reads one image's
 #: fields a few times in a row, and a few images at once.
 _WARM_DOCS = 64
@@ -110,7 +110,7 @@ _warm: dict[int, tuple[Image, Mapping[str, Any]]] = {}
 
 
 def _pack_doc(doc: Mapping[str, Any]) -> bytes:
-    packer = zlib.compressobj(1, zlib.DEFLATED, _DOC_WBITS, _DOC_MEMLEVEL, zlib.Z_DEFAULT_STRATEGY, _DOC_WORDS)
+    packer = zlib.compressobj(_DOC_LEVEL, zlib.DEFLATED, _DOC_WBITS, _DOC_MEMLEVEL, zlib.Z_DEFAULT_STRATEGY, _DOC_WORDS)
     return packer.compress(marshal.dumps(dict(doc))) + packer.flush()
 
 
