@@ -225,11 +225,16 @@ def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
         plan.prune is not None and plan.prune.refused)  # fmt: skip
     code = ExitCode.FAILED if failing else ExitCode.OK
     if as_json or OUTPUT.json_lines:
-        doc = plan.to_json()
+        doc = plan.to_json(lazy=not OUTPUT.json_lines)
         doc["job"] = spec.name
         doc["unavailable_targets"] = unavailable
         doc["exit_code"] = int(code)
-        OUTPUT.document(doc, as_json=True)
+        if OUTPUT.json_lines:
+            OUTPUT.document(doc, as_json=True)
+        else:  # its images written one per line as they are made: no second copy of a large plan
+            from pipeline.run.status import write_status_json
+
+            write_status_json(doc, sys.stdout)
         return code
     rows: list[tuple[object, ...]] = [("IMAGE", "NAME", "TARGET", "ACTION", "BYTES", "REASON")]
     steps = sorted(plan.steps(), key=lambda pair: (pair[0].image.name or "", pair[0].image.id, pair[1].target))
