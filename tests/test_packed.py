@@ -206,3 +206,26 @@ def test_browsing_a_journal_without_a_snapshot_or_a_directory(tmp_path: Path) ->
     journal.close()
     (tmp_path / SNAPSHOT).unlink()
     assert [e.image_id for e in Browse(tmp_path, "job").entries()] == ["img-0", "img-1", "img-2"]
+
+
+def test_browsing_reads_the_logs_as_they_were_when_it_searched_them(tmp_path: Path) -> None:
+    """A run may append while ``status`` reads: the records are applied through the files that were searched,
+    up to the lengths searched, so a record appended in between (for an image that was not loaded from the
+    snapshot) is not applied to an image that the reader never loaded (it would show a partial entry)."""
+    from pipeline.state.browse import _logged_images
+    from pipeline.state.journal import PREV, replayed
+
+    journal = Journal.open(tmp_path, "job")
+    _fill(journal, 5)
+    journal.snapshot()
+    journal.record("target", image_id="img-1", region="KR2", state="failed", error="seen")
+    with (tmp_path / LOG).open("rb") as log:
+        touched, lengths = _logged_images([None, log])
+        journal.record("target", image_id="img-2", region="KR2", state="failed", error="appended after the search")
+        journal.sync()
+        state = load_snapshot(tmp_path / SNAPSHOT, "job", packed=True, only=touched.__contains__)
+        drain(replayed(tmp_path, state, [(tmp_path / PREV, None, lengths[0]), (tmp_path / LOG, log, lengths[1])]))
+    journal.close()
+    assert touched == {"img-1"}
+    assert set(state.images) == {"img-1"}
+    assert state.images["img-1"].targets["KR2"].error == "seen"

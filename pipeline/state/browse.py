@@ -7,13 +7,14 @@ from the same open file: what ``status --json`` streams is never a second copy o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pipeline.errors import JournalError
 from pipeline.slices import drain
@@ -49,25 +50,34 @@ class Browse:
                            "snapshots); run status again")  # fmt: skip
 
     def _read(self, directory: Path, job: str) -> bool:
-        """Read the journal once; False if its snapshot was replaced meanwhile (then nothing is kept)."""
+        """Read the journal once; False if its snapshot was replaced meanwhile (then nothing is kept).
+
+        A run may be writing the journal meanwhile: the snapshot and both logs are opened first (the log before
+        the previous one: a run renames the log to the previous one when it starts a snapshot) and read through
+        those files, each up to the length first searched, so what is read is the journal as it was at one
+        moment. The snapshot must still be the current one once all are open: else a finished snapshot may have
+        removed the previous log before it was opened."""
         path = directory / SNAPSHOT
-        lined = is_lined(path)
-        file = path.open("rb") if lined else None
-        try:
-            touched = _logged_images(directory)
-            state = load_snapshot(path, job, packed=True, only=touched.__contains__ if lined else None)
-            if file is not None and os.stat(path).st_ino != os.fstat(file.fileno()).st_ino:
-                file.close()
+        with contextlib.ExitStack() as files:
+            snapshot = _opened(path, files)
+            log = _opened(directory / LOG, files)
+            logs = [(directory / PREV, _opened(directory / PREV, files)), (directory / LOG, log)]
+            if snapshot is not None and os.stat(path).st_ino != os.fstat(snapshot.fileno()).st_ino:
                 return False
+            touched, lengths = _logged_images([file for _, file in logs])
+            lined = snapshot is not None and is_lined(snapshot)
+            only = touched.__contains__ if lined else None
+            state = load_snapshot(path, job, packed=True, only=only, file=snapshot)
             loaded = set(state.images)
-            drain(replayed(directory, state))
-        except BaseException:
-            if file is not None:
-                file.close()
-            raise
-        self.state, self._loaded, self._file = state, loaded, file
-        if file is not None:
-            weakref.finalize(self, file.close)
+            drain(replayed(directory, state, [(p, f, n) for (p, f), n in zip(logs, lengths, strict=True)]))
+            if lined:  # the snapshot stays open for ``entries``, the logs are closed
+                held = files.pop_all()
+                for _, file in logs:
+                    if file is not None:
+                        file.close()
+                self._file = snapshot
+                weakref.finalize(self, held.close)
+        self.state, self._loaded = state, loaded
         return True
 
     def entries(self) -> Iterator[ImageEntry]:
@@ -84,24 +94,31 @@ class Browse:
                 yield images[image_id]
 
 
+def _opened(path: Path, files: contextlib.ExitStack) -> BinaryIO | None:
+    try:
+        return files.enter_context(path.open("rb"))
+    except FileNotFoundError:
+        return None
+
+
 #: An ``image_id`` field of a record, as the journal's encoder writes it (a quote inside a value is escaped).
 _IMAGE_ID = re.compile(rb'"image_id":("(?:[^"\\]|\\.)*")')
 
 
-def _logged_images(directory: Path) -> set[str]:
+def _logged_images(logs: list[BinaryIO | None]) -> tuple[set[str], list[int]]:
     """The ids of the images that the records of the journal's logs name, found without parsing the records
-    (every ``image_id`` field of every line: a few more than the records change, never fewer). The records are
-    checked when they are applied (``journal.replayed``)."""
+    (every ``image_id`` field of every whole line: a few more than the records change, never fewer), and how many
+    bytes of each log that covers (its whole lines: a run may be appending). The records are checked when they
+    are applied (``journal.replayed``), up to those lengths."""
     found: set[str] = set()
-    for name in (PREV, LOG):
-        try:
-            file = (directory / name).open("rb")
-        except FileNotFoundError:
-            continue
-        with file:
+    lengths = []
+    for file in logs:
+        length = 0
+        if file is not None:
             rest = b""
             while piece := file.read(_READ):
-                whole, _, rest = (rest + piece).rpartition(b"\n")  # whole lines: a field is never cut in two
+                whole, newline, rest = (rest + piece).rpartition(b"\n")  # whole lines: a field is never cut in two
                 found.update(json.loads(m) for m in _IMAGE_ID.findall(whole))
-            found.update(json.loads(m) for m in _IMAGE_ID.findall(rest))
-    return found
+                length += len(whole) + len(newline)
+        lengths.append(length)
+    return found, lengths

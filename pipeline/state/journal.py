@@ -41,9 +41,9 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 
@@ -358,14 +358,22 @@ class Journal:
             self._fd = -1
 
 
-def replayed(directory: Path, state: JournalState) -> Sliced[tuple[int, int]]:
+def replayed(
+    directory: Path, state: JournalState, logs: Sequence[tuple[Path, BinaryIO | None, int | None]] | None = None
+) -> Sliced[tuple[int, int]]:
     """Apply the records of the journal's logs after its snapshot (``state``, packed) to ``state``, as they are
     read: the previous log (a snapshot that a crash or a full disk cut short), then the log. The images they
     change are packed again in groups (a run unpacks the images it works on, when it works on them). How many
-    records of the log were applied, and the byte length of its intact part (``replaying``)."""
+    records of the last log were read past the snapshot, and the byte length of its intact part (``replaying``).
+
+    ``logs``: the logs to read instead, in order, as (path, an open file or None, how many bytes or None for all).
+    A record at or below the seq already applied is skipped: a reader that holds both logs open while a run
+    renames the log to the previous one may see one file twice."""
     unpacked: dict[str, None] = {}
 
     def apply(rec: dict[str, Any]) -> None:
+        if rec["seq"] <= state.seq:
+            return
         state.apply(rec)
         if isinstance(rec.get("image_id"), str):
             unpacked[rec["image_id"]] = None
@@ -377,8 +385,11 @@ def replayed(directory: Path, state: JournalState) -> Sliced[tuple[int, int]]:
             state.images.pack(image_id)
         unpacked.clear()
 
-    yield from replaying(directory / PREV, state.seq, apply)
-    logged = yield from replaying(directory / LOG, state.seq, apply)
+    logged = (0, 0)
+    for path, file, limit in (
+        logs if logs is not None else [(directory / PREV, None, None), (directory / LOG, None, None)]
+    ):
+        logged = yield from replaying(path, state.seq, apply, file=file, limit=limit)
     repack()
     return logged
 
@@ -387,19 +398,34 @@ def replayed(directory: Path, state: JournalState) -> Sliced[tuple[int, int]]:
 _READ = 1 << 20
 
 
-def replaying(path: Path, after_seq: int, apply: Callable[[dict[str, Any]], None]) -> Sliced[tuple[int, int]]:
+def replaying(
+    path: Path,
+    after_seq: int,
+    apply: Callable[[dict[str, Any]], None],
+    *,
+    file: BinaryIO | None = None,
+    limit: int | None = None,
+) -> Sliced[tuple[int, int]]:
     """Call ``apply`` on each record with seq > after_seq, in order, as the log is read (a MiB at a time, a slice
     of lines between yields: ``slices``); how many it applied, and the byte length of the intact part of the file
     (anything after the last newline is a torn write: ignored). A damaged record before that is an error, raised
-    before the records after it are read: the caller's state is then thrown away."""
-    try:
-        file = path.open("rb")
-    except FileNotFoundError:
-        return 0, 0
+    before the records after it are read: the caller's state is then thrown away. ``file``: the log, open (read
+    from its start, left open); ``limit``: read no more than that many bytes."""
+    if file is None:
+        try:
+            file = path.open("rb")
+        except FileNotFoundError:
+            return 0, 0
+        holder: Any = file
+    else:
+        file.seek(0)
+        holder = contextlib.nullcontext()
+    left = limit if limit is not None else -1
     applied = end = number = 0
-    with file:
+    with holder:
         pending = b""
-        while chunk := file.read(_READ):
+        while left and (chunk := file.read(_READ if left < 0 else min(_READ, left))):
+            left -= len(chunk) if left > 0 else 0
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
             for line in lines:

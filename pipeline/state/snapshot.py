@@ -5,12 +5,13 @@ for when snapshots are taken and how they survive a crash.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pipeline.errors import JournalCorruptError, JournalError
 from pipeline.slices import SLICE, Sliced, drained
@@ -41,17 +42,26 @@ def unsealed(line: bytes) -> bytes:
 
 
 def loading(
-    path: Path, job: str, *, packed: bool = False, only: Callable[[str], bool] | None = None
+    path: Path,
+    job: str,
+    *,
+    packed: bool = False,
+    only: Callable[[str], bool] | None = None,
+    file: BinaryIO | None = None,
 ) -> Sliced[JournalState]:
     """The state a snapshot holds (an empty one if there is none), read a slice of images at a time (``slices``);
     ``packed``: its images held packed (``Images``), as a run holds those it is not working on; ``only``: the
-    images to load (the others are skipped unparsed: ``image_lines`` reads them later)."""
+    images to load (the others are skipped unparsed: ``image_lines`` reads them later); ``file``: the snapshot,
+    open (read from its start and left open; None: there is none)."""
+    holder: Any = contextlib.nullcontext()
+    if file is None:
+        try:
+            file = holder = path.open("rb")
+        except FileNotFoundError:
+            return JournalState(job)
+    file.seek(0)
     try:
-        file = path.open("rb")
-    except FileNotFoundError:
-        return JournalState(job)
-    try:
-        with file:
+        with holder:
             first = file.readline()
             if first.endswith(_IMAGES_LINE):
                 state = yield from _load_lines(path, first, file, packed, only)
@@ -129,14 +139,11 @@ def _load_lines(
     return state
 
 
-def is_lined(path: Path) -> bool:
-    """Whether the snapshot is laid out one image per line (``image_lines`` reads it); False for a one-line
-    snapshot of an earlier imgmig, or none."""
-    try:
-        with path.open("rb") as file:
-            return file.readline().endswith(_IMAGES_LINE)
-    except FileNotFoundError:
-        return False
+def is_lined(file: BinaryIO) -> bool:
+    """Whether the snapshot (open) is laid out one image per line (``image_lines`` reads it); False for a
+    one-line snapshot of an earlier imgmig."""
+    file.seek(0)
+    return file.readline().endswith(_IMAGES_LINE)
 
 
 def image_lines(file: Any) -> Iterator[tuple[str, dict[str, Any]]]:
