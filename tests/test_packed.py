@@ -180,6 +180,7 @@ def test_browsing_a_journal_holds_only_the_images_its_log_changes(
 
     journal = Journal.open(tmp_path, "job")
     _fill(journal, 50)
+    journal.record("target", image_id="img-4", region="EU1", action="copy")  # planned: a state left unwritten
     journal.snapshot()
     journal.record("target", image_id="img-3", region="KR2", state="failed", error="after the snapshot")
     journal.record("image", image_id="img-new", name="new", size=1)
@@ -194,6 +195,11 @@ def test_browsing_a_journal_holds_only_the_images_its_log_changes(
         assert entries == list(whole.images.values())
     assert entries[3].targets["KR2"].state == "failed"
     assert entries[-1].image_id == "img-new"
+    whole_counts: dict[str, int] = {}
+    for entry in whole.images.values():
+        for target in entry.targets.values():
+            whole_counts[target.state] = whole_counts.get(target.state, 0) + 1
+    assert browse.counts() == whole_counts == {"done": 99, "failed": 1, "planned": 1}
 
 
 def test_browsing_a_journal_without_a_snapshot_or_a_directory(tmp_path: Path) -> None:

@@ -137,10 +137,7 @@ def _journal_view(spec: JobSpec, journal_dir: Path) -> dict[str, Any]:
     """The view of one journal (the job's, or one shard's)."""
     journal = Browse(journal_dir, spec.name)
     state = journal.state
-    counts: dict[str, int] = {}
-    for entry in journal.entries():
-        for target in entry.targets.values():
-            counts[target.state] = counts.get(target.state, 0) + 1
+    counts = journal.counts()
 
     def images() -> Iterator[dict[str, Any]]:
         for entry in journal.entries():

@@ -13,19 +13,22 @@ import os
 import re
 import weakref
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pipeline.errors import JournalError
 from pipeline.slices import drain
 from pipeline.state.journal import LOG, PREV, SNAPSHOT, replayed
-from pipeline.state.records import ImageEntry, JournalState, loaded_image
+from pipeline.state.records import ImageEntry, JournalState, TargetEntry, loaded_image
 from pipeline.state.snapshot import image_lines, is_lined, load_snapshot
 
 __all__ = ["Browse"]
 
 #: How much of a log is searched at a time.
 _READ = 1 << 20
+#: A target's state when its snapshot form leaves it out (the default is not written).
+_PLANNED = next(f.default for f in fields(TargetEntry) if f.name == "state")
 #: How many times the snapshot may be replaced by a run's next one while it is read, before giving up.
 _TRIES = 3
 
@@ -82,13 +85,31 @@ class Browse:
 
     def entries(self) -> Iterator[ImageEntry]:
         """Every image's entry: those the logs changed from ``state``, the others as the snapshot holds them."""
+        for entry in self._walk():
+            yield entry if isinstance(entry, ImageEntry) else loaded_image(*entry, compact=False)
+
+    def counts(self) -> dict[str, int]:
+        """How many image x target entries are in each state (the images read from the snapshot are counted from
+        their snapshot form, not made into entries)."""
+        counts: dict[str, int] = {}
+        for entry in self._walk():
+            if isinstance(entry, ImageEntry):
+                states = [target.state for target in entry.targets.values()]
+            else:
+                states = [target.get("state", _PLANNED) for target in (entry[1].get("targets") or {}).values()]
+            for state in states:
+                counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def _walk(self) -> Iterator[ImageEntry | tuple[str, dict[str, Any]]]:
+        """Every image, in the journal's order: the entry of one that ``state`` holds, else (id, its snapshot form)."""
         images = self.state.images
         if self._file is None:
             yield from images.values()
             return
         for image_id, raw in image_lines(self._file):
             entry = images.get(image_id)
-            yield entry if entry is not None else loaded_image(image_id, raw, compact=False)
+            yield entry if entry is not None else (image_id, raw)
         for image_id in images:
             if image_id not in self._loaded:  # made by a record after the snapshot
                 yield images[image_id]
