@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -162,22 +162,12 @@ class Plan:
         return sum(1 for image in self.images if image.skipped is None)
 
     def to_json(self, *, lazy: bool = False) -> dict[str, Any]:
-        """The plan as JSON; ``lazy``: its ``images`` an iterable that makes each image's document as it is
-        iterated (to be written as it goes), not a list."""
-        images: Any = _Images(self.images) if lazy else [i.to_json() for i in self.images]
+        """The plan as JSON; ``lazy``: its ``images`` a generator that makes each image's document as it is
+        written (once), not a list."""
+        images: Any = (i.to_json() for i in self.images) if lazy else [i.to_json() for i in self.images]
         return {"targets": list(self.targets), "counts": self.counts(), "bytes": self.bytes,
                 "images": images, "notes": list(self.notes),
                 "prune": self.prune.to_json() if self.prune is not None else None}  # fmt: skip
-
-
-class _Images:
-    """A plan's images' documents, made one at a time each time they are iterated."""
-
-    def __init__(self, images: Sequence[ImagePlan]) -> None:
-        self.images = images
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return (image.to_json() for image in self.images)
 
 
 ALLOW_DOWNLOAD = "nhncloud_allow_download"

@@ -49,7 +49,7 @@ import anyio
 
 from pipeline.errors import JournalCorruptError, JournalError
 from pipeline.files import atomic_write, remove_leftovers
-from pipeline.slices import SLICE, Sliced, drain, drained
+from pipeline.slices import SLICE, Sliced, drain
 from pipeline.state.failpoints import die, failpoint, hit
 from pipeline.state.lock import secure_dir
 from pipeline.state.records import JournalState
@@ -142,7 +142,7 @@ class Journal:
         try:
             state = load_snapshot(directory / SNAPSHOT, job, packed=packed)
             for path in (directory / PREV, directory / LOG):
-                drain(replaying(path, state.seq, records.append))
+                records += read_log(path, state.seq)[0]
         except OSError as exc:
             raise JournalError(f"cannot read the journal in {directory}: {exc.strerror or exc}") from exc
         for rec in records:
@@ -457,12 +457,8 @@ def _record(path: Path, line: bytes, number: int) -> dict[str, Any]:
     return rec
 
 
-def reading_log(path: Path, after_seq: int) -> Sliced[tuple[list[dict[str, Any]], int]]:
+def read_log(path: Path, after_seq: int) -> tuple[list[dict[str, Any]], int]:
     """Records with seq > after_seq, and the byte length of the intact part of the file (``replaying``)."""
     records: list[dict[str, Any]] = []
-    _, end = yield from replaying(path, after_seq, records.append)
+    _, end = drain(replaying(path, after_seq, records.append))
     return records, end
-
-
-#: ``reading_log`` in one go.
-read_log = drained(reading_log)

@@ -126,10 +126,7 @@ def _load_lines(
             break
         if only is not None and not only(_image_id(line)):
             continue
-        image = json.loads(b"{" + line.rstrip(b",\n") + b"}")
-        if not isinstance(image, dict) or len(image) != 1:
-            raise ValueError("not an image line")
-        [(image_id, raw)] = image.items()
+        image_id, raw = _image_line(line)
         if not packed:
             state.load_image(image_id, raw)
             continue
@@ -154,9 +151,16 @@ def image_lines(file: Any) -> Iterator[tuple[str, dict[str, Any]]]:
     for line in _lines(file):
         if line.startswith(b"}"):
             return
-        image = json.loads(b"{" + line.rstrip(b",\n") + b"}")
-        [(image_id, raw)] = image.items()
-        yield image_id, raw
+        yield _image_line(line)
+
+
+def _image_line(line: bytes) -> tuple[str, dict[str, Any]]:
+    """The image on a snapshot's line, as (id, its snapshot form); ValueError if the line holds no image."""
+    image = json.loads(b"{" + line.rstrip(b",\n") + b"}")
+    if not isinstance(image, dict) or len(image) != 1:
+        raise ValueError("not an image line")
+    [(image_id, raw)] = image.items()
+    return image_id, raw
 
 
 def _image_id(line: bytes) -> str:
