@@ -63,6 +63,20 @@ async def test_list_exact_multiple_ends_with_an_empty_page(cloud: Cloud) -> None
     assert (last["images"], "next" in last) == ([], False)
 
 
+async def test_list_pages_see_writes_made_between_them(cloud: Cloud) -> None:
+    """Each page is read from the region as it is then: a delete or a rename between two pages shows in the next."""
+    ids = await _make(cloud, 5)
+    first = (await cloud.raw("GET", "/v2/images?sort=name:asc&limit=2&name=in:img-0,img-1,img-2,img-3,img-4,img-1b",
+                             headers=JSON)).json()  # fmt: skip
+    assert [i["name"] for i in first["images"]] == ["img-0", "img-1"]
+    assert (await cloud.raw("DELETE", f"/v2/images/{ids[2]}")).status == 204
+    patch = [{"op": "replace", "path": "/name", "value": "img-1b"}]
+    headers = {**JSON, "Content-Type": "application/openstack-images-v2.1-json-patch"}
+    assert (await cloud.raw("PATCH", f"/v2/images/{ids[4]}", json=patch, headers=headers)).status == 200
+    rest = (await cloud.raw("GET", first["next"], headers=JSON)).json()
+    assert [i["name"] for i in rest["images"]] == ["img-1b", "img-3"]
+
+
 async def test_list_links_keep_only_the_last_value_of_repeated_keys(cloud: Cloud) -> None:
     """'first'/'next' are urlencode(dict(params)): a repeated key keeps only its last value."""
     # so following 'next' verbatim would drop a 'tag' filter: the client takes only the marker from it

@@ -151,10 +151,16 @@ async def stats_middleware(request: web.Request, handler: Handler) -> web.Stream
     op = ROUTE_OPS.get(request.match_info.route.name or "")
     if not op:
         return await handler(request)
-    stats = request.app[CTX].stats
+    ctx = request.app[CTX]
+    stats = ctx.stats
     stats.count(op)
     stats.began(op)
+    writes = request.method not in ("GET", "HEAD")
+    if writes:
+        ctx.store.version += 1  # a listing walk in progress recomputes its order (see listing)
     try:
         return await handler(request)
     finally:
         stats.ended(op)
+        if writes:
+            ctx.store.version += 1

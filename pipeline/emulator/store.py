@@ -194,6 +194,11 @@ class RegionStore:
         self.disk_formats: tuple[str, ...] = DEFAULT_DISK_FORMATS
         self.container_formats: tuple[str, ...] = DEFAULT_CONTAINER_FORMATS
         self._seq = itertools.count()
+        #: Bumped before and after every request that may change images (see ``stats_middleware``): a
+        #: listing walk's cached order (``listing``) is reused only while it is unchanged.
+        self.version = 0
+        #: Listing walks in progress: query (without marker) -> (version, ordered records, id -> position).
+        self.walks: dict[tuple[Any, ...], tuple[int, list[ImageRecord], dict[str, int]]] = {}
 
     # === configuration
 
