@@ -4,12 +4,11 @@ CLI prints (``print`` is allowed in this package alone)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +164,10 @@ def _metrics_file(args: argparse.Namespace, spec: Any) -> Any:
 
 def _finish_run(args: argparse.Namespace, summary: Any, spec: Any, metrics: Any) -> None:
     if getattr(args, "report", None) is not None:
-        _write_private(args.report, json.dumps(summary.to_json(), indent=2, ensure_ascii=False) + "\n")
+        from pipeline.report.streamed import json_pieces
+
+        # streamed: its steps (and its plan's images) are made one at a time as they are written
+        _write_private(args.report, json_pieces(summary.to_json(lazy=True)))
     if metrics is not None:
         from pipeline.state.journal import Journal
         from pipeline.state.records import last_success
@@ -373,19 +375,22 @@ def _server_tls(cert: Path | None, key: Path | None) -> Any:
     return context
 
 
-def _write_private(path: Path, text: str) -> None:
+def _write_private(path: Path, text: str | Iterable[str]) -> None:
     """Write a report readable only by its owner (0600; a new directory only the owner can enter), replaced
     atomically: a reader, or a job that keeps the last report, never sees half of one."""
     from pipeline.files import atomic_write
+    from pipeline.report.streamed import joined
 
+    blocks = joined([text] if isinstance(text, str) else text)
     try:
         if path.parent != Path() and not path.parent.exists():
             path.parent.mkdir(mode=0o700, parents=True)
         target = path.resolve() if path.is_symlink() else path  # a link keeps pointing where it did
         if target.exists() and not target.is_file():  # /dev/stdout, a FIFO: written through, as they are
-            with target.open("w", encoding="utf-8") as fh:
-                fh.write(text)
+            with target.open("wb") as fh:
+                for block in blocks:
+                    fh.write(block)
         else:
-            atomic_write(target, text.encode("utf-8"), mode=0o600)
+            atomic_write(target, blocks, mode=0o600)
     except OSError as exc:
         raise UsageError(f"cannot write the report {path}: {exc.strerror or exc}") from exc

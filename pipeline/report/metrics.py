@@ -46,7 +46,7 @@ def copies_out_of_sync(summary: RunSummary) -> int | None:
     - steps of the plan, other than ``skip``, with no final record (parked at max_runtime, or left undone by an
       interruption or a fatal error);
     - for each unavailable target, each planned image that was not skipped as a whole (the runner records
-      those image x target pairs as failed, but they are not in ``summary.steps``).
+      those image x target pairs as failed, but they are not among the summary's steps).
 
     Not counted: steps in sync (copied, metadata, up to date) and ``skipped`` ones (left alone on purpose).
     Without a plan (the run stopped before planning) the number is unknown: None.
@@ -54,9 +54,9 @@ def copies_out_of_sync(summary: RunSummary) -> int | None:
     plan = summary.plan
     if plan is None:
         return None
-    finished = {(s.image_id, s.target) for s in summary.steps}
-    bad = sum(1 for s in summary.steps if s.outcome in OUTCOMES and not OUTCOMES[s.outcome].in_sync)
-    unfinished = sum(1 for key in plan.open_steps() if key not in finished)
+    bad = sum(n for outcome, n in summary.outcomes.items() if outcome in OUTCOMES and not OUTCOMES[outcome].in_sync)
+    # a step finishes at most once (``run.images``), and only a step of the plan does
+    unfinished = sum(1 for _ in plan.open_steps()) - summary.finished_open
     return bad + unfinished + plan.planned_images * len(summary.unavailable)
 
 

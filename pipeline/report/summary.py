@@ -1,13 +1,20 @@
 """The run summary: one record per image x target, byte counters, and the exit code they imply.
 
 It observes (events in, nothing steers), so the counts always match what happened. ``--report FILE``
-writes ``to_json()``; the CLI prints ``render()``.
+writes ``to_json(lazy=True)``, streamed; the CLI prints ``render()``.
+
+Every step is kept for the report, packed (``_StepLog``: a few dozen bytes a step, one object for them all); what
+the summary and its exit code need as it goes (counts by outcome, the steps worth a line of their own) is kept
+aside. A run of 100,000 images x 2 targets used to hold 200,000 step objects, and the collector's full passes over
+them held the event loop for up to a second.
 """
 
 from __future__ import annotations
 
+import marshal
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +70,40 @@ class StepFinished:
         return doc
 
 
+#: The fields of a step, in the order ``_StepLog`` packs them.
+_STEP_FIELDS = StepFinished.__slots__
+#: How much of the packed log is inflated at a time while it is read back.
+_INFLATE = 1 << 16
+
+
+class _StepLog:
+    """Steps, appended as they finish and read back in that order: each one marshalled (its fields as a tuple),
+    length-prefixed and deflated into one growing buffer."""
+
+    def __init__(self) -> None:
+        self._deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+        self._data = bytearray()
+        self.count = 0
+
+    def append(self, step: StepFinished) -> None:
+        blob = marshal.dumps(tuple(getattr(step, name) for name in _STEP_FIELDS))
+        self._data += self._deflate.compress(len(blob).to_bytes(4, "little") + blob)
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[StepFinished]:
+        data = bytes(self._data) + self._deflate.copy().flush()  # the log as it is now; appending goes on
+        inflate = zlib.decompressobj(-15)
+        pending = b""
+        for at in range(0, len(data), _INFLATE):
+            pending += inflate.decompress(data[at : at + _INFLATE])
+            while len(pending) >= 4 and len(pending) >= 4 + (size := int.from_bytes(pending[:4], "little")):
+                yield StepFinished(*marshal.loads(pending[4 : 4 + size]))
+                pending = pending[4 + size :]
+
+
 class _Counter:
     """Counts bytes and retries from engine events, then forwards them."""
 
@@ -93,7 +134,15 @@ class RunSummary:
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
     plan: PlannedWork | None = None
-    steps: list[StepFinished] = field(default_factory=list)
+    #: Every step, packed (``steps`` reads them back).
+    log: _StepLog = field(default_factory=_StepLog)
+    #: Steps by outcome (``counts``), and how many of them had something to do (not ``skip``).
+    outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STEP_OUTCOMES, 0))
+    finished_open: int = 0
+    #: The steps worth a line of their own in the summary: failures, problems, members left pending.
+    notable: list[StepFinished] = field(default_factory=list)
+    #: Failed steps that share the error of a condition of their whole target (``target_wide``), by target.
+    shared_failures: dict[str, int] = field(default_factory=dict)
     bytes_written: int = 0
     bytes_read: int = 0
     retries: int = 0
@@ -129,33 +178,45 @@ class RunSummary:
     def __repr__(self) -> str:
         # short: asyncio formats the finished main task (whose result this is) when the run's event loop closes,
         # and a repr of every step and planned image cost seconds at 100,000 images
-        return f"RunSummary(job={self.job!r}, run_id={self.run_id!r}, steps={len(self.steps)})"
+        return f"RunSummary(job={self.job!r}, run_id={self.run_id!r}, steps={len(self.log)})"
 
     def reporter(self, downstream: Reporter | None) -> Reporter:
         self.downstream = downstream
         return _Counter(self, downstream)
 
     def step_finished(self, step: StepFinished) -> None:
-        self.steps.append(step)
+        self.log.append(step)
+        outcome = step.outcome
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        if step.action != "skip":
+            self.finished_open += 1
+        failure = is_failure(outcome)
+        if failure and step.error is not None and step.error == self.target_wide.get(step.target):
+            self.shared_failures[step.target] = self.shared_failures.get(step.target, 0) + 1
+        elif failure or step.problems or step.pending_members:
+            self.notable.append(step)
         if self.downstream is not None:
             self.downstream.emit(step)
+
+    @property
+    def steps(self) -> list[StepFinished]:
+        """Every step of the run, in the order they finished (read back from ``log``: a new list each time)."""
+        return list(self.log)
 
     def finish(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.duration = max(0.0, clock() - self.started)
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(STEP_OUTCOMES, 0)
-        for step in self.steps:
-            counts[step.outcome] = counts.get(step.outcome, 0) + 1
+        counts = dict(self.outcomes)
         counts["parked_images"] = self.parked_images
         counts["unavailable_targets"] = len(self.unavailable)
         counts["quota_full_targets"] = len(self.quota_full)
         return counts
 
     @property
-    def failures(self) -> list[StepFinished]:
-        """The steps whose outcome fails the run (``outcomes.is_failure``)."""
-        return [s for s in self.steps if is_failure(s.outcome)]
+    def failed(self) -> bool:
+        """Whether a step's outcome fails the run (``outcomes.is_failure``)."""
+        return any(n and is_failure(outcome) for outcome, n in self.outcomes.items())
 
     @property
     def outcome(self) -> str:
@@ -164,7 +225,7 @@ class RunSummary:
             return "interrupted"
         if self.fatal:
             return "fatal"
-        if (self.failures or self.unavailable or self.quota_full or self.sources_left_open or self.prune_refused
+        if (self.failed or self.unavailable or self.quota_full or self.sources_left_open or self.prune_refused
                 or self.prune_failed):  # fmt: skip
             return "failed"
         return "parked" if self.parked else "ok"
@@ -183,17 +244,21 @@ class RunSummary:
         """One line per failed step, except that the steps failed by a condition of their whole target (its full
         quota: ``target_wide``) share one line per target: one message, not one per image."""
         lines: list[str] = []
-        shared: dict[str, list[StepFinished]] = {}
-        for s in self.failures:
-            if s.error is not None and s.error == self.target_wide.get(s.target):
-                shared.setdefault(s.target, []).append(s)
+        shared = dict(self.shared_failures)
+        for s in self.notable:
+            if not is_failure(s.outcome):
+                continue
+            if s.error is not None and s.error == self.target_wide.get(s.target):  # the condition was told later
+                shared[s.target] = shared.get(s.target, 0) + 1
             else:
                 lines.append(f"  FAILED {s.name or s.image_id} -> {s.target}: {s.error}")
-        for target, steps in shared.items():
-            lines.append(f"  FAILED {len(steps)} image(s) -> {target}: {self.target_wide[target]}")
+        for target, count in shared.items():
+            lines.append(f"  FAILED {count} image(s) -> {target}: {self.target_wide[target]}")
         return lines
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, lazy: bool = False) -> dict[str, Any]:
+        """The report; ``lazy``: its ``steps`` and its plan's ``images`` are generators that make each document
+        as it is written (``units.json_pieces``), not lists."""
         rate = self.bytes_written / self.duration if self.duration > 0 else 0.0
         return {
             "job": self.job, "run_id": self.run_id, "outcome": self.outcome,
@@ -207,8 +272,8 @@ class RunSummary:
             "pruned": list(self.pruned), "prune_refused": self.prune_refused, "prune_failed": list(self.prune_failed),
             "journal": {"records": self.journal_records, "seconds": round(self.journal_seconds, 4)},
             "requests": self.requests.by_region(), "tokens_issued": dict(self.tokens_issued),
-            "fatal": self.fatal, "plan": self.plan.to_json() if self.plan is not None else None,
-            "steps": [s.to_json() for s in self.steps],
+            "fatal": self.fatal, "plan": self.plan.to_json(lazy=lazy) if self.plan is not None else None,
+            "steps": (s.to_json() for s in self.log) if lazy else [s.to_json() for s in self.log],
         }  # fmt: skip
 
     def render(self) -> str:
@@ -240,7 +305,7 @@ class RunSummary:
             lines.append(f"  PRUNE REFUSED: {self.prune_refused}")
         lines += [f"  PRUNE FAILED {failure}" for failure in self.prune_failed]
         lines += self._failure_lines()
-        for step in self.steps:
+        for step in self.notable:
             lines += [f"  WARNING {step.name or step.image_id} -> {step.target}: {p}" for p in step.problems]
             if step.pending_members:
                 lines.append(f"  PENDING {step.name or step.image_id} -> {step.target}: members "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -36,6 +36,37 @@ __all__ = ["Running", "image_task", "journal_plan", "prune", "sweep"]
 log = structlog.get_logger("imgmig")
 
 
+class Progress:
+    """Which steps of the images in flight have finished, and how many images had every step with something to do
+    (not ``skip``) finish in this run: what a parked run reports, without keeping every step."""
+
+    def __init__(self) -> None:
+        #: Image id -> (its open steps not finished yet, the targets whose step finished).
+        self.in_flight: dict[str, tuple[list[int], set[str]]] = {}
+        self.settled = 0
+
+    def begin(self, plan: ImagePlan) -> None:
+        self.in_flight[plan.image.id] = ([sum(1 for s in plan.steps if s.action is not Action.SKIP)], set())
+
+    def finished(self, image_id: str, step: Step) -> None:
+        held = self.in_flight.get(image_id)
+        if held is None:
+            return
+        left, targets = held
+        targets.add(step.target)
+        if step.action is not Action.SKIP:
+            left[0] -= 1
+            if left[0] == 0:
+                self.settled += 1
+
+    def finished_targets(self, image_id: str) -> set[str]:
+        held = self.in_flight.get(image_id)
+        return held[1] if held is not None else set()
+
+    def end(self, image_id: str) -> None:
+        self.in_flight.pop(image_id, None)
+
+
 @dataclass(frozen=True)
 class Running:
     """One run once discovery is done: what every image's steps need, built whole by the runner."""
@@ -50,6 +81,7 @@ class Running:
     plan: Plan
     #: Set when an image that other images reference is over (done or not): they wait for it. Only such images have one.
     finished: dict[str, anyio.Event]
+    progress: Progress = field(default_factory=Progress)
 
 
 #: How many images' plan records are written between two checkpoints (the loop's other tasks run in between).
@@ -157,6 +189,7 @@ async def image_task(run: Running, plan: ImagePlan, limiter: anyio.CapacityLimit
     The images it references finish first (waited for outside the limit, so waiting holds no slot). A failure of
     this image is recorded and the run goes on; a fatal error, or a bug, stops the run."""
     references = run.intent.references
+    run.progress.begin(plan)
     try:
         if plan.image.id not in references.unresolved:  # a blocked image waits for nothing (a loop would never end)
             for referenced in references.referenced(plan.image.id).values():
@@ -167,6 +200,7 @@ async def image_task(run: Running, plan: ImagePlan, limiter: anyio.CapacityLimit
     finally:
         run.journal.release(plan.image.id)  # its entry is held packed from now on (``records.Images``)
         run.intent.forget(plan.image.id)
+        run.progress.end(plan.image.id)
         done = run.finished.get(plan.image.id)  # an image that others reference: they may go on now
         if done is not None:
             done.set()
@@ -187,9 +221,9 @@ async def _image_steps(run: Running, plan: ImagePlan, limiter: anyio.CapacityLim
                 raise error from exc
             if not isinstance(error, ImgmigError):
                 raise
-            finished = {(s.image_id, s.target) for s in run.summary.steps}
+            finished = run.progress.finished_targets(plan.image.id)
             for step in plan.steps:
-                if (plan.image.id, step.target) not in finished:
+                if step.target not in finished:
                     _record_step(run, plan.image, step, "failed", error=str(error))
 
 
@@ -338,6 +372,7 @@ def _record_step(
         fields["phases"] = {name: round(at, 3) for name, at in phases.items()}
     if journal:
         run.journal.record("target", image_id=image.id, region=step.target, **fields)
+    run.progress.finished(image.id, step)
     run.summary.step_finished(StepFinished(
         image_id=image.id, name=image.name, target=step.target, action=step.action.value, state=state,
         bytes=result.bytes if result else 0, error=error, reason=step.reason, problems=tuple(problems or ()),

@@ -246,6 +246,7 @@ async def _watch_signals(spec: JobSpec, stop: Stop, signals: tuple[signal.Signal
 
 async def _execute(spec: JobSpec, stop: Stop, journal: Journal, clients: Clients, engine: Engine,
                    summary: RunSummary) -> None:  # fmt: skip
+    run: Running | None = None
     with stop.scope:
         if spec.run.max_runtime:
             # at the deadline nothing new starts and work in flight is cancelled (parked, resumable)
@@ -262,9 +263,9 @@ async def _execute(spec: JobSpec, stop: Stop, journal: Journal, clients: Clients
             return
         log.warning("max_runtime_reached", job=spec.name,
                     message="max_runtime reached: work in flight parked; the next run resumes")  # fmt: skip
-        done = {(s.image_id, s.target) for s in summary.steps}
-        summary.parked_images = len({image_id for image_id, target in plan.open_steps()
-                                     if (image_id, target) not in done})  # fmt: skip
+        # the images with something to do whose steps did not all finish (none started before ``run`` was made)
+        settled = run.progress.settled if run is not None else 0
+        summary.parked_images = len({image_id for image_id, _ in plan.open_steps()}) - settled
 
 
 async def _discover(spec: JobSpec, journal: Journal, clients: Clients, engine: Engine,
