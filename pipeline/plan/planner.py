@@ -390,17 +390,26 @@ def plan_job_sliced(
     ``refusal(image, target)``: why a target cannot take a new copy by its own rules (that step is blocked).
     ``volume_backed``: "block" (the step fails with the reason) or "skip" for a volume-backed snapshot.
     ``planned_one(image_plan)``: told of each image as soon as it is planned."""
-    by_source: dict[str, dict[str, list[Image]]] = {t: {} for t in targets}
-    # each copy's source, read once: a listed image's document is decoded to be read (``models.Image``)
+    # each target's copies by source: one copy as itself, two or more in a list (a list per source of a catalogue
+    # of 100,000 images held 13 MiB more while planning)
+    by_source: dict[str, dict[str, Image | list[Image]]] = {t: {} for t in targets}
+    # the selected ids, so that each copy's source id is the selected image's own string (a copy's document is
+    # decoded to read it: one new string per copy otherwise)
+    selected = {i.id: i.id for i in images}
+    # the copies that the notes and the leftovers below are about: of a source not selected, or unfinished
     copy_sources: list[tuple[str, Image, Any]] = []
     for label in targets:
+        held = by_source[label]
         for number, c in enumerate(copies.get(label, ()), start=1):
             if number % SLICE == 0:
                 yield
             source_id = c.raw.get(PROV_SOURCE_ID)
-            copy_sources.append((label, c, source_id))
+            source_id = selected.get(source_id, source_id) if isinstance(source_id, str) else source_id
+            if source_id not in selected or c.status in PARTIAL_STATES:
+                copy_sources.append((label, c, source_id))
             if isinstance(source_id, str):
-                by_source[label].setdefault(source_id, []).append(c)
+                other = held.get(source_id)
+                held[source_id] = c if other is None else [*other, c] if isinstance(other, list) else [other, c]
     planned: list[ImagePlan] = []
     undigested: list[Image] = []
     for number, image in enumerate(images, start=1):
@@ -418,7 +427,9 @@ def plan_job_sliced(
         steps = []
         for label in targets:
             entry = journal.target(image.id, label)
-            step = _plan_target(image, label, by_source[label].get(image.id, []), entry, copy, meta_diff)
+            found = by_source[label].get(image.id)
+            step = _plan_target(image, label, [found] if isinstance(found, Image) else found or [], entry, copy,
+                                meta_diff)  # fmt: skip
             refused = refusal(image, label) if refusal is not None and step.action.moves_data else None
             steps.append(Step(label, Action.BLOCKED, refused, extra=step.extra) if refused else step)
         gated = not download_allowed(image) and any(s.action.moves_data for s in steps)
@@ -435,7 +446,6 @@ def plan_job_sliced(
         )
         if planned_one is not None:
             planned_one(planned[-1])
-    selected = {i.id for i in images}
     gone = [(label, c, source_id) for label, c, source_id in copy_sources
             if c.status in PARTIAL_STATES and source_id in vanished]  # fmt: skip
     leftovers = tuple((label, c) for label, c, _ in gone)

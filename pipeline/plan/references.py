@@ -97,21 +97,27 @@ class ReferenceGraph:
 
     def ordered(self, images: Sequence[Image]) -> list[Image]:
         """``images`` with every referenced image before the images that reference it (otherwise as given)."""
+        if not self.refs:
+            return list(images)
         by_id = {image.id: image for image in images}
         out: list[Image] = []
         placed: set[str] = set()
-
-        def place(image: Image, seen: frozenset[str]) -> None:
-            if image.id in placed or image.id in seen:
-                return
-            for target in self.refs.get(image.id, {}).values():
-                if target in by_id:
-                    place(by_id[target], seen | {image.id})
-            placed.add(image.id)
-            out.append(image)
-
-        for image in images:
-            place(image, frozenset())
+        # depth first, without recursion: a recursive closure refers to itself, a cycle that only the collector
+        # frees, and a run plans with the collector off and then freezes what exists (``runner._long_lived``)
+        for first in images:
+            stack: list[tuple[Image, frozenset[str], bool]] = [(first, frozenset(), False)]
+            while stack:
+                image, seen, children_placed = stack.pop()
+                if children_placed:
+                    if image.id not in placed:
+                        placed.add(image.id)
+                        out.append(image)
+                    continue
+                if image.id in placed or image.id in seen:
+                    continue
+                stack.append((image, seen, True))
+                targets = [by_id[t] for t in self.refs.get(image.id, {}).values() if t in by_id]
+                stack += [(target, seen | {image.id}, False) for target in reversed(targets)]
         return out
 
     def roots(self) -> dict[str, str]:
