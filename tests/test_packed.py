@@ -166,6 +166,19 @@ def test_a_listed_image_is_held_packed_and_reads_the_same() -> None:
     assert len(_warm) <= _WARM_DOCS
 
 
+def test_a_packed_document_gets_its_slot_fields_back_in_place() -> None:
+    """The id, status, visibility and owner are packed as placeholders (the image holds them) and come back where
+    they were, in the document's order; a value that is not a string is packed as it is."""
+    from pipeline.models import Image
+
+    doc = {"name": "n", "owner": "o" * 32, "id": "i-1", "size": 1, "status": "active", "visibility": "shared"}
+    packed = Image(doc, packed=True)
+    assert list(packed.raw.items()) == list(doc.items())
+    odd = {"id": "i-2", "status": None, "owner": None, "visibility": 7}  # an Image made directly, not validated
+    assert dict(Image(odd, packed=True).raw) == odd
+    assert dict(Image({"id": "i-3", "status": ""}, packed=True).raw) == {"id": "i-3", "status": ""}
+
+
 @pytest.mark.parametrize("piece", [64, 1 << 20])
 def test_browsing_a_journal_holds_only_the_images_its_log_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int
@@ -187,7 +200,7 @@ def test_browsing_a_journal_holds_only_the_images_its_log_changes(
     journal.close()
     browse = Browse(tmp_path, "job")
     assert set(browse.state.images) == {"img-3", "img-new"}
-    assert browse.state.images.hot_count() == 0
+    assert browse.state.images.hot_count() == 2  # as entries, up to ``browse._HOT`` of them (the others packed)
     whole = Journal.read(tmp_path, "job")
     for _ in range(2):  # each pass reads the snapshot again
         entries = list(browse.entries())
