@@ -58,6 +58,25 @@ def test_verified_copy_in_sync_is_skipped() -> None:
     assert (step.action, step.bytes, step.reason) == (Action.SKIP, 0, "up to date")
 
 
+def test_an_image_in_sync_everywhere_holds_its_copies_not_its_steps() -> None:
+    """An image whose every step is "up to date" keeps only its copies, and reads as the same steps; an image with
+    one step of another kind keeps its steps."""
+    from pipeline.plan.metadiff import IN_SYNC
+    from pipeline.plan.planner import Step
+
+    src, other = image(), image("src-2")
+    copies = {"KR2": [copy_of(src, "c1"), copy_of(other, "c3")], "JP1": [copy_of(src, "c2")]}
+    plan = plan_job([src, other], ["KR2", "JP1"], copies, JournalState("job"), CopyOptions(), lambda *_: IN_SYNC)
+    in_sync, partly = plan.images
+    expected = (Step("KR2", Action.SKIP, "up to date", 0, copies["KR2"][0], diff=IN_SYNC),
+                Step("JP1", Action.SKIP, "up to date", 0, copies["JP1"][0], diff=IN_SYNC))  # fmt: skip
+    assert not isinstance(in_sync.steps, tuple)
+    assert in_sync.steps == expected
+    assert (tuple(in_sync.steps), in_sync.steps[1], len(in_sync.steps)) == (expected, expected[1], 2)
+    assert isinstance(partly.steps, tuple)
+    assert [s.action for s in partly.steps] == [Action.SKIP, Action.COPY]
+
+
 def test_drifted_metadata_is_patched_without_data() -> None:
     """A verified copy whose metadata differs: a metadata step, 0 bytes."""
     src = image()

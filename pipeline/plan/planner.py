@@ -21,37 +21,23 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline.config import CopyOptions
 from pipeline.models import Content, Image, source_content
 from pipeline.outcomes import DATA_ACTIONS
-from pipeline.plan.metadiff import MetaDiff
+from pipeline.plan.metadiff import IN_SYNC, MetaDiff
 from pipeline.plan.provenance import PROV_SOURCE_ID
 from pipeline.plan.prune import PrunePlan
 from pipeline.plan.references import ReferenceGraph
 from pipeline.slices import SLICE, Sliced, drained
 from pipeline.state.records import JournalState, TargetEntry
 
-__all__ = [
-    "ALLOW_DOWNLOAD",
-    "Action",
-    "ImagePlan",
-    "Plan",
-    "Step",
-    "download_allowed",
-    "expected_content",
-    "holds_source_data",
-    "kept_copy",
-    "link_references",
-    "not_copied",
-    "plan_job",
-    "skip_reason",
-    "verified_copies",
-    "volume_backed_reason",
-]
+__all__ = ["ALLOW_DOWNLOAD", "Action", "ImagePlan", "Plan", "Step", "download_allowed", "expected_content",
+           "holds_source_data", "kept_copy", "link_references", "not_copied", "plan_job", "skip_reason",
+           "verified_copies", "volume_backed_reason"]  # fmt: skip
 
 PARTIAL_STATES = frozenset({"queued", "saving", "killed", "importing", "uploading"})
 
@@ -102,10 +88,50 @@ class Step:
         return doc
 
 
+class _UpToDate(Sequence[Step]):
+    """The steps of an image whose every target holds a copy in sync (most of a large catalogue): only the copies
+    are held, and each step is made as it is read (100,000 images x 2 targets held 18 MiB of steps)."""
+
+    __slots__ = ("_copies", "_targets")
+
+    def __init__(self, targets: tuple[str, ...], copies: tuple[Image | None, ...]) -> None:
+        self._targets, self._copies = targets, copies
+
+    @staticmethod
+    def of(targets: tuple[str, ...], steps: Sequence[Step]) -> Sequence[Step]:
+        """``steps`` held as copies when each is what ``_step`` makes, else as they are."""
+        if len(steps) != len(targets) or any(
+                s != _UpToDate._step(t, s.existing) for t, s in zip(targets, steps, strict=False)):  # fmt: skip
+            return tuple(steps)
+        return _UpToDate(targets, tuple(s.existing for s in steps))
+
+    @staticmethod
+    def _step(target: str, copy: Image | None) -> Step:
+        return Step(target, Action.SKIP, "up to date", 0, copy, diff=IN_SYNC)
+
+    def __len__(self) -> int:
+        return len(self._copies)
+
+    def __getitem__(self, index: Any) -> Any:
+        return tuple(self)[index]
+
+    def __iter__(self) -> Iterator[Step]:
+        for target, copy in zip(self._targets, self._copies, strict=True):
+            yield self._step(target, copy)
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == (tuple(other) if isinstance(other, (tuple, _UpToDate)) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
 @dataclass(frozen=True, slots=True)
 class ImagePlan:
     image: Image
-    steps: tuple[Step, ...]
+    steps: Sequence[Step]
     skipped: str | None = None
     #: The source's download permission is switched on for this copy and restored afterwards.
     enable_download: bool = False
@@ -362,7 +388,7 @@ def link_references(plan: Plan, graph: ReferenceGraph) -> Plan:
             steps.append(step)
         by_image[image_plan.image.id] = {s.target: s for s in steps}
         # a step that changed is no skip the journal recorded
-        recorded = image_plan.recorded and tuple(steps) == image_plan.steps
+        recorded = image_plan.recorded and tuple(steps) == tuple(image_plan.steps)
         images.append(replace(image_plan, steps=tuple(steps), recorded=recorded))
     notes = [f"source image {image_id} is included: {why}" for image_id, why in graph.included.items()
              if image_id in by_image]  # fmt: skip
@@ -412,6 +438,7 @@ def plan_job_sliced(
                 held[source_id] = c if other is None else [*other, c] if isinstance(other, list) else [other, c]
     planned: list[ImagePlan] = []
     undigested: list[Image] = []
+    labels = tuple(targets)  # one tuple that every image in sync shares
     for number, image in enumerate(images, start=1):
         if number % (SLICE // 4) == 0:  # up to 200 us an image (its metadata compared with each copy's)
             yield
@@ -439,7 +466,7 @@ def plan_job_sliced(
         planned.append(
             ImagePlan(
                 image,
-                tuple(steps),
+                _UpToDate.of(labels, steps),
                 enable_download=gated and enable_download,
                 recorded=recorded_in_sync(image, steps, None, journal),
             )
