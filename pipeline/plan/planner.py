@@ -19,19 +19,18 @@ that is the orphan sweep. Only images carrying this job's provenance are ever co
 
 from __future__ import annotations
 
-import enum
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline.config import CopyOptions
 from pipeline.models import Content, Image, source_content
-from pipeline.outcomes import DATA_ACTIONS
-from pipeline.plan.metadiff import IN_SYNC, MetaDiff
+from pipeline.plan.metadiff import MetaDiff
 from pipeline.plan.provenance import PROV_SOURCE_ID
 from pipeline.plan.prune import PrunePlan
 from pipeline.plan.references import ReferenceGraph
+from pipeline.plan.steps import Action, Step, UpToDate
 from pipeline.slices import SLICE, Sliced, drained
 from pipeline.state.records import JournalState, TargetEntry
 
@@ -40,92 +39,6 @@ __all__ = ["ALLOW_DOWNLOAD", "Action", "ImagePlan", "Plan", "Step", "download_al
            "verified_copies", "volume_backed_reason"]  # fmt: skip
 
 PARTIAL_STATES = frozenset({"queued", "saving", "killed", "importing", "uploading"})
-
-
-class Action(enum.StrEnum):
-    COPY = "copy"
-    RESUME = "resume"
-    REPLACE = "replace"
-    METADATA = "metadata"
-    SKIP = "skip"
-    BLOCKED = "blocked"
-    #: The image's data does not live in the Image API (a volume-backed snapshot): nothing is created for it.
-    NOT_PORTABLE = "not_portable"
-
-    @property
-    def moves_data(self) -> bool:
-        return self.value in DATA_ACTIONS
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """What to do for one image on one target."""
-
-    target: str
-    action: Action
-    reason: str = ""
-    bytes: int = 0
-    #: The copy to reuse (resume) or to keep (metadata, skip).
-    existing: Image | None = None
-    #: Active copies of older source data, deleted once the new copy is verified (replace).
-    stale: tuple[Image, ...] = ()
-    #: Duplicates and leftovers to delete now (orphan sweep).
-    extra: tuple[Image, ...] = ()
-    diff: MetaDiff | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"target": self.target, "action": self.action.value, "bytes": self.bytes}
-        if self.reason:
-            doc["reason"] = self.reason
-        if self.existing is not None:
-            doc["target_image"] = self.existing.id
-        if self.stale:
-            doc["replaces"] = [i.id for i in self.stale]
-        if self.extra:
-            doc["deletes"] = [i.id for i in self.extra]
-        if self.diff is not None and not self.diff.empty:
-            doc["changes"] = self.diff.describe()
-        return doc
-
-
-class _UpToDate(Sequence[Step]):
-    """The steps of an image whose every target holds a copy in sync (most of a large catalogue): only the copies
-    are held, and each step is made as it is read (100,000 images x 2 targets held 18 MiB of steps)."""
-
-    __slots__ = ("_copies", "_targets")
-
-    def __init__(self, targets: tuple[str, ...], copies: tuple[Image | None, ...]) -> None:
-        self._targets, self._copies = targets, copies
-
-    @staticmethod
-    def of(targets: tuple[str, ...], steps: Sequence[Step]) -> Sequence[Step]:
-        """``steps`` held as copies when each is what ``_step`` makes, else as they are."""
-        if len(steps) != len(targets) or any(
-                s != _UpToDate._step(t, s.existing) for t, s in zip(targets, steps, strict=False)):  # fmt: skip
-            return tuple(steps)
-        return _UpToDate(targets, tuple(s.existing for s in steps))
-
-    @staticmethod
-    def _step(target: str, copy: Image | None) -> Step:
-        return Step(target, Action.SKIP, "up to date", 0, copy, diff=IN_SYNC)
-
-    def __len__(self) -> int:
-        return len(self._copies)
-
-    def __getitem__(self, index: Any) -> Any:
-        return tuple(self)[index]
-
-    def __iter__(self) -> Iterator[Step]:
-        for target, copy in zip(self._targets, self._copies, strict=True):
-            yield self._step(target, copy)
-
-    def __eq__(self, other: object) -> bool:
-        return tuple(self) == (tuple(other) if isinstance(other, (tuple, _UpToDate)) else other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return repr(tuple(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +55,12 @@ class ImagePlan:
     @property
     def moves_data(self) -> bool:
         return any(s.action.moves_data for s in self.steps)
+
+    @property
+    def in_sync(self) -> bool:
+        """Every step is "up to date" (skip, no bytes, no copy to delete): passes over a whole plan skip the image
+        without making its steps (``UpToDate``)."""
+        return isinstance(self.steps, UpToDate)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"id": self.image.id, "name": self.image.name, "size": self.image.size,
@@ -170,17 +89,26 @@ class Plan:
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {a.value: 0 for a in Action}
-        for _, step in self.steps():
-            counts[step.action.value] += 1
+        for image in self.images:
+            if image.in_sync:
+                counts[Action.SKIP.value] += len(image.steps)
+                continue
+            for step in image.steps:
+                counts[step.action.value] += 1
         return counts
 
     @property
     def bytes(self) -> int:
-        return sum(step.bytes for _, step in self.steps())
+        return sum(step.bytes for image in self.images if not image.in_sync for step in image.steps)
+
+    @property
+    def step_count(self) -> int:
+        return sum(len(image.steps) for image in self.images)
 
     def open_steps(self) -> Iterable[tuple[str, str]]:
         """(source image id, target) of every step with something to do (not ``skip``)."""
-        return ((image.image.id, step.target) for image, step in self.steps() if step.action is not Action.SKIP)
+        return ((image.image.id, step.target) for image in self.images if not image.in_sync
+                for step in image.steps if step.action is not Action.SKIP)  # fmt: skip
 
     @property
     def planned_images(self) -> int:
@@ -466,7 +394,7 @@ def plan_job_sliced(
         planned.append(
             ImagePlan(
                 image,
-                _UpToDate.of(labels, steps),
+                UpToDate.of(labels, steps),
                 enable_download=gated and enable_download,
                 recorded=recorded_in_sync(image, steps, None, journal),
             )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -119,9 +119,8 @@ async def sweep(run: Running) -> None:
     """Delete duplicate and leftover copies of this job (the orphan sweep), and its unfinished copies of sources
     that no longer exist; each image's provenance is re-checked on the image itself before it is deleted
     (``copies.delete_copy``)."""
-    doomed = [
-        (image_plan.image.id, step.target, extra) for image_plan, step in run.plan.steps() for extra in step.extra
-    ]
+    doomed = [(image_plan.image.id, step.target, extra) for image_plan in run.plan.images if not image_plan.in_sync
+              for step in image_plan.steps for extra in step.extra]  # fmt: skip
     doomed += [(str(copy.raw.get(PROV_SOURCE_ID)), label, copy) for label, copy in run.plan.leftovers]
     for source_id, label, copy in doomed:
         target = run.inventory.targets[label]
@@ -189,6 +188,8 @@ async def image_task(run: Running, plan: ImagePlan, limiter: anyio.CapacityLimit
     The images it references finish first (waited for outside the limit, so waiting holds no slot). A failure of
     this image is recorded and the run goes on; a fatal error, or a bug, stops the run."""
     references = run.intent.references
+    if plan.in_sync:  # its steps, made once for this task (``planner.UpToDate`` makes them each time it is read)
+        plan = replace(plan, steps=tuple(plan.steps))
     run.progress.begin(plan)
     try:
         if plan.image.id not in references.unresolved:  # a blocked image waits for nothing (a loop would never end)

@@ -295,7 +295,7 @@ async def _discover(spec: JobSpec, journal: Journal, clients: Clients, engine: E
     run = Running(spec, journal, clients, engine, summary, inventory, intent, plan, finished)
     summary.plan = plan
     if summary.downstream is not None:
-        summary.downstream.emit(PlanReady(len(plan.images), sum(1 for _ in plan.steps()), plan.bytes))
+        summary.downstream.emit(PlanReady(len(plan.images), plan.step_count, plan.bytes))
     summary.unavailable.update({label: t.error for label, t in inventory.targets.items() if t.error})
     await journal_plan(run)
     journal.record("planned", run=summary.run_id, images=len(plan.images))
