@@ -5,8 +5,7 @@ writes ``to_json(lazy=True)``, streamed; the CLI prints ``render()``.
 
 Every step is kept for the report, packed (``_StepLog``: a few dozen bytes a step, one object for them all); what
 the summary and its exit code need as it goes (counts by outcome, the steps worth a line of their own) is kept
-aside. A run of 100,000 images x 2 targets used to hold 200,000 step objects, and the collector's full passes over
-them held the event loop for up to a second.
+aside. A run of 100,000 images x 2 targets used to hold 200,000 step objects, about 25 MiB.
 """
 
 from __future__ import annotations
@@ -99,9 +98,11 @@ class _StepLog:
         pending = b""
         for at in range(0, len(data), _INFLATE):
             pending += inflate.decompress(data[at : at + _INFLATE])
-            while len(pending) >= 4 and len(pending) >= 4 + (size := int.from_bytes(pending[:4], "little")):
-                yield StepFinished(*marshal.loads(pending[4 : 4 + size]))
-                pending = pending[4 + size :]
+            done = 0  # the steps read so far are cut off once per piece, not once per step
+            while len(pending) - done >= 4 + (size := int.from_bytes(pending[done : done + 4], "little")):
+                yield StepFinished(*marshal.loads(pending[done + 4 : done + 4 + size]))
+                done += 4 + size
+            pending = pending[done:]
 
 
 class _Counter:
