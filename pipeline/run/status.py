@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +17,7 @@ from pipeline.errors import run_state
 from pipeline.state.browse import Browse
 from pipeline.state.journal import LOG, SNAPSHOT
 from pipeline.state.lock import lock_holder
-from pipeline.state.records import TargetEntry
+from pipeline.state.records import TargetEntry, expanded_evidence
 from pipeline.units import clip, format_size, format_table
 
 __all__ = ["STATUS_FORMAT", "render_status", "shard_dirs", "status_view", "write_status_json"]
@@ -34,27 +37,61 @@ class _Lazy:
         return self.make()
 
 
+def _encoder() -> Callable[[Any], str]:
+    """``json.dumps(value, ensure_ascii=False)``, without making an encoder on each call: the C encoder that
+    ``json.JSONEncoder.encode`` makes for each value, made once (a sixth of the time of encoding an image); no
+    check for circular values (the view's come from JSON)."""
+    encoder = json.JSONEncoder(ensure_ascii=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # a Python without the C accelerator
+        return encoder.encode
+    encode = make(None, encoder.default, json.encoder.encode_basestring, None, encoder.key_separator,
+                  encoder.item_separator, False, False, True)  # fmt: skip
+    return lambda value: "".join(encode(value, 0))
+
+
+_ENCODE = _encoder()
+#: How many characters of ``images`` are written at a time (a write per image cost almost as much as encoding it).
+_PIECE = 1 << 16
+
+
 def write_status_json(view: dict[str, Any], out: TextIO) -> None:
     """``view`` as JSON on ``out``, its ``images`` written one per line as they are made (the same document as
-    ``json.dumps(view)``, laid out to stream)."""
+    ``json.dumps(view)``, laid out to stream), a few dozen lines at a time."""
     out.write("{\n")
     last = len(view) - 1
     for number, (key, value) in enumerate(view.items()):
         comma = "," if number < last else ""
         if key == "images":
-            out.write('  "images": [')
-            first = True
+            pieces = ['  "images": [']
+            size, first = 0, True
             for image in value:
-                out.write(("\n    " if first else ",\n    ") + json.dumps(image, ensure_ascii=False))
+                line = _ENCODE(image)
+                pieces += ("\n    " if first else ",\n    ", line)
                 first = False
-            out.write(("\n  " if not first else "") + "]" + comma + "\n")
+                size += len(line)
+                if size >= _PIECE:
+                    out.write("".join(pieces))
+                    pieces.clear()
+                    size = 0
+            pieces.append(("\n  " if not first else "") + "]" + comma + "\n")
+            out.write("".join(pieces))
         else:
-            out.write(f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}{comma}\n")
+            out.write(f"  {json.dumps(key)}: {_ENCODE(value)}{comma}\n")
     out.write("}\n")
 
 
 def _iso(t: float | None) -> str | None:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else None
+    if not t:
+        return None
+    if type(t) is float and t > 0:  # gmtime rounds down to the second: each second's text is made once
+        return _iso_second(int(t))
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_second(t: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def status_view(spec: JobSpec) -> dict[str, Any]:
@@ -129,25 +166,55 @@ def _shard_state(view: dict[str, Any] | None) -> str:
     return run_state(view["last_run"]["exit_code"])
 
 
-#: The keys of an image x target in the view: every journal field of a target but its region (the key it is under).
-_TARGET_KEYS = tuple(f.name for f in fields(TargetEntry) if f.name != "region")
+def _target_defaults() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(TargetEntry):
+        if f.name != "region":
+            out[f.name] = f.default_factory() if callable(f.default_factory) else f.default
+    return out
+
+
+#: An image x target in the view: every journal field of a target but its region (the key it is under), in the
+#: entry's order, each with the value the entry takes when the snapshot form leaves the field out (its default;
+#: a list default is one empty list that every view shares: a view is shown, never changed).
+_TARGET_DEFAULTS = _target_defaults()
+
+
+def _image_view(image_id: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """An image in the view, made straight from its snapshot form (``records.image_json``): what its entry
+    (``records.loaded_image``) shows, without making the entry."""
+    get = raw.get
+    return {"image_id": image_id, "name": get("name"), "size": get("size"), "checksum": get("checksum"),
+            "status": get("status"), "skipped": get("skipped"),
+            "targets": {label: _target_view(doc) for label, doc in raw.get("targets", {}).items()}}  # fmt: skip
+
+
+def _target_view(doc: dict[str, Any]) -> dict[str, Any]:
+    """An image x target in the view, from its snapshot form: the fields it leaves out take their defaults, the
+    evidence is made whole (``records.expanded_evidence``), ``updated_at`` is shown as a time."""
+    view = _TARGET_DEFAULTS.copy()
+    view.update(doc)
+    if len(view) != len(_TARGET_DEFAULTS):  # fields not shown: the region of an older layout, a newer imgmig's
+        view = {name: view[name] for name in _TARGET_DEFAULTS}
+    evidence = view["evidence"]
+    if evidence:
+        view["evidence"] = expanded_evidence(evidence)
+    at = view["updated_at"]
+    view["updated_at"] = _iso_second(int(at)) if type(at) is float and at > 0 else _iso(at)  # (``_iso``)
+    return view
 
 
 def _journal_view(spec: JobSpec, journal_dir: Path) -> dict[str, Any]:
     """The view of one journal (the job's, or one shard's)."""
-    journal = Browse(journal_dir, spec.name)
+    with _uncollected():
+        journal = Browse(journal_dir, spec.name)
+        counts = journal.counts()
     state = journal.state
-    counts = journal.counts()
 
     def images() -> Iterator[dict[str, Any]]:
-        for entry in journal.entries():
-            targets = {}
-            for label, target in entry.targets.items():
-                doc = {name: getattr(target, name) for name in _TARGET_KEYS}  # shallow: nothing copied twice
-                doc["updated_at"] = _iso(target.updated_at)
-                targets[label] = doc
-            yield {"image_id": entry.image_id, "name": entry.name, "size": entry.size, "checksum": entry.checksum,
-                   "status": entry.status, "skipped": entry.skipped, "targets": targets}  # fmt: skip
+        with _uncollected():  # while they are made and shown
+            for image_id, raw in journal.forms():
+                yield _image_view(image_id, raw)
 
     runs = [{**asdict(r), "started_at": _iso(r.started_at), "finished_at": _iso(r.finished_at)} for r in state.runs]
     return {
@@ -163,6 +230,21 @@ def _journal_view(spec: JobSpec, journal_dir: Path) -> dict[str, Any]:
         # sources whose nhncloud_allow_download a run switched on and did not restore (the next run does)
         "sources_open": [{"image_id": k, "original": v} for k, v in state.open_sources.items()],
     }
+
+
+@contextlib.contextmanager
+def _uncollected() -> Iterator[None]:
+    """Python's cycle collector held off: reading a journal and showing it makes millions of objects and not one
+    cycle (what is let go is freed at once), and the collector went through those held, again and again, for an
+    eighth of the time of ``status`` at 100,000 images."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def render_status(view: dict[str, Any]) -> str:

@@ -37,7 +37,6 @@ loads cleanly.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
@@ -53,7 +52,7 @@ from pipeline.slices import SLICE, Sliced, drain
 from pipeline.state.failpoints import die, failpoint, hit
 from pipeline.state.lock import secure_dir
 from pipeline.state.records import JournalState
-from pipeline.state.snapshot import ENCODER, Snapshot, load_snapshot, loading, sealed, unsealed
+from pipeline.state.snapshot import ENCODER, Snapshot, load_snapshot, loading, parsed, sealed, unsealed
 
 __all__ = ["LOG", "PREV", "SNAPSHOT", "Journal", "load_snapshot", "read_log", "replayed", "replaying"]
 
@@ -443,7 +442,7 @@ def replaying(
 def _record(path: Path, line: bytes, number: int) -> dict[str, Any]:
     """The record on ``line`` (the ``number``th of ``path``), or JournalCorruptError."""
     try:
-        rec = json.loads(unsealed(line))
+        rec = parsed(unsealed(line))
         if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int) or "kind" not in rec:
             raise ValueError("not a journal record")
     except ValueError as exc:

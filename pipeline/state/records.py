@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
 from pipeline.errors import ExitCode
 from pipeline.outcomes import is_final
+from pipeline.state.evidence import compact_evidence, expanded_evidence
 from pipeline.state.packed import pack, unpack
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "RunEntry",
     "TargetEntry",
     "compact_evidence",
+    "expanded_evidence",
     "fold_target",
     "image_json",
     "last_success",
@@ -214,6 +217,11 @@ class JournalState:
     schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: How many source images the last run selected (a prune refuses when the selection shrinks too much).
     selected: int | None = None
+    #: How many image x target entries are in each state (0 or more), kept up to date like ``entries``; a
+    #: snapshot records them (``imgmig status`` counts from there, and from what the log changed since).
+    counts: Counter[str] = field(default_factory=Counter, compare=False)
+    #: The ``counts`` that the snapshot this state was read from recorded (None: none, an earlier imgmig's).
+    recorded: dict[str, int] | None = field(default=None, compare=False, repr=False)
 
     def target(self, image_id: str, region: str) -> TargetEntry | None:
         image = self.images.get(image_id)
@@ -270,7 +278,12 @@ class JournalState:
             region = sys.intern(region)  # one string per target label, however many entries
             target = image.targets[region] = TargetEntry(region)
             self.entries += 1
+            self.counts[target.state] += 1
+        before = target.state
         fold_target(target, rec, at)
+        if target.state != before:
+            self.counts[before] -= 1
+            self.counts[target.state] += 1
 
     def _image(self, image_id: str) -> ImageEntry:
         entry = self.images.hot(image_id)
@@ -288,18 +301,20 @@ class JournalState:
         entry = loaded_image(image_id, raw)
         self.images.add(entry)
         self.entries += 1 + len(entry.targets)
+        self.counts.update(target.state for target in entry.targets.values())
 
-    def load_packed(self, image_id: str, encoded: bytes, targets: int) -> None:
+    def load_packed(self, image_id: str, encoded: bytes, targets: Mapping[str, Any]) -> None:
         """Add one image from its snapshot form as a snapshot holds it (``image_json``, encoded), held packed
-        (``Images``); ``targets``: how many target entries it has."""
+        (``Images``); ``targets``: the snapshot form's targets (parsed)."""
         self.images.add_packed(image_id, encoded)
-        self.entries += 1 + targets
+        self.entries += 1 + len(targets)
+        self.counts.update(target.get("state", _PLANNED) for target in targets.values())
 
     def head_json(self) -> dict[str, Any]:
         """The snapshot's form of everything but the images (small, whatever the catalogue)."""
         return {"format": FORMAT, "job": self.job, "seq": self.seq, "runs": [_as_dict(r) for r in self.runs],
                 "open_sources": dict(self.open_sources), "schemas": dict(self.schemas),
-                "selected": self.selected}  # fmt: skip
+                "selected": self.selected, "counts": +self.counts}  # fmt: skip
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> JournalState:
@@ -311,6 +326,7 @@ class JournalState:
         state.open_sources = dict(doc.get("open_sources") or {})
         state.schemas = dict(doc.get("schemas") or {})
         state.selected = doc.get("selected")
+        state.recorded = doc.get("counts")
         return state
 
 
@@ -361,6 +377,7 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 
 _DEFAULTS: dict[type, dict[str, Any]] = {cls: _defaults(cls) for cls in (TargetEntry, ImageEntry)}
+_PLANNED = _DEFAULTS[TargetEntry]["state"]
 _NO_VALUE = object()
 
 
@@ -388,7 +405,7 @@ def _stored_target(target: TargetEntry) -> dict[str, Any]:
 def _loaded_target(region: str, doc: dict[str, Any], *, compact: bool = True) -> TargetEntry:
     target = _known(TargetEntry, {**doc, "region": region})
     if target.evidence:
-        target.evidence = _expanded_evidence(target.evidence)
+        target.evidence = expanded_evidence(target.evidence)
     if compact:
         _compact(target)
     return target
@@ -429,33 +446,6 @@ def _compact(target: TargetEntry, changed: Collection[str] | None = None) -> Non
         target.created[0] = target.target_id
 
 
-#: A reported value that is one of the computed digests is stored as this prefix plus the digest's name.
-_SAME = "="
-
-
-def compact_evidence(evidence: Mapping[str, Any]) -> dict[str, Any]:
-    """Evidence as the journal stores it: a digest the target reported that equals one computed in flight (the
-    usual case, the proof) is written once, the report naming it (``"=md5"``)."""
-    computed = evidence.get("computed")
-    reported = evidence.get("reported")
-    if not isinstance(computed, Mapping) or not isinstance(reported, Mapping):
-        return dict(evidence)
-    by_value = {v: k for k, v in computed.items() if isinstance(v, str)}
-    same = {k: _SAME + by_value[v] for k, v in reported.items() if isinstance(v, str) and v in by_value}
-    return {**evidence, "reported": {**reported, **same}} if same else dict(evidence)
-
-
-def _expanded_evidence(evidence: Mapping[str, Any]) -> dict[str, Any]:
-    """The stored form made whole again (the same string objects as the computed digests: no second copy)."""
-    computed = evidence.get("computed")
-    reported = evidence.get("reported")
-    if not isinstance(computed, Mapping) or not isinstance(reported, Mapping):
-        return dict(evidence)
-    whole = {k: computed.get(v[1:], v) if isinstance(v, str) and v.startswith(_SAME) else v
-             for k, v in reported.items()}  # fmt: skip
-    return {**evidence, "reported": whole}
-
-
 def fold_target(target: TargetEntry, rec: Mapping[str, Any], at: float) -> None:
     """Apply one "target" record, or one target's plan in an "image" record, to ``target`` (the journal state and
     the HTML report's timeline both fold records with this)."""
@@ -464,7 +454,7 @@ def fold_target(target: TargetEntry, rec: Mapping[str, Any], at: float) -> None:
         target.error, target.problems, target.pending_members = None, [], []
     for key, value in rec.items():
         if key in _TARGET_FIELDS:
-            setattr(target, key, _expanded_evidence(value) if key == "evidence" and value else value)
+            setattr(target, key, expanded_evidence(value) if key == "evidence" and value else value)
     target.updated_at = at
     if rec.get("creating"):
         target.creating = rec["creating"]
