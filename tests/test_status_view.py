@@ -20,6 +20,7 @@ import pytest
 
 from pipeline.config import JobSpec, parse_job
 from pipeline.errors import JournalCorruptError
+from pipeline.report import streamed
 from pipeline.run import status as status_module
 from pipeline.run.status import render_status, status_view, write_status_json
 from pipeline.slices import drain
@@ -302,16 +303,16 @@ def test_the_encoder_is_json_dumps() -> None:
         {"nested": [{"x": [[]]}]},
     ]
     for value in values:
-        assert status_module._ENCODE(value) == json.dumps(value, ensure_ascii=False)
-    nan = status_module._ENCODE(math.nan)
+        assert streamed.encode(value) == json.dumps(value, ensure_ascii=False)
+    nan = streamed.encode(math.nan)
     assert nan == json.dumps(math.nan) == "NaN"
     with pytest.raises(TypeError):
-        status_module._ENCODE({"a": object()})
+        streamed.encode({"a": object()})
 
 
 def test_the_encoder_without_the_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(json.encoder, "c_make_encoder", None)
-    encode = status_module._encoder()
+    encode = streamed._encoder()
     assert encode({"é": [1, "x"]}) == json.dumps({"é": [1, "x"]}, ensure_ascii=False)
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, TextIO
 
 from pipeline.config import JobSpec, Shard
 from pipeline.errors import run_state
+from pipeline.report.streamed import Lazy, gathered, json_pieces
 from pipeline.state.browse import Browse
 from pipeline.state.journal import LOG, SNAPSHOT
 from pipeline.state.lock import lock_holder
@@ -26,59 +26,11 @@ __all__ = ["STATUS_FORMAT", "render_status", "shard_dirs", "status_view", "write
 STATUS_FORMAT = 1
 
 
-class _Lazy:
-    """The ``images`` of a view: made one at a time from the journal's state each time they are iterated, so
-    showing them (the table, or ``--json`` written as it goes) holds no second copy of the whole state."""
-
-    def __init__(self, make: Callable[[], Iterator[dict[str, Any]]]) -> None:
-        self.make = make
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return self.make()
-
-
-def _encoder() -> Callable[[Any], str]:
-    """``json.dumps(value, ensure_ascii=False)``, without making an encoder on each call: the C encoder that
-    ``json.JSONEncoder.encode`` makes for each value, made once (a sixth of the time of encoding an image); no
-    check for circular values (the view's come from JSON)."""
-    encoder = json.JSONEncoder(ensure_ascii=False)
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # a Python without the C accelerator
-        return encoder.encode
-    encode = make(None, encoder.default, json.encoder.encode_basestring, None, encoder.key_separator,
-                  encoder.item_separator, False, False, True)  # fmt: skip
-    return lambda value: "".join(encode(value, 0))
-
-
-_ENCODE = _encoder()
-#: How many characters of ``images`` are written at a time (a write per image cost almost as much as encoding it).
-_PIECE = 1 << 16
-
-
 def write_status_json(view: dict[str, Any], out: TextIO) -> None:
     """``view`` as JSON on ``out``, its ``images`` written one per line as they are made (the same document as
-    ``json.dumps(view)``, laid out to stream), a few dozen lines at a time."""
-    out.write("{\n")
-    last = len(view) - 1
-    for number, (key, value) in enumerate(view.items()):
-        comma = "," if number < last else ""
-        if key == "images":
-            pieces = ['  "images": [']
-            size, first = 0, True
-            for image in value:
-                line = _ENCODE(image)
-                pieces += ("\n    " if first else ",\n    ", line)
-                first = False
-                size += len(line)
-                if size >= _PIECE:
-                    out.write("".join(pieces))
-                    pieces.clear()
-                    size = 0
-            pieces.append(("\n  " if not first else "") + "]" + comma + "\n")
-            out.write("".join(pieces))
-        else:
-            out.write(f"  {json.dumps(key)}: {_ENCODE(value)}{comma}\n")
-    out.write("}\n")
+    ``json.dumps(view)``, laid out to stream: ``report.streamed``), about 64 KiB at a time."""
+    for block in gathered(json_pieces(view)):
+        out.write(block)
 
 
 def _iso(t: float | None) -> str | None:
@@ -134,7 +86,7 @@ def status_view(spec: JobSpec) -> dict[str, Any]:
         "last_run": runs[-1] if runs else None,
         "runs": runs,
         "counts": counts,
-        "images": _Lazy(lambda: ({**image, "shard": str(s)} for s in current for image in views[s]["images"])),
+        "images": Lazy(lambda: ({**image, "shard": str(s)} for s in current for image in views[s]["images"])),
         "sources_open": [{**src, "shard": str(s)} for s in current for src in views[s]["sources_open"]],
         "shards": shards,
         # journals of other shard counts (1: unsharded runs); the newest layout is the one shown
@@ -226,7 +178,7 @@ def _journal_view(spec: JobSpec, journal_dir: Path) -> dict[str, Any]:
         "last_run": runs[-1] if runs else None,
         "runs": runs,
         "counts": counts,
-        "images": _Lazy(images),
+        "images": Lazy(images),
         # sources whose nhncloud_allow_download a run switched on and did not restore (the next run does)
         "sources_open": [{"image_id": k, "original": v} for k, v in state.open_sources.items()],
     }
