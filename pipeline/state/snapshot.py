@@ -149,8 +149,7 @@ def _load_lines(
             break
         if only is not None and not only(_image_id(line)):
             continue
-        text = line.decode("utf-8", "surrogatepass")
-        image_id, raw = _scanned(text, 0, len(text)) or _image_line(line)
+        image_id, raw = _line_image(line)
         if not packed:
             state.load_image(image_id, raw)
             continue
@@ -178,7 +177,11 @@ def image_at(file: BinaryIO, start: int) -> tuple[str, dict[str, Any]]:
     """The image on the line of a snapshot that starts at ``start`` (``loading``'s ``where``), as (id, its
     snapshot form)."""
     file.seek(start)
-    line = file.readline()
+    return _line_image(file.readline())
+
+
+def _line_image(line: bytes) -> tuple[str, dict[str, Any]]:
+    """The image on one line (``_scanned``, else ``_image_line``)."""
     text = line.decode("utf-8", "surrogatepass")
     return _scanned(text, 0, len(text)) or _image_line(line)
 
