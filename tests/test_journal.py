@@ -150,6 +150,31 @@ def test_snapshot_cadence_keeps_cost_per_record_flat(tmp_path: Path) -> None:
     assert Journal.read(tmp_path, "job").target("i99", "KR2").bytes == 11_999  # type: ignore[union-attr]
 
 
+def test_a_runs_end_snapshots_a_log_that_holds_a_share_of_the_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close takes a snapshot when the log holds more records than 1/CLOSING_SHARE of the state's entries (a
+    copying run's records are then not replayed by every later open and status), and none when the run wrote
+    little (an idle rerun); the state read back is the same either way."""
+    import pipeline.state.journal as journal_module
+
+    monkeypatch.setattr(journal_module, "MIN_SNAPSHOT_RECORDS", 10)
+    journal = Journal.open(tmp_path, "job")
+    for i in range(400):  # 400 images + 400 targets = 800 entries: no snapshot is due while recording (2 x 800)
+        journal.record("target", image_id=f"i{i}", region="KR2", bytes=i)
+    journal.close()
+    assert (tmp_path / LOG).read_bytes() == b""  # 400 records > 800 / 8: the close took a snapshot
+    assert load_snapshot(tmp_path / SNAPSHOT, "job").seq == 400
+    journal = Journal.open(tmp_path, "job")
+    for i in range(50):  # 50 records < 800 / 8: left in the log
+        journal.record("target", image_id=f"i{i}", region="KR2", bytes=1000 + i)
+    journal.close()
+    assert (tmp_path / LOG).read_bytes().count(b"\n") == 50
+    assert load_snapshot(tmp_path / SNAPSHOT, "job").seq == 400
+    state = Journal.read(tmp_path, "job")
+    assert (state.seq, state.target("i49", "KR2").bytes, state.target("i399", "KR2").bytes) == (450, 1049, 399)  # type: ignore[union-attr]
+
+
 def test_files_are_private(tmp_path: Path) -> None:
     """The journal directory is 0700 and its files 0600."""
     directory = tmp_path / "state" / "job"

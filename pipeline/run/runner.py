@@ -108,7 +108,7 @@ async def run_job(spec: JobSpec, controls: RunControls | None = None) -> RunSumm
             # recorded is synced first, then the end is recorded and synced. A JournalError here is the run's
             # fatal error (exit 1), named like any other, and the journal never says a failed end was a success.
             ending = True
-            await _sliced(journal.settling())  # a snapshot due is encoded on the loop, a slice at a time
+            await _sliced(journal.settling(closing=True))  # a snapshot due is encoded on the loop, a slice at a time
             await anyio.to_thread.run_sync(journal.sync)  # the fsyncs off the event loop, in the same order
             _finish_journal(journal, summary)
             await anyio.to_thread.run_sync(journal.close)
