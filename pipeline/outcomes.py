@@ -27,6 +27,9 @@ __all__ = [
 #: The planner's actions that move data (the others are metadata, skip, blocked).
 DATA_ACTIONS = frozenset({"copy", "resume", "replace"})
 
+#: The outcome of a ``done`` step whose action moves no data (the others are "up_to_date").
+_DONE_BY_ACTION = {"metadata": "metadata", "adopt": "adopted", "restore": "restored"}
+
 #: States an image x target holds before its final record: planned by a run, or receiving its bytes.
 IN_PROGRESS = frozenset({"planned", "uploading"})
 
@@ -49,6 +52,9 @@ class Outcome:
 OUTCOMES: dict[str, Outcome] = {o.name: o for o in (
     Outcome("copied", "its bytes were copied and verified, then its metadata applied", "#2e7d32"),
     Outcome("metadata", "the copy was already there; only its metadata was brought in line", "#1565c0"),
+    Outcome("adopted", "an identical image already in the target (or a copy of this job under a previous name) "
+            "was taken over as the copy: nothing was sent", "#00838f"),
+    Outcome("restored", "the copy a grace-period prune had retired was brought back: nothing was sent", "#558b2f"),
     Outcome("up_to_date", "the copy was already there and in line: nothing was sent", "#607d8b"),
     Outcome("skipped", "left alone on purpose (public, not active, or data changed with on_change = keep)",
             "#b0bec5"),
@@ -95,5 +101,5 @@ def step_outcome(state: str | None, action: str | None) -> str:
     if state == "done":
         if action in DATA_ACTIONS:
             return "copied"
-        return "metadata" if action == "metadata" else "up_to_date"
+        return _DONE_BY_ACTION.get(action or "", "up_to_date")
     return state if state is not None and is_final(state) else "unfinished"

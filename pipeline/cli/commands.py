@@ -17,9 +17,10 @@ import anyio
 from pipeline.cli.output import OUTPUT
 from pipeline.errors import ExitCode, ImgmigError, UsageError, first_error
 from pipeline.report.logs import bind_run
-from pipeline.units import clip, format_size, format_table
+from pipeline.units import clip, format_duration, format_size, format_table
 
-__all__ = ["cmd_check", "cmd_copy", "cmd_emulate", "cmd_plan", "cmd_report", "cmd_run", "cmd_status", "cmd_verify"]
+__all__ = ["cmd_check", "cmd_copy", "cmd_emulate", "cmd_plan", "cmd_report", "cmd_restore", "cmd_run", "cmd_status",
+           "cmd_verify"]  # fmt: skip
 
 
 def _load(path: Path, *, need_secrets: bool = True, args: argparse.Namespace | None = None, write: bool = False,
@@ -243,13 +244,7 @@ def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
     for image_plan, step in steps:
         rows.append((image_plan.image.id, clip(image_plan.image.name or "", 32), step.target, step.action.value,
                      format_size(step.bytes), step.reason))  # fmt: skip
-    pruning = plan.prune
-    for deletion, action in [(d, "delete") for d in pruning.deletions] + [(d, "keep") for d in pruning.kept] if (
-            pruning is not None) else []:  # fmt: skip
-        why = f"copy {deletion.copy.id}: its source is no longer selected or gone" + (
-            " (protected; prune_protected = false)" if action == "keep" else "")  # fmt: skip
-        rows.append((deletion.source_id, clip(deletion.copy.name or "", 32), deletion.target, f"prune:{action}",
-                     format_size(0), why))  # fmt: skip
+    rows += _prune_rows(plan)
     print(format_table(rows))
     counts = ", ".join(f"{k} {v}" for k, v in plan.counts().items() if v)
     prefix = "dry run: " if dry_run else ""
@@ -263,6 +258,38 @@ def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
     if plan.prune is not None and plan.prune.refused:
         print(f"PRUNE REFUSED: {plan.prune.refused}")
     return code
+
+
+def _prune_rows(plan: Any) -> list[tuple[object, ...]]:
+    """The plan's table rows for ``[prune]``: each deletion or retirement, each copy kept, each retired copy (with
+    when it is deleted, or that it is, with prune off, only listed)."""
+    from pipeline.plan.provenance import iso_time
+
+    pruning = plan.prune
+    gone = "its source is no longer selected or gone"
+    grace = pruning.grace if pruning is not None else None
+    out: list[tuple[object, ...]] = []
+    listed = []
+    if pruning is not None:
+        retire = "retire" if pruning.retires else "delete"
+        listed += [(d, retire, gone + (f" (deleted {format_duration(grace)} later)" if grace else "")) for d in
+                   pruning.deletions]  # fmt: skip
+        listed += [(d, "keep", gone + " (protected; prune_protected = false)") for d in pruning.kept]
+        listed += [(d, "keep", gone + " (adopted; [prune] adopted = false)") for d in pruning.kept_adopted]
+        listed += [(d, "delete", "retired, and its grace period is over") for d in pruning.expired]
+        listed += [(d, "retire", "its retirement was cut short: completed") for d in pruning.unfinished]
+    for deletion, action, why in listed:
+        out.append((deletion.source_id, clip(deletion.copy.name or "", 32), deletion.target, f"prune:{action}",
+                    format_size(0), f"copy {deletion.copy.id}: {why}"))  # fmt: skip
+    handled = {d.copy.id for d, _, _ in listed}
+    for old in plan.retired:
+        if old.copy.id in handled:
+            continue
+        when = (f"deleted by the first run with prune on after {iso_time(old.deleted_after(grace))}" if pruning
+                is not None else "kept while prune is off (imgmig restore brings it back)")  # fmt: skip
+        out.append((old.source_id, clip(old.copy.name or "", 32), old.target, "retired", format_size(0),
+                    f"copy {old.copy.id}, retired at {iso_time(old.at)}: {when}"))  # fmt: skip
+    return out
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -279,6 +306,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(render_status(view))
     return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from pipeline.run.restore import restore_job
+
+    spec = _load(args.job, args=args, write=True)
+    report = _run_async(lambda: restore_job(spec, args.images))
+    if args.json or OUTPUT.json_lines:
+        OUTPUT.document(report.to_json(), as_json=True)
+    else:
+        rows: list[tuple[object, ...]] = [("SOURCE", "NAME", "TARGET", "COPY", "RETIRED AT", "RESULT")]
+        rows += [(r["source_id"], clip(r["name"] or "", 32), r["target"], r["target_id"], r["retired_at"],
+                  r["state"] + (f": {r['error']}" if r.get("error") else "")) for r in report.rows]  # fmt: skip
+        print(format_table(rows) if report.rows else f"job {spec.name}: no retired copy to restore")
+    return 0 if report.ok else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -154,6 +154,26 @@ def _add_verify(sub: Any) -> None:
     p.set_defaults(func=commands.cmd_verify)
 
 
+def _add_restore(sub: Any) -> None:
+    p = sub.add_parser(
+        "restore", help="bring back copies that a grace-period prune retired",
+        description="With [prune] grace, a prune retires a copy instead of deleting it: marked with "
+        "imgmig_retired_at, hidden (os_hidden) and, where the target allows it, deactivated; the first run after "
+        "the grace period deletes it. restore brings retired copies back now: reactivated, the marker removed, "
+        "os_hidden set back to the source's (false when the source is gone). IMAGE names a source image id, a copy "
+        "id or a copy name; without IMAGE every retired copy of the job is restored. `imgmig plan` lists them. "
+        "A restored copy stays the job's: while its source is not selected, the next run with prune on retires "
+        "it again. Takes the job's lock (exit 3 while a run holds it). Exit 0 when every copy named was restored, "
+        "1 when one failed, 2 when an IMAGE names no retired copy.",
+    )  # fmt: skip
+    p.add_argument("job", type=Path, help=JOB_HELP)
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="source image id, copy id or copy name (default: all)")
+    p.add_argument("--json", action="store_true", help="print what was restored as JSON")
+    _shard_options(p)
+    _log_options(p)
+    p.set_defaults(func=commands.cmd_restore)
+
+
 def _add_report(sub: Any) -> None:
     p = sub.add_parser(
         "report", help="write one self-contained HTML page about a run, from the journal",
@@ -238,6 +258,7 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imgmig {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for add in (_add_run, _add_copy, _add_plan, _add_status, _add_verify, _add_check, _add_report, _add_emulate):
+    for add in (_add_run, _add_copy, _add_plan, _add_status, _add_verify, _add_restore, _add_check, _add_report,
+                _add_emulate):  # fmt: skip
         add(sub)
     return parser

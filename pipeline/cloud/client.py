@@ -303,6 +303,22 @@ class ImageClient:
         """Delete an image (403 if protected, 404 if absent)."""
         await self._call("DELETE", f"/v2/images/{image_id}", image_id=image_id)
 
+    async def deactivate_image(self, image_id: str) -> None:
+        """Deactivate an active image (204): its data can no longer be downloaded, except by an admin.
+
+        Sent without a body (Glance refuses any with 400) and retried like any call: the server answers 204
+        again for an image that is already deactivated. 403 for an image that is not active (queued,
+        saving, ...) or that this tenant may see but not change; 404 if absent or invisible."""
+        await self._action(image_id, "deactivate")
+
+    async def reactivate_image(self, image_id: str) -> None:
+        """Reactivate a deactivated image (204); idempotent like ``deactivate_image``, with the same errors."""
+        await self._action(image_id, "reactivate")
+
+    async def _action(self, image_id: str, action: str) -> None:
+        # no data= or json=: aiohttp then sends Content-Length: 0, which Glance takes as no body
+        await self._call("POST", f"/v2/images/{image_id}/actions/{action}", image_id=image_id)
+
     # === data
 
     async def upload_image(

@@ -79,6 +79,8 @@ def request_kind(method: str, path: str) -> str:
         return {"PATCH": "patch", "DELETE": "delete"}.get(method, "get")
     if parts[3] == "file":
         return "upload" if method == "PUT" else "download"
+    if parts[3] == "actions" and len(parts) > 4:  # deactivate, reactivate
+        return parts[4]
     return "tags" if parts[3] == "tags" else "members"
 
 

@@ -161,6 +161,10 @@ def parse_job(
         problems.append(("prune.max_delete", "required when prune.enabled = true: the most copies one run may "
                                              "delete (a plan with more deletes nothing)"))  # fmt: skip
 
+    if run and name and name in run.previous_names:
+        problems.append(("run.previous_names", f"names this job itself ({name!r}): list only the names it had before"))
+    if prune and prune.grace is not None and prune.grace <= 0:
+        problems.append(("prune.grace", "must be a positive duration like '7d' (leave it out to delete at once)"))
     _check_places(src, targets, profiles, problems)
     if select and select.size_min is not None and select.size_max and select.size_min > select.size_max:
         problems.append(("select.size_min", f"is larger than select.size_max ({format_size(select.size_max)})"))

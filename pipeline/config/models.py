@@ -42,6 +42,7 @@ from pipeline.config.values import (
     _existing_path,
     _fraction,
     _Globs,
+    _JobNames,
     _PathValue,
     _product,
     _Rate,
@@ -219,6 +220,9 @@ class CopyOptions(_Section):
     defaults: Mapping[str, _Text] = Field(default_factory=dict)
     #: Properties that name another image of the source region: rewritten in each target to that image's copy.
     reference_properties: _Texts = ("kernel_id", "ramdisk_id")
+    #: "exact": an image already in a target, without imgmig provenance, identical to a selected source (name,
+    #: size, digests, formats; owned by the target project, active) is adopted as its copy: nothing uploaded.
+    adopt: Literal["none", "exact"] = "none"
 
 
 class TransferOptions(_Section):
@@ -251,8 +255,16 @@ class RunOptions(_Section):
     #: A node_exporter textfile (``*.prom``) rewritten atomically every 30 s and at the end of each run.
     metrics_file: _PathValue | None = None
     max_runtime: _Duration = None
+    #: Names this job had before: their copies are taken over (their ``imgmig_job`` rewritten), not made again.
+    previous_names: _JobNames = ()
     ca_bundle: Annotated[Path, PlainValidator(_existing_path)] | None = None
     insecure: bool = False
+
+
+def _auto_or_bool(value: object) -> Literal["auto"] | bool:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError(f'must be "auto", true or false, got {value!r}')
 
 
 class PruneOptions(_Section):
@@ -266,6 +278,14 @@ class PruneOptions(_Section):
     max_shrink: Annotated[float, PlainValidator(_fraction)] = 0.5
     #: Unprotect and delete protected copies too (otherwise they are kept, and the plan says so).
     prune_protected: bool = False
+    #: Retire a copy (marked, hidden, deactivated) instead of deleting it, and delete it this long after; None:
+    #: delete at once. A source selected again within the grace period gets its retired copy back.
+    grace: _Duration = None
+    #: Whether a retirement deactivates the copy: "auto" where the target is not NHN Cloud (whose guide documents
+    #: no deactivation), or always / never.
+    deactivate: Annotated[Literal["auto"] | bool, PlainValidator(_auto_or_bool)] = "auto"
+    #: Prune adopted copies too ([copy] adopt); otherwise they are kept.
+    adopted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +306,11 @@ class JobSpec:
     #: is then the shard's own directory.
     shard: Shard | None = None
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """This job's name and the names it had before (``[run] previous_names``): its copies carry one of them."""
+        return (self.name, *self.run.previous_names)
+
     def owns(self, source_id: str) -> bool:
         """Whether this process handles source image ``source_id`` (always, unless sharded)."""
         return self.shard is None or self.shard.owns(source_id)
@@ -304,9 +329,13 @@ class JobSpec:
         ``nhn_cloud``, a clouds.yaml cloud found to be NHN's: ``auth_type: v2password``)."""
         if target.required_properties is not None:
             return target.required_properties
-        profile = self.profile(target)
-        nhn = (profile.type == "nhn" and profile.cloud is None) or nhn_cloud
-        return NHN_REQUIRED_PROPERTIES if nhn else ()
+        return NHN_REQUIRED_PROPERTIES if self.is_nhn(target, nhn_cloud=nhn_cloud) else ()
+
+    def is_nhn(self, endpoint: Endpoint, *, nhn_cloud: bool = False) -> bool:
+        """Whether ``endpoint`` is NHN Cloud: an NHN profile, or (``nhn_cloud``) a clouds.yaml cloud found to be
+        NHN's (``auth_type: v2password``)."""
+        profile = self.profile(endpoint)
+        return (profile.type == "nhn" and profile.cloud is None) or nhn_cloud
 
     def defaults(self, target: Target) -> dict[str, str]:
         """The values a copy in ``target`` takes for required properties its source lacks."""

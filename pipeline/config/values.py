@@ -39,6 +39,7 @@ __all__ = [
     "_EnvName",
     "_Glob",
     "_Globs",
+    "_JobNames",
     "_PathValue",
     "_Rate",
     "_Size",
@@ -152,6 +153,15 @@ def _env_name(value: object) -> str:
         # Not echoed either: the usual mistake is pasting the password itself here.
         raise ValueError("must be the NAME of an environment variable (letters, digits, _), not its value")
     return str(value)
+
+
+def _job_name_ref(value: object) -> str:
+    """Another job's name (``[run] previous_names``): the same rule as ``name``."""
+    text = _text(value)
+    if not NAME.fullmatch(text):
+        raise ValueError(f"{text!r} is not a job name: 1-64 letters, digits, '.', '_' or '-', starting with a "
+                         "letter or digit")  # fmt: skip
+    return text
 
 
 def _glob(value: object) -> str:
@@ -303,3 +313,4 @@ _PathValue = Annotated[Path, PlainValidator(_path)]
 _Texts = Annotated[tuple[_Text, ...], BeforeValidator(_listed)]
 _Globs = Annotated[tuple[_Glob, ...], BeforeValidator(_listed)]
 _AuthRefs = Annotated[tuple[_AuthRef, ...], BeforeValidator(_listed)]
+_JobNames = Annotated[tuple[Annotated[str, PlainValidator(_job_name_ref)], ...], BeforeValidator(_listed)]

@@ -1,8 +1,8 @@
 """The aiohttp application of one emulated region: the Image API v2 as Glance 33 speaks it.
 
 This module holds the route table and the metadata handlers (versions, schemas, images, tags, members);
-the middlewares and error rendering live in ``middlewares``, image data streaming in ``transfer``, the
-per-region context and stats in ``context``.
+the middlewares and error rendering live in ``middlewares``, image data streaming in ``transfer``, the image
+actions (deactivate, reactivate) in ``actions``, the per-region context and stats in ``context``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
+from .actions import deactivate_handler, reactivate_handler
 from .context import CTX, RegionContext, RegionStats, request_caller
 from .fields import GlanceError
 from .listing import list_images, page_links
@@ -190,5 +191,7 @@ def build_region_app(ctx: RegionContext) -> web.Application:
         web.get(img + "/members/{member_id}", member_handler, name="member", allow_head=False),
         web.put(img + "/members/{member_id}", member_handler, name="member_update"),
         web.delete(img + "/members/{member_id}", member_handler, name="member_delete"),
+        web.post(img + "/actions/deactivate", deactivate_handler, name="deactivate"),
+        web.post(img + "/actions/reactivate", reactivate_handler, name="reactivate"),
     ])  # fmt: skip
     return app

@@ -17,7 +17,8 @@ import anyio
 __all__ = ["OPS", "BodyFault", "ByteFault", "FaultPlan", "LostAnswer", "StatusFault"]
 
 #: Request kinds a status fault can target.
-OPS = frozenset({"any", "list", "get", "create", "patch", "delete", "upload", "download", "tags", "members", "schemas"})
+OPS = frozenset({"any", "list", "get", "create", "patch", "delete", "upload", "download", "tags", "members", "schemas",
+                 "deactivate", "reactivate"})  # fmt: skip
 
 
 _BYTE_FAULTS = (

@@ -37,7 +37,7 @@ ROUTE_OPS = {
     "schemas": "schemas", "list": "list", "create": "create", "get": "get", "patch": "patch",
     "delete": "delete", "download": "download", "upload": "upload", "tags": "tags", "tags_delete": "tags",
     "members": "members", "members_add": "members", "member": "members", "member_update": "members",
-    "member_delete": "members",
+    "member_delete": "members", "deactivate": "deactivate", "reactivate": "reactivate",
 }  # fmt: skip
 
 #: Methods in the order Glance's router lists them in ``Allow``.

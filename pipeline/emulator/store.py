@@ -283,6 +283,24 @@ class RegionStore:
     def touch(self, rec: ImageRecord) -> None:
         rec.updated_at = iso_now()
 
+    # === deactivate / reactivate
+
+    def set_activation(self, image_id: str, caller: Caller, action: str) -> ImageRecord:
+        """POST /actions/deactivate|reactivate after the body check: lookup (404), the policy (admin, or the
+        member role in the owner's project: 403), then Glance's domain transition (active <-> deactivated;
+        a no-op, nothing saved, when the image is already there; 403 from any other status)."""
+        rec = self.visible(image_id, caller)
+        if "admin" not in caller.roles and not ("member" in caller.roles and rec.owner == caller.tenant_id):
+            raise GlanceError(403, f"You are not authorized to complete {action} action.")
+        source, target = ("active", "deactivated") if action == "deactivate" else ("deactivated", "active")
+        if rec.status == target:
+            return rec
+        if rec.status != source:
+            raise GlanceError(403, f"Not allowed to {action} image in status '{rec.status}'")
+        rec.status = target
+        self.touch(rec)
+        return rec
+
     # === tags
 
     def add_tag(self, image_id: str, tag: str, caller: Caller) -> None:
@@ -403,8 +421,11 @@ class RegionStore:
         return rec
 
     def check_download(self, rec: ImageRecord, caller: Caller) -> None:
-        """NHN guide, Download Image: "You can download the image if all the conditions below are met: you
+        """Glance's image_data.download: a deactivated image's data only for an admin (before any policy).
+        Then NHN guide, Download Image: "You can download the image if all the conditions below are met: you
         have ADMIN or MEMBER permission ...; the nhncloud_allow_download attribute of the image is true"."""
+        if rec.status == "deactivated" and "admin" not in caller.roles:
+            raise GlanceError(403, "The requested image has been deactivated. Image data download is forbidden.")
         if not self.download_rule:
             return
         if not {"member", "admin"} & set(caller.roles):

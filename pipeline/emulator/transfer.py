@@ -135,8 +135,8 @@ async def upload_handler(request: web.Request) -> web.StreamResponse:
 async def download_handler(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     rec: ImageRecord = ctx.store.visible(request.match_info["image_id"], request_caller(request))
-    ctx.store.check_download(rec, request_caller(request))
-    if rec.status != "active" or rec.size is None:
+    ctx.store.check_download(rec, request_caller(request))  # 403 for a deactivated image (admins excepted)
+    if rec.status not in ("active", "deactivated") or rec.size is None:
         return web.Response(status=204)
     plan, size = ctx.faults, rec.size
     span = None

@@ -4,15 +4,17 @@ keys this job manages (from the journal), metadata diffs, and the plan built fro
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
 from pipeline.config import JobSpec
 from pipeline.models import Image, Member
+from pipeline.plan.adoption import Adoptable
 from pipeline.plan.metadiff import Desired, MetaDiff, desired_metadata, diff_metadata
 from pipeline.plan.planner import ImagePlan, Plan, kept_copy, link_references, plan_job_sliced
-from pipeline.plan.provenance import PROV_SOURCE_ID, provenance
+from pipeline.plan.provenance import PROV_ADOPTED, PROV_SOURCE_ID, is_adopted, provenance
 from pipeline.plan.prune import plan_prune
 from pipeline.plan.references import ReferenceGraph
 from pipeline.slices import Sliced, drain
@@ -29,6 +31,12 @@ class DiscoveredTarget(Protocol):
 
     @property
     def copies(self) -> Sequence[Image]: ...
+
+    @property
+    def retired(self) -> Sequence[Image]: ...
+
+    @property
+    def adoptable(self) -> Adoptable | None: ...
 
     @property
     def members(self) -> Mapping[str, list[Member]]: ...
@@ -66,6 +74,10 @@ class Discovered(Protocol):
 
     @property
     def references(self) -> ReferenceGraph: ...
+
+
+#: Visibilities from the narrowest: an adopted copy's is never narrowed.
+_RANK = {"private": 0, "shared": 1, "community": 2, "public": 3}
 
 
 class Intent:
@@ -156,13 +168,33 @@ class Intent:
             return []
         return [k for k in entry.metadata.split(",") if k]
 
-    def diff(self, image: Image, label: str, copy: Image, members: Sequence[Member] | None = None) -> MetaDiff:
-        """Changes that bring ``copy`` to the desired metadata (members from discovery unless given)."""
+    def diff(
+        self, image: Image, label: str, copy: Image, members: Sequence[Member] | None = None, *, adopting: bool = False
+    ) -> MetaDiff:
+        """Changes that bring ``copy`` to the desired metadata (members from discovery unless given). An adopted
+        copy (or one being adopted: ``adopting``) is marked ``imgmig_adopted`` and only ever added to: nothing it
+        had is removed, its visibility is never narrowed and its protection never lifted, so nobody loses access
+        (or a safeguard) they had."""
         if members is None:
             members = self.inventory.targets[label].members.get(copy.id)
-        return diff_metadata(self.desired(image, label), copy, members, managed=self.managed(image, label),
-                             additive=self.spec.copy.additive,
+        desired = self.desired(image, label)
+        adopted = adopting or is_adopted(copy)
+        if adopted:
+            visibility = copy.visibility if _RANK.get(copy.visibility or "", 0) > _RANK[desired.visibility] else None
+            desired = replace(desired, properties={**desired.properties, PROV_ADOPTED: "true"},
+                              visibility=visibility or desired.visibility,
+                              protected=desired.protected or copy.protected)  # fmt: skip
+        return diff_metadata(desired, copy, members, managed=self.managed(image, label),
+                             additive=self.spec.copy.additive or adopted,
                              keep=self.references.referenced(image.id))  # fmt: skip
+
+    def deactivates(self, label: str) -> bool:
+        """Whether a retirement deactivates the copies in ``label`` (``[prune] deactivate``; "auto": where the
+        target is not NHN Cloud, whose guide documents no deactivation)."""
+        wanted = self.spec.prune.deactivate
+        if isinstance(wanted, bool):
+            return wanted
+        return not self.spec.is_nhn(self._targets[label], nhn_cloud=self.inventory.targets[label].nhn_cloud)
 
     def plan(self) -> Plan:
         return drain(self.plan_sliced())
@@ -185,7 +217,8 @@ class Intent:
     def plan_sliced(self) -> Sliced[Plan]:
         """The plan, made a slice of images at a time (``slices``)."""
         inventory = self.inventory
-        available = [label for label, t in inventory.targets.items() if t.error is None]
+        targets = inventory.targets
+        available = [label for label, t in targets.items() if t.error is None]
         copies = {label: t.copies for label, t in inventory.targets.items() if t.error is None}
         pruning = self.spec.prune.enabled
         plan = yield from plan_job_sliced(inventory.images, available, copies, self.state, self.spec.copy,
@@ -193,7 +226,10 @@ class Intent:
                                           enable_download=self.spec.source.enable_download, pruning=pruning,
                                           vanished=inventory.vanished_sources, refusal=self.refusal,
                                           volume_backed=self.spec.select.volume_backed,
-                                          planned_one=self._settled)  # fmt: skip
+                                          planned_one=self._settled, job=self.spec.name,
+                                          retired={label: targets[label].retired for label in available},
+                                          adoptable={label: a for label in available
+                                                     if (a := targets[label].adoptable) is not None})  # fmt: skip
         plan = link_references(plan, self.references)
         # the desired metadata is worked out again when an image's copy is made (its steps have what planning
         # needed): held from planning to the end of the run, it took a kilobyte per image x target
@@ -203,4 +239,15 @@ class Intent:
         selected = {image.id for image in inventory.images}
         swept = {copy.id for _, copy in plan.leftovers}  # the sweep deletes those: prune does not count them twice
         kept = {label: [c for c in found if c.id not in swept] for label, found in copies.items()}
-        return replace(plan, prune=plan_prune(self.spec.prune, selected, kept, self.state.selected))
+        return replace(
+            plan,
+            prune=plan_prune(
+                self.spec.prune,
+                selected,
+                kept,
+                self.state.selected,
+                retired=plan.retired,
+                now=time.time(),
+                deactivates=self.deactivates,
+            ),
+        )

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.config import CopyOptions
 from pipeline.models import READ_ONLY_FIELDS, Image, Member, is_reserved_field
-from pipeline.plan.provenance import PROV_DEFAULTED, PROVENANCE_PREFIX
+from pipeline.plan.provenance import PROV_DEFAULTED, PROV_RETIRED_AT, PROVENANCE_PREFIX
 
 __all__ = [
     "Desired",
@@ -240,6 +240,8 @@ def diff_metadata(
         ]
     if PROV_DEFAULTED in current and PROV_DEFAULTED not in desired.properties:
         ops.append({"op": "remove", "path": _pointer(PROV_DEFAULTED)})  # the source has its own values now
+    if PROV_RETIRED_AT in current:  # a retired copy is only ever diffed to be restored
+        ops.append({"op": "remove", "path": _pointer(PROV_RETIRED_AT)})
     tags = set(target.tags)
     add_tags = tuple(sorted(desired.tags - tags))
     remove_tags = () if additive else tuple(sorted(tags - desired.tags))

@@ -8,6 +8,10 @@ the journal alone: the journal only breaks ties (which of several partial copies
 - ``replace``: the source data changed since the copy (``on_change = "replace"``); a new copy is made,
   verified, and only then the old one deleted.
 - ``metadata``: a verified copy exists but its metadata drifted; patch it, move no data.
+- ``adopt``: an image already in the target is taken over as the copy, nothing uploaded: one without provenance
+  that is identical to the source (``[copy] adopt``, see ``adoption``), or this job's copy under a previous name
+  (``[run] previous_names``).
+- ``restore``: this job's copy that a grace-period prune retired is brought back (the source is selected again).
 - ``skip``: up to date, or not copyable (with the reason).
 - ``blocked``: the source may not be downloaded (NHN's ``nhncloud_allow_download`` is false and
   ``[source] enable_download`` is off): nothing is created anywhere, and the step fails with the reason
@@ -26,9 +30,10 @@ from typing import Any
 
 from pipeline.config import CopyOptions
 from pipeline.models import Content, Image, source_content
+from pipeline.plan.adoption import Adoptable, adoption_notes, near_miss_notes
 from pipeline.plan.metadiff import MetaDiff
-from pipeline.plan.provenance import PROV_SOURCE_ID
-from pipeline.plan.prune import PrunePlan
+from pipeline.plan.provenance import PROV_JOB, PROV_SOURCE_ID, iso_time, retired_at
+from pipeline.plan.prune import PrunePlan, Retired
 from pipeline.plan.references import ReferenceGraph
 from pipeline.plan.steps import Action, Step, UpToDate
 from pipeline.slices import SLICE, Sliced, drained
@@ -81,6 +86,8 @@ class Plan:
     prune: PrunePlan | None = None
     #: (target, copy) of this job's unfinished copies whose source no longer exists: the sweep deletes them.
     leftovers: tuple[tuple[str, Image], ...] = ()
+    #: This job's copies that a grace-period prune retired, but for those this run restores.
+    retired: tuple[Retired, ...] = ()
 
     def steps(self) -> Iterable[tuple[ImagePlan, Step]]:
         for image in self.images:
@@ -119,9 +126,11 @@ class Plan:
         """The plan as JSON; ``lazy``: its ``images`` a generator that makes each image's document as it is
         written (once), not a list."""
         images: Any = (i.to_json() for i in self.images) if lazy else [i.to_json() for i in self.images]
+        grace = self.prune.grace if self.prune is not None else None
         return {"targets": list(self.targets), "counts": self.counts(), "bytes": self.bytes,
                 "images": images, "notes": list(self.notes),
-                "prune": self.prune.to_json() if self.prune is not None else None}  # fmt: skip
+                "prune": self.prune.to_json() if self.prune is not None else None,
+                "retired": [r.to_json(grace) for r in self.retired]}  # fmt: skip
 
 
 ALLOW_DOWNLOAD = "nhncloud_allow_download"
@@ -259,6 +268,35 @@ def _plan_target(
     return Step(label, Action.COPY, "", size, extra=extra)
 
 
+def _taken_over(
+    image: Image, step: Step, retired: Sequence[Image], adoptable: Adoptable | None, job: str, notes: list[str]
+) -> Step:
+    """``step`` made an ``adopt`` or a ``restore`` where an image already in the target can stand for the copy:
+    instead of new bytes, a retired copy of this source that holds its data (restored), else an identical image
+    without provenance (adopted, the oldest); a copy kept under a previous name of the job is taken over."""
+    label = step.target
+    if step.action.moves_data:
+        back = next((c for c in retired if c.status in ("active", "deactivated") and holds_source_data(c, image)),
+                    None)  # fmt: skip
+        if back is not None:
+            when = iso_time(retired_at(back) or 0.0)
+            return Step(label, Action.RESTORE, f"its copy {back.id}, retired by prune at {when}, is brought back: the "
+                        "source is selected again", 0, back, step.stale, step.extra)  # fmt: skip
+        found = adoptable.candidates.get(image.id) if adoptable is not None else None
+        if found:
+            notes += adoption_notes(label, image, found[0], adoptable)  # type: ignore[arg-type]
+            return Step(label, Action.ADOPT, 'an identical image without provenance is already there: adopted ([copy] '
+                        'adopt = "exact"), nothing is uploaded', 0, found[0], step.stale, step.extra)  # fmt: skip
+        notes += near_miss_notes(label, image, adoptable)
+        return step
+    kept = step.existing
+    old = kept.raw.get(PROV_JOB) if kept is not None else None
+    if job and old is not None and old != job and (step.action is Action.METADATA or step.reason == "up to date"):
+        return replace(step, action=Action.ADOPT, reason=f"its copy was made by this job under its previous name "
+                       f"{old!r}: taken over ([run] previous_names)")  # fmt: skip
+    return step
+
+
 def recorded_in_sync(image: Image, steps: Sequence[Step], skipped: str | None, journal: JournalState) -> bool:
     """Whether the journal already holds this image as it is and every step as a skip it already recorded
     (``settled``): then neither the plan's record nor the steps' final records would change a thing."""
@@ -337,13 +375,18 @@ def plan_job_sliced(
     refusal: Callable[[Image, str], str | None] | None = None,
     volume_backed: str = "block",
     planned_one: Callable[[ImagePlan], None] | None = None,
+    job: str = "",
+    retired: Mapping[str, Sequence[Image]] | None = None,
+    adoptable: Mapping[str, Adoptable] | None = None,
 ) -> Sliced[Plan]:
     """Decide every image x target from the selected ``images`` and each target's copies of this job, yielding
     between slices of images (``slices``).
     ``vanished``: sources that no longer exist; this job's unfinished copies of them are leftovers to delete.
     ``refusal(image, target)``: why a target cannot take a new copy by its own rules (that step is blocked).
     ``volume_backed``: "block" (the step fails with the reason) or "skip" for a volume-backed snapshot.
-    ``planned_one(image_plan)``: told of each image as soon as it is planned."""
+    ``planned_one(image_plan)``: told of each image as soon as it is planned.
+    ``job``: the job's name (a kept copy under another name is taken over); ``retired``: each target's retired
+    copies of this job; ``adoptable``: what each target holds that may be adopted (``[copy] adopt``)."""
     # each target's copies by source: one copy as itself, two or more in a list (a list per source of a catalogue
     # of 100,000 images held 13 MiB more while planning)
     by_source: dict[str, dict[str, Image | list[Image]]] = {t: {} for t in targets}
@@ -364,6 +407,11 @@ def plan_job_sliced(
             if isinstance(source_id, str):
                 other = held.get(source_id)
                 held[source_id] = c if other is None else [*other, c] if isinstance(other, list) else [other, c]
+    back: dict[str, dict[str, list[Image]]] = {t: {} for t in targets}  # retired copies by target and source
+    for label in targets:
+        for c in (retired or {}).get(label, ()):
+            back[label].setdefault(str(c.raw.get(PROV_SOURCE_ID)), []).append(c)
+    taken_notes: list[str] = []
     planned: list[ImagePlan] = []
     undigested: list[Image] = []
     labels = tuple(targets)  # one tuple that every image in sync shares
@@ -385,6 +433,9 @@ def plan_job_sliced(
             found = by_source[label].get(image.id)
             step = _plan_target(image, label, [found] if isinstance(found, Image) else found or [], entry, copy,
                                 meta_diff)  # fmt: skip
+            if job:
+                step = _taken_over(image, step, back[label].get(image.id, ()), (adoptable or {}).get(label), job,
+                                   taken_notes)  # fmt: skip
             refused = refusal(image, label) if refusal is not None and step.action.moves_data else None
             steps.append(Step(label, Action.BLOCKED, refused, extra=step.extra) if refused else step)
         gated = not download_allowed(image) and any(s.action.moves_data for s in steps)
@@ -421,7 +472,12 @@ def plan_job_sliced(
         "journalled when they were made"
         for i in undigested
     ]  # fmt: skip
-    return Plan(tuple(planned), tuple(targets), tuple(notes), leftovers=leftovers)
+    notes += taken_notes
+    restored = {s.existing.id for p in planned if not p.in_sync for s in p.steps
+                if s.action is Action.RESTORE and s.existing is not None}  # fmt: skip
+    still = tuple(Retired(label, c, str(c.raw.get(PROV_SOURCE_ID)), retired_at(c) or 0.0) for label in targets
+                  for c in (retired or {}).get(label, ()) if c.id not in restored)  # fmt: skip
+    return Plan(tuple(planned), tuple(targets), tuple(notes), leftovers=leftovers, retired=still)
 
 
 #: ``plan_job_sliced`` in one go.

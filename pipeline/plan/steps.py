@@ -20,6 +20,11 @@ class Action(enum.StrEnum):
     RESUME = "resume"
     REPLACE = "replace"
     METADATA = "metadata"
+    #: Take over an image already in the target: one without provenance (``[copy] adopt``), or a copy of this job
+    #: under a previous name (``[run] previous_names``). Nothing is uploaded.
+    ADOPT = "adopt"
+    #: Bring back this job's copy that a grace-period prune retired (its source is selected again).
+    RESTORE = "restore"
     SKIP = "skip"
     BLOCKED = "blocked"
     #: The image's data does not live in the Image API (a volume-backed snapshot): nothing is created for it.

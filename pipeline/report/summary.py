@@ -300,7 +300,9 @@ class RunSummary:
         lines += [f"  UNAVAILABLE {label}: {reason}" for label, reason in self.unavailable.items()]
         lines += [f"  QUOTA FULL {label}: {reason}" for label, reason in self.quota_full.items()]
         lines += [f"  SOURCE LEFT OPEN {image_id}: {reason}" for image_id, reason in self.sources_left_open.items()]
-        lines += [f"  PRUNED {p['target']}: copy {p['target_id']} ({p['name']}) of source {p['source_id']}"
+        lines += [f"  {'RETIRED' if p.get('retired') else 'PRUNED'} {p['target']}: copy {p['target_id']} ({p['name']}) "
+                  f"of source {p['source_id']}" + (f", deleted after {p['delete_after']}" if p.get("retired") else "")
+                  + (" (its grace period is over)" if p.get("expired") else "")
                   for p in self.pruned]  # fmt: skip
         if self.prune_refused:
             lines.append(f"  PRUNE REFUSED: {self.prune_refused}")

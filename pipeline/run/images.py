@@ -18,8 +18,8 @@ from pipeline.errors import ApiError, ImgmigError, NotFoundError, first_error
 from pipeline.models import Image
 from pipeline.plan.intent import Intent
 from pipeline.plan.metadiff import Desired, create_fields
-from pipeline.plan.planner import Action, ImagePlan, Plan, Step, settled
-from pipeline.plan.provenance import PROV_SOURCE_ID
+from pipeline.plan.planner import Action, ImagePlan, Plan, Step, holds_source_data, settled
+from pipeline.plan.provenance import PROV_SOURCE_ID, carries_provenance, is_own_copy
 from pipeline.report.summary import RunSummary, StepFinished
 from pipeline.run.gate import download_enabled
 from pipeline.run.inventory import Clients, Inventory
@@ -27,11 +27,11 @@ from pipeline.run.metadata import apply_metadata
 from pipeline.state.failpoints import failpoint
 from pipeline.state.journal import Journal
 from pipeline.state.records import compact_evidence
-from pipeline.transfer.copies import delete_copy
+from pipeline.transfer.copies import delete_copy, reactivated
 from pipeline.transfer.engine import Engine, EngineHooks, TargetResult, TargetSpec
 from pipeline.transfer.source import source_gone
 
-__all__ = ["Running", "image_task", "journal_plan", "prune", "sweep"]
+__all__ = ["Running", "image_task", "journal_plan", "sweep"]
 
 log = structlog.get_logger("imgmig")
 
@@ -125,7 +125,7 @@ async def sweep(run: Running) -> None:
     for source_id, label, copy in doomed:
         target = run.inventory.targets[label]
         try:
-            deleted = await delete_copy(target.client, copy, run.spec.name)
+            deleted = await delete_copy(target.client, copy, run.spec.names)
         except ApiError as exc:
             log.warning("orphan_delete_failed", image_id=source_id, target=label, target_image=copy.id,
                         error=str(exc))  # fmt: skip
@@ -138,35 +138,6 @@ async def sweep(run: Running) -> None:
         failpoint("swept")
         run.journal.record("target", image_id=source_id, region=label, deleted=copy.id)
         run.journal.release(source_id)
-
-
-async def prune(run: Running) -> None:
-    """``[prune]``: delete the copies the plan marked, or record why none may go. Each delete re-checks the
-    provenance on the image itself (``delete_copy``) and unprotects a protected copy first."""
-    pruning = run.plan.prune
-    if pruning is None or not (pruning.deletions or pruning.kept):
-        return
-    for kept in pruning.kept:
-        log.warning("prune_kept_protected", target=kept.target, target_image=kept.copy.id, source_id=kept.source_id,
-                    message="protected copy kept ([prune] prune_protected = false)")  # fmt: skip
-    if pruning.refused is not None:
-        run.summary.prune_refused = pruning.refused
-        log.error("prune_refused", job=run.spec.name, reason=pruning.refused)
-        return
-    for deletion in pruning.deletions:
-        target = run.inventory.targets[deletion.target]
-        where = f"{deletion.target}: copy {deletion.copy.id} of source {deletion.source_id}"
-        try:
-            deleted = await delete_copy(target.client, deletion.copy, run.spec.name)
-        except ApiError as exc:
-            run.summary.prune_failed.append(f"{where}: {exc}")
-            continue
-        if not deleted:
-            continue  # no longer carries this job's provenance: never touched
-        failpoint("pruned")
-        run.journal.record("pruned", image_id=deletion.source_id, region=deletion.target, deleted=deletion.copy.id)
-        run.journal.release(deletion.source_id)
-        run.summary.pruned.append(deletion.to_json())
 
 
 class _Hooks(EngineHooks):
@@ -307,15 +278,22 @@ async def _finish_step(run: Running, image: Image, step: Step, result: TargetRes
         with spending(budget):  # the metadata step spends the same retry budget as the copy before it
             # the copy as the engine's verification read it (nothing wrote to it since); else read it now
             copy = result.image if result is not None and result.image is not None else None
+            if step.action is Action.RESTORE:  # reactivated first; the marker goes with the metadata below
+                copy = await reactivated(target.client, step.existing or await target.client.get_image(target_id))
             copy = copy or await target.client.get_image(target_id)
+            refused = _not_taken_over(run, image, step, copy)
+            if refused is not None:
+                _record_step(run, image, step, "failed", error=refused, target_id=target_id, phases=phases)
+                return
             members = await target.client.list_members(target_id) if copy.visibility == "shared" else []
             desired = run.intent.desired(image, step.target)
-            diff = run.intent.diff(image, step.target, copy, members)
+            adopting = step.action is Action.ADOPT and not carries_provenance(copy)
+            diff = run.intent.diff(image, step.target, copy, members, adopting=adopting)
             acceptors = await _acceptors(run, step.target, desired)
             report = await apply_metadata(target.client, copy, desired, diff, acceptors=acceptors)
             failpoint("synced")
             for stale in step.stale:
-                await delete_copy(target.client, stale, run.spec.name)
+                await delete_copy(target.client, stale, run.spec.names)
                 failpoint("replaced")
                 run.journal.record("target", image_id=image.id, region=step.target, deleted=stale.id)
     except ApiError as exc:
@@ -326,6 +304,21 @@ async def _finish_step(run: Running, image: Image, step: Step, result: TargetRes
     _record_step(run, image, step, "done", result=result, target_id=target_id, problems=report.problems,
                  pending=report.pending_members, managed=report.managed, changed=report.changed,
                  phases=phases)  # fmt: skip
+
+
+def _not_taken_over(run: Running, image: Image, step: Step, copy: Image) -> str | None:
+    """Why the image an adopt or restore step names may not be taken over now (read again just before its first
+    write), or None: it must still hold the source's data, and carry no provenance (adopt) or this job's, for this
+    source. Another job, or another source of a shard, may have taken it since the plan was made."""
+    if step.action not in (Action.ADOPT, Action.RESTORE):
+        return None
+    if copy.status != "active" or not holds_source_data(copy, image):
+        return (f"image {copy.id} changed since the plan (status {copy.status}, or not the source's data any more): "
+                "not taken over; the next run decides again")  # fmt: skip
+    if carries_provenance(copy) and not is_own_copy(copy, run.spec.names, image.id):
+        return (f"image {copy.id} now carries other imgmig provenance (another job or source took it over since the "
+                "plan): not taken over; the next run decides again")  # fmt: skip
+    return None
 
 
 async def _acceptors(run: Running, label: str, desired: Desired) -> dict[str, Any]:

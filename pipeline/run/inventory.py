@@ -26,16 +26,17 @@ from pipeline.cloud.transport import TransportConfig
 from pipeline.config import AuthProfile, Endpoint, JobSpec
 from pipeline.errors import ApiError, EmptySelectionError, NotFoundError, UsageError, first_error
 from pipeline.models import READ_ONLY_FIELDS, Image, Member, RequestCounts
+from pipeline.plan.adoption import Adoptable, match_adoptable
 from pipeline.plan.metadiff import read_only_fields, schema_formats
 from pipeline.plan.planner import PARTIAL_STATES, skip_reason, volume_backed_reason
-from pipeline.plan.provenance import PROV_JOB, PROV_SOURCE_ID, is_own_copy
+from pipeline.plan.provenance import PROV_JOB, PROV_SOURCE_ID, carries_provenance, is_own_copy, retired_at
 from pipeline.plan.references import ReferenceGraph, references_of
 from pipeline.plan.selection import describe_selection, near_misses, select_images
 from pipeline.report.logs import register_secret
 from pipeline.slices import SLICE
 from pipeline.state.failpoints import failpoint
 
-__all__ = ["Clients", "Inventory", "TargetState", "discover", "retry_policy", "transport_config"]
+__all__ = ["Clients", "Inventory", "TargetState", "discover", "retired_copies", "retry_policy", "transport_config"]
 
 LIST_CONCURRENCY = 8
 #: A target's image schema read by an earlier run is trusted this long (schemas change with cloud upgrades).
@@ -143,6 +144,12 @@ class TargetState:
     client: ImageClient
     tenant_id: str | None = None
     copies: list[Image] = field(default_factory=list)
+    #: This job's copies that a grace-period prune retired (``imgmig_retired_at``): not among ``copies``.
+    retired: list[Image] = field(default_factory=list)
+    #: ``[copy] adopt``: the images without provenance that are identical to a selected source, and the near misses.
+    adoptable: Adoptable | None = None
+    #: ``[copy] adopt``: the target project's active images without provenance, until they are matched.
+    candidates: list[Image] = field(default_factory=list)
     members: dict[str, list[Member]] = field(default_factory=dict)
     read_only: frozenset[str] = frozenset()
     #: The disk and container formats the target's schema lists (None: not known, nothing is refused for it).
@@ -311,23 +318,32 @@ async def _target_listing(
         state.nhn_cloud = spec.auth[endpoint.auth].kind == "cloud" and isinstance(clients.auth(endpoint.auth),
                                                                                    PasswordAuth)  # fmt: skip
         state.tenant_id = await clients.tenant(endpoint.auth)
-        filters: dict[str, Any] = {PROV_JOB: spec.name, "visibility": "all"}
+        filters: dict[str, Any] = {"visibility": "all"}
         if state.tenant_id:
             filters["owner"] = state.tenant_id
         known = (schemas or {}).get(label)
         schema: Mapping[str, Any] | None = None
+        listed: dict[str, list[Image]] = {}
 
         async def read_schema() -> None:
             nonlocal schema
             with contextlib.suppress(ApiError):  # no schema offered: the built-in read-only set applies
                 schema = await state.client.get_schema("image")
 
+        async def list_named(name: str) -> None:
+            listed[name] = await _list_all(state.client, {PROV_JOB: name, **filters} if name else filters)
+
+        # this job's copies, under its name and each previous one; with adoption on, every image of the project
+        # instead (one listing: the images without provenance are the ones it may adopt)
+        names = ("",) if spec.copy.adopt != "none" else spec.names
         with _one_error():
             async with anyio.create_task_group() as tg:
                 if known is None or time.time() - known.get("at", 0.0) >= SCHEMA_MAX_AGE:
                     tg.start_soon(read_schema)
                     known = None
-                state.copies = await _list_all(state.client, filters)
+                for name in names:
+                    tg.start_soon(list_named, name)
+        state.copies = [image for name in names for image in listed.pop(name)]
         if known is None:
             disk, container = schema_formats(schema)
             known = state.schema_read = {"read_only": sorted(read_only_fields(schema) - READ_ONLY_FIELDS),
@@ -352,14 +368,17 @@ async def _target_state(spec: JobSpec, state: TargetState, source_algo: str, own
         # another shard's copy, not even a queued leftover
         kept: list[Image] = []
         algos: set[str] = set()
+        adopting = spec.copy.adopt != "none"
         for number, c in enumerate(state.copies, start=1):
             if number % SLICE == 0:  # one pass, in slices: a listed image's document is decoded to be read
                 await anyio.lowlevel.checkpoint()
-            if (is_own_copy(c, spec.name) and (not state.tenant_id or c.owner == state.tenant_id)
-                    and owns(str(c.raw.get(PROV_SOURCE_ID)))):  # fmt: skip
-                kept.append(c)
+            ours = not state.tenant_id or c.owner == state.tenant_id
+            if ours and is_own_copy(c, spec.names) and owns(str(c.raw.get(PROV_SOURCE_ID))):
+                (kept if retired_at(c) is None else state.retired).append(c)
                 if c.os_hash_algo:
                     algos.add(c.os_hash_algo.lower())
+            elif adopting and ours and c.status == "active" and not carries_provenance(c):
+                state.candidates.append(c)
         state.copies = kept
         state.members = await _members(state.client, state.copies)
         state.algorithms = frozenset(algos or {source_algo})
@@ -408,10 +427,30 @@ async def discover(
         async with anyio.create_task_group() as tg:
             for state in ordered.values():
                 tg.start_soon(_target_state, spec, state, algo, owns)
+    for state in ordered.values():  # [copy] adopt: what each target holds that is identical to a selected source
+        if spec.copy.adopt != "none" and state.error is None:
+            state.adoptable, state.candidates = match_adoptable(images, state.candidates), []
     vanished = await _vanished_sources(source, images, ordered.values())
     failpoint("listed")
     return Inventory(source, source_tenant, images, missing, source_members, ordered, image_errors, vanished,
                      references, len(selected))  # fmt: skip
+
+
+async def retired_copies(spec: JobSpec, clients: Clients) -> dict[str, TargetState]:
+    """Each target's copies of this job (this shard's), the retired ones in ``retired``: what ``imgmig restore``
+    needs, without the source (a source deleted by mistake is why a copy is restored)."""
+    listed: dict[str, TargetState] = {}
+
+    async def list_target(label: str, endpoint: Endpoint) -> None:
+        state = await _target_listing(spec, clients, label, endpoint, {label: {"at": time.time()}})
+        await _target_state(spec, state, "sha512", spec.owns)
+        listed[label] = state
+
+    with _one_error():
+        async with anyio.create_task_group() as tg:
+            for label, endpoint in spec.labelled_targets().items():
+                tg.start_soon(list_target, label, endpoint)
+    return {label: listed[label] for label in spec.labelled_targets()}
 
 
 async def _vanished_sources(

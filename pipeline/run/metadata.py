@@ -26,6 +26,7 @@ from pipeline.models import Image
 from pipeline.plan.metadiff import Desired, MetaDiff
 from pipeline.plan.provenance import PROVENANCE_PREFIX
 from pipeline.state.failpoints import failpoint
+from pipeline.transfer.copies import in_effect
 
 __all__ = ["SyncReport", "apply_metadata"]
 
@@ -43,14 +44,6 @@ class SyncReport:
     managed: list[str] = field(default_factory=list)
 
 
-def _in_effect(op: Mapping[str, Any], image: Image) -> bool:
-    """Whether ``op`` already holds on ``image`` (a replayed PATCH whose first answer was lost)."""
-    key = op["path"][1:].replace("~1", "/").replace("~0", "~")
-    if op["op"] == "remove":
-        return key not in image.raw
-    return key in image.raw and image.raw[key] == op["value"]
-
-
 async def _patch_each(client: ImageClient, image_id: str, ops: Sequence[dict[str, Any]], report: SyncReport) -> None:
     """One PATCH for all ops; if the target refuses it, re-read the image and send only what does not hold
     yet, op by op, reporting each refusal. Re-diffing first makes a replay harmless: when the answer to an
@@ -66,7 +59,7 @@ async def _patch_each(client: ImageClient, image_id: str, ops: Sequence[dict[str
         pass
     current = await client.get_image(image_id)
     for op in ops:
-        if _in_effect(op, current):
+        if in_effect(op, current):
             report.changed = True
             continue
         try:
@@ -74,7 +67,7 @@ async def _patch_each(client: ImageClient, image_id: str, ops: Sequence[dict[str
             report.changed = True
         except _REFUSED as exc:
             current = await client.get_image(image_id)
-            if _in_effect(op, current):  # a replay of this very op took effect: not a refusal
+            if in_effect(op, current):  # a replay of this very op took effect: not a refusal
                 report.changed = True
                 continue
             report.problems.append(f"property {op['path'][1:]!r} refused by target: {_short(exc.message, 200)}")

@@ -36,8 +36,9 @@ from pipeline.report.logs import bind_run, scrub
 from pipeline.report.metrics import MetricsFile
 from pipeline.report.summary import RunSummary
 from pipeline.run.gate import restore_left_open
-from pipeline.run.images import PLAN_SLICE, Running, image_task, journal_plan, prune, sweep
+from pipeline.run.images import PLAN_SLICE, Running, image_task, journal_plan, sweep
 from pipeline.run.inventory import Clients, Inventory, discover, retry_policy, transport_config
+from pipeline.run.pruning import prune
 from pipeline.slices import Sliced
 from pipeline.state.failpoints import failpoint
 from pipeline.state.journal import Journal
@@ -192,7 +193,7 @@ async def _run(spec: JobSpec, controls: RunControls, journal: Journal, summary: 
     settings = EngineSettings(
         chunk_size=transfer.chunk_size, buffer_depth=transfer.buffer_depth, retries=transfer.retries,
         stall_timeout=transfer.read_timeout, source_stall_timeout=source_stall,
-        spool_dir=transfer.spool_dir, backoff=retry, job=spec.name,
+        spool_dir=transfer.spool_dir, backoff=retry, job=spec.names,
     )  # fmt: skip
     regional = {region: Bandwidth(rate) for region, rate in transfer.region_bandwidth.items()}
     stop = Stop()

@@ -8,6 +8,8 @@ itself: a server that ignores an unknown property filter must never make imgmig 
   (400/403 naming ``id``) is remembered per region, and from then on the copy is looked for by its
   provenance before every POST, which is then never replayed blindly.
 - ``delete_copy``: unprotect when needed, delete; a 404 means it is already gone (a replayed DELETE).
+- ``retire`` (a grace-period prune) and ``reactivated`` (the first write of a restore): each write only when it is
+  not done yet, so a replay completes what a lost answer or a crash left.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from pipeline.errors import (
     quota_resource,
 )
 from pipeline.models import Image
-from pipeline.plan.provenance import PROVENANCE_PREFIX, carries, is_own_copy
+from pipeline.plan.provenance import PROV_RETIRED_AT, PROVENANCE_PREFIX, carries, is_own_copy, iso_time
+from pipeline.state.failpoints import failpoint
 
-__all__ = ["create_copy", "delete_copy"]
+__all__ = ["create_copy", "delete_copy", "in_effect", "patch_replayed", "reactivated", "retire"]
 
 log = structlog.get_logger("imgmig")
 _ID_REFUSED = re.compile(r"(?:'id'|\bid\b)", re.IGNORECASE)
@@ -126,7 +129,7 @@ async def _create(
     return await client.retry.call(look_then_create)
 
 
-async def delete_copy(client: ImageClient, image: Image, job: str) -> bool:
+async def delete_copy(client: ImageClient, image: Image, job: str | tuple[str, ...]) -> bool:
     """Delete this job's copy ``image`` (unprotecting it first); False, touching nothing, when the image
     does not carry this job's provenance. A 404 counts as deleted (a replayed DELETE)."""
     if not is_own_copy(image, job):
@@ -138,3 +141,55 @@ async def delete_copy(client: ImageClient, image: Image, job: str) -> bool:
     except NotFoundError:
         pass
     return True
+
+
+def in_effect(op: Mapping[str, Any], image: Image) -> bool:
+    """Whether the JSON-patch ``op`` already holds on ``image`` (a replayed PATCH whose first answer was lost)."""
+    key = op["path"][1:].replace("~1", "/").replace("~0", "~")
+    if op["op"] == "remove":
+        return key not in image.raw
+    return key in image.raw and image.raw[key] == op["value"]
+
+
+async def patch_replayed(client: ImageClient, image_id: str, ops: list[dict[str, Any]]) -> None:
+    """PATCH ``ops``; a refusal is no error when every op holds already (the client sent the PATCH again after its
+    first answer was lost, and a ``remove`` of what is gone gets a 409)."""
+    try:
+        await client.update_image(image_id, ops)
+    except (BadRequestError, ConflictError, ForbiddenError):
+        current = await client.get_image(image_id)
+        if not all(in_effect(op, current) for op in ops):
+            raise
+
+
+async def retire(client: ImageClient, copy: Image, job: str | tuple[str, ...], *, deactivate: bool,
+                 now: float) -> bool:  # fmt: skip
+    """Retire this job's copy ``copy``: mark it (``imgmig_retired_at``) and hide it in one PATCH, then deactivate
+    it (``deactivate``). What is done already is not sent again (a replay after a lost answer or a crash finds the
+    marker and completes the rest). False, touching nothing, when the image does not carry this job's provenance."""
+    current = await client.get_image(copy.id)
+    if not is_own_copy(current, job):
+        return False
+    ops: list[dict[str, Any]] = []
+    if PROV_RETIRED_AT not in current.raw:
+        ops.append({"op": "add", "path": f"/{PROV_RETIRED_AT}", "value": iso_time(now)})
+    if current.raw.get("os_hidden") is not True:
+        ops.append({"op": "replace", "path": "/os_hidden", "value": True})
+    if ops:
+        await patch_replayed(client, copy.id, ops)
+        failpoint("retiring")
+    if deactivate and current.status == "active":
+        await client.deactivate_image(copy.id)
+    return True
+
+
+async def reactivated(client: ImageClient, copy: Image) -> Image:
+    """``copy`` active again (reactivated when deactivated), as the target reports it now: the first write of a
+    restore. The marker goes afterwards, with the metadata (a crash in between leaves a copy still marked, which
+    the next run restores again)."""
+    current = await client.get_image(copy.id)
+    if current.status == "deactivated":
+        await client.reactivate_image(copy.id)
+        failpoint("reactivated")
+        current = await client.get_image(copy.id)
+    return current

@@ -60,8 +60,8 @@ class EngineSettings:
     backoff: RetryPolicy = field(default_factory=RetryPolicy)
     #: Hash in a worker thread (hashlib releases the GIL) so uploads keep flowing meanwhile.
     hash_in_thread: bool = True
-    #: The job's name: only images carrying it (``imgmig_job``) are ever deleted.
-    job: str | None = None
+    #: The job's names (its name and previous names): only images carrying one (``imgmig_job``) are ever deleted.
+    job: str | tuple[str, ...] | None = None
 
 
 @dataclass(slots=True)

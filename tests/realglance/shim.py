@@ -266,6 +266,8 @@ def request_op(method: str, path: str) -> str | None:
     sub = parts[3]
     if sub == "file":
         return {"GET": "download", "PUT": "upload"}.get(method)
+    if sub == "actions" and len(parts) > 4 and method == "POST":  # deactivate, reactivate
+        return parts[4]
     return {"tags": "tags", "members": "members"}.get(sub)
 
 
