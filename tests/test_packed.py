@@ -4,6 +4,9 @@ and the same bytes on disk. Loading and replaying are done in slices that yield 
 from __future__ import annotations
 
 import json
+import os
+import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -167,16 +170,43 @@ def test_a_listed_image_is_held_packed_and_reads_the_same() -> None:
 
 
 def test_a_packed_document_gets_its_slot_fields_back_in_place() -> None:
-    """The id, status, visibility and owner are packed as placeholders (the image holds them) and come back where
-    they were, in the document's order; a value that is not a string is packed as it is."""
-    from pipeline.models import Image
+    """The id, status, visibility and owner are packed as placeholders (the image holds them) and come back; a value
+    that is not a string is packed as it is. The order of a document's keys is not kept (fields are packed by
+    position, ``models._LAYOUT``): nothing reads it."""
+    from pipeline.models import _DOC_WORDS, Image
 
     doc = {"name": "n", "owner": "o" * 32, "id": "i-1", "size": 1, "status": "active", "visibility": "shared"}
     packed = Image(doc, packed=True)
-    assert list(packed.raw.items()) == list(doc.items())
+    assert dict(packed.raw) == doc
+    assert b"o" * 32 not in zlib.decompressobj(-12, _DOC_WORDS).decompress(packed._doc)  # type: ignore[arg-type]
     odd = {"id": "i-2", "status": None, "owner": None, "visibility": 7}  # an Image made directly, not validated
     assert dict(Image(odd, packed=True).raw) == odd
     assert dict(Image({"id": "i-3", "status": ""}, packed=True).raw) == {"id": "i-3", "status": ""}
+
+
+def test_a_copys_document_packs_its_digests_and_ids_as_bytes() -> None:
+    """A copy's document as a listing gives it (random digests and ids, which do not compress) packs to under 200
+    bytes: its keys are not packed, its hex digests and UUIDs are packed as bytes; values that are not lower-case
+    hex or canonical UUIDs stay strings; every field reads back the same."""
+    from pipeline.models import Image
+
+    sizes = []
+    for number in range(50):
+        md5 = os.urandom(16).hex()
+        doc = {"os_type": "linux", "imgmig_job": "nightly", "imgmig_source_id": str(uuid.uuid4()),
+               "imgmig_source_region": "KR1", "imgmig_source_checksum": md5, "name": f"image-{number}",
+               "disk_format": "qcow2", "container_format": "bare", "visibility": "private", "size": 4096,
+               "virtual_size": 4096, "status": "active", "checksum": md5, "protected": False, "min_ram": 0,
+               "min_disk": 0, "owner": "be0c4b1e9d1f4a7e8c2b5d6f7a8b9c0d", "os_hidden": False,
+               "os_hash_algo": "sha512", "os_hash_value": os.urandom(64).hex(), "id": str(uuid.uuid4()),
+               "created_at": "2026-12-07T16:56:24Z", "updated_at": "2026-12-07T16:56:24Z", "tags": []}  # fmt: skip
+        image = Image.from_api(dict(doc), packed=True)
+        sizes.append(len(image._doc))  # type: ignore[arg-type]
+        assert dict(image.raw) == doc
+    assert max(sizes) < 200, sizes
+    odd = {"id": "I-1", "status": "active", "checksum": "ABCD", "os_hash_value": "abc", "imgmig_source_id": "x" * 36,
+           "os_type": None, "imgmig_job": None}  # fmt: skip
+    assert dict(Image(dict(odd), packed=True).raw) == odd
 
 
 @pytest.mark.parametrize("piece", [64, 1 << 20])
