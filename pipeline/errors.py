@@ -413,6 +413,13 @@ class SourceVanishedError(SourceReadError):
     retryable: ClassVar[bool] = False
 
 
+class FormatRefusedError(TransferError):
+    """The inspector found the image's head unsafe, or not what its ``disk_format`` says: no target gets a copy of
+    it, and another read cannot change that."""
+
+    retryable: ClassVar[bool] = False
+
+
 class TargetWriteError(TransferError):
     """A target's upload failed, or the target reported digests that do not match."""
 

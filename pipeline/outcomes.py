@@ -62,6 +62,9 @@ OUTCOMES: dict[str, Outcome] = {o.name: o for o in (
             failure=True),
     Outcome("cancelled", "stopped mid-transfer by a signal, max_runtime or a fatal error", "#ef6c00",
             in_sync=False),
+    Outcome("refused", "its content is unsafe (a qcow2 backing file or external data file, an unsafe VMDK "
+            "descriptor...) or not what its disk_format says: no copy was made in any target (the format inspector's "
+            "words say why)", "#ad1457", in_sync=False, failure=True),
     Outcome("vanished", "the source image was deleted during the run: no copy of it is left in the target (not a "
             "failure: the next run would not select it)", "#9575cd"),
     Outcome("not_portable", "its data does not live in the Image API (a volume-backed snapshot: a "

@@ -299,11 +299,13 @@ async def run(spec: JobSpec) -> RunSummary:
 
 
 def add(emu: Emulator, tenant: str, name: str, *, size: int = 64 * 1024, members: dict[str, str] | None = None,
-        tags: list[str] | None = None, **fields: Any) -> ImageRecord:  # fmt: skip
-    """An active source image; tags are set directly so a source may carry tags NHN would refuse."""
+        tags: list[str] | None = None, data: bytes | None = None, **fields: Any) -> ImageRecord:  # fmt: skip
+    """An active source image (its bytes: ``data``, else its name repeated); tags are set directly so a source may
+    carry tags NHN would refuse."""
     store = emu.store("KR1")
-    rec = store.add_bytes(tenant, (name.encode() * (size // max(len(name.encode()), 1) + 1))[:size],
-                          {"name": name, **fields})  # fmt: skip
+    if data is None:
+        data = (name.encode() * (size // max(len(name.encode()), 1) + 1))[:size]
+    rec = store.add_bytes(tenant, data, {"name": name, **fields})
     rec.tags = list(tags or [])
     now = iso_now()
     for member, status in (members or {}).items():

@@ -14,6 +14,7 @@ from pipeline.emulator import Emulator
 from pipeline.emulator.store import Caller, ImageRecord, MemberRecord, iso_now
 from pipeline.plan.provenance import PROVENANCE_PREFIX
 
+from . import images
 from .jobsetup import TARGETS, MiB, add, assert_same, copies, job, run
 
 
@@ -37,8 +38,8 @@ def edge_cases(emu: Emulator, tenant: str, m: dict[str, str]) -> list[ImageRecor
         add(emu, tenant, "linux", os_type="linux", os_distro="ubuntu", login_username="ubuntu"),
         add(emu, tenant, "empty-data", size=0),
         add(emu, tenant, "multi-chunk", size=3 * MiB + 7),
-        add(emu, tenant, "qcow2", disk_format="qcow2"),
-        add(emu, tenant, "iso", disk_format="iso"),
+        add(emu, tenant, "qcow2", disk_format="qcow2", data=images.qcow2()),
+        add(emu, tenant, "iso", disk_format="iso", data=images.iso()),
         add(emu, tenant, "vmdk-ova", disk_format="vmdk", container_format="ova"),
         add(emu, tenant, "hidden", os_hidden=True),
         add(emu, tenant, "n" * 255),

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.cloud import ImageClient, PasswordAuth, Secret, new_session
 
-from .jobsetup import PASSWORD, api_images, new_tenants, run_cli, write_job
+from .jobsetup import PASSWORD, PASSWORD_ENV, api_images, new_tenants, run_cli, write_job
 
 if TYPE_CHECKING:
     from .realglance import GlanceCluster
@@ -210,3 +210,44 @@ def test_kill_9_between_the_writes_of_a_retirement_or_a_restore(
     for region in TARGETS:
         (copy,) = _by_name(glance_cluster, tenant, region, "kd-0")
         assert _state(copy) == want
+
+
+def test_unsafe_and_mislabelled_images_on_real_glance(glance_cluster: GlanceCluster, tmp_path: Path) -> None:
+    """Issue 27 with real Glance as the targets and the emulator as the source (it stores anything, like an older
+    cloud): a qcow2 naming a backing file and a qcow2 labelled raw (which Glance 33 itself would store) get no image
+    in either target and no upload started there (counted at the proxy), refused with the inspector's words, exit 1;
+    a clean qcow2, a raw image and an ISO are copied."""
+    from . import images
+    from .procs import emulator_process
+
+    tenant, source_tenant = new_tenants(2)
+    with emulator_process("--regions", "KR1") as emu:
+        anyio.run(_create, emu.identity_url, source_tenant, "KR1", [
+            ({"name": "unsafe", "disk_format": "qcow2"}, images.qcow2(backing="/etc/passwd")),
+            ({"name": "liar", "disk_format": "raw"}, images.qcow2()),
+            ({"name": "clean", "disk_format": "qcow2"}, images.qcow2()),
+            ({"name": "plain", "disk_format": "raw"}, images.raw()),
+            ({"name": "cd", "disk_format": "iso"}, images.iso()),
+        ])  # fmt: skip
+        lines = ['name = "rg-inspect"', "[auth.old]", f'identity_url = "{emu.identity_url}"',
+                 f'tenant_id = "{source_tenant}"', 'username = "owner"', f'password_env = "{PASSWORD_ENV}"',
+                 "[auth.glance]", f'identity_url = "{glance_cluster.identity_url}"', f'tenant_id = "{tenant}"',
+                 'username = "owner"', f'password_env = "{PASSWORD_ENV}"', "[source]", 'auth = "old"',
+                 'region = "KR1"']  # fmt: skip
+        for region in TARGETS:
+            lines += ["[[targets]]", 'auth = "glance"', f'region = "{region}"']
+        lines += ["[run]", f'journal_dir = "{tmp_path / "state"}"']
+        job = tmp_path / "job.toml"
+        job.write_text("\n".join(lines) + "\n")
+        before = _uploads(glance_cluster)
+        result = run_cli("run", str(job), "--no-progress", "--report", str(tmp_path / "report.json"))
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["counts"]["refused"], report["counts"]["copied"]) == (4, 6)
+    assert {r: n - before[r] for r, n in _uploads(glance_cluster).items()} == dict.fromkeys(TARGETS, 3)
+    errors = {s["name"]: s["error"] for s in report["steps"] if s.get("error")}
+    assert errors["unsafe"].startswith("refused: qcow2 with a backing file")
+    assert errors["liar"] == "refused: content is qcow2, labelled raw"
+    for region in TARGETS:
+        names = sorted(i["name"] for i in api_images(glance_cluster.identity_url, tenant, region))
+        assert names == ["cd", "clean", "plain"]

@@ -16,6 +16,7 @@ from pipeline.emulator import Emulator, StatusFault
 from pipeline.plan.planner import Action
 from pipeline.run.runner import plan_only
 
+from . import images
 from .jobsetup import TARGETS, MiB, add, copies, job, run
 
 
@@ -126,7 +127,7 @@ async def test_a_format_the_target_does_not_list_is_blocked_there(emulator: Emul
     """KR2's schema lists only raw: a qcow2 source is blocked for KR2 with the reason (no create reaches it),
     and copied to JP1."""
     tenant = uuid.uuid4().hex
-    source = add(emulator, tenant, "q", size=MiB, disk_format="qcow2")
+    source = add(emulator, tenant, "q", disk_format="qcow2", data=images.qcow2())
     emulator.store("KR2").disk_formats = ("raw",)
     summary = await run(job(emulator, tmp_path, tenant))
     assert summary.exit_code == 1
@@ -175,11 +176,12 @@ async def test_a_volume_backed_snapshot_is_not_portable(emulator: Emulator, tmp_
 async def test_an_upload_refused_for_its_format_is_not_retried(emulator: Emulator, tmp_path: Path) -> None:
     """KR2 inspects uploads (Glance 33): raw bytes labelled qcow2 get 415. That is not retried (one upload), and the
     queued copy is deleted at once (Glance 33 would answer 500 to any later upload into it); JP1, which does not
-    inspect, takes the copy."""
+    inspect, takes the copy. (imgmig's own inspection would refuse the image before any upload:
+    ``allow_format_mismatch`` lets it through to the target's.)"""
     tenant = uuid.uuid4().hex
     add(emulator, tenant, "liar", size=MiB, disk_format="qcow2")
     emulator.store("KR2").require_format_match = True
-    summary = await run(job(emulator, tmp_path, tenant))
+    summary = await run(job(emulator, tmp_path, tenant, copy={"allow_format_mismatch": True}))
     assert summary.exit_code == 1
     kr2 = requests(emulator, "KR2")
     assert (kr2["create"], kr2["upload"], kr2["delete"]) == (1, 1, 1)

@@ -223,6 +223,9 @@ class CopyOptions(_Section):
     #: "exact": an image already in a target, without imgmig provenance, identical to a selected source (name,
     #: size, digests, formats; owned by the target project, active) is adopted as its copy: nothing uploaded.
     adopt: Literal["none", "exact"] = "none"
+    #: Copy an image whose content differs from its disk_format (a qcow2 labelled raw), with a warning; an unsafe
+    #: image (a backing file, an external data file...) is refused all the same.
+    allow_format_mismatch: bool = False
 
 
 class TransferOptions(_Section):

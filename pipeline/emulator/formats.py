@@ -10,8 +10,9 @@ stream data Y". The same inspection gives qcow2 images their ``virtual_size``.
 
 from __future__ import annotations
 
-__all__ = ["HEAD_BYTES", "FormatVerdict", "detect_format", "judge_format"]
+__all__ = ["HEAD_BYTES", "FormatVerdict", "detect_format", "judge_format", "unsafe"]
 
+import io
 from typing import NamedTuple
 
 #: How much of an image the detector needs (the ISO volume descriptor sits at 32 KiB + 1).
@@ -47,6 +48,33 @@ def detect_format(head: bytes) -> str:
     if head[32769:32774] in (b"CD001", b"NSR02", b"NSR03"):
         return "iso"
     return "raw"
+
+
+def unsafe(head: bytes, *, match: bool = True) -> str | None:
+    """Why Glance 33 refuses these bytes whatever their label, or None: oslo.utils' inspector (the one Glance
+    runs on every bare upload) finds them ambiguous or failing a safety check (a qcow2 backing file or external
+    data file, an unsafe VMDK descriptor...). Glance answers 415 "Image failed safety checks" even with
+    ``require_image_format_match`` off; bytes that match several formats are refused only with it on
+    (``match``)."""
+    from oslo_utils.imageutils import format_inspector as fi
+
+    wrapper = fi.InspectWrapper(io.BytesIO(head))
+    while wrapper.read(64 * 1024):
+        pass
+    wrapper.close()
+    try:
+        matches = {str(m): m for m in wrapper.formats or ()}
+        if matches.keys() == {"iso", "gpt"}:
+            matches = {"iso": matches["iso"]}
+        if len(matches) > 1:
+            return f"Multiple formats detected: {','.join(sorted(matches))}" if match else None
+        for inspector in matches.values():
+            inspector.safety_check()
+    except fi.SafetyCheckFailed:
+        return "Image failed safety checks"
+    except Exception:
+        return None
+    return None
 
 
 def judge_format(disk_format: str | None, container_format: str | None, head: bytes, size: int) -> FormatVerdict:

@@ -15,6 +15,7 @@ import random
 from typing import Any
 
 from .store import Caller, MemberRecord, RegionStore, iso_now
+from .synthetic import QCOW2, qcow2_header
 
 __all__ = ["DEMO_TENANT", "OTHER_TENANT", "PARTNER_TENANT", "PROVIDER_TENANT", "SEEDS", "load_seed"]
 
@@ -24,8 +25,8 @@ OTHER_TENANT = "c289b99209ca4e189095cdecebbd092d"
 PROVIDER_TENANT = "0b4f6e2a9c8d47e1b3a5c7d9e1f3a5b7"
 MiB = 1 << 20
 
-#: qcow2 magic + version 3 header start, so qcow2-labelled demo images look like qcow2 to an inspector.
-_QCOW2_HEAD = b"QFI\xfb\x00\x00\x00\x03" + bytes(96)
+#: A clean qcow2 header (version 3, no backing file), so qcow2-labelled demo images are qcow2 to an inspector.
+_QCOW2_HEAD = qcow2_header(64 * MiB)
 
 
 def _payload(name: str, size: int, qcow2: bool) -> bytes:
@@ -52,8 +53,9 @@ def seed_demo(store: RegionStore) -> None:
                     "os_version": "Server 2022 Standard", "hw_machine_type": "q35",
                     "hw_firmware_type": "uefi"}),
     ]  # fmt: skip
-    for size, fields in synthetic:
-        store.add_synthetic(DEMO_TENANT, size, fields["name"], fields)
+    for size, fields in synthetic:  # a qcow2 gets a qcow2 header (what a format inspector reads)
+        kind = QCOW2 if fields["disk_format"] == "qcow2" else ""
+        store.add_synthetic(DEMO_TENANT, size, kind + fields["name"], fields)
     files: list[tuple[int, dict[str, Any]]] = [
         (3 * MiB, {"name": "app-base-debian-12", "disk_format": "qcow2", "tags": ["app"],
                    **_linux("debian", "12", "debian")}),

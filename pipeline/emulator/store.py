@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 from . import quotas, synthetic
 from .fields import CORE_WRITABLE, MAX_TAGS, GlanceError, parse_create, tags_quota_error, validate_tag
-from .formats import HEAD_BYTES, judge_format
+from .formats import HEAD_BYTES, judge_format, unsafe
 from .schemas import DEFAULT_CONTAINER_FORMATS, DEFAULT_DISK_FORMATS, schema_documents
 
 __all__ = [
@@ -165,8 +165,10 @@ class RegionStore:
     """All images of one region, with Glance's visibility and ownership rules.
 
     ``require_format_match`` switches on Glance 33's upload inspection (415 when the bytes do not match a
-    bare image's disk_format); it is off by default, like older Glance releases, and on in the contract
-    tests, like the real-Glance harness.
+    bare image's disk_format, and when they fail the inspector's safety checks); it is off by default, like older
+    Glance releases, and on in the contract tests, like the real-Glance harness. ``refuse_unsafe`` alone is Glance
+    33 with ``require_image_format_match`` off: a label may lie, but unsafe bytes (a qcow2 backing file...) are
+    refused all the same.
 
     Region configuration, plain data that tests set directly (or through the admin endpoints): ``limits``
     (Glance's unified limits for every project, see ``quotas``; empty: no quota) and ``disk_formats`` /
@@ -183,6 +185,7 @@ class RegionStore:
         self.images: dict[str, ImageRecord] = {}
         self.deleted_ids: set[str] = set()
         self.require_format_match = require_format_match
+        self.refuse_unsafe = require_format_match
         #: NHN's download permission (current guide, Download Image): data is served only when the image's
         #: nhncloud_allow_download is true and the caller has the member (or admin) role. Off: plain Glance.
         self.download_rule = download_rule
@@ -374,15 +377,19 @@ class RegionStore:
             return
         size, md5, sha = writer.commit()
         verdict = judge_format(rec.disk_format, rec.container_format, writer.head, size)
-        if not verdict.ok and self.require_format_match:
+        refused = None
+        if (self.refuse_unsafe or self.require_format_match) and rec.container_format == "bare":
+            refused = unsafe(writer.head, match=self.require_format_match)
+        if refused is None and not verdict.ok and self.require_format_match:
+            refused = f"Image disk_format {rec.disk_format} does not match stream data {verdict.detected}"
+        if refused is not None:
             # Glance 33 quirk kept on purpose: the image is queued again, but checksum and os_hash_* of the
             # refused bytes stay set and the file stays in the store
             rec.orphan_path = writer.path
             rec.checksum, rec.os_hash_algo, rec.os_hash_value = md5, self.hashing_algorithm, sha
             rec.status = "queued"
             self.touch(rec)
-            raise GlanceError(415, detail=f"Image disk_format {rec.disk_format} does not match stream data "
-                                          f"{verdict.detected}")  # fmt: skip
+            raise GlanceError(415, detail=refused)
         rec.data_path = None if writer.discard else writer.path
         rec.discarded = writer.discard
         rec.size, rec.checksum = size, md5

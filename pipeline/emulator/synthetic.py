@@ -2,17 +2,20 @@
 
 Byte ``i`` of a synthetic image depends only on (seed, i), so Range reads and resumed downloads see the
 same bytes as a full read. The stream is a 1 MiB random block, rotated by a different amount for every
-MiB, so it is not a short repeating pattern a compressor or a buggy offset calculation could hide behind.
+MiB, so it is not a short repeating pattern a compressor or a buggy offset calculation could hide behind. A seed
+that starts with ``qcow2:`` gives an image whose first 512 bytes are a clean qcow2 header (what a format inspector
+reads): a synthetic image labelled qcow2 is then a qcow2 to it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import struct
 from collections.abc import Iterator
 from functools import lru_cache
 
-__all__ = ["BLOCK", "digests", "synthetic_bytes", "synthetic_chunks"]
+__all__ = ["BLOCK", "QCOW2", "digests", "qcow2_header", "synthetic_bytes", "synthetic_chunks"]
 
 BLOCK = 1 << 20
 _STRIDE = 104_729  # a prime, so rotations cycle through every offset
@@ -29,14 +32,29 @@ def _rotated(seed: str, index: int) -> bytes:
     return block[shift:] + block[:shift]
 
 
+QCOW2 = "qcow2:"
+
+
+def qcow2_header(size: int) -> bytes:
+    """A clean qcow2 (version 3) header of an image of ``size`` bytes, padded to 512 bytes."""
+    header = struct.pack(">4sIQIIQIIQQIIQ", b"QFI\xfb", 3, 0, 0, 16, size, 0, 0, 0, 0, 0, 0, 0)
+    header += struct.pack(">QQQII", 0, 0, 0, 4, 104)
+    return header + bytes(512 - len(header))
+
+
 def synthetic_chunks(seed: str, size: int, start: int = 0, end: int | None = None) -> Iterator[bytes]:
     """Bytes [start, end) of the synthetic image (seed, size), in pieces of at most 1 MiB."""
     stop = size if end is None else min(end, size)
+    head = qcow2_header(size) if seed.startswith(QCOW2) and size >= 512 else b""
     pos = start
     while pos < stop:
         index, offset = divmod(pos, BLOCK)
         take = min(BLOCK - offset, stop - pos)
-        yield _rotated(seed, index)[offset : offset + take]
+        piece = _rotated(seed, index)[offset : offset + take]
+        if pos < len(head):
+            cut = min(len(head), pos + take) - pos
+            piece = head[pos : pos + cut] + piece[cut:]
+        yield piece
         pos += take
 
 

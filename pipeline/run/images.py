@@ -301,7 +301,8 @@ async def _finish_step(run: Running, image: Image, step: Step, result: TargetRes
                      phases=phases)  # fmt: skip
         return
     run.intent.copied(image.id, step.target, target_id)
-    _record_step(run, image, step, "done", result=result, target_id=target_id, problems=report.problems,
+    problems = [*(result.warnings if result is not None else ()), *report.problems]
+    _record_step(run, image, step, "done", result=result, target_id=target_id, problems=problems,
                  pending=report.pending_members, managed=report.managed, changed=report.changed,
                  phases=phases)  # fmt: skip
 

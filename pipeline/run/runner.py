@@ -194,6 +194,7 @@ async def _run(spec: JobSpec, controls: RunControls, journal: Journal, summary: 
         chunk_size=transfer.chunk_size, buffer_depth=transfer.buffer_depth, retries=transfer.retries,
         stall_timeout=transfer.read_timeout, source_stall_timeout=source_stall,
         spool_dir=transfer.spool_dir, backoff=retry, job=spec.names,
+        allow_format_mismatch=spec.copy.allow_format_mismatch,
     )  # fmt: skip
     regional = {region: Bandwidth(rate) for region, rate in transfer.region_bandwidth.items()}
     stop = Stop()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -32,6 +31,7 @@ from pipeline.errors import (
     ApiError,
     BadRequestError,
     ForbiddenError,
+    FormatRefusedError,
     PayloadTooLargeError,
     SourceReadError,
     SourceVanishedError,
@@ -55,7 +55,8 @@ from pipeline.report.events import (
 from pipeline.state.failpoints import failpoint
 from pipeline.transfer.fanout import Fanout
 from pipeline.transfer.hashing import MultiHasher, judge_stream
-from pipeline.transfer.source import PIECE, Bandwidth, Spool, source_pieces, spool_pieces
+from pipeline.transfer.inspection import HOLD, StreamInspector
+from pipeline.transfer.source import PIECE, Bandwidth, Head, Spool, prepended, source_pieces, spool_pieces
 from pipeline.transfer.targets import (
     EngineHooks,
     EngineSettings,
@@ -185,7 +186,7 @@ class _ImageCopy:
         #: Set once the source turned out to be gone: no target sends anything more for it.
         self.vanished: SourceVanishedError | None = None
         #: The first pass's source stream, opened while the targets are prepared (``prepare_first``).
-        self.head: _Head | None = None
+        self.head: Head | None = None
         #: Whether the source stream may be reopened (spending the retry budgets of the targets it feeds): until
         #: a pass takes the head, every target still pending; then that pass's own rule.
         self._resume: Callable[[], bool] = self._pending_may_resume
@@ -212,7 +213,7 @@ class _ImageCopy:
         """Open the source's download and read its first piece into ``head``; an error is kept there for the
         first pass to meet, exactly where it would have met it opening the source itself."""
         pieces = self._source_pieces(lambda: self._resume())
-        head = _Head(pieces)
+        head = Head(pieces)
         try:
             head.first = await pieces.__anext__()
         except StopAsyncIteration:
@@ -339,7 +340,7 @@ class _ImageCopy:
                     self._resume = may_resume
                     if head.error is not None:
                         raise head.error
-                    pieces = _prepended(head.first, head.pieces)
+                    pieces = prepended(head.first, head.pieces)
                 else:
                     pieces = self._source_pieces(may_resume)
                 async with contextlib.aclosing(pieces):
@@ -349,7 +350,7 @@ class _ImageCopy:
                                             f"{verdict.reason}", region=self.source.region,
                                             image_id=self.image.id)  # fmt: skip
                 verified = True
-            except (SourceReadError, VerificationError, OSError) as exc:
+            except (SourceReadError, VerificationError, FormatRefusedError, OSError) as exc:
                 if isinstance(exc, OSError):  # the spool could not be read back: never use it again
                     exc = SourceReadError(f"spool read failed: {exc}", image_id=self.image.id)
                 for t in targets:
@@ -373,18 +374,24 @@ class _ImageCopy:
             self.tg.start_soon(self._retry, retry_group)
 
     async def _produce(self, pieces: AsyncIterator[bytes], fan: Fanout, hasher: MultiHasher, run: Pass) -> Any:
-        """Chunk, hash and broadcast; hold the last chunk back until the whole stream is judged."""
+        """Chunk, hash and broadcast; hold the last chunk back until the whole stream is judged, and every chunk
+        until the inspector has judged the head (``inspection``; up to ``HOLD``, then the last waits for it)."""
         chunk_size = stream_unit(self.settings.chunk_size, self.size)
         parts: list[bytes] = []
         have = 0
-        held: bytes | None = None
+        held: list[bytes] = []  # the chunks not sent yet: the last one, or the head while it is being judged
+        inspector = StreamInspector() if self.settings.inspect and self.shared.verdict is None else None
 
         async def emit(chunk: bytes) -> None:
-            nonlocal held
             await self._hash(hasher, chunk)
-            if held is not None:
-                await fan.send(held)
-            held = chunk
+            if inspector is not None and not inspector.decided:
+                inspector.feed(chunk)
+                if inspector.decided:
+                    self._judged(inspector)
+            held.append(chunk)
+            if inspector is None or inspector.decided or sum(len(c) for c in held) > HOLD:
+                while len(held) > 1:
+                    await fan.send(held.pop(0))
 
         async for piece in pieces:
             while have + len(piece) >= chunk_size:
@@ -398,14 +405,28 @@ class _ImageCopy:
                 have += len(piece)
         if parts:
             await emit(b"".join(parts))
+        if inspector is not None and not inspector.decided:
+            inspector.finish()
+            self._judged(inspector)
         verdict = judge_stream(self.image.content, Content(hasher.bytes, hasher.hexdigests()))
         if verdict.ok:
             run.digests = hasher.hexdigests()
             run.unverified_source = verdict.unverified_source
             self.shared.digests = dict(run.digests)
-            if held is not None:
-                await fan.send(held)
+            for chunk in held:
+                await fan.send(chunk)
         return verdict
+
+    def _judged(self, inspector: StreamInspector) -> None:
+        """The inspector has decided: keep its verdict for the image's later passes; refuse the image (every
+        target) when it is unsafe, or mislabelled without ``allow_format_mismatch``."""
+        verdict = self.shared.verdict = inspector.verdict(self.image.raw.get("disk_format"),
+                                                          self.image.raw.get("container_format"))  # fmt: skip
+        if verdict.refused(self.settings.allow_format_mismatch):
+            raise FormatRefusedError(f"refused: {verdict.reason}", region=self.source.region, image_id=self.image.id)
+        if verdict.mismatch:
+            for t in self.targets:
+                t.result.warnings.append(f"{verdict.reason}: copied as labelled ([copy] allow_format_mismatch)")
 
     async def _hash(self, hasher: MultiHasher, chunk: bytes) -> None:
         if self.settings.hash_in_thread and len(chunk) >= min(HASH_IN_THREAD_FROM, self.settings.chunk_size):
@@ -432,6 +453,9 @@ class _ImageCopy:
                         self.vanished = t.abort
                         await t.discard()
                         t.finish("vanished", str(t.abort), blame="source")
+                    elif isinstance(t.abort, FormatRefusedError):  # unsafe or mislabelled: no copy anywhere
+                        await t.discard()
+                        t.finish("refused", str(t.abort), blame="source")
                     else:  # e.g. the source refuses the download: another pass cannot help
                         t.finish("failed", str(t.abort), blame="source")
                 return
@@ -474,24 +498,3 @@ class _ImageCopy:
         ready = [t for t in alive if await self._prepared(t)]
         if ready:
             await self.take_pass(ready)
-
-
-@dataclass
-class _Head:
-    """A source stream opened ahead of its pass: the generator, its first piece, or the error it met."""
-
-    pieces: AsyncGenerator[bytes, None] | None
-    first: bytes | None = None
-    error: Exception | None = None
-
-
-async def _prepended(first: bytes | None, rest: AsyncGenerator[bytes, None] | None) -> AsyncGenerator[bytes, None]:
-    """``first``, then the rest of the stream it was read from (closed with this generator)."""
-    async with contextlib.AsyncExitStack() as stack:
-        if rest is not None:
-            await stack.enter_async_context(contextlib.aclosing(rest))
-        if first is not None:
-            yield first
-        if rest is not None:
-            async for piece in rest:
-                yield piece

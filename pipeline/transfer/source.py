@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 from collections.abc import AsyncGenerator, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,7 +37,17 @@ from pipeline.models import Content, Image
 from pipeline.report.events import BytesRead, Reporter, SourceResumed
 from pipeline.transfer.hashing import MultiHasher
 
-__all__ = ["PIECE", "Bandwidth", "Spool", "read_digests", "source_gone", "source_pieces", "spool_pieces"]
+__all__ = [
+    "PIECE",
+    "Bandwidth",
+    "Head",
+    "Spool",
+    "prepended",
+    "read_digests",
+    "source_gone",
+    "source_pieces",
+    "spool_pieces",
+]
 
 #: The most a source read asks aiohttp for at once; aiohttp lets its read buffer grow to twice that.
 PIECE = 1 << 20
@@ -267,3 +278,24 @@ async def spool_pieces(spool: Spool, piece: int = 8 * PIECE) -> AsyncGenerator[b
     async with aiofiles.open(spool.path, "rb") as fh:
         while chunk := await fh.read(piece):
             yield chunk
+
+
+@dataclass
+class Head:
+    """A source stream opened ahead of its pass: the generator, its first piece, or the error it met."""
+
+    pieces: AsyncGenerator[bytes, None] | None
+    first: bytes | None = None
+    error: Exception | None = None
+
+
+async def prepended(first: bytes | None, rest: AsyncGenerator[bytes, None] | None) -> AsyncGenerator[bytes, None]:
+    """``first``, then the rest of the stream it was read from (closed with this generator)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if rest is not None:
+            await stack.enter_async_context(contextlib.aclosing(rest))
+        if first is not None:
+            yield first
+        if rest is not None:
+            async for piece in rest:
+                yield piece

@@ -26,6 +26,7 @@ from pipeline.state.failpoints import failpoint
 from pipeline.transfer.copies import create_copy
 from pipeline.transfer.fanout import Fanout
 from pipeline.transfer.hashing import Evidence, judge_target
+from pipeline.transfer.inspection import FormatVerdict
 from pipeline.transfer.source import Bandwidth, read_digests
 
 __all__ = [
@@ -62,6 +63,10 @@ class EngineSettings:
     hash_in_thread: bool = True
     #: The job's names (its name and previous names): only images carrying one (``imgmig_job``) are ever deleted.
     job: str | tuple[str, ...] | None = None
+    #: Inspect each image's head as it streams and refuse an unsafe or mislabelled one (``inspection``).
+    inspect: bool = True
+    #: ``[copy] allow_format_mismatch``: content that differs from its label is copied, with a warning.
+    allow_format_mismatch: bool = False
 
 
 @dataclass(slots=True)
@@ -97,6 +102,8 @@ class TargetResult:
     deleted: list[str] = field(default_factory=list)
     #: The verified copy as the target reported it when it was judged done.
     image: Image | None = None
+    #: Warnings about the copy that do not stop it (a format mismatch let through: ``allow_format_mismatch``).
+    warnings: list[str] = field(default_factory=list)
     #: When each phase last began (Unix time): "upload" (the first attempt's first byte), "verify".
     phases: dict[str, float] = field(default_factory=dict)
     #: The image x target's retry budget; the metadata step after the copy spends from it too.
@@ -144,6 +151,8 @@ class ImageContext:
     image: Image
     hooks: EngineHooks
     digests: dict[str, str] = field(default_factory=dict)
+    #: What the inspector made of the image's head (``inspection``), once a stream had it decided.
+    verdict: FormatVerdict | None = None
 
     @property
     def size(self) -> int:

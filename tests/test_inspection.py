@@ -1,0 +1,155 @@
+"""Format truth and image safety (issue 27): every fixture checked with oslo.utils' own inspector first; then the
+verdicts imgmig draws from a stream's head; then whole runs on the emulator (which stores anything): an unsafe and a
+mislabelled image get no image in any target, and not a byte of them reaches one (counted at the server), while a
+clean qcow2, a raw image and an ISO are copied; ``allow_format_mismatch`` lets the mislabelled one through with a
+warning, never the unsafe one."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from oslo_utils.imageutils import format_inspector as fi
+
+from pipeline.emulator import Emulator
+from pipeline.transfer.inspection import StreamInspector
+
+from . import images
+from .jobsetup import TARGETS, add, copies, job, run
+
+MiB = images.MiB
+
+#: name -> (bytes, disk_format label, what oslo.utils detects, whether its safety checks pass)
+FIXTURES = {
+    "clean-qcow2": (images.qcow2(), "qcow2", "qcow2", True),
+    "backing-qcow2": (images.qcow2(backing="/etc/passwd"), "qcow2", "qcow2", False),
+    "data-file-qcow2": (images.qcow2(data_file="/dev/sda"), "qcow2", "qcow2", False),
+    "flat-vmdk": (images.vmdk_flat_extent(), "vmdk", "vmdk", False),
+    "qcow2-as-raw": (images.qcow2(), "raw", "qcow2", True),
+    "raw": (images.raw(), "raw", "raw", True),
+    "iso": (images.iso(), "iso", "iso", True),
+}
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_the_fixtures_are_what_oslo_utils_says(tmp_path: Path, name: str) -> None:
+    """Each fixture is checked with oslo.utils' own detection and safety checks, independently of imgmig."""
+    data, _label, detected, safe = FIXTURES[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    inspector = fi.detect_file_format(str(path))
+    assert str(inspector) == detected
+    if safe:
+        inspector.safety_check()
+    else:
+        with pytest.raises(fi.SafetyCheckFailed):
+            inspector.safety_check()
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("clean-qcow2", (False, None)),
+    ("backing-qcow2", (True, "qcow2 with a backing file")),
+    ("data-file-qcow2", (True, "qcow2 with an external data file")),
+    ("flat-vmdk", (True, "vmdk with an unsafe descriptor")),
+    ("qcow2-as-raw", (True, "content is qcow2, labelled raw")),
+    ("raw", (False, None)),
+    ("iso", (False, None)),
+])  # fmt: skip
+def test_a_streams_head_is_judged_once_it_is_decided(name: str, expected: tuple[bool, str | None]) -> None:
+    """Fed in 1 MiB chunks, the inspector decides within the first one (it reads 256 KiB of it) and the verdict
+    refuses exactly the unsafe and the mislabelled fixtures, in the inspector's words."""
+    data, label, detected, safe = FIXTURES[name]
+    inspector = StreamInspector()
+    inspector.feed(data[:MiB])
+    assert inspector.decided
+    verdict = inspector.verdict(label, "bare")
+    assert (verdict.format, verdict.safe) == (detected, safe)
+    refused, words = expected
+    assert verdict.refused() is refused
+    if words is not None:
+        assert verdict.reason is not None
+        assert verdict.reason.startswith(words), verdict.reason
+    assert verdict.refused(allow_mismatch=True) is (not safe)
+
+
+def test_content_is_matched_with_its_label() -> None:
+    """Raw data labelled iso is a mismatch; an ami label matches raw content; a raw disk with a partition table is
+    raw; a short image is decided at its end; a container format other than bare judges safety only."""
+
+    def verdict(data: bytes, label: str, container: str = "bare") -> tuple[str, bool, bool]:
+        inspector = StreamInspector()
+        inspector.feed(data)
+        inspector.finish()
+        v = inspector.verdict(label, container)
+        return v.format, v.safe, v.mismatch
+
+    assert verdict(images.raw(), "iso") == ("raw", True, True)
+    assert verdict(images.raw(), "ami") == ("raw", True, False)
+    assert verdict(images.qcow2(), "ami") == ("qcow2", True, True)
+    mbr = bytearray(images.raw())
+    mbr[446:462] = bytes([0x80, 0, 2, 0, 0x83, 0, 0, 0]) + (2048).to_bytes(4, "little") * 2
+    mbr[510:512] = b"\x55\xaa"
+    assert verdict(bytes(mbr), "raw") == ("gpt", True, False)
+    assert verdict(images.qcow2(total=600), "qcow2") == ("qcow2", True, False)
+    assert verdict(images.qcow2(), "vmdk", "ova") == ("qcow2", True, False)
+    assert verdict(images.qcow2(backing="x"), "vmdk", "ova")[1] is False
+
+
+def _sources(emu: Emulator, tenant: str, names: list[str]) -> dict[str, str]:
+    ids = {}
+    for name in names:
+        data, label, _detected, _safe = FIXTURES[name]
+        ids[name] = add(emu, tenant, name, data=data, disk_format=label).id
+    return ids
+
+
+def _received(emu: Emulator) -> dict[str, int]:
+    return {r: emu.regions[r].stats.bytes_received for r in TARGETS}
+
+
+async def test_unsafe_and_mislabelled_images_get_nothing_in_any_target(emulator: Emulator, tmp_path: Path) -> None:
+    """The unsafe qcow2s, the VMDK with a flat extent and the qcow2 labelled raw: no image in any target after the
+    run (their queued copies deleted), each step refused with the inspector's words, exit 1, and not one byte of
+    them received by a target (the head was held back until the verdict)."""
+    tenant = uuid.uuid4().hex
+    bad = ["backing-qcow2", "data-file-qcow2", "flat-vmdk", "qcow2-as-raw"]
+    _sources(emulator, tenant, bad)
+    before = _received(emulator)
+    summary = await run(job(emulator, tmp_path, tenant))
+    assert summary.exit_code == 1
+    assert summary.outcomes["refused"] == len(bad) * len(TARGETS)
+    assert _received(emulator) == before  # nothing of a refused image reached a target
+    for region in TARGETS:
+        assert [r for r in emulator.store(region).images.values() if r.owner == tenant] == []
+    reasons = {s.name: s.error for s in summary.steps}
+    assert reasons["backing-qcow2"].startswith("refused: qcow2 with a backing file")  # type: ignore[union-attr]
+    assert reasons["qcow2-as-raw"] == "refused: content is qcow2, labelled raw"
+    assert "REFUSED" in summary.render() or "refused" in summary.render()
+    again = await run(job(emulator, tmp_path, tenant))  # the next run refuses them again, and creates nothing
+    assert again.outcomes["refused"] == len(bad) * len(TARGETS)
+    assert all(not [r for r in emulator.store(t).images.values() if r.owner == tenant] for t in TARGETS)
+
+
+async def test_clean_qcow2_raw_and_iso_are_copied(emulator: Emulator, tmp_path: Path) -> None:
+    tenant = uuid.uuid4().hex
+    ids = _sources(emulator, tenant, ["clean-qcow2", "raw", "iso"])
+    summary = await run(job(emulator, tmp_path, tenant))
+    assert summary.exit_code == 0, summary.render()
+    assert summary.outcomes["copied"] == 3 * len(TARGETS)
+    for region in TARGETS:
+        assert set(copies(emulator, region, tenant)) == set(ids.values())
+
+
+async def test_allow_format_mismatch_copies_a_mislabelled_image_with_a_warning(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    tenant = uuid.uuid4().hex
+    ids = _sources(emulator, tenant, ["qcow2-as-raw", "backing-qcow2"])
+    summary = await run(job(emulator, tmp_path, tenant, copy={"allow_format_mismatch": True}))
+    assert summary.exit_code == 1  # the unsafe one is refused all the same
+    assert (summary.outcomes["copied"], summary.outcomes["refused"]) == (2, 2)
+    for region in TARGETS:
+        assert set(copies(emulator, region, tenant)) == {ids["qcow2-as-raw"]}
+    warned = [p for s in summary.steps if s.name == "qcow2-as-raw" for p in s.problems]
+    assert warned == ["content is qcow2, labelled raw: copied as labelled ([copy] allow_format_mismatch)"] * 2
