@@ -16,6 +16,7 @@ millisecond per image, whatever its size. It is imported when the first image is
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +83,9 @@ class StreamInspector:
     def __init__(self) -> None:
         from oslo_utils.imageutils import format_inspector
 
+        # it logs each failed check and its own decoding troubles through the standard library's logging, which
+        # would print them bare on stderr: the verdict says what matters, in the step's record
+        logging.getLogger(format_inspector.__name__).disabled = True
         self._fi = format_inspector
         self._slot = _Slot()
         self._wrapper: Any = format_inspector.InspectWrapper(self._slot)  # type: ignore[arg-type]
