@@ -13,6 +13,7 @@ import pytest
 from oslo_utils.imageutils import format_inspector as fi
 
 from pipeline.emulator import Emulator
+from pipeline.run.runner import plan_only
 from pipeline.transfer.inspection import StreamInspector
 
 from . import images
@@ -130,8 +131,17 @@ async def test_unsafe_and_mislabelled_images_get_nothing_in_any_target(emulator:
     assert reasons["backing-qcow2"].startswith("refused: qcow2 with a backing file")  # type: ignore[union-attr]
     assert reasons["qcow2-as-raw"] == "refused: content is qcow2, labelled raw"
     assert "REFUSED" in summary.render() or "refused" in summary.render()
-    again = await run(job(emulator, tmp_path, tenant))  # the next run refuses them again, and creates nothing
-    assert again.outcomes["refused"] == len(bad) * len(TARGETS)
+    # the verdicts are journalled with the sources' checksums: the next plan refuses them without reading a byte,
+    # and the next run creates nothing (counted at the server)
+    plan, _ = await plan_only(job(emulator, tmp_path, tenant))
+    assert {s.action.value for _, s in plan.steps()} == {"refused"}
+    assert all("found by an earlier run's inspection" in s.reason for _, s in plan.steps())
+    creates = {r: emulator.regions[r].stats.requests.get("create", 0) for r in TARGETS}
+    downloads = emulator.regions["KR1"].stats.requests.get("download", 0)
+    again = await run(job(emulator, tmp_path, tenant))
+    assert (again.exit_code, again.outcomes["refused"]) == (1, len(bad) * len(TARGETS))
+    assert {r: emulator.regions[r].stats.requests.get("create", 0) for r in TARGETS} == creates
+    assert emulator.regions["KR1"].stats.requests.get("download", 0) == downloads
     assert all(not [r for r in emulator.store(t).images.values() if r.owner == tenant] for t in TARGETS)
 
 

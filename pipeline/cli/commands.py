@@ -223,8 +223,10 @@ def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
 
     plan, inventory = _run_async(lambda: plan_only(spec))
     unavailable = {k: t.error for k, t in inventory.targets.items() if t.error}
-    # what the run would exit with: 1 when something is blocked, not portable or unreachable, or prune refuses
-    failing = unavailable or any(step.action in (Action.BLOCKED, Action.NOT_PORTABLE) for _, step in plan.steps()) or (
+    # what the run would exit with: 1 when something is blocked, not portable, refused or unreachable, or prune
+    # refuses
+    failed = (Action.BLOCKED, Action.NOT_PORTABLE, Action.REFUSED)
+    failing = unavailable or any(step.action in failed for _, step in plan.steps()) or (
         plan.prune is not None and plan.prune.refused)  # fmt: skip
     code = ExitCode.FAILED if failing else ExitCode.OK
     if as_json or OUTPUT.json_lines:

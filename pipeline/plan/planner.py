@@ -297,6 +297,18 @@ def _taken_over(
     return step
 
 
+def inspected_refusal(image: Image, journal: JournalState, allow_mismatch: bool) -> str | None:
+    """Why an earlier run's format inspection refused ``image`` (``transfer.inspection``), while its source is the
+    same (its checksum is the one judged), or None: the image is then refused again without being read."""
+    entry = journal.images.get(image.id)
+    seen = entry.inspected if entry is not None else None
+    if not isinstance(seen, dict) or not image.checksum or seen.get("checksum") != image.checksum:
+        return None
+    if seen.get("safe", True) and not (seen.get("mismatch") and not allow_mismatch):
+        return None
+    return f"refused: {seen.get('reason')} (found by an earlier run's inspection; the source is unchanged)"
+
+
 def recorded_in_sync(image: Image, steps: Sequence[Step], skipped: str | None, journal: JournalState) -> bool:
     """Whether the journal already holds this image as it is and every step as a skip it already recorded
     (``settled``): then neither the plan's record nor the steps' final records would change a thing."""
@@ -428,6 +440,7 @@ def plan_job_sliced(
             planned.append(ImagePlan(image, alike, skipped, recorded=recorded_in_sync(image, alike, skipped, journal)))
             continue
         steps = []
+        refused = inspected_refusal(image, journal, copy.allow_format_mismatch)
         for label in targets:
             entry = journal.target(image.id, label)
             found = by_source[label].get(image.id)
@@ -436,8 +449,10 @@ def plan_job_sliced(
             if job:
                 step = _taken_over(image, step, back[label].get(image.id, ()), (adoptable or {}).get(label), job,
                                    taken_notes)  # fmt: skip
-            refused = refusal(image, label) if refusal is not None and step.action.moves_data else None
-            steps.append(Step(label, Action.BLOCKED, refused, extra=step.extra) if refused else step)
+            if refused is not None and step.action.moves_data:
+                step = Step(label, Action.REFUSED, refused, extra=step.extra)
+            blocked = refusal(image, label) if refusal is not None and step.action.moves_data else None
+            steps.append(Step(label, Action.BLOCKED, blocked, extra=step.extra) if blocked else step)
         gated = not download_allowed(image) and any(s.action.moves_data for s in steps)
         if gated and not enable_download:
             why = BLOCKED_REASON.format(value=image.raw.get(ALLOW_DOWNLOAD))

@@ -25,6 +25,9 @@ class Action(enum.StrEnum):
     ADOPT = "adopt"
     #: Bring back this job's copy that a grace-period prune retired (its source is selected again).
     RESTORE = "restore"
+    #: An earlier run's format inspection refused the image (unsafe, or mislabelled), and its source is unchanged:
+    #: nothing is created or read again.
+    REFUSED = "refused"
     SKIP = "skip"
     BLOCKED = "blocked"
     #: The image's data does not live in the Image API (a volume-backed snapshot): nothing is created for it.

@@ -29,6 +29,7 @@ from pipeline.state.journal import Journal
 from pipeline.state.records import compact_evidence
 from pipeline.transfer.copies import delete_copy, reactivated
 from pipeline.transfer.engine import Engine, EngineHooks, TargetResult, TargetSpec
+from pipeline.transfer.inspection import FormatVerdict
 from pipeline.transfer.source import source_gone
 
 __all__ = ["Running", "image_task", "journal_plan", "sweep"]
@@ -153,6 +154,11 @@ class _Hooks(EngineHooks):
     async def deleted(self, region: str, image_id: str) -> None:
         self.run.journal.record("target", image_id=self.image.id, region=region, deleted=image_id)
 
+    def inspected(self, verdict: FormatVerdict) -> None:
+        # with the checksum it was judged for: a later run reuses it while the source is unchanged
+        self.run.journal.record("image", image_id=self.image.id,
+                                inspected={**verdict.to_json(), "checksum": self.image.checksum})  # fmt: skip
+
 
 async def image_task(run: Running, plan: ImagePlan, limiter: anyio.CapacityLimiter) -> None:
     """One image's steps under the run's capacity limit: its copy, then each target's metadata and final record.
@@ -263,6 +269,9 @@ async def _finish_step(run: Running, image: Image, step: Step, result: TargetRes
         return
     if step.action is Action.BLOCKED:  # nothing was created anywhere; the reason says what to do
         _record_step(run, image, step, "failed", error=step.reason)
+        return
+    if step.action is Action.REFUSED:  # an earlier run's inspection refused it, and the source is unchanged
+        _record_step(run, image, step, "refused", error=step.reason)
         return
     if step.action is Action.NOT_PORTABLE:  # a volume-backed snapshot: nothing to copy, the reason says why
         _record_step(run, image, step, "not_portable", error=step.reason)

@@ -81,6 +81,9 @@ class ImageEntry:
     status: str | None = None
     skipped: str | None = None
     targets: dict[str, TargetEntry] = field(default_factory=dict)
+    #: What the format inspector made of the image's head (``transfer.inspection``: format, safe, mismatch,
+    #: reason) and the source checksum it was judged for: a later run or plan reuses it while that is unchanged.
+    inspected: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -248,7 +251,7 @@ class JournalState:
                 run.planned = True
         elif kind == "image":
             entry = self._image(rec["image_id"])
-            for key in ("name", "size", "checksum", "status", "skipped"):
+            for key in ("name", "size", "checksum", "status", "skipped", "inspected"):
                 if key in rec:
                     setattr(entry, key, rec[key])
             # the plan of every target of this image, in the same record (one write per image)

@@ -418,10 +418,10 @@ class _ImageCopy:
         return verdict
 
     def _judged(self, inspector: StreamInspector) -> None:
-        """The inspector has decided: keep its verdict for the image's later passes; refuse the image (every
-        target) when it is unsafe, or mislabelled without ``allow_format_mismatch``."""
+        """Keep the inspector's verdict (later passes, the journal); refuse an unsafe or mislabelled image."""
         verdict = self.shared.verdict = inspector.verdict(self.image.raw.get("disk_format"),
                                                           self.image.raw.get("container_format"))  # fmt: skip
+        self.shared.hooks.inspected(verdict)
         if verdict.refused(self.settings.allow_format_mismatch):
             raise FormatRefusedError(f"refused: {verdict.reason}", region=self.source.region, image_id=self.image.id)
         if verdict.mismatch:

@@ -126,6 +126,10 @@ class EngineHooks:
     async def deleted(self, region: str, image_id: str) -> None:
         return None
 
+    def inspected(self, verdict: FormatVerdict) -> None:
+        """The inspector judged the image's head (once per image; before any byte reached a target)."""
+        return None
+
 
 @dataclass
 class Pass:
