@@ -14,6 +14,7 @@ from oslo_utils.imageutils import format_inspector as fi
 
 from pipeline.emulator import Emulator
 from pipeline.run.runner import plan_only
+from pipeline.run.verify import verify_job
 from pipeline.transfer.inspection import StreamInspector
 
 from . import images
@@ -153,6 +154,9 @@ async def test_clean_qcow2_raw_and_iso_are_copied(emulator: Emulator, tmp_path: 
     assert summary.outcomes["copied"] == 3 * len(TARGETS)
     for region in TARGETS:
         assert set(copies(emulator, region, tenant)) == set(ids.values())
+    report = await verify_job(job(emulator, tmp_path, tenant))
+    assert report.ok
+    assert {(f.name, f.format) for f in report.findings} == {("clean-qcow2", "qcow2"), ("raw", "raw"), ("iso", "iso")}
 
 
 async def test_allow_format_mismatch_copies_a_mislabelled_image_with_a_warning(

@@ -334,7 +334,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         OUTPUT.document(report.to_json(), as_json=True)
     else:
         rows = [("IMAGE", "NAME", "TARGET", "STATUS", "DETAILS")]
-        rows += [(f.image_id, clip(f.name or "", 32), f.target, f.status, "; ".join(f.details + f.notes))
+        rows += [(f.image_id, clip(f.name or "", 32), f.target, f.status,
+                  "; ".join(f.details + f.notes + ([f"format {f.format}"] if f.format else [])))
                  for f in report.findings]  # fmt: skip
         print(format_table(rows))
         counts = ", ".join(f"{k} {v}" for k, v in report.counts().items())

@@ -13,12 +13,13 @@ from typing import Any
 from pipeline.cloud.transport import new_session
 from pipeline.config import JobSpec
 from pipeline.errors import ApiError
-from pipeline.models import Verdict
+from pipeline.models import Image, Verdict
 from pipeline.plan.intent import Intent
 from pipeline.plan.planner import Action, download_allowed, expected_content, kept_copy, not_copied
 from pipeline.plan.provenance import PROV_SOURCE_ID
 from pipeline.run.inventory import Clients, discover, retry_policy, transport_config
 from pipeline.state.journal import Journal
+from pipeline.state.records import JournalState
 from pipeline.transfer.source import read_digests
 
 __all__ = ["Finding", "VerifyReport", "verify_job"]
@@ -31,6 +32,8 @@ class Finding:
     target: str
     status: str  # ok, differs, missing, skipped, not_portable, unavailable
     target_id: str | None = None
+    #: The format the inspector found in the source's head when this job copied it (its journalled verdict).
+    format: str | None = None
     details: list[str] = field(default_factory=list)
     #: What could not be checked, and why (not a difference).
     notes: list[str] = field(default_factory=list)
@@ -40,6 +43,8 @@ class Finding:
                "target_id": self.target_id, "details": self.details}  # fmt: skip
         if self.notes:
             doc["notes"] = self.notes
+        if self.format is not None:
+            doc["format"] = self.format
         return doc
 
 
@@ -61,6 +66,16 @@ class VerifyReport:
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "deep": self.deep, "counts": self.counts(),
                 "findings": [f.to_json() for f in self.findings]}  # fmt: skip
+
+
+def _inspected_format(state: JournalState, image: Image) -> str | None:
+    """The format the inspector found when this job read the source (its journalled verdict, for the source's
+    current checksum), or None: not inspected (copied by an imgmig without inspection)."""
+    entry = state.images.get(image.id)
+    seen = entry.inspected if entry is not None else None
+    if isinstance(seen, dict) and image.checksum and seen.get("checksum") == image.checksum:
+        return str(seen.get("format"))
+    return None
 
 
 async def verify_job(spec: JobSpec, *, deep: bool = False) -> VerifyReport:
@@ -92,6 +107,7 @@ async def verify_job(spec: JobSpec, *, deep: bool = False) -> VerifyReport:
                                        else "") for c in copies] or ["no copy in this target"]  # fmt: skip
                     continue
                 finding.target_id = copy.id
+                finding.format = _inspected_format(state, image)
                 if len(copies) > 1:
                     finding.details.append(f"{len(copies) - 1} extra copies: "
                                            f"{', '.join(c.id for c in copies if c is not copy)}")  # fmt: skip
