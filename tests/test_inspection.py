@@ -7,6 +7,7 @@ warning, never the unsafe one."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,89 @@ async def test_allow_format_mismatch_copies_a_mislabelled_image_with_a_warning(
         assert set(copies(emulator, region, tenant)) == {ids["qcow2-as-raw"]}
     warned = [p for s in summary.steps if s.name == "qcow2-as-raw" for p in s.problems]
     assert warned == ["content is qcow2, labelled raw: copied as labelled ([copy] allow_format_mismatch)"] * 2
+
+
+async def test_plan_inspect_reads_each_head_once_and_journals_the_verdicts(emulator: Emulator, tmp_path: Path) -> None:
+    """plan --inspect reads the head of each source with a Range request (KR1's bytes sent, counted at the server,
+    stay far below the images' size), shows every verdict, and says why a source NHN does not allow to download is
+    not inspected; a second plan --inspect reads nothing (the verdicts are journalled with the checksums); and the
+    run refuses the unsafe and mislabelled sources without reading them. A server that ignores Range is read up to
+    the bound only, and its connection closed."""
+    from pipeline.run.headcheck import plan_inspected
+    from pipeline.transfer.inspection import HOLD
+
+    tenant = uuid.uuid4().hex
+    names = ["backing-qcow2", "qcow2-as-raw", "clean-qcow2", "raw", "iso"]
+    ids = _sources(emulator, tenant, names)
+    gated = add(emulator, tenant, "gated", data=images.raw(), nhncloud_allow_download="false")
+    source = emulator.regions["KR1"].stats
+    spec = job(emulator, tmp_path, tenant)
+    sent, downloads = source.bytes_sent, source.requests.get("download", 0)
+    _plan, _inventory, verdicts = await plan_inspected(spec)
+    assert source.requests.get("download", 0) - downloads == len(names)
+    assert source.bytes_sent - sent == len(names) * MiB  # the first MiB of each (they are 2 MiB): heads only
+    got = {name: (verdicts[ids[name]]["format"], verdicts[ids[name]]["safe"], bool(verdicts[ids[name]].get("mismatch")))
+           for name in names}  # fmt: skip
+    assert got == {name: (FIXTURES[name][2], FIXTURES[name][3], name == "qcow2-as-raw") for name in names}
+    assert verdicts[gated.id]["inspected"] is False
+    assert "nhncloud_allow_download" in verdicts[gated.id]["reason"]
+    downloads = source.requests.get("download", 0)
+    _plan, _inventory, again = await plan_inspected(spec)
+    assert source.requests.get("download", 0) == downloads  # a second plan --inspect reads nothing
+    assert all(again[ids[name]]["read"] == 0 for name in names)
+    plan, _ = await plan_only(spec)
+    refused = {p.image.id for p, s in plan.steps() if s.action.value == "refused"}
+    assert refused == {ids["backing-qcow2"], ids["qcow2-as-raw"]}
+    emulator.faults("KR1").ignore_range = True  # a server without Range: read to the bound, then closed
+    try:
+        other = add(emulator, tenant, "big-raw", data=images.raw(total=3 * HOLD))
+        sent = source.bytes_sent
+        _plan, _inventory, third = await plan_inspected(spec)
+    finally:
+        emulator.faults("KR1").ignore_range = False
+    assert third[other.id]["format"] == "raw"
+    assert third[other.id]["read"] <= HOLD
+    assert source.bytes_sent - sent < 3 * HOLD
+
+
+def test_plan_inspect_on_the_command_line(tmp_path: Path) -> None:
+    """``imgmig plan --inspect``: one row per source with its label, content and verdict, exit 1 (a run would refuse
+    one); ``--json`` has the verdicts under ``inspected``, and the second time reads nothing (``read`` 0)."""
+    import json
+
+    import anyio
+
+    from pipeline.cloud import ImageClient, PasswordAuth, Secret, new_session
+
+    from .jobsetup import PASSWORD, new_tenants, run_cli, write_job
+    from .procs import emulator_process
+
+    async def create(identity_url: str, tenant: str) -> None:
+        async with new_session() as session:
+            client = ImageClient(session, PasswordAuth(identity_url, tenant, "owner", Secret(PASSWORD)), "KR1")
+            for name in ("backing-qcow2", "clean-qcow2"):
+                data, label, _detected, _safe = FIXTURES[name]
+                image = await client.create_image({"name": name, "disk_format": label, "container_format": "bare",
+                                                   "os_type": "linux"})  # fmt: skip
+
+                async def body(data: bytes = data) -> AsyncIterator[bytes]:
+                    yield data
+
+                await client.upload_image(image.id, body(), size=len(data))
+
+    (tenant,) = new_tenants(1)
+    with emulator_process("--regions", "KR1,KR2,JP1") as emu:
+        anyio.run(create, emu.identity_url, tenant)
+        job_file = write_job(tmp_path / "job.toml", name="inspect-cli", identity_url=emu.identity_url, tenant=tenant,
+                             journal=tmp_path / "state")  # fmt: skip
+        shown = run_cli("plan", str(job_file), "--inspect")
+        again = run_cli("plan", str(job_file), "--inspect", "--json")
+    assert shown.returncode == 1, shown.stdout + shown.stderr[-2000:]
+    verdicts = shown.stdout.split("\n\n")[1]  # the second table: a row per source
+    rows = {line.split()[1]: line for line in verdicts.splitlines()[1:]}
+    assert "UNSAFE: qcow2 with a backing file" in rows["backing-qcow2"]
+    assert rows["clean-qcow2"].rstrip().endswith("safe")
+    doc = json.loads(again.stdout)
+    assert again.returncode == 1
+    assert sorted(v["format"] for v in doc["inspected"].values()) == ["qcow2", "qcow2"]
+    assert {v["read"] for v in doc["inspected"].values()} == {0}

@@ -217,22 +217,32 @@ class _Reporter:
             self.bars.close()
 
 
-def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
+def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False, inspect: bool = False) -> int:
     from pipeline.plan.planner import Action
+    from pipeline.run.headcheck import plan_inspected
     from pipeline.run.runner import plan_only
 
-    plan, inventory = _run_async(lambda: plan_only(spec))
+    verdicts: dict[str, dict[str, Any]] | None = None
+    if inspect:
+        plan, inventory, verdicts = _run_async(lambda: plan_inspected(spec))
+    else:
+        plan, inventory = _run_async(lambda: plan_only(spec))
     unavailable = {k: t.error for k, t in inventory.targets.items() if t.error}
     # what the run would exit with: 1 when something is blocked, not portable, refused or unreachable, or prune
     # refuses
     failed = (Action.BLOCKED, Action.NOT_PORTABLE, Action.REFUSED)
     failing = unavailable or any(step.action in failed for _, step in plan.steps()) or (
         plan.prune is not None and plan.prune.refused)  # fmt: skip
+    allow = spec.copy.allow_format_mismatch  # a head inspected now that a run would refuse
+    failing = failing or any(v.get("inspected") and (not v.get("safe") or (v.get("mismatch") and not allow))
+                             for v in (verdicts or {}).values())  # fmt: skip
     code = ExitCode.FAILED if failing else ExitCode.OK
     if as_json or OUTPUT.json_lines:
         doc = plan.to_json(lazy=not OUTPUT.json_lines)
         doc["job"] = spec.name
         doc["unavailable_targets"] = unavailable
+        if verdicts is not None:
+            doc["inspected"] = verdicts
         doc["exit_code"] = int(code)
         if OUTPUT.json_lines:
             OUTPUT.document(doc, as_json=True)
@@ -248,6 +258,8 @@ def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
                      format_size(step.bytes), step.reason))  # fmt: skip
     rows += _prune_rows(plan)
     print(format_table(rows))
+    if verdicts is not None:
+        print("\n" + format_table(_inspection_rows(plan, verdicts)))
     counts = ", ".join(f"{k} {v}" for k, v in plan.counts().items() if v)
     prefix = "dry run: " if dry_run else ""
     print(f"\n{prefix}{len(plan.images)} images x {len(plan.targets)} targets: {counts or 'nothing'}; "
@@ -260,6 +272,27 @@ def _print_plan(spec: Any, *, as_json: bool, dry_run: bool = False) -> int:
     if plan.prune is not None and plan.prune.refused:
         print(f"PRUNE REFUSED: {plan.prune.refused}")
     return code
+
+
+def _inspection_rows(plan: Any, verdicts: dict[str, dict[str, Any]]) -> list[tuple[object, ...]]:
+    """``plan --inspect``'s table: per source, its label, what its head is, and the verdict (or why not read)."""
+    rows: list[tuple[object, ...]] = [("IMAGE", "NAME", "LABEL", "CONTENT", "VERDICT")]
+    for image_plan in sorted(plan.images, key=lambda p: (p.image.name or "", p.image.id)):
+        image, seen = image_plan.image, verdicts.get(image_plan.image.id)
+        if seen is None:
+            continue
+        label = image.raw.get("disk_format") or "-"
+        if not seen.get("inspected"):
+            rows.append((image.id, clip(image.name or "", 32), label, "-", f"not inspected: {seen.get('reason')}"))
+            continue
+        verdict = "safe" if seen.get("safe") and not seen.get("mismatch") else str(seen.get("reason"))
+        if seen.get("safe") and seen.get("mismatch"):
+            verdict = f"mismatch: {seen.get('reason')}"
+        elif not seen.get("safe"):
+            verdict = f"UNSAFE: {seen.get('reason')}"
+        origin = " (journalled)" if not seen.get("read") else ""
+        rows.append((image.id, clip(image.name or "", 32), label, f"{seen.get('format')}{origin}", verdict))
+    return rows
 
 
 def _prune_rows(plan: Any) -> list[tuple[object, ...]]:
@@ -295,7 +328,7 @@ def _prune_rows(plan: Any) -> list[tuple[object, ...]]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    return _print_plan(_load(args.job, args=args), as_json=args.json)
+    return _print_plan(_load(args.job, args=args), as_json=args.json, inspect=args.inspect)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

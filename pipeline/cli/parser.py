@@ -119,6 +119,11 @@ def _add_plan(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("job", type=Path, help=JOB_HELP)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--inspect", action="store_true",
+                   help="also read the head of each selected source (a Range request of at most 8 MiB) and show "
+                        "its detected format and safety verdict; verdicts are journalled with the source's "
+                        "checksum (under the job's lock: exit 3 while a run holds it), so later plans and runs "
+                        "read nothing again")  # fmt: skip
     _shard_options(p)
     _log_options(p)
     p.set_defaults(func=commands.cmd_plan)

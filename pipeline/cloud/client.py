@@ -334,13 +334,15 @@ class ImageClient:
 
     @asynccontextmanager
     async def open_download(
-        self, image_id: str, *, offset: int = 0, idle_timeout: float | None = None
+        self, image_id: str, *, offset: int = 0, length: int | None = None, idle_timeout: float | None = None
     ) -> AsyncIterator[Download]:
-        """Open the image's data, from ``offset`` with ``Range: bytes=offset-`` when it is not 0.
-        ``idle_timeout`` replaces the session's read-idle timeout for this download."""
+        """Open the image's data, from ``offset`` with ``Range: bytes=offset-`` when it is not 0 (``length``: at
+        most that many bytes, ``bytes=offset-last``; a server that ignores Range sends them all, and the caller
+        stops reading). ``idle_timeout`` replaces the session's read-idle timeout for this download."""
         path = f"/v2/images/{image_id}/file"
         ctx: dict[str, Any] = {"region": self.region, "image_id": image_id, "method": "GET", "path": path}
-        extra = {"Range": f"bytes={offset}-"} if offset else {}
+        last = str(offset + length - 1) if length is not None and length > 0 else ""
+        extra = {"Range": f"bytes={offset}-{last}"} if offset or last else {}
         options: dict[str, Any] = {}
         if idle_timeout is not None:
             base = self.session.timeout
@@ -352,10 +354,10 @@ class ImageClient:
 
         resp = await self.retry.call(attempt)
         try:
-            length = resp.headers.get("Content-Length")
+            declared = resp.headers.get("Content-Length")
             yield Download(
                 status=resp.status,
-                content_length=int(length) if length and length.isdigit() else None,
+                content_length=int(declared) if declared and declared.isdigit() else None,
                 content_range=parse_content_range(resp.headers.get("Content-Range")),
                 content_md5=resp.headers.get("Content-MD5"),
                 request_id=resp.headers.get("x-openstack-request-id"),

@@ -300,9 +300,8 @@ def _taken_over(
 def inspected_refusal(image: Image, journal: JournalState, allow_mismatch: bool) -> str | None:
     """Why an earlier run's format inspection refused ``image`` (``transfer.inspection``), while its source is the
     same (its checksum is the one judged), or None: the image is then refused again without being read."""
-    entry = journal.images.get(image.id)
-    seen = entry.inspected if entry is not None else None
-    if not isinstance(seen, dict) or not image.checksum or seen.get("checksum") != image.checksum:
+    seen = journal.inspected(image.id, image.checksum)
+    if seen is None:
         return None
     if seen.get("safe", True) and not (seen.get("mismatch") and not allow_mismatch):
         return None

@@ -71,11 +71,8 @@ class VerifyReport:
 def _inspected_format(state: JournalState, image: Image) -> str | None:
     """The format the inspector found when this job read the source (its journalled verdict, for the source's
     current checksum), or None: not inspected (copied by an imgmig without inspection)."""
-    entry = state.images.get(image.id)
-    seen = entry.inspected if entry is not None else None
-    if isinstance(seen, dict) and image.checksum and seen.get("checksum") == image.checksum:
-        return str(seen.get("format"))
-    return None
+    seen = state.inspected(image.id, image.checksum)
+    return str(seen.get("format")) if seen is not None else None
 
 
 async def verify_job(spec: JobSpec, *, deep: bool = False) -> VerifyReport:

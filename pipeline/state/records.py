@@ -230,6 +230,13 @@ class JournalState:
         image = self.images.get(image_id)
         return image.targets.get(region) if image else None
 
+    def inspected(self, image_id: str, checksum: str | None) -> dict[str, Any] | None:
+        """The format verdict journalled for the image while its source's checksum is ``checksum``; None when
+        there is none, or the source changed since."""
+        image = self.images.get(image_id)
+        seen = image.inspected if image is not None else None
+        return seen if isinstance(seen, dict) and checksum and seen.get("checksum") == checksum else None
+
     def apply(self, rec: dict[str, Any]) -> None:
         """Apply one record (unknown kinds are ignored, so newer journals stay readable)."""
         seq = rec.get("seq", self.seq)

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["HOLD", "FormatVerdict", "StreamInspector", "judge"]
+__all__ = ["HOLD", "SLICE", "FormatVerdict", "StreamInspector", "judge"]
 
 #: The most of an image's head held back from every target while the inspector has not decided; past it the bytes
 #: flow, and the verdict comes at the end of the stream, before the last chunk is released (``engine``).
