@@ -258,3 +258,22 @@ def test_plan_inspect_on_the_command_line(tmp_path: Path) -> None:
     assert again.returncode == 1
     assert sorted(v["format"] for v in doc["inspected"].values()) == ["qcow2", "qcow2"]
     assert {v["read"] for v in doc["inspected"].values()} == {0}
+
+
+async def test_verify_deep_judges_the_bytes_it_reads_back(emulator: Emulator, tmp_path: Path) -> None:
+    """Copies an older imgmig made of an unsafe qcow2 (made here on the store, with this job's provenance): verify
+    finds their data equal to the source's, and ``--deep`` reads them back through the inspector: format qcow2, and
+    the inspector's words as a difference."""
+    tenant = uuid.uuid4().hex
+    data = FIXTURES["backing-qcow2"][0]
+    src = add(emulator, tenant, "old-unsafe", data=data, disk_format="qcow2")
+    for region in TARGETS:
+        emulator.store(region).add_bytes(tenant, data, {
+            "name": "old-unsafe", "disk_format": "qcow2", "imgmig_job": "meta", "imgmig_source_id": src.id,
+            "imgmig_source_region": "KR1", "imgmig_source_checksum": src.checksum})  # fmt: skip
+    spec = job(emulator, tmp_path, tenant)
+    shallow = await verify_job(spec)
+    assert {(f.status, f.format) for f in shallow.findings} == {("ok", None)}  # nothing journalled to say
+    deep = await verify_job(spec, deep=True)
+    assert {(f.status, f.format) for f in deep.findings} == {("differs", "qcow2")}
+    assert all(any(d.startswith("content: qcow2 with a backing file") for d in f.details) for f in deep.findings)

@@ -20,6 +20,7 @@ from pipeline.plan.provenance import PROV_SOURCE_ID
 from pipeline.run.inventory import Clients, discover, retry_policy, transport_config
 from pipeline.state.journal import Journal
 from pipeline.state.records import JournalState
+from pipeline.transfer.inspection import StreamInspector
 from pipeline.transfer.source import read_digests
 
 __all__ = ["Finding", "VerifyReport", "verify_job"]
@@ -115,11 +116,16 @@ async def verify_job(spec: JobSpec, *, deep: bool = False) -> VerifyReport:
                     finding.notes.append("deep read skipped: the copy's nhncloud_allow_download is false (it "
                                          "carries the source's value), so NHN serves none of its data")  # fmt: skip
                 elif deep:
+                    inspector = StreamInspector()  # the copy's bytes judged as they are read back
                     try:
-                        read = await read_digests(target.client, copy, also=[image.os_hash_algo])
+                        read = await read_digests(target.client, copy, also=[image.os_hash_algo], inspector=inspector)
                     except ApiError as exc:
                         finding.details.append(f"deep read failed: {exc}")
                     else:
+                        seen = inspector.verdict(copy.raw.get("disk_format"), copy.raw.get("container_format"))
+                        finding.format = seen.format
+                        if seen.refused(spec.copy.allow_format_mismatch):
+                            finding.details.append(f"content: {seen.reason}")
                         # the bytes read back, judged as the planner judges the copy's own record (a source
                         # without a checksum is compared with the digests journalled for this copy)
                         verdict = expected_content(image, copy.id, entry).held_by(read)

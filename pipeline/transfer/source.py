@@ -36,6 +36,7 @@ from pipeline.errors import (
 from pipeline.models import Content, Image
 from pipeline.report.events import BytesRead, Reporter, SourceResumed
 from pipeline.transfer.hashing import MultiHasher
+from pipeline.transfer.inspection import StreamInspector
 
 __all__ = [
     "PIECE",
@@ -262,14 +263,20 @@ def _room_for(directory: Path, image_id: str, size: int) -> BinaryIO | None:
 
 
 async def read_digests(
-    client: ImageClient, image: Image, *, also: Iterable[str | None] = (), piece: int = 8 * PIECE
-) -> Content:
+    client: ImageClient, image: Image, *, also: Iterable[str | None] = (), piece: int = 8 * PIECE,
+    inspector: StreamInspector | None = None,
+) -> Content:  # fmt: skip
     """Download ``image`` and hash it (md5, its os_hash_algo, default sha512, and the algorithms ``also`` names)
-    in a worker thread: the size and digests of what a region really stores, for deep verification."""
+    in a worker thread: the size and digests of what a region really stores, for deep verification; ``inspector``
+    is fed the same bytes (``inspection``: it stops taking them once it has decided)."""
     hasher = MultiHasher([image.os_hash_algo or "sha512", *(a for a in also if a)])
     async with client.open_download(image.id) as dl:
         async for chunk in dl.iter_chunks(piece):
+            if inspector is not None:
+                inspector.feed(chunk)
             await anyio.to_thread.run_sync(hasher.update, chunk)
+    if inspector is not None:
+        inspector.finish()
     return Content(hasher.bytes, hasher.hexdigests())
 
 
