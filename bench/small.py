@@ -102,19 +102,20 @@ def measured(emu: Emu, out: dict[str, Any], start: tuple[float, float]) -> None:
     out["client_cpu_s"], out["emulator_cpu_s"] = client - start[0], server - start[1]
 
 
-def run_imgmig(spec: Any) -> tuple[float, RunSummary]:
+def run_imgmig(spec: Any, *, inspect: bool = True) -> tuple[float, RunSummary]:
     start = time.perf_counter()
-    summary = anyio.run(lambda: run_job(spec, RunControls(signals=())))
+    summary = anyio.run(lambda: run_job(spec, RunControls(signals=(), inspect=inspect)))
     return time.perf_counter() - start, summary
 
 
 def imgmig_round(emu: Emu, state: Path, count: int, *, in_flight: int = IN_FLIGHT, connections: int = CONNECTIONS,
-                 rerun: bool = False) -> dict[str, Any]:  # fmt: skip
-    """One real job into a fresh tenant; with ``rerun``, the same job again (nothing left to do)."""
+                 rerun: bool = False, inspect: bool = True) -> dict[str, Any]:  # fmt: skip
+    """One real job into a fresh tenant; with ``rerun``, the same job again (nothing left to do); ``inspect``
+    False: without the format inspection (what it costs)."""
     name = f"small-{uuid.uuid4().hex[:8]}"
     spec = imgmig_job(emu, state / name, name, uuid.uuid4().hex, in_flight, connections)
     cpu = cpu_seconds(emu)
-    wall, summary = run_imgmig(spec)
+    wall, summary = run_imgmig(spec, inspect=inspect)
     assert summary.exit_code == 0, summary.render()
     assert summary.counts()["copied"] == count * len(TARGETS), summary.render()
     by_region = summary.requests.by_region()
@@ -295,14 +296,20 @@ def bench_small(count: int, *, reps: int = 3, sweep_reps: int = 2) -> dict[str, 
             rounds: list[dict[str, Any]] = []
             relays: list[dict[str, Any]] = []
             hashing: list[dict[str, Any]] = []
-            for rep in range(reps):
+            uninspected: list[dict[str, Any]] = []
+            for rep in range(reps):  # with and without the format inspection, alternately
                 rounds.append(imgmig_round(emu, state, count, rerun=rep == 0 and latency > 0))
+                uninspected.append(imgmig_round(emu, state, count, inspect=False))
                 relays.append(relay_round(emu, count))
                 hashing.append(relay_round(emu, count, hashing=True))
             row: dict[str, Any] = {
                 "imgmig_s": min(r["wall_s"] for r in rounds), "relay_s": min(r["wall_s"] for r in relays),
                 "relay_hashing_s": min(r["wall_s"] for r in hashing),
+                "imgmig_without_inspection_s": min(r["wall_s"] for r in uninspected),
             }  # fmt: skip
+            walls = [r["wall_s"] for r in rounds]
+            row["imgmig_spread_s"] = max(walls) - min(walls)  # the run's own spread, to judge inspection's cost by
+            row["inspection_cost_s"] = row["imgmig_s"] - row["imgmig_without_inspection_s"]
             row["ratio"] = row["relay_s"] / row["imgmig_s"]
             row["ratio_vs_hashing_relay"] = row["relay_hashing_s"] / row["imgmig_s"]
             for name, runs in (("imgmig", rounds), ("relay", relays), ("relay_hashing", hashing)):

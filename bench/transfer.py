@@ -96,13 +96,15 @@ async def relay(emu: Emu, image: Image, regions: list[str]) -> float:
 
 
 async def engine_copy(
-    emu: Emu, image: Image, regions: list[str], *, chunk: int = CHUNK, hash_in_thread: bool = True
-) -> float:
-    """The imgmig engine, as `imgmig run` drives it."""
+    emu: Emu, image: Image, regions: list[str], *, chunk: int = CHUNK, hash_in_thread: bool = True,
+    inspect: bool = True,
+) -> float:  # fmt: skip
+    """The imgmig engine, as `imgmig run` drives it (``inspect`` False: without the format inspection)."""
     async with new_session() as session:
         src = _client(session, emu, "SRC")
         specs = [TargetSpec(r, _client(session, emu, r), FIELDS) for r in regions]
-        engine = Engine(EngineSettings(chunk_size=chunk, buffer_depth=4, hash_in_thread=hash_in_thread))
+        engine = Engine(EngineSettings(chunk_size=chunk, buffer_depth=4, hash_in_thread=hash_in_thread,
+                                       inspect=inspect))  # fmt: skip
         start = time.perf_counter()
         results = await engine.copy_image(src, image, specs)
         elapsed = time.perf_counter() - start
@@ -156,10 +158,11 @@ def bench_relay_ratio(size: int, reps: int = 2) -> dict[str, Any]:
         image = synthetic(emu, size, "relay")
         for n in (1, 3):
             regions = ["T1", "T2", "T3"][:n]
-            ref, eng = [], []
-            for _ in range(reps):
+            ref, eng, uninspected = [], [], []
+            for _ in range(reps):  # the engine with and without the format inspection, alternately
                 ref.append(anyio.run(relay, emu, image, regions))
                 eng.append(anyio.run(engine_copy, emu, image, regions))
+                uninspected.append(anyio.run(lambda r=regions: engine_copy(emu, image, r, inspect=False)))
             on_loop = [anyio.run(lambda r=regions: engine_copy(emu, image, r, hash_in_thread=False))]
             best_ref, best_eng = min(ref), min(eng)
             out[f"{n}_target_hashing_on_the_loop"] = {"engine_mib_s": size / MiB / on_loop[0],
@@ -167,6 +170,7 @@ def bench_relay_ratio(size: int, reps: int = 2) -> dict[str, Any]:
             out[f"{n}_target"] = {
                 "reference_mib_s": size / MiB / best_ref, "engine_mib_s": size / MiB / best_eng,
                 "ratio": best_ref / best_eng, "reference_s": ref, "engine_s": eng,
+                "engine_without_inspection_s": uninspected, "inspection_cost": best_eng / min(uninspected),
             }  # fmt: skip
     return out
 

@@ -73,6 +73,9 @@ class RunControls:
     clock: Callable[[], float] = time.monotonic
     #: The run's id (the CLI makes it first, so that its own lines carry it too); None: a new one.
     run_id: str | None = None
+    #: Inspect each image's head as it streams (``transfer.inspection``). False only in the benches, which measure
+    #: what inspection costs; no command line or job file switches it off.
+    inspect: bool = True
 
 
 def new_run_id() -> str:
@@ -194,7 +197,7 @@ async def _run(spec: JobSpec, controls: RunControls, journal: Journal, summary: 
         chunk_size=transfer.chunk_size, buffer_depth=transfer.buffer_depth, retries=transfer.retries,
         stall_timeout=transfer.read_timeout, source_stall_timeout=source_stall,
         spool_dir=transfer.spool_dir, backoff=retry, job=spec.names,
-        allow_format_mismatch=spec.copy.allow_format_mismatch,
+        allow_format_mismatch=spec.copy.allow_format_mismatch, inspect=controls.inspect,
     )  # fmt: skip
     regional = {region: Bandwidth(rate) for region, rate in transfer.region_bandwidth.items()}
     stop = Stop()
