@@ -58,3 +58,12 @@ def iso(total: int = SIZE) -> bytes:
 def raw(total: int = SIZE) -> bytes:
     """A raw disk: zeros past a short marker (random bytes could hold a partition table's 55 AA at 510)."""
     return _padded(b"raw disk image\n", total)
+
+
+def vhd(total: int = SIZE) -> bytes:
+    """A VHD: its 'conectix' footer, here at the start as the inspector reads it, with the disk size."""
+    footer = bytearray(512)
+    footer[0:8] = b"conectix"
+    footer[40:48] = struct.pack(">Q", 64 * MiB)
+    footer[48:56] = struct.pack(">Q", 64 * MiB)
+    return _padded(bytes(footer), total)

@@ -32,6 +32,7 @@ FIXTURES = {
     "qcow2-as-raw": (images.qcow2(), "raw", "qcow2", True),
     "raw": (images.raw(), "raw", "raw", True),
     "iso": (images.iso(), "iso", "iso", True),
+    "vhd": (images.vhd(), "vhd", "vhd", True),
 }
 
 
@@ -58,6 +59,7 @@ def test_the_fixtures_are_what_oslo_utils_says(tmp_path: Path, name: str) -> Non
     ("qcow2-as-raw", (True, "content is qcow2, labelled raw")),
     ("raw", (False, None)),
     ("iso", (False, None)),
+    ("vhd", (False, None)),
 ])  # fmt: skip
 def test_a_streams_head_is_judged_once_it_is_decided(name: str, expected: tuple[bool, str | None]) -> None:
     """Fed in 1 MiB chunks, the inspector decides within the first one (it reads 256 KiB of it) and the verdict

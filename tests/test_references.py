@@ -18,6 +18,7 @@ from pipeline.plan.planner import Action
 from pipeline.run.runner import plan_only
 from pipeline.run.verify import verify_job
 
+from . import images
 from .jobsetup import TARGETS, MiB, add, copies, job, run
 
 
@@ -145,7 +146,7 @@ async def test_a_chain_is_decided_link_by_link(emulator: Emulator, tmp_path: Pat
     """A machine image names a kernel that names an image KR2 refuses (a format its schema does not list): the
     kernel is blocked for KR2, and so is the machine image, already in the plan; both go to JP1."""
     tenant = uuid.uuid4().hex
-    base = add(emulator, tenant, "base", size=MiB // 4, disk_format="vhdx")
+    base = add(emulator, tenant, "base", disk_format="vhd", data=images.vhd(MiB // 2))
     kernel = add(emulator, tenant, "kernel", size=MiB // 4, disk_format="aki", container_format="aki",
                  kernel_id=base.id)  # fmt: skip
     machine = add(emulator, tenant, "machine", size=MiB, disk_format="ami", container_format="ami",
