@@ -49,7 +49,8 @@ def main() -> int:
                 continue
             print(
                 f"    {key}: reference {row['reference_mib_s']:.0f} MiB/s, engine {row['engine_mib_s']:.0f} MiB/s, "
-                f"ratio {row['ratio']:.2f}"
+                f"ratio {row['ratio']:.2f}; engine time with / without the format inspection "
+                f"{row['inspection_cost']:.3f}"
             )
             ok &= row["ratio"] >= 0.9
     if "b" in only:
@@ -97,6 +98,10 @@ def main() -> int:
                 f"    {key:>4} per request: imgmig {row['imgmig_s']:.2f} s, concurrent relay {row['relay_s']:.2f} s "
                 f"(ratio {row['ratio']:.2f}), sequential openstacksdk {row['sequential_s']:.1f} s "
                 f"(speedup {row['speedup']:.1f}x)"
+            )
+            print(
+                f"          format inspection: imgmig without it {row['imgmig_without_inspection_s']:.2f} s (cost "
+                f"{row['inspection_cost_s']:+.2f} s; the spread of imgmig's own runs {row['imgmig_spread_s']:.2f} s)"
             )
             print(
                 f"          CPU s per run, client / emulator: imgmig {row['imgmig_client_cpu_s']:.2f} / "
