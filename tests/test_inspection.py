@@ -203,7 +203,7 @@ async def test_plan_inspect_reads_each_head_once_and_journals_the_verdicts(emula
     downloads = source.requests.get("download", 0)
     _plan, _inventory, again = await plan_inspected(spec)
     assert source.requests.get("download", 0) == downloads  # a second plan --inspect reads nothing
-    assert all(again[ids[name]]["read"] == 0 for name in names)
+    assert all(again[ids[name]]["read"] == 0 and again[ids[name]]["journalled"] for name in names)
     plan, _ = await plan_only(spec)
     refused = {p.image.id for p, s in plan.steps() if s.action.value == "refused"}
     assert refused == {ids["backing-qcow2"], ids["qcow2-as-raw"]}

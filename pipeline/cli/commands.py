@@ -290,7 +290,7 @@ def _inspection_rows(plan: Any, verdicts: dict[str, dict[str, Any]]) -> list[tup
             verdict = f"mismatch: {seen.get('reason')}"
         elif not seen.get("safe"):
             verdict = f"UNSAFE: {seen.get('reason')}"
-        origin = " (journalled)" if not seen.get("read") else ""
+        origin = " (journalled)" if seen.get("journalled") else ""
         rows.append((image.id, clip(image.name or "", 32), label, f"{seen.get('format')}{origin}", verdict))
     return rows
 

@@ -41,6 +41,10 @@ async def read_head(client: ImageClient, image: Image, limit: int = HOLD, first:
     read up to ``limit`` in one go, and its connection closed there. Undecided at the bound (a format that needs
     the end of the image) says so: a run judges it as it streams."""
     inspector = StreamInspector()
+    if not image.size:  # nothing to read (a Range on an empty image is not satisfiable): an empty image is raw
+        inspector.finish()
+        verdict = inspector.verdict(image.raw.get("disk_format"), image.raw.get("container_format"))
+        return {**verdict.to_json(), "inspected": True, "read": 0}
     async with client.open_download(image.id, length=first) as download:
         ranged = download.status == 206
         await _fed(download, inspector, first if ranged else limit)
@@ -81,8 +85,9 @@ def _not_inspectable(image: Image, spec: JobSpec) -> str | None:
 
 
 async def plan_inspected(spec: JobSpec) -> tuple[Plan, Inventory, dict[str, dict[str, Any]]]:
-    """The plan (as ``imgmig plan``), and each selected source's verdict: journalled already (``read`` 0), read
-    now (and journalled), or not inspected (``inspected`` false, with the reason)."""
+    """The plan (as ``imgmig plan``), and each selected source's verdict: journalled already (``journalled``, no
+    byte read), read now (``read``: how many bytes; then journalled), or not inspected (``inspected`` false, with
+    the reason)."""
     state = Journal.read(spec.run.journal_dir, spec.name, packed=True)
     verdicts: dict[str, dict[str, Any]] = {}
     async with new_session(transport_config(spec)) as session:
@@ -93,7 +98,7 @@ async def plan_inspected(spec: JobSpec) -> tuple[Plan, Inventory, dict[str, dict
             known = state.inspected(image.id, image.checksum)
             why = _not_inspectable(image, spec) if known is None else None
             if known is not None:
-                verdicts[image.id] = {**known, "inspected": True, "read": 0}
+                verdicts[image.id] = {**known, "inspected": True, "read": 0, "journalled": True}
             elif why is not None:
                 verdicts[image.id] = {"inspected": False, "reason": why, "read": 0}
             else:
@@ -116,7 +121,9 @@ async def plan_inspected(spec: JobSpec) -> tuple[Plan, Inventory, dict[str, dict
             journal = Journal.open(spec.run.journal_dir, spec.name)
             try:
                 for image in judged:
-                    found = {k: v for k, v in verdicts[image.id].items() if k not in ("inspected", "read")}
+                    found = {
+                        k: v for k, v in verdicts[image.id].items() if k not in ("inspected", "read", "journalled")
+                    }
                     journal.record("image", image_id=image.id, inspected={**found, "checksum": image.checksum})
                 journal.sync()
             finally:
