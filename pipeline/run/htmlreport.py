@@ -81,7 +81,8 @@ def _collect(state: JournalState, records: list[dict[str, Any]], entry: RunEntry
         kind, at = rec["kind"], float(rec.get("at", 0.0))
         if kind == "image":
             image_id = rec["image_id"]
-            run.names[image_id] = rec.get("name") or ""
+            if "name" in rec:  # an image record may hold one field only (its inspection verdict)
+                run.names[image_id] = rec.get("name") or ""
             if rec.get("skipped"):
                 run.skipped.append((image_id, str(rec["skipped"])))
             for region, planned in (rec.get("plan") or {}).items():
