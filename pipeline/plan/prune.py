@@ -64,8 +64,9 @@ class Retired:
 
 
 def retirement_done(copy: Image, deactivates: bool) -> bool:
-    """Whether a retired copy is as a retirement leaves it: hidden, and deactivated where the target allows it."""
-    return copy.raw.get("os_hidden") is True and (not deactivates or copy.status == "deactivated")
+    """Whether a retired copy is as a retirement leaves it: hidden, and deactivated where the target allows it (only
+    an active image can be deactivated: an unfinished upload stays as it is)."""
+    return copy.raw.get("os_hidden") is True and (not deactivates or copy.status != "active")
 
 
 @dataclass(frozen=True, slots=True)
