@@ -114,8 +114,11 @@ def _add_plan(sub: Any) -> None:
     p = sub.add_parser(
         "plan", help="show what a run would do, per image and target",
         description="Authenticate, list the source selection and every target's copies, and print the action "
-        "(copy, resume, replace, metadata, skip) and bytes per image x target. Changes nothing. "
-        "Exit 0, or 2/4 on job-file or authentication errors.",
+        "(copy, resume, replace, metadata, adopt, restore, skip, blocked, refused, not_portable) and bytes per image "
+        "x target, the prune's deletions or retirements, and the retired copies. Changes nothing in any region "
+        "(--inspect journals its verdicts). Exit 0; 1 when a run would fail something (blocked, refused, not "
+        "portable, an unreachable target, a refused prune); 2/4 on job-file or authentication errors; 3 when "
+        "--inspect finds the job's lock held.",
     )  # fmt: skip
     p.add_argument("job", type=Path, help=JOB_HELP)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
