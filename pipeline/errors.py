@@ -178,8 +178,9 @@ class RegionNotFoundError(UsageError):
 
     def __init__(self, region: str, available: list[str]) -> None:
         self.region = region
-        self.available = available
-        have = ", ".join(sorted(available)) or "none"
+        #: Sorted: a catalog's order is the identity service's (real Keystone's changed between runs).
+        self.available = sorted(available)
+        have = ", ".join(self.available) or "none"
         super().__init__(
             f"region {region!r} has no image endpoint in the service catalog (available: {have}); "
             "check the region name in the job file"
